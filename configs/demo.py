@@ -1,0 +1,24 @@
+"""Demo: a small ResNet on the embedded phantom dataset; trains and evaluates on 2 CPU cores.
+
+    python -m lungjax.main --config configs/demo.py --workdir runs/demo
+"""
+
+from lungjax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.data.source = "phantom"
+    config.data.phantom_patients = 700
+    config.data.stored_size = 64
+    config.image_size = 64
+    config.augment = "light"
+    config.model.name = "resnet18"
+    config.model.width = 0.25
+    config.batch_size = 32
+    config.num_epochs = 12
+    config.learning_rate = 3e-3
+    config.warmup_epochs = 1.0
+    config.checkpoint_every_steps = 200
+    config.log_every_steps = 20
+    return config

@@ -1,0 +1,60 @@
+"""The base config every ``configs/*.py`` file starts from: every key, with its default.
+
+Key names follow the Flax examples where one exists (``batch_size``, ``num_epochs``,
+``num_train_steps``, ``learning_rate``, ``checkpoint_every_steps``, ``seed``, ``half_precision``).
+Config files change values; a key that is not here is an error (ConfigDicts are locked).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "phantom"  # "phantom" (embedded, generated) | "nih" (your download)
+    config.data.manual_dir = ""  # NIH download folder, for source="nih"
+    config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds
+    config.data.split_scheme = "patient"  # "patient" (disjoint, default) | "seed" (the reference's)
+    config.data.stored_size = 256  # image size stored at build time
+    config.data.phantom_patients = 700
+    config.data.phantom_seed = 0
+    config.data.skip_bad_images = False
+    config.data.build_workers = 0  # 0: one per CPU core
+
+    config.image_size = 224  # size fed to the model
+    config.augment = "light"  # "none" | "light" | "seed"
+    config.worker_count = 0  # grain worker processes (0: in the main process)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet50"
+    config.model.width = 1.0
+    config.model.dropout_rate = 0.0
+
+    config.batch_size = 64  # global, over all devices
+    config.num_epochs = 30
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd"
+    config.learning_rate = 1e-3
+    config.schedule = "cosine"  # "constant" | "cosine" (with linear warmup)
+    config.warmup_epochs = 1.0
+    config.weight_decay = 1e-4
+    config.grad_clip_norm = 0.0  # 0: no clipping
+    config.class_weights = "balanced"  # "balanced" | "none" | a list of six numbers
+    config.label_smoothing = 0.0
+    config.focal_gamma = 0.0  # > 0: focal loss
+    config.half_precision = False  # bfloat16 compute, float32 parameters
+
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.log_every_steps = 50
+    config.seed = 0
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.checkpoint = "latest"  # "latest" | "best" | a step number
+    config.eval.split = "test"  # "test" | "validation" | "train"
+    config.eval.batch_size = 128
+    config.eval.n_bootstrap = 1000
+    return config

@@ -1,0 +1,50 @@
+"""From a config's ``data`` section to a built TFDS dataset, making the phantom tree when asked.
+
+``source="phantom"`` writes the embedded phantom as an NIH-format tree under the data directory
+(once) and builds it with the same builder that reads a real NIH download (``source="nih"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lungjax.data import nih, phantom
+
+SOURCES = ("phantom", "nih")
+PHANTOM_DIR = "phantom_nih_tree"
+
+
+def data_dir(data_config, workdir: str | os.PathLike) -> Path:
+    return Path(data_config.data_dir or Path(workdir) / "tfds").absolute()
+
+
+def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
+    """Where the NIH-format tree is: the user's download, or the phantom made for this config."""
+    if data_config.source == "nih":
+        if not data_config.manual_dir:
+            raise ValueError("config.data.manual_dir must name your NIH download when data.source='nih'")
+        return Path(data_config.manual_dir).absolute()
+    if data_config.source != "phantom":
+        raise ValueError(f"config.data.source must be one of {SOURCES}, got {data_config.source!r}")
+    return data_dir(data_config, workdir) / f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}"
+
+
+def builder_config(data_config) -> nih.NihConfig:
+    return nih.make_config(data_config.split_scheme, data_config.stored_size,
+                           skip_bad_images=data_config.skip_bad_images, num_workers=data_config.build_workers)
+
+
+def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+    """The built dataset for this config; generates and builds whatever is missing."""
+    tree = manual_dir(data_config, workdir)
+    if data_config.source == "phantom" and not (tree / "Data_Entry_2017.csv").is_file():
+        phantom.write_nih_tree(tree, data_config.phantom_patients, seed=data_config.phantom_seed,
+                               image_size=data_config.stored_size, num_workers=max(data_config.build_workers, 1),
+                               progress=True)
+    return nih.prepare(tree, data_dir(data_config, workdir), builder_config(data_config))
+
+
+def build_report(builder: nih.NihChestXray) -> dict:
+    return json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())

@@ -1,0 +1,98 @@
+"""Reading radiographs from disk into 8-bit grayscale squares, safely.
+
+Used by the builder (at build time) and by ``--mode predict``. Every loader refuses files that are
+not images and images with more pixels than MAX_PIXELS (decompression bombs) before decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAX_PIXELS = 64 * 1024 * 1024  # NIH films are 1024x1024 (originals up to ~3,000x3,000)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class ImageError(ValueError):
+    """A file could not be turned into a radiograph; the message names the file and the reason."""
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG header, or None when the format keeps it elsewhere."""
+    if data.startswith(_PNG_MAGIC) and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Encoded PNG/JPEG bytes -> 2-D uint8 grayscale.
+
+    Colour images are converted with luminance weights, alpha is dropped, and 16-bit images are
+    scaled to 8 bits by their own min..max range (not clipped: many 16-bit films use 12 bits).
+    """
+    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+        raise ImageError(f"{name}: not a PNG or JPEG image")
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"{name}: {size[0]}x{size[1]} pixels exceeds the limit of {MAX_PIXELS}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{name}: corrupt or unreadable image")
+    if image.size > MAX_PIXELS * 4:
+        raise ImageError(f"{name}: {image.shape} exceeds the pixel limit of {MAX_PIXELS}")
+    return to_gray_uint8(image)
+
+
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """Any decoded array (H,W), (H,W,2|3|4), uint8 or uint16/float -> (H,W) uint8."""
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 2:  # LA: luminance + alpha
+            image = image[..., 0]
+        elif channels in (3, 4):  # OpenCV decodes to BGR(A)
+            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
+        else:
+            raise ImageError(f"unsupported channel count {channels}")
+    if image.dtype != np.uint8:
+        image = image.astype(np.float64)
+        lo, hi = float(image.min()), float(image.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        image = np.round((image - lo) * scale).astype(np.uint8)
+    return image
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """A file on disk -> (H,W) uint8; errors name the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror})") from err
+    return decode_gray(data, str(path))
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Pads to a square (zeros, centred) then resizes to ``size`` with area interpolation.
+
+    Padding rather than cropping keeps all of the chest; NIH films are already square, so for them
+    this is a plain resize.
+    """
+    height, width = image.shape
+    side = max(height, width)
+    if height != width:
+        top, left = (side - height) // 2, (side - width) // 2
+        image = cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left,
+                                   cv2.BORDER_CONSTANT, value=0)
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", image)
+    if not ok:
+        raise ImageError("PNG encoding failed")
+    return buffer.tobytes()

@@ -1,0 +1,154 @@
+"""NIH metadata: read ``Data_Entry_2017.csv``, select the six-class subset, split it.
+
+Pure pandas/NumPy, no pixels: everything about *which* images form the dataset and *where* each
+one goes is decided here, so it can be tested on the real 112,120-row metadata without images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungjax.data import labels
+
+# Columns we need from Data_Entry_2017.csv (NIH names; the size/spacing columns are not needed).
+REQUIRED_COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
+MANIFEST_COLUMNS = ("Image Index", "Finding Labels")
+MAX_PLAUSIBLE_AGE = 120  # Kaggle's copy has uncorrected ages such as 414: kept as missing.
+MISSING_AGE = -1
+NO_FINDING_SAMPLE = 3260  # the reference's number of "No Finding" images
+SPLIT_NAMES = ("train", "validation", "test")
+PATIENT_SPLIT_SHARES = (0.7, 0.1, 0.2)
+
+
+class MetadataError(ValueError):
+    """The metadata files are missing or malformed; the message says what was expected."""
+
+
+def read_data_entry(path: str | os.PathLike) -> pd.DataFrame:
+    """Reads NIH's ``Data_Entry_2017.csv`` (2020 revision or Kaggle's copy) into a clean frame.
+
+    The header's ``OriginalImage[Width,Height]`` holds an unquoted comma, so pandas sees more
+    columns than names; we only keep the named columns we need. Kaggle's trailing empty column
+    and implausible ages are tolerated (ages above 120 become MISSING_AGE).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetadataError(f"metadata file not found: {path} (expected NIH's Data_Entry_2017.csv)")
+    frame = pd.read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MetadataError(
+            f"{path} lacks the columns {missing}; an NIH Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)}")
+    frame = frame[list(REQUIRED_COLUMNS)].copy()
+    age = pd.to_numeric(frame["Patient Age"], errors="coerce")
+    frame["Patient Age"] = age.where((age >= 0) & (age <= MAX_PLAUSIBLE_AGE), MISSING_AGE).astype(int)
+    frame["Patient ID"] = frame["Patient ID"].astype(int)
+    frame["Follow-up #"] = frame["Follow-up #"].astype(int)
+    return frame.reset_index(drop=True)
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Reads a manifest CSV (``Image Index``, ``Finding Labels``) that pins the exact image list."""
+    frame = pd.read_csv(path, index_col=False, dtype=str)
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MetadataError(f"manifest {path} lacks the columns {missing}; expected {list(MANIFEST_COLUMNS)}")
+    return frame[list(MANIFEST_COLUMNS)].reset_index(drop=True)
+
+
+def select_subset(data_entry: pd.DataFrame, *, manifest: pd.DataFrame | None = None,
+                  no_finding_count: int = NO_FINDING_SAMPLE, seed: int = 42) -> pd.DataFrame:
+    """The six-class single-label subset, with a ``label`` column (index into CLASS_NAMES).
+
+    Without a manifest: every row whose ``Finding Labels`` is exactly one of the five findings
+    (split on ``|``), plus a seeded sample of ``no_finding_count`` "No Finding" rows (all of them
+    when fewer exist). With a manifest: exactly its rows, in its order, labelled by its own
+    ``Finding Labels``; every manifest image must exist in the metadata.
+    """
+    if manifest is not None:
+        chosen = manifest.merge(data_entry.drop(columns="Finding Labels"), on="Image Index", how="left",
+                                validate="one_to_one", indicator=True)
+        unknown = chosen.loc[chosen["_merge"] != "both", "Image Index"]
+        if len(unknown):
+            raise MetadataError(f"{len(unknown)} manifest images are not in Data_Entry_2017.csv, "
+                                f"e.g. {list(unknown[:5])}")
+        chosen = chosen.drop(columns="_merge")
+        chosen["label"] = chosen["Finding Labels"].map(labels.class_index)
+        bad = chosen.loc[chosen["label"].isna(), "Finding Labels"]
+        if len(bad):
+            raise MetadataError(f"manifest labels outside the six classes: {sorted(set(bad))[:5]}")
+    else:
+        frame = data_entry.assign(label=data_entry["Finding Labels"].map(labels.class_index))
+        no_finding = labels.CLASS_NAMES.index("No Finding")
+        findings = frame[frame["label"].notna() & (frame["label"] != no_finding)]
+        normals = frame[frame["label"] == no_finding]
+        if len(normals) > no_finding_count:
+            normals = normals.sample(n=no_finding_count, random_state=seed)
+        chosen = pd.concat([findings, normals]).sort_index()
+    chosen = chosen.astype({"label": int}).reset_index(drop=True)
+    for name in ("Patient Age", "Patient ID", "Follow-up #"):
+        chosen[name] = chosen[name].astype(int)
+    return chosen
+
+
+def split_by_image(subset: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFrame]:
+    """The reference's split: 70/20/10 at random per image (leaks patients across splits).
+
+    Exactly ``train_test_split(test_size=0.1, random_state=42)`` then ``test_size=0.2222`` on
+    the remainder, as the reference did, so its lists can be reproduced for comparison.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train_val, test = train_test_split(subset, test_size=0.1, random_state=seed)
+    train, validation = train_test_split(train_val, test_size=0.2222, random_state=seed)
+    return {"train": train, "validation": validation, "test": test}
+
+
+def split_by_patient(subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, seed: int = 42
+                     ) -> dict[str, pd.DataFrame]:
+    """Patient-disjoint split, stratified by class.
+
+    Patients are placed one at a time, largest first (ties in seeded random order), into the
+    split whose per-class targets they fill best: the score of a split is how much of its
+    remaining per-class deficit the patient's films cover, relative to the targets. This keeps
+    each class's share per split close to its overall share with no patient on two sides.
+    """
+    rng = np.random.default_rng(seed)
+    num_classes = labels.NUM_CLASSES
+    counts = pd.crosstab(subset["Patient ID"], subset["label"]).reindex(columns=range(num_classes), fill_value=0)
+    patient_ids = counts.index.to_numpy()
+    per_patient = counts.to_numpy(dtype=np.float64)
+    order = np.lexsort((rng.permutation(len(patient_ids)), -per_patient.sum(axis=1)))
+    targets = np.outer(np.asarray(shares, dtype=np.float64), per_patient.sum(axis=0))  # (splits, classes)
+    filled = np.zeros_like(targets)
+    assignment = np.empty(len(patient_ids), dtype=np.int64)
+    for p in order:
+        deficit = (targets - filled) / np.maximum(targets, 1.0)
+        score = deficit @ per_patient[p]
+        best = int(np.argmax(score))
+        assignment[p] = best
+        filled[best] += per_patient[p]
+    split_of_patient = dict(zip(patient_ids, assignment))
+    which = subset["Patient ID"].map(split_of_patient).to_numpy()
+    return {name: subset[which == i] for i, name in enumerate(SPLIT_NAMES)}
+
+
+def patients_crossing(splits: dict[str, pd.DataFrame]) -> int:
+    """How many patients have films in more than one split (zero for the patient split)."""
+    seen: dict[int, set[str]] = {}
+    for name, frame in splits.items():
+        for pid in frame["Patient ID"].unique():
+            seen.setdefault(int(pid), set()).add(name)
+    return sum(len(s) > 1 for s in seen.values())

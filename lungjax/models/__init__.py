@@ -1,0 +1,12 @@
+"""Models: the Flax NNX ResNet family with a grayscale stem, and ImageNet weight import."""
+
+import jax.numpy as jnp
+
+
+def from_config(model_config, *, num_classes: int, half_precision: bool, seed: int = 0):
+    """The model a config names; bfloat16 compute with float32 parameters when ``half_precision``."""
+    from lungjax.models.resnet import create_model
+
+    return create_model(model_config.name, num_classes=num_classes, width=model_config.width,
+                        dropout_rate=model_config.dropout_rate,
+                        dtype=jnp.bfloat16 if half_precision else jnp.float32, seed=seed)

@@ -1,0 +1,274 @@
+"""Evaluation and training figures written straight to PNG.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by ``FigureCanvasAgg``: no pyplot,
+so nothing here touches matplotlib's global backend or figure registry, which keeps the functions
+safe to call from training loops, tests and headless machines alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from lungjax.metrics import (
+    ECE_BINS,
+    calibration_bins,
+    check_predictions,
+    expected_calibration_error,
+    macro_auc,
+)
+
+DPI = 120
+CURVE_FIGSIZE = (7.0, 6.0)
+CONFUSION_FIGSIZE = (8.0, 7.0)
+RELIABILITY_FIGSIZE = (7.0, 7.0)
+TRAINING_FIGSIZE = (9.0, 7.0)
+CONFUSION_CMAP = "Blues"
+# Cells darker than this (row fraction) get white text so annotations stay legible.
+DARK_CELL_FRACTION = 0.5
+BASELINE_STYLE = MappingProxyType({"linestyle": "--", "linewidth": 1.0})
+LOSS_SERIES = ("loss", "val_loss")
+VALIDATION_SERIES = ("val_accuracy", "val_macro_auc")
+
+# (binary labels, scores) -> (x, y, summary value) for one class's one-vs-rest curve.
+CurveFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    """Render ``figure`` to a PNG at ``path`` (parent folders created) with the Agg canvas."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, format="png")
+
+
+def _format_optional(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _roc(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    fpr, tpr, _ = roc_curve(positive, scores)
+    return fpr, tpr, float(roc_auc_score(positive, scores))
+
+
+def _precision_recall(
+    positive: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    precision, recall, _ = precision_recall_curve(positive, scores)
+    return recall, precision, float(average_precision_score(positive, scores))
+
+
+def _one_vs_rest_figure(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    curve: CurveFn,
+    summary_name: str,
+    *,
+    prevalence_baselines: bool,
+) -> tuple[Figure, Axes]:
+    """One curve per class (summary value in the legend), shared by the ROC and PR plots.
+
+    A class without positives or negatives has no curve; it is listed in the legend as such so a
+    missing line is never mistaken for a plotting bug.
+    """
+    labels, probs = check_predictions(labels, probs, class_names)
+    figure = Figure(figsize=CURVE_FIGSIZE, layout="constrained")
+    axes = figure.add_subplot()
+    for k, name in enumerate(class_names):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            axes.plot([], [], " ", label=f"{name} (undefined: one class only)")
+            continue
+        x, y, value = curve(positive, probs[:, k])
+        (line,) = axes.plot(x, y, linewidth=1.5, label=f"{name} ({summary_name} {value:.3f})")
+        if prevalence_baselines:
+            axes.axhline(positive.mean(), color=line.get_color(), **BASELINE_STYLE)
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.02)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def plot_roc_curves(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path
+) -> None:
+    """One-vs-rest ROC per class with its AUC, the chance diagonal and macro AUC in the title."""
+    figure, axes = _one_vs_rest_figure(
+        labels, probs, class_names, _roc, "AUC", prevalence_baselines=False
+    )
+    axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", label="chance", **BASELINE_STYLE)
+    macro = macro_auc(labels, probs)
+    axes.set_title(f"ROC curves (one-vs-rest), macro AUC = {_format_optional(macro)}")
+    axes.set_xlabel("False positive rate (1 - specificity)")
+    axes.set_ylabel("True positive rate (sensitivity)")
+    axes.legend(loc="lower right", fontsize="small")
+    _save(figure, path)
+
+
+def plot_pr_curves(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path
+) -> None:
+    """Precision-recall per class with average precision; dashed lines mark each prevalence.
+
+    The prevalence is what a random classifier's precision would be, so it is the honest baseline
+    for rare classes where a PR curve says more than ROC.
+    """
+    figure, axes = _one_vs_rest_figure(
+        labels, probs, class_names, _precision_recall, "AP", prevalence_baselines=True
+    )
+    axes.set_title("Precision-recall curves (one-vs-rest); dashed = class prevalence")
+    axes.set_xlabel("Recall (sensitivity)")
+    axes.set_ylabel("Precision")
+    # Below the axes: inside, the legend would hide the low prevalence lines it explains.
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small")
+    _save(figure, path)
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path
+) -> None:
+    """Row-normalised confusion matrix (rows true), each cell annotated with % of row and count.
+
+    Row normalisation shows per-class sensitivity on the diagonal whatever the class imbalance.
+    """
+    counts = np.asarray(cm)
+    num_classes = len(class_names)
+    if counts.shape != (num_classes, num_classes):
+        raise ValueError(
+            f"cm must be ({num_classes}, {num_classes}) to match class_names, got {counts.shape}"
+        )
+    if (counts < 0).any():
+        raise ValueError("cm must contain non-negative counts")
+    row_totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(
+        counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0
+    )
+    figure = Figure(figsize=CONFUSION_FIGSIZE, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(fractions, cmap=CONFUSION_CMAP, vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="Fraction of true class")
+    for (row, col), fraction in np.ndenumerate(fractions):
+        axes.text(
+            col,
+            row,
+            f"{100 * fraction:.1f}%\n({int(counts[row, col])})",
+            ha="center",
+            va="center",
+            fontsize="small",
+            color="white" if fraction > DARK_CELL_FRACTION else "black",
+        )
+    ticks = np.arange(num_classes)
+    axes.set_xticks(ticks, class_names, rotation=30, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    axes.set_title(f"Confusion matrix (row-normalised, n = {int(counts.sum())})")
+    _save(figure, path)
+
+
+def plot_reliability_diagram(
+    labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS
+) -> None:
+    """Top-1 accuracy against confidence per equal-width bin, with counts and ECE in the title.
+
+    Bars below the diagonal mean over-confidence; the count above each bar shows how much each
+    bin weighs in the ECE.
+    """
+    labels, probs = check_predictions(labels, probs)
+    bins = calibration_bins(labels, probs, n_bins)
+    ece = expected_calibration_error(labels, probs, n_bins)
+    edges, counts = bins["edges"], bins["counts"]
+    filled = counts > 0
+    figure = Figure(figsize=RELIABILITY_FIGSIZE, layout="constrained")
+    axes = figure.add_subplot()
+    bars = axes.bar(
+        edges[:-1][filled],
+        bins["accuracy"][filled],
+        width=np.diff(edges)[filled],
+        align="edge",
+        edgecolor="black",
+        alpha=0.8,
+        label="accuracy in bin",
+    )
+    axes.bar_label(bars, labels=[f"n={n}" for n in counts[filled]], fontsize="x-small")
+    axes.plot(
+        bins["confidence"][filled],
+        bins["accuracy"][filled],
+        "o",
+        color="tab:red",
+        markersize=4,
+        label="(mean confidence, accuracy)",
+    )
+    axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", label="perfect calibration", **BASELINE_STYLE)
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.08)
+    axes.set_xlabel("Top-1 confidence")
+    axes.set_ylabel("Accuracy")
+    axes.set_title(f"Reliability diagram ({n_bins} bins), ECE = {ece:.3f}")
+    axes.legend(loc="upper left", fontsize="small")
+    _save(figure, path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Records of a metrics.jsonl; a missing, empty or malformed file is a ValueError."""
+    if not path.is_file():
+        raise ValueError(f"metrics file not found: {path}")
+    records = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error})") from error
+    if not records:
+        raise ValueError(f"metrics file is empty: {path}")
+    return records
+
+
+def _plot_series(axes: Axes, records: list[dict], keys: Sequence[str], ylabel: str) -> None:
+    """Each key against step, using only the records that carry both; notes an empty panel."""
+    plotted = False
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if "step" in r and r.get(key) is not None]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, marker="." if len(points) < 50 else None, label=key)
+            plotted = True
+    if plotted:
+        axes.legend(fontsize="small")
+    else:
+        axes.text(
+            0.5, 0.5, f"no {', '.join(keys)} recorded", ha="center", va="center",
+            transform=axes.transAxes,
+        )
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+
+
+def plot_training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> None:
+    """Training/validation loss (top) and validation accuracy / macro AUC (bottom) against step."""
+    source = Path(metrics_jsonl_path)
+    records = _read_jsonl(source)
+    figure = Figure(figsize=TRAINING_FIGSIZE, layout="constrained")
+    loss_axes, validation_axes = figure.subplots(2, 1, sharex=True)
+    _plot_series(loss_axes, records, LOSS_SERIES, "Loss")
+    loss_axes.set_title(f"Training curves ({source.name})")
+    _plot_series(validation_axes, records, VALIDATION_SERIES, "Validation metric")
+    validation_axes.set_xlabel("Step")
+    validation_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _save(figure, path)
