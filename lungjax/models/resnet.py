@@ -1,0 +1,282 @@
+"""ResNet family (Flax NNX, NHWC) with a one-channel grayscale stem.
+
+Architecture: ResNet v1.5 by default (the stride-2 downsampling of a stage sits in the
+3×3 conv of bottleneck blocks, in the first 3×3 conv of basic blocks). ``stride_in_1x1=True``
+gives the original v1 bottleneck (stride in the first 1×1 conv), which is what
+``keras.applications.ResNet50`` implements, so it is required for importing Keras weights.
+
+Input: float32 gray images in [0, 1] exactly as the lungjax pipeline produces them; the
+model applies no further normalisation because the stem's first BatchNorm absorbs any
+affine input scaling, and imported ImageNet weights fold Keras' caffe preprocessing into
+the stem kernels (see ``GrayStem``).
+
+State: only ``nnx.Param`` and ``nnx.BatchStat`` variables. Train/eval behaviour is chosen per
+call with ``train=`` and dropout randomness is passed per call with ``rngs=``, so the model
+holds no RNG state and ignores ``model.train()``/``model.eval()`` flags.
+"""
+
+from types import MappingProxyType
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+STEM_WIDTH = 64
+STAGE_WIDTHS = (64, 128, 256, 512)
+BOTTLENECK_EXPANSION = 4
+STEM_KERNEL = 7
+STEM_PADDING = 3  # Keras: ZeroPadding2D(3) then a valid 7×7/2 conv.
+POOL_WINDOW = 3
+POOL_PADDING = 1  # Keras: ZeroPadding2D(1) then a valid 3×3/2 max pool.
+
+# Flax convention: running = momentum * running + (1 - momentum) * batch. 0.9 (PyTorch's
+# 0.1) rather than Keras' 0.99 so running statistics catch up within a short fine-tuning run.
+BN_MOMENTUM = 0.9
+# Keras ResNet50's epsilon; any other value breaks parity with imported weights.
+BN_EPSILON = 1.001e-5
+
+BLOCKS_PER_STAGE = MappingProxyType(
+    {
+        18: (2, 2, 2, 2),
+        34: (3, 4, 6, 3),
+        50: (3, 4, 6, 3),
+        101: (3, 4, 23, 3),
+        152: (3, 8, 36, 3),
+    }
+)
+BOTTLENECK_DEPTHS = frozenset({50, 101, 152})
+MODEL_NAMES = MappingProxyType({f'resnet{depth}': depth for depth in BLOCKS_PER_STAGE})
+
+# He init on fan-out (torchvision's kaiming_normal_), the usual choice for ReLU nets from scratch.
+_conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def _conv(in_ch, out_ch, kernel, stride, padding, *, dtype, param_dtype, rngs, init=_conv_init):
+    """Bias-free conv: every conv is followed by a BatchNorm whose shift makes a bias redundant."""
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=padding,
+        use_bias=False,
+        kernel_init=init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def _batch_norm(features, *, zero_scale=False, dtype, param_dtype, rngs):
+    return nnx.BatchNorm(
+        features,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def _same3x3(in_ch, out_ch, stride, **kw):
+    return _conv(in_ch, out_ch, 3, stride, ((1, 1), (1, 1)), **kw)
+
+
+def _pointwise(in_ch, out_ch, stride, **kw):
+    return _conv(in_ch, out_ch, 1, stride, 'VALID', **kw)
+
+
+class GrayStem(nnx.Module):
+    """7×7/2 conv + BatchNorm + ReLU + 3×3/2 max pool on a one-channel image.
+
+    ``y = conv(x, kernel) + conv(valid_mask, border_kernel)``, where ``valid_mask`` is ones over
+    the image and zeros in the padding. The second term is a learnable bias that knows where the
+    zero padding is: it is what makes Keras' "subtract the per-channel ImageNet mean, *then*
+    zero-pad" exactly expressible with a single input channel (the mean-subtracted border pixels
+    see fewer mean terms than interior ones). It is zero-initialised (plain conv) and costs one
+    batch-1 conv per call.
+    """
+
+    def __init__(self, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        padding = ((STEM_PADDING, STEM_PADDING),) * 2
+        self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
+        self.border_conv = _conv(
+            1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw
+        )
+        self.bn = _batch_norm(out_ch, **kw)
+
+    def __call__(self, x, *, train: bool):
+        valid_mask = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        x = self.conv(x) + self.border_conv(valid_mask)
+        x = nnx.relu(self.bn(x, use_running_average=not train))
+        # Zero padding equals -inf padding here because the input is post-ReLU (>= 0).
+        pad = ((POOL_PADDING, POOL_PADDING),) * 2
+        return nnx.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(2, 2), padding=pad)
+
+
+class _Shortcut(nnx.Module):
+    """1×1 projection + BatchNorm, used where a block changes resolution or channel count."""
+
+    def __init__(self, in_ch, out_ch, stride, **kw):
+        self.conv = _pointwise(in_ch, out_ch, stride, **kw)
+        self.bn = _batch_norm(out_ch, **kw)
+
+    def __call__(self, x, *, train: bool):
+        return self.bn(self.conv(x), use_running_average=not train)
+
+
+def _shortcut(in_ch, out_ch, stride, **kw):
+    return _Shortcut(in_ch, out_ch, stride, **kw) if stride != 1 or in_ch != out_ch else None
+
+
+class BasicBlock(nnx.Module):
+    """Two 3×3 convs (ResNet-18/34); the stride sits in the first one."""
+
+    def __init__(self, in_ch, width, stride, *, zero_init_residual, **kw):
+        self.conv1 = _same3x3(in_ch, width, stride, **kw)
+        self.bn1 = _batch_norm(width, **kw)
+        self.conv2 = _same3x3(width, width, 1, **kw)
+        self.bn2 = _batch_norm(width, zero_scale=zero_init_residual, **kw)
+        self.shortcut = _shortcut(in_ch, width, stride, **kw)
+        self.out_ch = width
+
+    def __call__(self, x, *, train: bool):
+        ura = not train
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = self.bn2(self.conv2(y), use_running_average=ura)
+        identity = x if self.shortcut is None else self.shortcut(x, train=train)
+        return nnx.relu(y + identity)
+
+
+class BottleneckBlock(nnx.Module):
+    """1×1 reduce, 3×3, 1×1 expand (ResNet-50/101/152); stride in the 3×3 (v1.5) or the first 1×1 (v1)."""
+
+    def __init__(self, in_ch, width, stride, *, zero_init_residual, stride_in_1x1, **kw):
+        out_ch = width * BOTTLENECK_EXPANSION
+        self.conv1 = _pointwise(in_ch, width, stride if stride_in_1x1 else 1, **kw)
+        self.bn1 = _batch_norm(width, **kw)
+        self.conv2 = _same3x3(width, width, 1 if stride_in_1x1 else stride, **kw)
+        self.bn2 = _batch_norm(width, **kw)
+        self.conv3 = _pointwise(width, out_ch, 1, **kw)
+        self.bn3 = _batch_norm(out_ch, zero_scale=zero_init_residual, **kw)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, **kw)
+        self.out_ch = out_ch
+
+    def __call__(self, x, *, train: bool):
+        ura = not train
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+        y = self.bn3(self.conv3(y), use_running_average=ura)
+        identity = x if self.shortcut is None else self.shortcut(x, train=train)
+        return nnx.relu(y + identity)
+
+
+class ResNet(nnx.Module):
+    """ResNet-{18,34,50,101,152} classifier for one-channel images; see the module docstring.
+
+    ``width`` multiplies every channel count (tiny models for tests/demos); ``dtype`` is the
+    compute dtype (bfloat16 on GPU) while parameters use ``param_dtype`` and BatchNorm statistics
+    and logits stay float32. ``zero_init_residual`` zeroes the last BatchNorm scale of each block
+    so every block starts as the identity, which helps training from scratch.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        num_classes: int,
+        width: float = 1.0,
+        dropout_rate: float = 0.0,
+        zero_init_residual: bool = True,
+        stride_in_1x1: bool = False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if depth not in BLOCKS_PER_STAGE:
+            raise ValueError(f'depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}')
+        self.depth = depth
+        self.width = width
+        self.stride_in_1x1 = stride_in_1x1
+        self.dropout_rate = dropout_rate
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        bottleneck = depth in BOTTLENECK_DEPTHS
+
+        in_ch = _scaled(STEM_WIDTH, width)
+        self.stem = GrayStem(in_ch, **kw)
+        stages = []
+        for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS)):
+            blocks = []
+            for b in range(n_blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                if bottleneck:
+                    block = BottleneckBlock(
+                        in_ch,
+                        _scaled(stage_width, width),
+                        stride,
+                        zero_init_residual=zero_init_residual,
+                        stride_in_1x1=stride_in_1x1,
+                        **kw,
+                    )
+                else:
+                    block = BasicBlock(
+                        in_ch, _scaled(stage_width, width), stride, zero_init_residual=zero_init_residual, **kw
+                    )
+                blocks.append(block)
+                in_ch = block.out_ch
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+        self.num_features = in_ch
+        self.dropout = nnx.Dropout(dropout_rate)
+        self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
+        x = self.stem(x, train=train)
+        for stage in self.stages:
+            for block in stage:
+                x = block(x, train=train)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
+        if train and self.dropout_rate > 0 and rngs is None:
+            raise ValueError('train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)')
+        x = self.features(x, train=train)
+        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        return self.head(x)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    width: float = 1.0,
+    dropout_rate: float = 0.0,
+    dtype=jnp.float32,
+    seed: int = 0,
+    zero_init_residual: bool = True,
+    stride_in_1x1: bool = False,
+) -> ResNet:
+    """Build a ResNet by name (``resnet18`` … ``resnet152``) with parameters initialised from ``seed``.
+
+    Pass ``stride_in_1x1=True`` for a ResNet-50 that will receive Keras ImageNet weights.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f'unknown model {name!r}; expected one of {", ".join(MODEL_NAMES)}')
+    return ResNet(
+        depth=MODEL_NAMES[name],
+        num_classes=num_classes,
+        width=width,
+        dropout_rate=dropout_rate,
+        zero_init_residual=zero_init_residual,
+        stride_in_1x1=stride_in_1x1,
+        dtype=dtype,
+        rngs=nnx.Rngs(params=seed),
+    )
