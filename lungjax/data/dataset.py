@@ -32,8 +32,7 @@ def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
 
 
 def builder_config(data_config) -> nih.NihConfig:
-    return nih.make_config(data_config.split_scheme, data_config.stored_size,
-                           skip_bad_images=data_config.skip_bad_images, num_workers=data_config.build_workers)
+    return nih.make_config(data_config.split_scheme, data_config.stored_size)
 
 
 def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
@@ -43,7 +42,8 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
         phantom.write_nih_tree(tree, data_config.phantom_patients, seed=data_config.phantom_seed,
                                image_size=data_config.stored_size, num_workers=max(data_config.build_workers, 1),
                                progress=True)
-    return nih.prepare(tree, data_dir(data_config, workdir), builder_config(data_config))
+    return nih.prepare(tree, data_dir(data_config, workdir), builder_config(data_config),
+                       num_workers=data_config.build_workers, skip_bad_images=data_config.skip_bad_images)
 
 
 def build_report(builder: nih.NihChestXray) -> dict:

@@ -2,6 +2,10 @@
 
 Used by the builder (at build time) and by ``--mode predict``. Every loader refuses files that are
 not images and images with more pixels than MAX_PIXELS (decompression bombs) before decoding.
+
+Geometry: a non-square film is padded with black to a centred square (never cropped, so no part
+of the chest is lost), then resized to the stored size with area interpolation (linear when
+enlarging, where area would be nearest-neighbour). Boxes follow the same mapping (``scale_box``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 MAX_PIXELS = 64 * 1024 * 1024  # NIH films are 1024x1024 (originals up to ~3,000x3,000)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_COMPRESSION = 0  # see encode_png
 
 
 class ImageError(ValueError):
@@ -39,16 +44,26 @@ def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise ImageError(f"{name}: {size[0]}x{size[1]} pixels exceeds the limit of {MAX_PIXELS}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageError(f"{name}: corrupt or unreadable image ({err.msg.strip()})") from err
     if image is None:
         raise ImageError(f"{name}: corrupt or unreadable image")
     if image.size > MAX_PIXELS * 4:
         raise ImageError(f"{name}: {image.shape} exceeds the pixel limit of {MAX_PIXELS}")
-    return to_gray_uint8(image)
+    try:
+        return to_gray_uint8(image)
+    except ImageError as err:
+        raise ImageError(f"{name}: {err}") from err
 
 
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:
-    """Any decoded array (H,W), (H,W,2|3|4), uint8 or uint16/float -> (H,W) uint8."""
+    """Any decoded array (H,W), (H,W,2|3|4), uint8 or uint16/float -> (H,W) uint8.
+
+    Alpha is ignored, not composited: a radiograph's alpha is opaque, and compositing a transparent
+    film on black would invent pixels. OpenCV already expands gray+alpha PNGs to BGRA.
+    """
     if image.ndim == 3:
         channels = image.shape[2]
         if channels == 2:  # LA: luminance + alpha
@@ -75,6 +90,12 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     return decode_gray(data, str(path))
 
 
+def _padding(height: int, width: int) -> tuple[int, int, int]:
+    """(side, top, left): the centred square a film is padded to, and the film's offset in it."""
+    side = max(height, width)
+    return side, (side - height) // 2, (side - width) // 2
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Pads to a square (zeros, centred) then resizes to ``size`` with area interpolation.
 
@@ -82,17 +103,48 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     this is a plain resize.
     """
     height, width = image.shape
-    side = max(height, width)
+    side, top, left = _padding(height, width)
     if height != width:
-        top, left = (side - height) // 2, (side - width) // 2
         image = cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left,
                                    cv2.BORDER_CONSTANT, value=0)
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def scale_box(box: tuple[float, float, float, float], shape: tuple[int, int], size: int
+              ) -> tuple[float, float, float, float]:
+    """An (x, y, w, h) box in a film of ``shape`` -> the same box in its ``resize_square`` output.
+
+    Box edges are continuous coordinates (pixel ``i`` spans ``[i, i + 1)``), which a resize scales
+    exactly; padding shifts them by the film's offset in its square.
+    """
+    side, top, left = _padding(*shape)
+    scale = size / side
+    x, y, w, h = box
+    return (x + left) * scale, (y + top) * scale, w * scale, h * scale
+
+
 def encode_png(image: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", image)
+    """Stored (uncompressed) PNG: decoding it in the input pipeline takes about a third of the time
+    of a deflated one (230 vs 620 us at 256 px, measured in BENCHMARKS_pipeline.md), the cost that
+    bounds images/s per core, for ~40% more disk on noisy films."""
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
         raise ImageError("PNG encoding failed")
     return buffer.tobytes()
+
+
+def load_for_build(task: tuple[str, int, tuple[float, float, float, float] | None]
+                   ) -> tuple[bytes | None, tuple[float, float, float, float] | str | None]:
+    """The builder's worker: (path, size, box or None) -> (PNG of the square, scaled box or None).
+
+    A bad file gives (None, the reason naming it) instead of raising, so the builder can skip it.
+    """
+    path, size, box = task
+    try:
+        gray = read_gray(path)
+    except ImageError as err:
+        return None, str(err)
+    if box is not None:
+        box = scale_box(box, gray.shape, size)
+    return encode_png(resize_square(gray, size)[..., None]), box

@@ -68,6 +68,25 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return frame[list(MANIFEST_COLUMNS)].reset_index(drop=True)
 
 
+def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
+    """NIH's ``BBox_List_2017.csv`` -> ``Image Index``, ``label``, ``x``, ``y``, ``w``, ``h``.
+
+    The header names four box columns with one unquoted ``Bbox [x,y,w,h]`` and some copies carry
+    trailing empty columns, so columns are read by position. ``label`` is the box's class index
+    (missing for findings outside the six classes), so a box is only attached to an example of
+    the same class. Coordinates are pixels of the released 1024x1024 films.
+    """
+    frame = pd.read_csv(path, header=None, skiprows=1, usecols=range(6),
+                        names=["Image Index", "finding", "x", "y", "w", "h"])
+    frame["label"] = frame["finding"].map(labels.class_index).astype("Int64")
+    return frame.drop(columns="finding")
+
+
+def read_image_list(path: str | os.PathLike) -> set[str]:
+    """NIH's official ``train_val_list.txt`` / ``test_list.txt``: one image name per line."""
+    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+
+
 def select_subset(data_entry: pd.DataFrame, *, manifest: pd.DataFrame | None = None,
                   no_finding_count: int = NO_FINDING_SAMPLE, seed: int = 42) -> pd.DataFrame:
     """The six-class single-label subset, with a ``label`` column (index into CLASS_NAMES).

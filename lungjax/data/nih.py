@@ -1,20 +1,38 @@
 """TFDS builder ``nih_chest_xray``: the NIH six-class subset from the user's download, as ArrayRecord.
 
 The user points ``manual_dir`` at their NIH download (or at a phantom tree with the same layout):
-``Data_Entry_2017.csv`` (or ``_v2020``), images flat in ``images/`` or in ``images_001/images/`` ...
-``images_012/images/``, optionally ``BBox_List_2017.csv`` and a manifest CSV that pins the image list.
+``Data_Entry_2017.csv`` (NIH's ``_v2020`` or Kaggle's copy), images flat in ``images/`` or in
+``images_001/images/`` ... ``images_012/images/``, and optionally:
+
+* ``manifest.csv`` or the reference's ``Balanced_Chest_Xray_Data.csv`` (``Image Index``,
+  ``Finding Labels``): pins the exact image list and, for the ``seed`` split, its row order;
+* ``BBox_List_2017.csv``: an example gets the box of its own finding (first one listed), scaled
+  like its pixels; others get ``NO_BOX``;
+* ``train_val_list.txt``/``test_list.txt`` (NIH's official split): the six-class configs do not
+  split by them (the official test list is not stratified over our classes); the build report
+  records how many images of each split are on the official test list. A future ``full14`` config
+  will use them as its split.
+
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
 encoded PNG bytes, so neither building nor reading needs TensorFlow.
+
+A build either completes or leaves nothing: every check that can fail without pixels (folders,
+CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
+removes whatever the build created under ``data_dir``.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +45,12 @@ from lungjax.data import images, labels, metadata
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 BBOX_NAME = "BBox_List_2017.csv"
+OFFICIAL_TEST_LIST = "test_list.txt"
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")
 BUILD_REPORT = "build_report.json"
+MISSING_NAMES_SHOWN = 5
+TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 _LEAKAGE_WARNING = (
     "WARNING: the `seed` split is per image, as the reference project did it: one patient's films "
     "land on both sides (on the full NIH metadata, 1,302 of its 1,957 test images belong to patients "
@@ -37,20 +58,24 @@ _LEAKAGE_WARNING = (
     "crossing splits for this build is in build_report.json.")
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=True)
 class NihConfig(tfds.core.BuilderConfig):
-    """One way of packaging the subset: split scheme, image size, and what to do with bad files."""
+    """One way of packaging the subset: split scheme and image size.
+
+    How to build (worker count, skipping bad files) is an argument of the builder, not of the
+    config: TFDS refuses a config named like a registered one but differing in any field.
+    """
 
     split_scheme: str = "patient"
     image_size: int = 256
     no_finding_count: int = metadata.NO_FINDING_SAMPLE
     seed: int = 42
-    skip_bad_images: bool = False
-    num_workers: int = 0  # 0: one per CPU core
 
 
-def make_config(split_scheme: str = "patient", image_size: int = 256, **kwargs) -> NihConfig:
-    """A config named after what changes the stored bytes, e.g. ``patient_256``."""
+def make_config(split_scheme: str = "patient", image_size: int = 256, *,
+                no_finding_count: int = metadata.NO_FINDING_SAMPLE, seed: int = 42) -> NihConfig:
+    """A config named after what changes the stored bytes, e.g. ``patient_256`` or
+    ``patient_256_n500_seed7`` when the No Finding sample or the seed differ from the reference's."""
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
     if not 32 <= int(image_size) <= 4096:
@@ -58,8 +83,11 @@ def make_config(split_scheme: str = "patient", image_size: int = 256, **kwargs) 
     description = f"Six-class NIH subset, {split_scheme} split, {image_size}px grayscale PNG."
     if split_scheme == "seed":
         description += " " + _LEAKAGE_WARNING
-    return NihConfig(name=f"{split_scheme}_{image_size}", description=description,
-                     split_scheme=split_scheme, image_size=int(image_size), **kwargs)
+    name = f"{split_scheme}_{int(image_size)}"
+    if (no_finding_count, seed) != (metadata.NO_FINDING_SAMPLE, 42):
+        name += f"_n{no_finding_count}_seed{seed}"
+    return NihConfig(name=name, description=description, split_scheme=split_scheme, image_size=int(image_size),
+                     no_finding_count=no_finding_count, seed=seed)
 
 
 def find_data_entry(manual_dir: Path) -> Path:
@@ -81,32 +109,110 @@ def index_images(manual_dir: Path) -> dict[str, Path]:
     return index
 
 
-def read_boxes(manual_dir: Path) -> dict[str, tuple[float, float, float, float]]:
-    """Image name -> (x, y, w, h) in original pixels from NIH's box list (first box per image)."""
-    path = manual_dir / BBOX_NAME
-    if not path.is_file():
-        return {}
-    frame = pd.read_csv(path, header=None, skiprows=1, usecols=range(6),
-                        names=["name", "finding", "x", "y", "w", "h"])
-    frame = frame.drop_duplicates("name")
-    return {row.name: (row.x, row.y, row.w, row.h) for row in frame.itertuples(index=False)}
+def attach_boxes(subset: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``bbox`` (x, y, w, h in original pixels, or NO_BOX): the first box of the row's class."""
+    first = boxes.dropna(subset=["label"]).astype({"label": int}).drop_duplicates(["Image Index", "label"])
+    keyed = {(row[0], row[1]): tuple(map(float, row[2:]))
+             for row in first[["Image Index", "label", "x", "y", "w", "h"]].itertuples(index=False)}
+    bbox = [keyed.get((name, label), NO_BOX) for name, label in zip(subset["Image Index"], subset["label"])]
+    return subset.assign(bbox=bbox)
 
 
-def _load_example(task: tuple[str, str, int, tuple[float, float, float, float]]
-                  ) -> tuple[str, bytes | None, tuple[float, ...] | str]:
-    """Worker: (name, path, size, box) -> (name, png bytes, scaled box) or (name, None, error)."""
-    name, path, size, box = task
+@dataclasses.dataclass
+class BuildPlan:
+    """Everything decided before any pixel is touched: the rows of each split, with their files."""
+
+    splits: dict[str, pd.DataFrame]
+    skipped: list[dict[str, str]]
+    summary: dict
+
+
+def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_images: bool = False
+               ) -> BuildPlan:
+    """Reads and checks the download; raises (naming what is wrong) before anything is written.
+
+    Splits are made on the full selection and missing images dropped afterwards (when skipping),
+    so a few missing files do not move other images between splits.
+    """
+    manual_dir = Path(manual_dir)
+    if not manual_dir.is_dir():
+        raise metadata.MetadataError(f"manual_dir {manual_dir} does not exist; "
+                                     + NihChestXray.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
+    manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
+    manifest = metadata.read_manifest(manifest_path) if manifest_path else None
+    subset = metadata.select_subset(data_entry, manifest=manifest,
+                                    no_finding_count=config.no_finding_count, seed=config.seed)
+    image_index = index_images(manual_dir)
+    subset = subset.assign(path=subset["Image Index"].map(lambda name: image_index.get(name)))
+    missing = subset.loc[subset["path"].isna(), "Image Index"].tolist()
+    if missing and not skip_bad_images:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(subset)} selected images are missing under {manual_dir} "
+            f"(looked in images/ and images_NNN/images/), e.g. {missing[:MISSING_NAMES_SHOWN]}; "
+            "pass skip_bad_images=True to build without them")
+    if (manual_dir / BBOX_NAME).is_file():
+        subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
+    else:
+        subset = subset.assign(bbox=[NO_BOX] * len(subset))
+    if config.split_scheme == "seed":
+        splits = metadata.split_by_image(subset, seed=config.seed)
+    else:
+        splits = metadata.split_by_patient(subset, seed=config.seed)
+    summary = {"metadata": find_data_entry(manual_dir).name,
+               "manifest": manifest_path.name if manifest_path else None,
+               "patients_crossing_splits": metadata.patients_crossing(splits)}
+    if (manual_dir / OFFICIAL_TEST_LIST).is_file():
+        official_test = metadata.read_image_list(manual_dir / OFFICIAL_TEST_LIST)
+        summary["on_official_test_list"] = {
+            name: int(frame["Image Index"].isin(official_test).sum()) for name, frame in splits.items()}
+    splits = {name: frame[frame["path"].notna()] for name, frame in splits.items()}
+    return BuildPlan(splits=splits, skipped=[{"image": n, "reason": "missing"} for n in missing],
+                     summary=summary)
+
+
+@contextlib.contextmanager
+def image_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
+    """Worker processes for the whole build (None: decode in this process, for ``workers <= 1``).
+
+    Spawned, never forked: JAX may already be running threads in this process.
+    """
+    if workers <= 1:
+        yield None
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        gray = images.read_gray(path)
-    except images.ImageError as err:
-        return name, None, str(err)
-    height, width = gray.shape
-    side = max(height, width)
-    scale = size / side
-    if box != NO_BOX:
-        offset_x, offset_y = (side - width) // 2, (side - height) // 2
-        box = ((box[0] + offset_x) * scale, (box[1] + offset_y) * scale, box[2] * scale, box[3] * scale)
-    return name, images.encode_png(images.resize_square(gray, size)[..., None]), box
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int
+                ) -> Iterator:
+    """``map(fn, tasks)`` in order, on ``pool`` (or in this process when None).
+
+    At most ``window`` tasks are submitted ahead of the consumer: ``Executor.map`` would submit
+    all 112,120 at once and keep every finished result (an encoded image) in memory until the
+    slower writer asks for it.
+    """
+    if pool is None:
+        yield from map(fn, tasks)
+        return
+    pending = collections.deque(pool.submit(fn, task) for task in tasks[:window])
+    try:
+        for task in tasks[window:]:
+            result = pending.popleft().result()
+            pending.append(pool.submit(fn, task))
+            yield result
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class NihChestXray(tfds.core.GeneratorBasedBuilder):
@@ -120,10 +226,19 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         "Download NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC or Kaggle's copy) and "
         "point manual_dir at the folder holding Data_Entry_2017.csv and the images/ or images_NNN/ folders.")
 
-    def __init__(self, *, file_format: str = "array_record", **kwargs):
-        super().__init__(file_format=file_format, **kwargs)
-        self.skipped: list[dict[str, str]] = []
-        self.class_counts: dict[str, list[int]] = {}
+    def __init__(self, *, file_format: str = "array_record", num_workers: int = 0,
+                 skip_bad_images: bool = False, **kwargs):
+        """``num_workers``: decoding processes (0: one per CPU core; 1: in this process, no pool to
+        start). ``skip_bad_images``: build without missing or unreadable images and list them in
+        the build report, instead of stopping."""
+        config = kwargs.pop("config", None)
+        if isinstance(config, NihConfig):  # TFDS wants the registered instance itself, not an equal one
+            config = next((c for c in self.BUILDER_CONFIGS if c == config), config)
+        super().__init__(file_format=file_format, config=config, **kwargs)
+        self.num_workers, self.skip_bad_images = num_workers, skip_bad_images
+        self._plan: BuildPlan | None = None
+        self._pool: concurrent.futures.Executor | None = None
+        self._class_counts: dict[str, list[int]] = {}
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -133,90 +248,102 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                 "label": tfds.features.ClassLabel(names=list(labels.CLASS_NAMES)),
                 "image_name": tfds.features.Text(),
                 "patient_id": np.int64,
-                "age": np.int32,
+                "age": np.int32,  # metadata.MISSING_AGE when missing or implausible
                 "sex": tfds.features.Text(),
                 "view_position": tfds.features.Text(),
                 "follow_up": np.int32,
-                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # x, y, w, h or NO_BOX
             }),
             supervised_keys=("image", "label"),
             homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        config = self.builder_config
-        manual_dir = Path(dl_manager.manual_dir)
-        if not manual_dir.is_dir():
-            raise metadata.MetadataError(f"manual_dir {manual_dir} does not exist; "
-                                         + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-        data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
-        manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
-        manifest = metadata.read_manifest(manifest_path) if manifest_path else None
-        subset = metadata.select_subset(data_entry, manifest=manifest,
-                                        no_finding_count=config.no_finding_count, seed=config.seed)
-        if config.split_scheme == "seed":
-            splits = metadata.split_by_image(subset, seed=config.seed)
-        else:
-            splits = metadata.split_by_patient(subset, seed=config.seed)
-        self._check_images_exist(manual_dir, subset)
-        self.split_summary = {"patients_crossing_splits": metadata.patients_crossing(splits),
-                              "images": {name: len(frame) for name, frame in splits.items()}}
-        self._image_index = index_images(manual_dir)
-        self._boxes = read_boxes(manual_dir)
-        return {name: self._generate_examples(name, frame) for name, frame in splits.items()}
+    def _workers(self) -> int:
+        return self.num_workers or _cpu_count()
 
-    def _check_images_exist(self, manual_dir: Path, subset: pd.DataFrame) -> None:
-        """Finds missing images before any pixel work, so a bad download fails in seconds."""
-        present = index_images(manual_dir)
-        missing = [name for name in subset["Image Index"] if name not in present]
-        if not missing:
-            return
-        if not self.builder_config.skip_bad_images:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(subset)} selected images are missing under {manual_dir} "
-                f"(looked in images/ and images_NNN/images/), e.g. {missing[:5]}; "
-                "pass skip_bad_images=True to build without them")
-        self.skipped.extend({"image": name, "reason": "missing"} for name in missing)
+    def plan(self, manual_dir: str | os.PathLike) -> BuildPlan:
+        """The checked build plan (computed once): see ``plan_build``."""
+        if self._plan is None:
+            self._plan = plan_build(manual_dir, self.builder_config, skip_bad_images=self.skip_bad_images)
+        return self._plan
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        """One generator per non-empty split (TFDS cannot write an empty one; tiny trees have them)."""
+        plan = self.plan(dl_manager.manual_dir)
+        return {name: self._generate_examples(name, frame) for name, frame in plan.splits.items() if len(frame)}
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
+        directory, so it lands atomically with the data."""
+        self._class_counts = {name: [0] * labels.NUM_CLASSES for name in self.plan(dl_manager.manual_dir).splits}
+        with image_pool(self._workers()) as self._pool:
+            super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        plan = self.plan(dl_manager.manual_dir)
+        report = {"config": self.builder_config.name, "class_names": list(labels.CLASS_NAMES),
+                  "class_counts": self._class_counts, **plan.summary,
+                  "images": {name: sum(counts) for name, counts in self._class_counts.items()},
+                  "skipped": plan.skipped}
+        (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
     def _generate_examples(self, split: str, frame: pd.DataFrame):
-        size = self.builder_config.image_size
-        counts = self.class_counts.setdefault(split, [0] * labels.NUM_CLASSES)
-        rows = {row["Image Index"]: row for row in frame.to_dict("records")
-                if row["Image Index"] in self._image_index}
-        tasks = [(name, str(self._image_index[name]), size, self._boxes.get(name, NO_BOX)) for name in rows]
-        workers = self.builder_config.num_workers or os.cpu_count() or 1
-        context = multiprocessing.get_context("spawn")  # JAX may be running: never fork
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            results = pool.map(_load_example, tasks, chunksize=16)
-            for name, png, box in tqdm(results, total=len(tasks), desc="decode+resize", unit="img"):
-                if png is None:
-                    if not self.builder_config.skip_bad_images:
-                        raise images.ImageError(f"{box} (pass skip_bad_images=True to skip bad images)")
-                    self.skipped.append({"image": name, "reason": box})
-                    continue
-                row = rows[name]
-                counts[int(row["label"])] += 1
-                yield name, {
-                    "image": png,
-                    "label": int(row["label"]),
-                    "image_name": name,
-                    "patient_id": int(row["Patient ID"]),
-                    "age": int(row["Patient Age"]),
-                    "sex": str(row["Patient Gender"]),
-                    "view_position": str(row["View Position"]),
-                    "follow_up": int(row["Follow-up #"]),
-                    "bbox": np.asarray(box, np.float32),
-                }
+        config = self.builder_config
+        counts = self._class_counts[split]
+        rows = frame.to_dict("records")
+        tasks = [(str(row["path"]), config.image_size, None if row["bbox"] == NO_BOX else row["bbox"])
+                 for row in rows]
+        results = ordered_map(images.load_for_build, tasks, self._pool,
+                              window=TASKS_IN_FLIGHT_PER_WORKER * self._workers())
+        for row, (png, box) in tqdm(zip(rows, results), total=len(rows), desc=f"{split}: decode+resize",
+                                    unit="img"):
+            name = row["Image Index"]
+            if png is None:
+                if not self.skip_bad_images:
+                    raise images.ImageError(f"{box} (pass skip_bad_images=True to skip bad images)")
+                self._plan.skipped.append({"image": name, "reason": box})
+                continue
+            counts[int(row["label"])] += 1
+            box = NO_BOX if box is None else box
+            yield name, {
+                "image": png,
+                "label": int(row["label"]),
+                "image_name": name,
+                "patient_id": int(row["Patient ID"]),
+                "age": int(row["Patient Age"]),
+                "sex": str(row["Patient Gender"]),
+                "view_position": str(row["View Position"]),
+                "follow_up": int(row["Follow-up #"]),
+                "bbox": np.asarray(box, np.float32),
+            }
 
 
-def prepare(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, config: NihConfig
-            ) -> NihChestXray:
-    """Builds the dataset once (no-op when already built) and writes the build report beside it."""
-    builder = NihChestXray(config=config, data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
+def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
+    """The outermost folder on the way from ``data_dir`` to ``dataset_path`` that does not exist yet."""
+    created = dataset_path
+    while created.parent != data_dir and not created.parent.exists():
+        created = created.parent
+    return created
+
+
+def prepare(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, config: NihConfig, *,
+            num_workers: int = 0, skip_bad_images: bool = False) -> NihChestXray:
+    """Builds the dataset once (no-op when already built), with its build report beside it.
+
+    Any failure leaves ``data_dir`` as it was: the plan is checked before TFDS writes, and what
+    the build created (TFDS's incomplete folder and the dataset's folders) is removed on error.
+    """
+    data_dir = Path(data_dir).absolute()
+    builder = NihChestXray(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers,
+                           skip_bad_images=skip_bad_images)
+    if builder.is_prepared():
+        return builder
+    builder.plan(manual_dir)
+    created = [_created_by_build(data_dir, Path(builder.data_path)), data_dir / "downloads"]
+    created = [path for path in created if not path.exists()]
+    try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-        report = {"config": config.name, "class_names": list(labels.CLASS_NAMES),
-                  "class_counts": builder.class_counts, **builder.split_summary, "skipped": builder.skipped}
-        (Path(builder.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
+    except BaseException:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     return builder

@@ -8,6 +8,7 @@ that also does the resize from the stored size, so each image is resampled once.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -92,19 +93,25 @@ def adjust_intensity(image: np.ndarray, aug: Augmentation, rng: np.random.Genera
     """Random contrast about the image mean, then brightness; saturates to uint8."""
     contrast = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0
-    beta = (1.0 - contrast) * float(image.mean()) + brightness
+    beta = (1.0 - contrast) * cv2.mean(image)[0] + brightness
     return cv2.convertScaleAbs(image, alpha=contrast, beta=beta)
 
 
 class Decode(grain.MapTransform):
-    """PNG bytes -> 2-D uint8; keeps only the keys the consumer needs."""
+    """PNG bytes -> 2-D uint8; keeps only the keys the consumer needs.
+
+    OpenCV is held to one thread: parallelism comes from grain's worker processes, and OpenCV's
+    own thread pool on top of them oversubscribes the cores (warps ran twice as slow with 2 threads
+    per process on 2 cores). The call costs well under a microsecond and must run in each worker.
+    """
 
     def __init__(self, keys: tuple[str, ...]):
         self.keys = keys
 
     def map(self, record):
+        cv2.setNumThreads(1)
         out = {key: record[key] for key in self.keys if key != "image"}
-        out["image"] = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_GRAYSCALE)
+        out["image"] = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_UNCHANGED)
         return out
 
 
@@ -146,8 +153,10 @@ def train_loader(source, *, batch_size: int, image_size: int, augment: str, seed
                  worker_count: int = 0) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
 
-    Deterministic for a seed (shuffle order and augmentation draws), with any worker count, and
-    its iterator's state can be saved and restored (``get_state``/``set_state``).
+    Deterministic for a seed and worker count (shuffle order and augmentation draws; each worker
+    batches its own slice, so another worker count gives other batches), and its iterator's state
+    can be saved and restored (``get_state``/``set_state``). The shuffle is grain's index shuffle,
+    a different permutation every epoch.
     """
     sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options(), shuffle=True,
                                  num_epochs=None, seed=seed)
@@ -161,21 +170,21 @@ def eval_batches(source, *, batch_size: int, image_size: int, worker_count: int 
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of this process's shard exactly once, in order, in full batches.
 
-    The last batch is padded and ``mask`` marks the real examples. Every process yields the same
-    number of batches (empty, fully masked ones where its shard is shorter), so sharded
-    computations stay in lockstep across processes.
+    Records are batched here, not in grain: grain's workers each batch their own slice, which
+    would reorder examples and leave one short batch per worker. The last batch is padded and
+    ``mask`` marks the real examples. Every process yields the same number of batches (empty,
+    fully masked ones where its shard is shorter), so sharded computations stay in lockstep.
     """
     sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options(), shuffle=False,
                                  num_epochs=1, seed=0)
     loader = grain.DataLoader(data_source=source, sampler=sampler,
-                              operations=[Decode(EVAL_KEYS), Resize(image_size),
-                                          grain.Batch(batch_size, drop_remainder=False)],
+                              operations=[Decode(EVAL_KEYS), Resize(image_size)],
                               worker_count=worker_count, shard_options=shard_options())
     per_process = math.ceil(len(source) / jax.process_count())
-    num_batches = math.ceil(per_process / batch_size)
-    batches = iter(loader)
-    for _ in range(num_batches):
-        batch = next(batches, None)
+    records = iter(loader)
+    for _ in range(math.ceil(per_process / batch_size)):
+        chunk = list(itertools.islice(records, batch_size))
+        batch = {key: np.stack([r[key] for r in chunk]) for key in chunk[0]} if chunk else None
         yield pad_batch(batch, batch_size, image_size)
 
 

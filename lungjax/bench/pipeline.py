@@ -1,0 +1,170 @@
+"""Input-pipeline throughput: images/s per worker at 224 from 256-pixel stored films.
+
+    python -m lungjax.bench.pipeline --workdir=/tmp/lungjax-bench --repeats=5
+
+Builds a phantom ArrayRecord dataset once (a few hundred films, re-read for several epochs), then:
+
+* the grain training loader with the ``light`` and ``seed`` presets, at 1 and 2 worker processes
+  (fresh loader per run, first batch excluded so worker start-up is not counted), median of
+  ``--repeats`` runs, images/s per worker and the 1 -> 2 worker scaling;
+* where the time goes in one process: record read, PNG decode, affine warp, intensity, batching;
+* augmentation on the host (OpenCV, one warp per image) against a batched version on the JAX device
+  inside ``jit`` (``jax.scipy.ndimage.map_coordinates``), in images/s on the default device.
+
+Numbers on a shared CPU are noisy: compare runs made together, and read the medians.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from lungjax.data import nih, phantom, pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "/tmp/lungjax-bench", "Where the phantom dataset and the JSON results go.")
+flags.DEFINE_integer("patients", 100, "Phantom patients (about 3 films each).")
+flags.DEFINE_integer("batch_size", 32, "Batch size of the loader.")
+flags.DEFINE_integer("batches", 40, "Timed batches per run.")
+flags.DEFINE_integer("repeats", 5, "Runs per preset and worker count; medians are reported.")
+
+STORED_SIZE = 256
+IMAGE_SIZE = 224
+PRESETS = ("light", "seed")
+
+
+def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
+    """The phantom dataset at STORED_SIZE (built once per workdir)."""
+    tree = workdir / "phantom_tree"
+    if not (tree / phantom.DATA_ENTRY_FILE).is_file():
+        phantom.write_nih_tree(tree, patients, seed=0, image_size=STORED_SIZE, num_workers=2)
+    return nih.prepare(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
+
+
+def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> float:
+    """Images/s of a fresh training loader, after its first batch."""
+    loader = pipeline.train_loader(source, batch_size=batch_size, image_size=IMAGE_SIZE, augment=augment,
+                                   seed=0, worker_count=workers)
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def per_image_us(fn, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - start) / len(items) * 1e6
+
+
+def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
+    """Microseconds per image of each stage, run in this process on ``count`` records."""
+    cv2.setNumThreads(1)
+    aug = pipeline.augmentation(augment)
+    rng = np.random.default_rng(0)
+    indices = [i % len(source) for i in range(count)]
+    records = [source[i] for i in indices]
+    decoded = [cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_UNCHANGED) for r in records]
+    matrices = [pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
+    warped = [pipeline.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
+    stages = {
+        "read record": per_image_us(source.__getitem__, indices),
+        "decode PNG": per_image_us(lambda r: cv2.imdecode(np.frombuffer(r["image"], np.uint8),
+                                                          cv2.IMREAD_UNCHANGED), records),
+        "draw matrix": per_image_us(lambda _: pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
+        "warp": per_image_us(lambda pair: pipeline.warp(pair[0], pair[1], IMAGE_SIZE),
+                             list(zip(decoded, matrices))),
+        "batch (stack)": _stack_us(warped),
+    }
+    if aug.brightness or aug.contrast:
+        stages["intensity"] = per_image_us(lambda image: pipeline.adjust_intensity(image, aug, rng), warped)
+    return stages
+
+
+def _stack_us(images: list[np.ndarray], batch_size: int = 64) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        np.stack([image[..., None] for image in images[i:i + batch_size]])
+    return (time.perf_counter() - start) / len(images) * 1e6
+
+
+def device_warp_fn(out_size: int):
+    """Batched affine warp on the device: (N, S, S) uint8 and (N, 2, 3) output->input matrices.
+
+    Bilinear (``order=1``) with edge replication (``mode="nearest"``), as the OpenCV path.
+    """
+    rows, cols = jnp.meshgrid(jnp.arange(out_size, dtype=jnp.float32), jnp.arange(out_size, dtype=jnp.float32),
+                              indexing="ij")
+    grid = jnp.stack([cols.ravel(), rows.ravel(), jnp.ones(out_size * out_size)])  # (3, P): x, y, 1
+
+    def warp_one(image, matrix):
+        x, y = matrix @ grid
+        values = jax.scipy.ndimage.map_coordinates(image.astype(jnp.float32), [y, x], order=1, mode="nearest")
+        return values.reshape(out_size, out_size)
+
+    return jax.jit(jax.vmap(warp_one))
+
+
+def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> dict[str, float]:
+    """Images/s: OpenCV per image on the host vs the batched warp on the JAX device (same matrices)."""
+    aug = pipeline.augmentation(augment)
+    rng = np.random.default_rng(0)
+    images = np.stack([cv2.imdecode(np.frombuffer(source[i % len(source)]["image"], np.uint8),
+                                    cv2.IMREAD_UNCHANGED) for i in range(batch_size)])
+    matrices = np.stack([pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in range(batch_size)])
+    on_device = device_warp_fn(IMAGE_SIZE)
+    device_images, device_matrices = jnp.asarray(images), jnp.asarray(matrices, jnp.float32)
+    reference = on_device(device_images, device_matrices).block_until_ready()
+    host = [pipeline.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices)]
+    difference = float(np.abs(np.asarray(reference) - np.stack(host).astype(np.float32)).mean())
+    host_times, device_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for image, matrix in zip(images, matrices):
+            pipeline.warp(image, matrix, IMAGE_SIZE)
+        host_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        on_device(device_images, device_matrices).block_until_ready()
+        device_times.append(time.perf_counter() - start)
+    return {"opencv_host_images_per_s": batch_size / statistics.median(host_times),
+            "jax_device_images_per_s": batch_size / statistics.median(device_times),
+            "device": str(jax.devices()[0]), "mean_abs_difference": difference}
+
+
+def main(argv: list[str]) -> None:
+    del argv  # flags only; absl parses them, which grain's worker processes also require
+    args = FLAGS
+
+    workdir = Path(args.workdir)
+    source = pipeline.data_source(make_dataset(workdir, args.patients), "train")
+    results: dict = {"records": len(source), "stored_size": STORED_SIZE, "image_size": IMAGE_SIZE,
+                     "batch_size": args.batch_size, "loader": {}, "stages_us": {}}
+    for preset in PRESETS:
+        rates = {workers: [loader_rate(source, augment=preset, workers=workers, batches=args.batches,
+                                       batch_size=args.batch_size) for _ in range(args.repeats)]
+                 for workers in (1, 2)}
+        one, two = statistics.median(rates[1]), statistics.median(rates[2])
+        results["loader"][preset] = {"runs": rates, "per_worker_1": one, "per_worker_2": two / 2,
+                                     "scaling_1_to_2": two / one}
+        results["stages_us"][preset] = stage_breakdown(source, preset, count=4 * len(source))
+        print(f"{preset}: 1 worker {one:.0f} images/s, 2 workers {two:.0f} images/s "
+              f"({two / 2:.0f} per worker), scaling {two / one:.2f}x")
+        print("  per image (us): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()))
+    results["augment_host_vs_device"] = augment_comparison(source, "seed", args.batch_size, args.repeats)
+    print("augment (seed preset):", json.dumps(results["augment_host_vs_device"]))
+    (workdir / "pipeline_bench.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,133 @@
+"""The grain pipeline on an in-memory source: shuffling, evaluation order, augmentation, state."""
+
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+from absl import flags
+
+from lungjax.data import pipeline
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def parsed_flags():
+    """grain reads its absl flags, which the CLI parses and pytest does not."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_source(count: int, size: int = SIZE) -> list[dict]:
+    """Records shaped like the TFDS source's: label ``i`` and an image whose pixels are all ``i``."""
+    return [{"image": cv2.imencode(".png", np.full((size, size, 1), i, np.uint8))[1].tobytes(),
+             "label": i, "image_name": f"{i:08d}_000.png".encode(), "patient_id": i,
+             "bbox": np.full(4, -1.0, np.float32)} for i in range(count)]
+
+
+def test_shuffle_is_seeded_and_differs_every_epoch():
+    count = 12
+    loader = pipeline.train_loader(make_source(count), batch_size=1, image_size=SIZE, augment="none",
+                                   seed=3, worker_count=0)
+    iterator = iter(loader)
+    labels = [int(next(iterator)["label"][0]) for _ in range(3 * count)]
+    epochs = [labels[i * count:(i + 1) * count] for i in range(3)]
+    assert all(sorted(epoch) == list(range(count)) for epoch in epochs)  # each epoch: every record once
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    again = iter(pipeline.train_loader(make_source(count), batch_size=1, image_size=SIZE, augment="none",
+                                       seed=3, worker_count=0))
+    assert [int(next(again)["label"][0]) for _ in range(count)] == epochs[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_batches_cover_every_example_once_in_order(workers):
+    source = make_source(10)
+    batches = list(pipeline.eval_batches(source, batch_size=4, image_size=16, worker_count=workers))
+    assert len(batches) == 3
+    assert [b["mask"].tolist() for b in batches][-1] == [True, True, False, False]
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+    assert labels.tolist() == list(range(10))
+    assert all(b["image"].shape == (4, 16, 16, 1) and b["image"].dtype == np.uint8 for b in batches)
+    images = np.concatenate([b["image"] for b in batches])[mask]
+    assert np.all(images == np.arange(10)[:, None, None, None])  # images stay with their labels
+    assert batches[-1]["image_name"][1] == b"00000009_000.png"
+
+
+def test_no_augmentation_is_a_plain_resize():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    same = pipeline.affine_matrix(pipeline.augmentation("none"), 64, 64, rng)
+    np.testing.assert_allclose(same, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    assert np.array_equal(pipeline.warp(image, same, 64), image)
+    half = pipeline.warp(image, pipeline.affine_matrix(pipeline.augmentation("none"), 64, 32, rng), 32)
+    linear = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(half.astype(int) - linear).max() <= 1
+
+
+class HighEnd:
+    """An rng stand-in that always draws the top of each range."""
+
+    def uniform(self, low, high, size=None):
+        return np.full(size, high, float) if size else float(high)
+
+
+def test_rotation_and_shift_move_a_point_where_expected():
+    image = np.zeros((64, 64), np.uint8)
+    image[20, 10] = 255  # x=10, y=20
+    turned = pipeline.warp(image, pipeline.affine_matrix(pipeline.Augmentation(rotation=90), 64, 64, HighEnd()), 64)
+    # +90 degrees about the centre (31.5, 31.5): (x, y) = (10, 20) -> (20, 53), counter-clockwise on screen
+    assert np.unravel_index(np.argmax(turned), turned.shape) == (53, 20)
+    shifted = pipeline.warp(image, pipeline.affine_matrix(pipeline.Augmentation(shift=0.125), 64, 64, HighEnd()), 64)
+    # the output samples the input 8 pixels right and down: the content moves 8 pixels left and up
+    assert np.unravel_index(np.argmax(shifted), shifted.shape) == (12, 2)
+
+
+def test_seed_preset_is_the_reference_set():
+    seed = pipeline.augmentation("seed")
+    assert (seed.rotation, seed.shift, seed.shear, seed.zoom) == (30.0, 0.2, 0.2, 0.3)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        pipeline.augmentation("heavy")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_iterator_continues_exactly(workers):
+    source = make_source(20)
+
+    def loader():
+        return pipeline.train_loader(source, batch_size=3, image_size=16, augment="seed", seed=5,
+                                     worker_count=workers)
+
+    uninterrupted = iter(loader())
+    expected = [next(uninterrupted) for _ in range(10)]
+    first = iter(loader())
+    for _ in range(4):
+        next(first)
+    state = first.get_state()
+    restored = iter(loader())
+    restored.set_state(state)
+    for want in expected[4:]:
+        got = next(restored)
+        assert np.array_equal(got["label"], want["label"]) and np.array_equal(got["image"], want["image"])
+
+
+def test_worker_processes_start_after_jax_has_run():
+    """grain spawns its workers (never forks), so a process with JAX's threads running cannot deadlock."""
+    script = textwrap.dedent(f"""
+        import cv2, numpy as np, jax.numpy as jnp
+        from absl import flags
+        from lungjax.data import pipeline
+        flags.FLAGS.mark_as_parsed()
+        assert float(jnp.ones(8).sum()) == 8.0
+        source = [{{"image": cv2.imencode(".png", np.full((16, 16, 1), i, np.uint8))[1].tobytes(), "label": i}}
+                  for i in range(8)]
+        it = iter(pipeline.train_loader(source, batch_size=4, image_size={SIZE}, augment="light", seed=0,
+                                        worker_count=2))
+        print(sorted(next(it)["label"].tolist() + next(it)["label"].tolist()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(list(range(8)))
