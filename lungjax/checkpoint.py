@@ -1,47 +1,90 @@
 """Orbax checkpoints in ``<workdir>/checkpoints``: what a run saves and what each reader restores.
 
-One checkpoint holds four items, so a reader restores only what it needs:
-``model`` (parameters and BatchNorm statistics — all that evaluation reads), ``train`` (optimizer
-state, step, RNG), ``data`` (the grain iterator's state after the last consumed batch) and
-``config`` (the resolved config, JSON). Saving is asynchronous; Orbax writes each step to a
-temporary directory and renames it when complete, so a partial checkpoint is never selected.
+One checkpoint holds five items, so a reader restores only what it needs:
+
+* ``model``: ``{"params", "batch_stats"}``, all that evaluation reads. With ``ema_decay > 0`` its
+  params are the EMA of the parameters (what validation and evaluation use);
+* ``train``: ``{"step", "opt_state", "rng", "plateau"}`` and, with an EMA, ``"params"``: the raw
+  optimised parameters training resumes from;
+* ``data``: the grain iterator's state after the last consumed batch;
+* ``config``: the resolved config (JSON);
+* ``run``: JSON facts about the run that are not config: the dataset fingerprint and the
+  early-stopping counters.
+
+Saving is asynchronous; Orbax writes each step to a temporary directory and renames it when
+complete, so a partial checkpoint is never selected. The latest ``keep`` checkpoints are kept, plus
+the one with the best validation macro ROC-AUC (``best_step``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 CHECKPOINT_DIR = "checkpoints"
-MODEL, TRAIN, DATA, CONFIG = "model", "train", "data", "config"
+MODEL, TRAIN, DATA, CONFIG, RUN = "model", "train", "data", "config", "run"
+BEST_METRIC = "val_macro_auc"
+
+# Config keys that may differ between a checkpoint and the run resuming from it: they change how
+# long the run goes, what it logs or how often it saves, not what a step computes. A key ending
+# in "." is a prefix.
+SAFE_KEYS = ("num_train_steps", "num_epochs", "log_every_steps", "checkpoint_every_steps",
+             "keep_checkpoints", "eval_every_steps", "early_stop_patience", "worker_count",
+             "eval.", "data.build_workers", "data.data_dir", "data.manual_dir")
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir).absolute() / CHECKPOINT_DIR
 
 
+def _best_metric(metrics: dict) -> float:
+    """Steps saved without a validation AUC rank last (every save passes metrics, so Orbax does
+    not warn about missing ones)."""
+    return metrics.get(BEST_METRIC, -math.inf)
+
+
 def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False
                  ) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only, enable_async_checkpointing=True)
+    """Keeps the latest ``max_to_keep`` checkpoints and the best by ``BEST_METRIC``."""
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(max_to_keep),
+        policies.BestN(get_metric_fn=_best_metric, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_best_metric, best_mode="max",
+                                           create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=True)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 item_names=(MODEL, TRAIN, DATA, CONFIG))
+                                 item_names=(MODEL, TRAIN, DATA, CONFIG, RUN))
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+    """The kept step with the highest validation macro ROC-AUC; None when no save had one."""
+    step = manager.best_step()
+    if step is None or BEST_METRIC not in (manager.metrics(step) or {}):
+        return None
+    return step
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, model_state: Any, train_state: Any,
-         data_state: bytes, config: dict) -> None:
-    """Starts an asynchronous save of one step (``manager.wait_until_finished()`` to block)."""
+         data_state: bytes, config: dict, run: dict, metrics: dict) -> None:
+    """Starts an asynchronous save of one step (``manager.wait_until_finished()`` to block).
+
+    ``metrics`` with ``BEST_METRIC`` makes a validated step a candidate for ``best``.
+    """
     manager.save(step, args=ocp.args.Composite(**{
         MODEL: ocp.args.StandardSave(model_state),
         TRAIN: ocp.args.StandardSave(train_state),
         DATA: ocp.args.JsonSave(json.loads(data_state)),
         CONFIG: ocp.args.JsonSave(config),
-    }))
+        RUN: ocp.args.JsonSave(run),
+    }), metrics=metrics)
 
 
 def abstract(tree: Any) -> Any:
@@ -50,14 +93,15 @@ def abstract(tree: Any) -> Any:
 
 
 def restore_training(manager: ocp.CheckpointManager, step: int, *, model_state: Any, train_state: Any
-                     ) -> tuple[Any, Any, bytes]:
-    """Restores a run to continue training: model, optimizer/step/RNG, and the data iterator state."""
+                     ) -> tuple[Any, Any, bytes, dict]:
+    """Restores a run to continue training: model, train item, data iterator state and run facts."""
     restored = manager.restore(step, args=ocp.args.Composite(**{
         MODEL: ocp.args.StandardRestore(abstract(model_state)),
         TRAIN: ocp.args.StandardRestore(abstract(train_state)),
         DATA: ocp.args.JsonRestore(),
+        RUN: ocp.args.JsonRestore(),
     }))
-    return restored[MODEL], restored[TRAIN], json.dumps(restored[DATA]).encode()
+    return restored[MODEL], restored[TRAIN], json.dumps(restored[DATA]).encode(), restored[RUN]
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -68,3 +112,32 @@ def restore_model(manager: ocp.CheckpointManager, step: int, model_state: Any) -
     """Restores parameters and BatchNorm statistics only (no optimizer state): for inference."""
     return manager.restore(step, args=ocp.args.Composite(**{
         MODEL: ocp.args.StandardRestore(abstract(model_state))}))[MODEL]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_safe(key: str) -> bool:
+    return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
+
+
+def check_resumable(saved_config: dict, config: dict) -> None:
+    """Refuses to resume with a config whose model, data or optimisation differ from the checkpoint's.
+
+    JSON turns tuples into lists, so values are compared after the same round trip.
+    """
+    saved, current = _flatten(saved_config), _flatten(json.loads(json.dumps(config)))
+    differing = sorted(key for key in saved.keys() | current.keys()
+                       if saved.get(key) != current.get(key) and not _is_safe(key))
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}"
+                            for key in differing)
+        raise ValueError(f"the config does not fit the checkpoint in this workdir ({details}); use a new "
+                         f"workdir, or change only {', '.join(SAFE_KEYS)}")

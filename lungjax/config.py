@@ -38,23 +38,35 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adamw"  # "adam" | "adamw" | "sgd"
     config.learning_rate = 1e-3
-    config.schedule = "cosine"  # "constant" | "cosine" (with linear warmup)
+    config.schedule = "cosine"  # "constant" | "cosine" (with linear warmup) | "plateau"
     config.warmup_epochs = 1.0
+    # schedule="plateau": the learning rate is multiplied by `factor` after `patience` validations
+    # without a lower validation loss (optax.contrib.reduce_on_plateau), down to `min_scale`.
+    config.plateau = ml_collections.ConfigDict()
+    config.plateau.factor = 0.1
+    config.plateau.patience = 3
+    config.plateau.cooldown = 0
+    config.plateau.min_scale = 1e-3
     config.weight_decay = 1e-4
     config.grad_clip_norm = 0.0  # 0: no clipping
     config.class_weights = "balanced"  # "balanced" | "none" | a list of six numbers
     config.label_smoothing = 0.0
     config.focal_gamma = 0.0  # > 0: focal loss
     config.half_precision = False  # bfloat16 compute, float32 parameters
+    config.ema_decay = 0.0  # > 0: validate, checkpoint (model item) and evaluate an EMA of the parameters
 
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.log_every_steps = 50
+    config.eval_every_steps = 0  # validate every this many steps; 0: once per epoch
+    config.early_stop_patience = 0  # stop after this many validations without a lower val loss; 0: never
     config.seed = 0
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.checkpoint = "latest"  # "latest" | "best" | a step number
+    config.eval.checkpoint = "best"  # "best" (latest when no best was recorded) | "latest" | a step number
     config.eval.split = "test"  # "test" | "validation" | "train"
     config.eval.batch_size = 128
     config.eval.n_bootstrap = 1000
+    config.eval.tta_crops = 1  # test-time augmentation: 1 (none) .. 6 (whole image + 5 crops), averaged
+    config.eval.explain_examples = 16  # Grad-CAM grid of the worst-scored examples (0: no grid)
     return config

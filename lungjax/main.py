@@ -1,5 +1,8 @@
 """Command line: ``python -m lungjax.main --config configs/demo.py --workdir runs/demo [--mode ...]``.
 
+``--mode predict --images a.png b.dcm ...`` classifies files with the workdir's checkpoint; the
+file names after the first may follow ``--images`` without repeating the flag.
+
 Only parses flags and hands over to the library, so everything here is importable and testable.
 Config values can be overridden on the command line: ``--config.batch_size=64``.
 """
@@ -11,22 +14,34 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "evaluate", "prepare")
+MODES = ("train", "evaluate", "prepare", "predict")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, logs and reports.")
 flags.DEFINE_enum("mode", "train", MODES,
                   "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; "
-                  "prepare: build the dataset only.")
+                  "prepare: build the dataset only; predict: classify --images files.")
+flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    extra = argv[1:]
+    if extra and FLAGS.mode != "predict":
+        raise app.UsageError(f"unexpected arguments: {extra}")
     logging.set_verbosity(logging.WARNING)
     config, workdir = FLAGS.config, FLAGS.workdir
+    if FLAGS.mode == "predict":
+        from lungjax import predict  # imports no training code
+
+        paths = [*FLAGS.images, *extra]
+        if not paths:
+            raise app.UsageError("--mode predict needs --images FILE [FILE ...]")
+        failures = predict.predict_files(config, workdir, paths)
+        if failures:
+            print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
+        return int(failures > 0)
     if FLAGS.mode == "evaluate":
         from lungjax import evaluate  # imports no training code
 

@@ -1,17 +1,24 @@
-"""Optimizer and learning-rate schedule from the config (optax)."""
+"""Optimizer, learning-rate schedule and the reduce-on-plateau scale, from the config (optax).
+
+The plateau scale is not part of the optax chain: it changes only when a validation loss is fed
+to it (``observe_validation_loss``), between steps, while the step merely multiplies the updates
+by it. Keeping its state beside the optimizer state lets the step stay ``(state, batch) -> state``.
+"""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
+from optax import contrib
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "plateau")
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-    """``constant``, or linear warmup then cosine decay to zero over the run."""
-    if config.schedule == "constant":
+    """``constant`` (also the base of ``plateau``), or linear warmup then cosine decay to zero."""
+    if config.schedule in ("constant", "plateau"):
         return optax.constant_schedule(config.learning_rate)
     if config.schedule == "cosine":
         warmup = int(config.warmup_epochs * steps_per_epoch)
@@ -38,3 +45,24 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
     if config.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     return optimizer
+
+
+def make_plateau(config) -> optax.GradientTransformationExtraArgs:
+    """optax's reduce-on-plateau, fed one validation loss per validation (see the module docstring)."""
+    return contrib.reduce_on_plateau(factor=config.plateau.factor, patience=config.plateau.patience,
+                                     cooldown=config.plateau.cooldown, min_scale=config.plateau.min_scale)
+
+
+def init_plateau(config) -> contrib.ReduceLROnPlateauState:
+    """The initial plateau state (scale 1), with strong dtypes so the step never retraces on it."""
+    state = make_plateau(config).init(None)
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
+
+
+def observe_validation_loss(config, plateau_state, val_loss: float):
+    """Feeds a validation loss to the plateau state; a no-op unless ``schedule == "plateau"``."""
+    if config.schedule != "plateau":
+        return plateau_state
+    _, new_state = make_plateau(config).update({}, plateau_state, value=jnp.float32(val_loss))
+    return jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
+                        new_state, plateau_state)

@@ -1,13 +1,13 @@
-"""The training loop: data -> sharded jit step -> logs and Orbax checkpoints, resuming where it stopped.
+"""The training loop: data -> sharded jit step -> validation, logs and Orbax checkpoints.
 
-``train_and_evaluate(config, workdir)`` is the whole job: build the dataset if needed, train (from
-the latest checkpoint when there is one), then evaluate the final model on the test split.
+``train(config, workdir)`` trains from the latest checkpoint in ``workdir`` when there is one and
+then sees the same batches, so a stopped and resumed run ends bitwise where an unstopped one would.
+``train_and_evaluate`` adds the final evaluation on the test split.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from pathlib import Path
@@ -15,30 +15,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lungjax import checkpoint, evaluate, metrics, models, optim, sharding, step as step_lib
+from lungjax import checkpoint, evaluate, logs, loss, models, optim, run_info, sharding, validate
+from lungjax import step as step_lib
 from lungjax.data import dataset, labels, pipeline
-
-METRICS_FILE = "metrics.jsonl"
-RUN_INFO_FILE = "run_info.json"
-
-
-def class_weights(config, train_counts: list[int]) -> np.ndarray:
-    """``balanced`` (scikit-learn's formula on the training split), ``none``, or an explicit list."""
-    if config.class_weights == "balanced":
-        counts = np.asarray(train_counts)
-        return metrics.compute_class_weights(np.repeat(np.arange(len(counts)), counts), len(counts))
-    if config.class_weights == "none":
-        return np.ones(len(train_counts))
-    weights = np.asarray(config.class_weights, dtype=np.float64)
-    if weights.shape != (len(train_counts),) or (weights <= 0).any():
-        raise ValueError(f"config.class_weights must be 'balanced', 'none' or {len(train_counts)} "
-                         f"positive numbers, got {config.class_weights!r}")
-    return weights
 
 
 class PreemptionFlag:
@@ -60,33 +43,64 @@ class PreemptionFlag:
             signal.signal(sig, handler)
 
 
-def append_metrics(path: Path, record: dict) -> None:
-    if jax.process_index() == 0:
-        with path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
 def batches_with_state(loader_iterator):
     """Yields ``(batch, iterator state after it)``: the state a checkpoint must record."""
     for batch in loader_iterator:
         yield batch, loader_iterator.get_state()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
-    """Trains until ``num_train_steps`` (or an epoch count), resuming from the latest checkpoint.
+def initial_state(config, params, batch_stats, tx) -> step_lib.TrainState:
+    ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None  # its own buffers: donated
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                               opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(config.seed)),
+                               plateau=optim.init_plateau(config), ema_params=ema)
 
-    Returns whether the run reached its last step (False when preempted).
+
+def model_item(state: step_lib.TrainState) -> dict:
+    """What validation, the ``model`` checkpoint item and evaluation use: EMA params when kept."""
+    params = state.params if state.ema_params is None else state.ema_params
+    return {"params": params, "batch_stats": state.batch_stats}
+
+
+def train_item(state: step_lib.TrainState) -> dict:
+    item = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng, "plateau": state.plateau}
+    if state.ema_params is not None:
+        item["params"] = state.params
+    return item
+
+
+def from_items(state: step_lib.TrainState, model: dict, train: dict) -> step_lib.TrainState:
+    if state.ema_params is None:
+        return state.replace(params=model["params"], batch_stats=model["batch_stats"], **train)
+    return state.replace(ema_params=model["params"], batch_stats=model["batch_stats"], **train)
+
+
+def check_finite(state: step_lib.TrainState, manager) -> None:
+    """Stops the run before a non-finite state is logged or saved; the last good checkpoint stays latest."""
+    bad = int(state.nonfinite_step)
+    if bad:
+        raise FloatingPointError(f"non-finite loss, gradients or parameters at step {bad}; stopping. "
+                                 f"The last good checkpoint is step {manager.latest_step()}")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Trains until ``num_train_steps`` (or ``num_epochs``) or early stopping, resuming if possible.
+
+    Returns whether the run is finished (False when preempted).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = dataset.build(config.data, workdir)
-    report = dataset.build_report(builder)
-    train_counts = report["class_counts"]["train"]
-    weights = class_weights(config, train_counts)
+    train_counts = dataset.build_report(builder)["class_counts"]["train"]
+    weights = loss.class_weights(config, train_counts)
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    eval_every = config.eval_every_steps or steps_per_epoch
+    fingerprint = run_info.dataset_fingerprint(builder)
+    run_info.write(workdir, config=config, builder=builder, fingerprint=fingerprint, train_counts=train_counts,
+                   class_weights=weights, steps_per_epoch=steps_per_epoch, num_train_steps=num_steps)
 
     model = models.from_config(config.model, num_classes=labels.NUM_CLASSES,
                                half_precision=config.half_precision, seed=config.seed)
@@ -94,79 +108,88 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
     tx = optim.make_optimizer(config, schedule)
     replicated = sharding.replicated(mesh)
-    state = jax.device_put(step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                               batch_stats=batch_stats, opt_state=tx.init(params),
-                                               rng=jax.random.key_data(jax.random.key(config.seed))),
-                           replicated)
+    state = jax.device_put(initial_state(config, params, batch_stats, tx), replicated)
 
     loader = pipeline.train_loader(pipeline.data_source(builder, "train"), batch_size=local_batch,
                                    image_size=config.image_size, augment=config.augment, seed=config.seed,
                                    worker_count=config.worker_count)
     data_iterator = iter(loader)
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
+    early_stopping = validate.EarlyStopping(config.early_stop_patience)
     start = manager.latest_step() or 0
     if start:
-        model_state, train_state, data_state = checkpoint.restore_training(
-            manager, start, model_state={"params": state.params, "batch_stats": state.batch_stats},
-            train_state={"opt_state": state.opt_state, "step": state.step, "rng": state.rng})
-        state = state.replace(params=model_state["params"], batch_stats=model_state["batch_stats"],
-                              **train_state)
+        checkpoint.check_resumable(checkpoint.restore_config(manager, start), config.to_dict())
+        model_state, train_state, data_state, run = checkpoint.restore_training(
+            manager, start, model_state=model_item(state), train_state=train_item(state))
+        state = from_items(state, model_state, train_state)
         data_iterator.set_state(data_state)
+        early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
+        if run["dataset_fingerprint"] != fingerprint:
+            logging.warning("the dataset differs from the one checkpoint %d was trained on", start)
         logging.info("resumed from checkpoint step %d", start)
-    if jax.process_index() == 0:
-        (workdir / RUN_INFO_FILE).write_text(json.dumps({
-            "train_class_counts": dict(zip(labels.CLASS_NAMES, train_counts)),
-            "class_weights": dict(zip(labels.CLASS_NAMES, weights.tolist())),
-            "dataset": builder.builder_config.name, "devices": [str(d) for d in jax.devices()],
-            "steps_per_epoch": steps_per_epoch, "num_train_steps": num_steps, "config": config.to_dict(),
-        }, indent=2))
+    if early_stopping.should_stop:
+        return True
 
     train_step = step_lib.make_train_step(
         graphdef=graphdef, tx=tx, class_weights=jnp.asarray(weights, jnp.float32),
         label_smoothing=config.label_smoothing, focal_gamma=config.focal_gamma,
-        dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+        dtype=jnp.bfloat16 if config.half_precision else jnp.float32, ema_decay=config.ema_decay,
         state_sharding=replicated, batch_sharding=sharding.batch_sharding(mesh), replicated_sharding=replicated)
-
-    def save(step: int, data_state: bytes) -> None:
-        checkpoint.save(manager, step,
-                        model_state={"params": state.params, "batch_stats": state.batch_stats},
-                        train_state={"opt_state": state.opt_state, "step": state.step, "rng": state.rng},
-                        data_state=data_state, config=config.to_dict())
+    validator = validate.Validator(builder, config, graphdef, mesh)
 
     batches = sharding.prefetch_to_device(batches_with_state(data_iterator), sharding.batch_sharding(mesh))
-    accumulated, window_start, data_state = None, time.perf_counter(), None
+    accumulated, window_start, window_steps = None, time.perf_counter(), 0
     step = start
     with PreemptionFlag() as preempted, contextlib.closing(manager), \
+            contextlib.closing(logs.make_writer(workdir)) as writer, \
             tqdm(total=num_steps, initial=start, desc="train", unit="step",
                  disable=jax.process_index() != 0) as progress:
         for step in range(start + 1, num_steps + 1):
             batch, data_state = next(batches)
             state, step_metrics = train_step(state, batch)
             accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+            window_steps += 1
             progress.update(1)
-            if step % config.log_every_steps == 0 or step == num_steps:
-                values = {k: float(v) for k, v in accumulated.compute().items()}
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = (step - 1) % config.log_every_steps + 1
-                record = {"step": step, "epoch": step / steps_per_epoch, **values,
-                          "learning_rate": float(schedule(step - 1)),
-                          "images_per_sec": steps_in_window * config.batch_size / elapsed}
-                if not np.isfinite(values["loss"]):
-                    raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}; "
-                                             f"the last good checkpoint is step {manager.latest_step()}")
-                append_metrics(workdir / METRICS_FILE, record)
-                progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{record['images_per_sec']:.0f}")
-                accumulated, window_start = None, time.perf_counter()
-            if step % config.checkpoint_every_steps == 0 or step == num_steps or preempted.raised:
-                save(step, data_state)
-            if preempted.raised:
+            validating = step % eval_every == 0 or step == num_steps
+            saved_metrics = {}
+            if validating or step % config.log_every_steps == 0:
+                check_finite(state, manager)
+                record = {"epoch": step / steps_per_epoch,
+                          **{name: float(value) for name, value in accumulated.compute().items()},
+                          "learning_rate": float(schedule(step - 1) * state.plateau.scale),
+                          "images_per_sec": window_steps * config.batch_size / (time.perf_counter() - window_start)}
+                progress.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}",
+                                     img_s=f"{record['images_per_sec']:.0f}")
+                if validating:
+                    result = validator(model_item(state))
+                    record.update(result.scalars)
+                    writer.write_images(step, result.images)
+                    state = state.replace(plateau=optim.observe_validation_loss(
+                        config, state.plateau, result.scalars["val_loss"]))
+                    early_stopping.update(result.scalars["val_loss"])
+                    saved_metrics = result.scalars
+                writer.write_scalars(step, record)
+                accumulated, window_steps = None, 0
+            stop = preempted.raised or early_stopping.should_stop
+            if validating or stop or step % config.checkpoint_every_steps == 0:
+                check_finite(state, manager)
+                checkpoint.save(manager, step, model_state=model_item(state), train_state=train_item(state),
+                                data_state=data_state, config=config.to_dict(), metrics=saved_metrics,
+                                run={"dataset_fingerprint": fingerprint,
+                                     "early_stopping": early_stopping.to_dict()})
+            if window_steps == 0:
+                window_start = time.perf_counter()  # images/s counts training time only
+            if stop:
                 break
         manager.wait_until_finished()
-    return step >= num_steps
+    if early_stopping.should_stop:
+        logging.warning("early stop at step %d: %d validations without a lower validation loss",
+                        step, early_stopping.evals_without_improvement)
+    return step >= num_steps or early_stopping.should_stop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming if possible), then evaluates the final checkpoint on ``config.eval.split``."""
+    """Trains (resuming if possible), then evaluates ``config.eval.checkpoint`` on ``config.eval.split``."""
     if train(config, workdir):
         report = evaluate.evaluate(config, workdir)
         if jax.process_index() == 0:

@@ -1,12 +1,17 @@
-"""The loss against a NumPy float64 reference, and class weights against scikit-learn."""
+"""The loss against a NumPy float64 reference, class weights against scikit-learn, the weight-decay
+mask, the plateau scale, and a bfloat16 step against a float32 one."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 from sklearn.utils.class_weight import compute_class_weight
 
-from lungjax import step
-from lungjax.train import class_weights
+from lungjax import loss, models, optim, sharding, step
+from lungjax.config import base_config
+from lungjax.loss import class_weights
 
 
 def reference_loss(logits, labels, weights, smoothing=0.0, gamma=0.0):
@@ -27,7 +32,7 @@ def test_loss_matches_float64_reference(smoothing, gamma):
     logits = rng.normal(size=(32, 6)) * 3
     labels = rng.integers(0, 6, size=32)
     weights = rng.uniform(0.5, 3.0, size=6)
-    got = step.weighted_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
+    got = loss.weighted_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
                                       jnp.asarray(weights, jnp.float32), label_smoothing=smoothing,
                                       focal_gamma=gamma)
     np.testing.assert_allclose(float(got), reference_loss(logits, labels, weights, smoothing, gamma), rtol=1e-5)
@@ -38,7 +43,7 @@ def test_masked_loss_ignores_padding():
     logits, labels = rng.normal(size=(8, 6)), rng.integers(0, 6, size=8)
     weights = np.ones(6)
     mask = np.arange(8) < 5
-    got = step.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights),
+    got = loss.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights),
                                       mask=jnp.asarray(mask))
     np.testing.assert_allclose(float(got), reference_loss(logits[:5], labels[:5], weights), rtol=1e-5)
 
@@ -59,3 +64,72 @@ def test_balanced_weights_equal_sklearn():
 def test_bad_class_weights_are_refused():
     with pytest.raises(ValueError, match="class_weights"):
         class_weights(_Config([1.0, 2.0]), [10] * 6)
+
+
+def tiny_model(half_precision=False, dropout_rate=0.5):
+    config = base_config()
+    config.model.name, config.model.width, config.model.dropout_rate = "resnet18", 0.125, dropout_rate
+    return models.from_config(config.model, num_classes=6, half_precision=half_precision, seed=0)
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+    _, params, _ = nnx.split(tiny_model(), nnx.Param, ...)
+    config = base_config()
+    config.optimizer, config.weight_decay, config.learning_rate = "adamw", 0.1, 1.0
+    tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)  # zero gradients: only decay moves weights
+    kinds = set()
+    for (path, p), u in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(updates)):
+        name = jax.tree_util.keystr(path).removesuffix(".value")
+        decayed = bool(np.any(np.asarray(u) != 0))
+        if name.endswith("['kernel']"):
+            kinds.add("kernel")
+            np.testing.assert_allclose(u, -0.1 * np.asarray(p), rtol=1e-6, err_msg=name)
+        else:
+            kinds.add(name.rsplit("[", 1)[-1])
+            assert not decayed, name
+    assert kinds == {"kernel", "'scale']", "'bias']"}
+
+
+def test_plateau_scale_drops_after_patience_validations():
+    config = base_config()
+    config.schedule, config.plateau.factor, config.plateau.patience = "plateau", 0.5, 2
+    state = optim.init_plateau(config)
+    scales = []
+    for val_loss in (1.0, 0.8, 0.9, 0.85, 0.7, 0.75, 0.76):
+        state = optim.observe_validation_loss(config, state, val_loss)
+        scales.append(float(state.scale))
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    config.schedule = "cosine"  # other schedules ignore validations
+    assert optim.observe_validation_loss(config, state, 9.0) is state
+
+
+def run_one_step(half_precision):
+    model = tiny_model(half_precision, dropout_rate=0.0)  # dropout x2 would only amplify rounding
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    config = base_config()
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 100))
+    state = step.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                            opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
+                            plateau=optim.init_plateau(config))
+    mesh = sharding.make_mesh()
+    train_step = step.make_train_step(
+        graphdef=graphdef, tx=tx, class_weights=jnp.ones(6), label_smoothing=0.1, focal_gamma=0.0,
+        dtype=jnp.bfloat16 if half_precision else jnp.float32, ema_decay=0.0,
+        state_sharding=sharding.replicated(mesh), batch_sharding=sharding.batch_sharding(mesh),
+        replicated_sharding=sharding.replicated(mesh))
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 1)), jnp.uint8),
+             "label": jnp.asarray(rng.integers(0, 6, 8))}
+    state, metrics = train_step(state, batch)
+    return state, float(metrics.compute()["loss"])
+
+
+def test_bfloat16_step_matches_float32_and_keeps_float32_state():
+    state32, loss32 = run_one_step(False)
+    state16, loss16 = run_one_step(True)
+    assert abs(loss16 - loss32) < 1e-2, (loss16, loss32)
+    for tree in (state16.params, state16.batch_stats, state16.opt_state):
+        assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype(np.float32)}
+    assert int(state16.nonfinite_step) == 0

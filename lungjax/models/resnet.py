@@ -236,13 +236,17 @@ class ResNet(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
+    def feature_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """The last stage's feature map (N, h, w, num_features), float32: what Grad-CAM explains."""
         x = self.stem(x, train=train)
         for stage in self.stages:
             for block in stage:
                 x = block(x, train=train)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return x.astype(jnp.float32)
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
+        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""

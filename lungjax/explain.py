@@ -1,0 +1,199 @@
+"""Grad-CAM heatmaps, and the pointing game that checks them against expert boxes.
+
+Grad-CAM (Selvaraju et al., 2017) weights each channel of the last stage's feature map by the
+spatial mean of the class logit's gradient with respect to it, sums the channels and keeps the
+positive part. Our ResNet ends in global average pooling and one linear layer, so this equals
+CAM: ``relu(sum_k W[k, c] A_k) / (h w)``; the tests hold it to that formula.
+
+The pointing game (Zhang et al., 2016) asks whether the heatmap's maximum falls inside the box
+drawn around the finding. A point dropped uniformly at random hits a box with probability equal to
+the box's share of the image, so the mean of those shares is the chance level to beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from lungjax.data import labels, pipeline
+
+GRID_COLUMNS = 4
+PANEL_INCHES = 2.6
+HEATMAP_ALPHA = 0.45
+DPI = 120
+
+
+def head_logits(model, features: jax.Array) -> jax.Array:
+    """Logits from a feature map: the ResNet's global average pool and linear head."""
+    return model.head(jnp.mean(features, axis=(1, 2)))
+
+
+def grad_cam(features_fn: Callable, head_fn: Callable, x: jax.Array, classes: jax.Array) -> jax.Array:
+    """Grad-CAM (N, h, w) at the feature map's resolution, non-negative and not normalised.
+
+    ``features_fn(x) -> (N, h, w, C)`` and ``head_fn(features) -> (N, num_classes)`` split a model
+    at the layer to explain; ``classes`` (N,) picks the logit explained for each image.
+    """
+    features = features_fn(x)
+
+    def chosen_logits(a):
+        return jnp.take_along_axis(head_fn(a), classes[:, None], axis=1).sum()
+
+    gradients = jax.grad(chosen_logits)(features)
+    weights = gradients.mean(axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+    return jax.nn.relu((weights * features).sum(axis=-1))
+
+
+def upsample(cams: jax.Array, size: int) -> jax.Array:
+    """(N, h, w) -> (N, size, size) by bilinear interpolation, each map scaled to a maximum of 1."""
+    maps = jax.image.resize(cams, (cams.shape[0], size, size), "linear")
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+def make_grad_cam_fn(graphdef: nnx.GraphDef, dtype):
+    """jit-compiled ``(model_state, uint8 images (N,S,S,1), classes (N,)) -> heatmaps (N,S,S)`` in [0, 1]."""
+
+    def cam(model_state, images, classes):
+        model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
+        x = images.astype(dtype) * (1.0 / 255.0)
+        maps = grad_cam(model.feature_map, lambda a: head_logits(model, a), x, classes)
+        return upsample(maps, images.shape[1])
+
+    return jax.jit(cam)
+
+
+def heatmaps_for(cam_fn, model_state, images: np.ndarray, classes: np.ndarray, batch_size: int) -> np.ndarray:
+    """Runs ``cam_fn`` in fixed-size (zero-padded) batches, so it compiles once."""
+    maps = []
+    for start in range(0, len(images), batch_size):
+        chunk, chunk_classes = images[start:start + batch_size], classes[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        padded_classes = np.concatenate([chunk_classes, np.zeros(pad, chunk_classes.dtype)])
+        maps.append(np.asarray(cam_fn(model_state, padded, padded_classes))[:len(chunk)])
+    return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
+
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the maximum, in the box convention (pixel i spans [i, i + 1), so its centre is i + .5).
+
+    A coarse map upsampled has a plateau of equal maxima; its centroid, not its first pixel, is
+    where the map points.
+    """
+    rows, cols = np.nonzero(heatmap == heatmap.max())
+    return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
+
+
+def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
+    """Share of (heatmap, box) pairs whose peak lies in the box, and the chance level.
+
+    ``boxes`` are (x, y, w, h) in the heatmaps' pixels. Chance is the mean share of the image that
+    each box covers (clipped to the image): the hit rate of a uniformly random point. A flat
+    heatmap points nowhere, so it counts as a miss (and is counted in ``flat``).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return {"n": 0, "hits": 0, "flat": 0, "hit_rate": None, "chance": None}
+    height, width = heatmaps.shape[1:3]
+    hits = flat = 0
+    for heatmap, (x, y, w, h) in zip(heatmaps, boxes):
+        if heatmap.max() == heatmap.min():
+            flat += 1
+            continue
+        px, py = heatmap_peak(heatmap)
+        hits += int(x <= px <= x + w and y <= py <= y + h)
+    visible_w = np.clip(boxes[:, 0] + boxes[:, 2], 0, width) - np.clip(boxes[:, 0], 0, width)
+    visible_h = np.clip(boxes[:, 1] + boxes[:, 3], 0, height) - np.clip(boxes[:, 1], 0, height)
+    chance = float(np.mean(visible_w * visible_h / (width * height)))
+    return {"n": int(len(boxes)), "hits": hits, "flat": flat, "hit_rate": hits / len(boxes), "chance": chance}
+
+
+def plot_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str], path: str | Path,
+                  boxes: np.ndarray | None = None) -> None:
+    """A grid of radiographs with their heatmaps overlaid (and boxes outlined, where given)."""
+    count = len(images)
+    columns = min(GRID_COLUMNS, count)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * rows + 0.3), layout="constrained")
+    axes_grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for i, axes in enumerate(axes_grid):
+        axes.set_axis_off()
+        if i >= count:
+            continue
+        axes.imshow(images[i].squeeze(-1), cmap="gray", vmin=0, vmax=255)
+        axes.imshow(heatmaps[i], cmap="jet", alpha=HEATMAP_ALPHA, vmin=0.0, vmax=1.0)
+        if boxes is not None and boxes[i][2] > 0:
+            x, y, w, h = boxes[i]
+            # imshow centres pixel i at i, the box convention at i + .5: shift by half a pixel.
+            axes.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+        px, py = heatmap_peak(heatmaps[i])
+        axes.plot(px - 0.5, py - 0.5, "w+", markersize=8)
+        axes.set_title(titles[i], fontsize="x-small")
+    figure.suptitle("Grad-CAM (last ResNet stage); + marks the maximum", fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, format="png")
+
+
+def load_images(source, indices: np.ndarray, names: np.ndarray, image_size: int) -> np.ndarray:
+    """Rows ``indices`` of a split as the model sees them (N, S, S, 1) uint8, checked by name."""
+    decode, resize = pipeline.Decode(("image", "image_name")), pipeline.Resize(image_size)
+    out = np.zeros((len(indices), image_size, image_size, 1), np.uint8)
+    for row, (index, name) in enumerate(zip(indices, names)):
+        record = resize.map(decode.map(source[int(index)]))
+        stored_name = record["image_name"]
+        stored_name = stored_name.decode() if isinstance(stored_name, bytes) else str(stored_name)
+        if stored_name != name:
+            raise RuntimeError(f"prediction row {index} is {name} but the split's record is {stored_name}")
+        out[row] = record["image"]
+    return out
+
+
+def explain_split(cam_fn, model_state, source, predictions: dict[str, np.ndarray], out: Path, *,
+                  image_size: int, box_scale: float, n_examples: int, batch_size: int) -> dict:
+    """Grad-CAM for the true class on the boxed and the worst-scored examples of a split.
+
+    Writes ``gradcam_worst.png`` (the ``n_examples`` lowest true-class probabilities) and
+    ``gradcam_boxed.png`` (the first boxed examples), and returns the pointing game over every
+    boxed example, overall and per class. ``box_scale`` maps stored-image pixels to model pixels.
+    """
+    true_prob = predictions["probs"][np.arange(len(predictions["label"])), predictions["label"]]
+    boxed = np.flatnonzero(predictions["bbox"][:, 2] > 0)
+    worst = np.argsort(true_prob, kind="stable")[:n_examples]
+    rows = np.union1d(boxed, worst)
+    images = load_images(source, rows, predictions["image_name"][rows], image_size)
+    heatmaps = heatmaps_for(cam_fn, model_state, images, predictions["label"][rows], batch_size)
+    position = {row: i for i, row in enumerate(rows)}
+    boxes = predictions["bbox"] * box_scale
+
+    def titles(selected):
+        predicted = predictions["probs"][selected].argmax(axis=1)
+        return [f"{predictions['image_name'][r]}\ntrue {labels.CLASS_NAMES[predictions['label'][r]]} "
+                f"p={true_prob[r]:.2f}\npred {labels.CLASS_NAMES[p]}" for r, p in zip(selected, predicted)]
+
+    def grid(selected, path):
+        at = [position[r] for r in selected]
+        plot_overlays(images[at], heatmaps[at], titles(selected), path, boxes=boxes[selected])
+
+    if len(worst):
+        grid(worst, out / "gradcam_worst.png")
+    if n_examples and len(boxed):
+        grid(boxed[:n_examples], out / "gradcam_boxed.png")
+    boxed_maps = heatmaps[[position[r] for r in boxed]]
+    result = pointing_game(boxed_maps, boxes[boxed])
+    result["per_class"] = {}
+    for k, name in enumerate(labels.CLASS_NAMES):
+        of_class = predictions["label"][boxed] == k
+        if of_class.any():
+            result["per_class"][name] = pointing_game(boxed_maps[of_class], boxes[boxed][of_class])
+    return {"method": "Grad-CAM of the true class, last ResNet stage", "pointing_game": result}

@@ -1,0 +1,50 @@
+"""What a run records about itself at start: class counts and weights, the dataset fingerprint,
+the JAX devices and the resolved config (``<workdir>/run_info.json``).
+
+The fingerprint also goes into every checkpoint, so a resumed run can tell that its data changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lungjax.data import labels
+
+RUN_INFO_FILE = "run_info.json"
+DATASET_INFO = "dataset_info.json"
+
+
+def dataset_fingerprint(builder) -> str:
+    """sha256 of the built dataset's ``dataset_info.json`` and the names and sizes of its files.
+
+    Cheap (no data is read) and changes whenever a rebuild writes different shards.
+    """
+    data_dir = Path(builder.data_dir)
+    digest = hashlib.sha256((data_dir / DATASET_INFO).read_bytes())
+    for path in sorted(data_dir.iterdir()):
+        if path.is_file():
+            digest.update(f"{path.name}:{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def write(workdir: Path, *, config, builder, fingerprint: str, train_counts: list[int],
+          class_weights: np.ndarray, steps_per_epoch: int, num_train_steps: int) -> None:
+    if jax.process_index() != 0:
+        return
+    (workdir / RUN_INFO_FILE).write_text(json.dumps({
+        "dataset": builder.builder_config.name,
+        "dataset_fingerprint": fingerprint,
+        "train_class_counts": dict(zip(labels.CLASS_NAMES, train_counts)),
+        "class_weights": dict(zip(labels.CLASS_NAMES, class_weights.tolist())),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "steps_per_epoch": steps_per_epoch,
+        "num_train_steps": num_train_steps,
+        "config": config.to_dict(),
+    }, indent=2))

@@ -1,0 +1,99 @@
+"""Validation during training: loss, accuracy and macro ROC-AUC on the validation split, and the
+early-stopping rule that watches the validation loss.
+
+Predictions reuse evaluation's jit-compiled predictor (compiled once per run, here), so training
+and evaluation score a model the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lungjax import evaluate, metrics, plots
+from lungjax.data import labels, pipeline
+
+NUM_SAMPLE_IMAGES = 4
+
+
+@dataclasses.dataclass
+class Validation:
+    scalars: dict[str, float]  # val_loss, val_accuracy and (when defined) val_macro_auc
+    images: dict[str, np.ndarray]  # a strip of input images and the confusion matrix, uint8
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(true * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def confusion_image(confusion: np.ndarray) -> np.ndarray:
+    """The evaluation report's confusion-matrix plot, as an RGB array for TensorBoard."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "confusion.png"
+        plots.plot_confusion_matrix(confusion, labels.CLASS_NAMES, path)
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+
+
+class Validator:
+    def __init__(self, builder, config, graphdef, mesh):
+        self._source = pipeline.data_source(builder, "validation")
+        self._config, self._mesh = config, mesh
+        dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+        self._predict = evaluate.make_predict_fn(graphdef, mesh, dtype)
+
+    def __call__(self, model_state) -> Validation:
+        config = self._config
+        batch_size = config.eval.batch_size // jax.process_count()
+        batches = pipeline.eval_batches(self._source, batch_size=batch_size, image_size=config.image_size,
+                                        worker_count=config.worker_count)
+        first: list[np.ndarray] = []
+
+        def keep_first(batches):
+            for batch in batches:
+                if not first:
+                    first.append(batch["image"][batch["mask"]][:NUM_SAMPLE_IMAGES, ..., 0])
+                yield batch
+
+        predictions = evaluate.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
+        true, probs = predictions["label"].astype(np.int64), predictions["probs"]
+        scalars = {"val_loss": metrics.log_loss(true, probs),
+                   "val_accuracy": float((probs.argmax(axis=1) == true).mean())}
+        auc = metrics.macro_auc(true, probs)
+        if auc is not None:
+            scalars["val_macro_auc"] = auc
+        confusion = confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
+        images = {"validation/confusion_matrix": confusion_image(confusion)}
+        if first and len(first[0]):
+            images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)
+        return Validation(scalars, images)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stops after ``patience`` validations without a lower validation loss (Keras' default monitor).
+
+    Its counters are saved in each checkpoint, so a resumed run keeps counting.
+    """
+
+    patience: int
+    best_loss: float | None = None
+    evals_without_improvement: int = 0
+
+    def update(self, val_loss: float) -> None:
+        if self.best_loss is None or val_loss < self.best_loss:
+            self.best_loss, self.evals_without_improvement = val_loss, 0
+        else:
+            self.evals_without_improvement += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.evals_without_improvement >= self.patience
+
+    def to_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "evals_without_improvement": self.evals_without_improvement}

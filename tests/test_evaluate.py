@@ -1,0 +1,180 @@
+"""Evaluation of the shared tiny workdir: predictions, the report against scikit-learn, isolation."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from lungjax import evaluate, metrics, sharding
+from lungjax.config import base_config
+from lungjax.data import dataset, labels, pipeline
+
+from conftest import REPO
+
+TRAINING_MODULES = ("lungjax.train", "lungjax.step", "lungjax.optim", "lungjax.loss")
+
+
+def _with_eval(config, **changes):
+    config = config.copy_and_resolve_references()
+    config.eval.update(changes)
+    return config
+
+
+def _read(path):
+    """Labels, probabilities (float32 as the model gave them, widened) and the frame of a predictions.csv."""
+    frame = pd.read_csv(path)
+    return (frame["true_class"].map(labels.CLASS_NAMES.index).to_numpy(),
+            frame[list(labels.CLASS_NAMES)].to_numpy(np.float32).astype(np.float64), frame)
+
+
+@pytest.fixture(scope="module")
+def test_report(tiny_workdir):
+    out = tiny_workdir / "eval" / "test"
+    return json.loads((out / "report.json").read_text()), out
+
+
+def test_predictions_cover_the_split_once_in_order(tiny_workdir, tiny_config, test_report):
+    config = tiny_config
+    builder = dataset.build(config.data, tiny_workdir)
+    source = pipeline.data_source(builder, "test")
+    names = [source[i]["image_name"] for i in range(len(source))]
+    names = [n.decode() if isinstance(n, bytes) else n for n in names]
+    assert len(source) % config.eval.batch_size  # the last batch is padded
+    _, _, frame = _read(test_report[1] / "predictions.csv")
+    assert frame["image_name"].tolist() == names
+    assert test_report[0]["n_images"] == len(names)
+
+
+def test_report_equals_scikit_learn_on_the_saved_predictions(test_report):
+    report, out = test_report
+    y, probs, frame = _read(out / "predictions.csv")
+    predicted = probs.argmax(axis=1)
+    assert report["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert report["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, predicted))
+    # float32 rows sum to 1 within 1e-7, which scikit-learn's strict check warns about: renormalise.
+    normalised = probs / probs.sum(axis=1, keepdims=True)
+    assert report["log_loss"] == pytest.approx(skm.log_loss(y, normalised, labels=range(6)), rel=1e-6)
+    assert report["confusion_matrix"] == skm.confusion_matrix(y, predicted, labels=range(6)).tolist()
+    aucs = [skm.roc_auc_score(y == k, probs[:, k]) for k in range(labels.NUM_CLASSES)]
+    assert report["macro_auc"] == pytest.approx(np.mean(aucs))
+    assert report["n_patients"] == frame["patient_id"].nunique()
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y, predicted, labels=range(6), zero_division=np.nan)
+    thresholds = report["at_thresholds"]["thresholds"]
+    for k, name in enumerate(labels.CLASS_NAMES):
+        row = report["per_class"][name]
+        assert row["auc"] == pytest.approx(aucs[k])
+        assert row["pr_auc"] == pytest.approx(skm.average_precision_score(y == k, probs[:, k]))
+        assert row["sensitivity"] == pytest.approx(recall[k])
+        assert row["specificity"] == pytest.approx(skm.recall_score(y != k, predicted != k))
+        assert row["f1"] == pytest.approx(f1[k])
+        assert row["precision"] == (None if np.isnan(precision[k]) else pytest.approx(precision[k]))
+        called = probs[:, k] >= thresholds[name]
+        at = report["at_thresholds"]["per_class"][name]
+        assert at["sensitivity"] == pytest.approx(skm.recall_score(y == k, called))
+        assert at["specificity"] == pytest.approx(skm.recall_score(y != k, ~called))
+    intervals = report["confidence_intervals"]
+    assert intervals["method"] == "percentile bootstrap over patients"
+    assert intervals["accuracy"]["low"] <= report["accuracy"] <= intervals["accuracy"]["high"]
+
+
+def test_thresholds_are_chosen_on_validation(tiny_workdir, tiny_config, test_report):
+    """Evaluating the validation split writes its predictions; the test report's thresholds are theirs."""
+    validation = evaluate.evaluate(_with_eval(tiny_config, split="validation", n_bootstrap=0), tiny_workdir)
+    assert validation["split"] == "validation" and validation["confidence_intervals"] is None
+    y, probs, _ = _read(tiny_workdir / "eval" / "validation" / "predictions.csv")
+    expected = metrics.youden_thresholds(y, probs, labels.CLASS_NAMES)
+    report = test_report[0]
+    assert report["at_thresholds"]["chosen_on"] == "validation"
+    assert report["at_thresholds"]["thresholds"] == expected
+    assert validation["at_thresholds"]["thresholds"] == expected
+
+
+def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_report):
+    report, out = test_report
+    for name in ("roc.png", "pr.png", "confusion_matrix.png", "reliability.png", "training_curves.png",
+                 "gradcam_worst.png", "gradcam_boxed.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+    text = (out / "report.md").read_text()
+    for expected in ("| Accuracy | 0.550 |", "| Macro ROC-AUC | 0.870 |", "| Cardiomegaly sensitivity | 0.850 |",
+                     "| Pneumothorax specificity | 0.860 |", "**Split: patient-disjoint**", "pointing game"):
+        assert expected in text
+    assert report["patient_disjoint"] and report["patients_crossing_splits"] == 0
+    builder = dataset.build(tiny_config.data, tiny_workdir)
+    source = pipeline.data_source(builder, "test")
+    boxed = sum(source[i]["bbox"][2] > 0 for i in range(len(source)))
+    game = report["explain"]["pointing_game"]
+    assert boxed > 0 and game["n"] == boxed
+    assert 0 < game["chance"] < 1 and 0 <= game["hit_rate"] <= 1
+
+
+def _imported_after(script: str, args=()) -> set[str]:
+    """Module names imported by a fresh interpreter after running ``script``."""
+    code = script + "\nimport sys\nprint('MODULES', ' '.join(sorted(sys.modules)))\n"
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split("MODULES ")[1].split())
+
+
+def test_evaluate_imports_no_training_code(tiny_workdir, tiny_overrides):
+    """``--mode evaluate`` loads none of our training modules, and optax only because flax.nnx does."""
+    script = ("from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
+              "except SystemExit as exit:\n    assert not exit.code, exit.code\n")
+    args = [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tiny_workdir}", "--mode=evaluate",
+            *tiny_overrides]
+    evaluated = _imported_after(script, args)
+    assert "lungjax.evaluate" in evaluated and "lungjax.explain" in evaluated
+    assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
+    flax_itself = _imported_after("from flax import nnx")
+    assert {m for m in evaluated if m.startswith("optax")} <= flax_itself
+
+
+class _NoBestManager:
+    """A checkpoint manager whose saves recorded no validation score."""
+
+    directory = "somewhere"
+
+    def all_steps(self):
+        return [3, 6]
+
+    def latest_step(self):
+        return 6
+
+    def best_step(self):
+        return None
+
+
+def test_resolve_step_choices(caplog):
+    manager = _NoBestManager()
+    assert evaluate.resolve_step(manager, "latest") == 6
+    assert evaluate.resolve_step(manager, "3") == 3
+    assert evaluate.resolve_step(manager, 3) == 3
+    with caplog.at_level("WARNING"):
+        assert evaluate.resolve_step(manager, "best") == 6
+    assert "instead of the best" in caplog.text
+    with pytest.raises(ValueError, match="saved step"):
+        evaluate.resolve_step(manager, "4")
+    assert base_config().eval.checkpoint == "best"
+
+
+def test_tta_windows_and_constant_image(tiny_workdir, tiny_config):
+    windows = evaluate.tta_windows(32, 6)
+    assert windows[0] == (0, 0, 32) and len(set(windows)) == 6
+    assert all(0 <= top and top + side <= 32 and 0 <= left and left + side <= 32 for top, left, side in windows)
+    with pytest.raises(ValueError, match="tta_crops"):
+        evaluate.tta_windows(32, 7)
+    mesh = sharding.make_mesh()
+    restored = evaluate.restore(tiny_config, tiny_workdir, mesh)
+    single = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype)
+    multi = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=6)
+    constant = np.full((2, 32, 32, 1), 120, np.uint8)  # every crop of it is the same image
+    np.testing.assert_allclose(multi(restored.model_state, constant), single(restored.model_state, constant),
+                               rtol=1e-5, atol=1e-6)
+    noise = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1), dtype=np.uint8)
+    probs = np.asarray(jax.device_get(multi(restored.model_state, noise)))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(probs, single(restored.model_state, noise), atol=1e-7)

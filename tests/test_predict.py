@@ -1,0 +1,105 @@
+"""``--mode predict`` on crafted files: DICOM conventions, refusals, and carrying on past bad files."""
+
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from lungjax import predict
+from lungjax.data import images, labels
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def write_dicom(path, pixels: np.ndarray, photometric: str, slope: float = 1.0, intercept: float = 0.0):
+    """A minimal single-frame 16-bit grayscale DICOM file."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(intercept)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Good and bad inputs, by name."""
+    root = tmp_path_factory.mktemp("predict_inputs")
+    gradient = np.tile(np.arange(0, 4000, 100, dtype=np.uint16), (40, 1))  # 40 x 40, dark left
+    good = root / "good.png"
+    cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 255, (48, 40), dtype=np.uint8))
+    text = root / "notes.png"
+    text.write_text("this is not an image\n")
+    truncated = root / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    huge = root / "huge.png"  # a valid header that claims 100,000 x 100,000 pixels
+    header = (100_000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b""))
+    fake_dicom = root / "fake.dcm"
+    fake_dicom.write_text("not DICOM either")
+    return {
+        "good": good, "text": text, "truncated": truncated, "huge": huge, "fake_dicom": fake_dicom,
+        "missing": root / "missing.png", "gradient": gradient,
+        "mono1": write_dicom(root / "mono1.dcm", gradient, "MONOCHROME1", slope=2.0, intercept=-100.0),
+        "mono2": write_dicom(root / "mono2.dcm", gradient, "MONOCHROME2", slope=2.0, intercept=-100.0),
+    }
+
+
+def test_dicom_rescale_and_monochrome1_inversion(files):
+    rescaled = files["gradient"] * 2.0 - 100.0
+    mono2 = predict.read_radiograph(files["mono2"])
+    mono1 = predict.read_radiograph(files["mono1"])
+    np.testing.assert_array_equal(mono2, images.to_gray_uint8(rescaled))
+    np.testing.assert_array_equal(mono1, images.to_gray_uint8(rescaled.max() + rescaled.min() - rescaled))
+    assert mono2[0, 0] == 0 and mono2[0, -1] == 255  # MONOCHROME2: high values bright
+    assert mono1[0, 0] == 255 and mono1[0, -1] == 0  # MONOCHROME1: high values dark
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("text", "not a PNG or JPEG"), ("truncated", "corrupt or unreadable"), ("huge", "exceeds the limit"),
+    ("fake_dicom", "not a readable DICOM"), ("missing", "cannot read"),
+])
+def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
+    with pytest.raises(images.ImageError, match=reason) as error:
+        predict.read_radiograph(files[name])
+    assert str(files[name]) in str(error.value)
+
+
+def test_prepare_matches_the_dataset_geometry(files):
+    gray = predict.read_radiograph(files["good"])
+    prepared = predict.prepare(gray, stored_size=64, image_size=32)
+    assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8
+
+
+def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, capsys):
+    paths = [str(files[name]) for name in ("good", "text", "mono1", "huge", "missing")]
+    assert predict.predict_files(tiny_config, tiny_workdir, paths) == 3
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
+    assert [line.split(":")[0] for line in printed] == [str(files["good"]), str(files["mono1"])]
+    for line in printed:
+        probabilities = [float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES]
+        assert sum(probabilities) == pytest.approx(1.0, abs=0.01)
+    errors = captured.err.splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    for line, name in zip(errors, ("text", "huge", "missing")):
+        assert str(files[name]) in line
+    heatmaps = sorted(p.name for p in (tiny_workdir / predict.OUTPUT_DIR).glob("*.png"))
+    assert heatmaps == ["0_good.png", "2_mono1.png"]
