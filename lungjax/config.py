@@ -69,4 +69,5 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.n_bootstrap = 1000
     config.eval.tta_crops = 1  # test-time augmentation: 1 (none) .. 6 (whole image + 5 crops), averaged
     config.eval.explain_examples = 16  # Grad-CAM grid of the worst-scored examples (0: no grid)
+    config.eval.cam_stage = 4  # ResNet stage Grad-CAM explains: 4 (last, 1/32 of the input) .. 1
     return config

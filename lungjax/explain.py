@@ -1,9 +1,9 @@
 """Grad-CAM heatmaps, and the pointing game that checks them against expert boxes.
 
-Grad-CAM (Selvaraju et al., 2017) weights each channel of the last stage's feature map by the
+Grad-CAM (Selvaraju et al., 2017) weights each channel of a stage's feature map by the
 spatial mean of the class logit's gradient with respect to it, sums the channels and keeps the
-positive part. Our ResNet ends in global average pooling and one linear layer, so this equals
-CAM: ``relu(sum_k W[k, c] A_k) / (h w)``; the tests hold it to that formula.
+positive part. Our ResNet ends in global average pooling and one linear layer, so on the last
+stage this equals CAM: ``relu(sum_k W[k, c] A_k) / (h w)``; the tests hold it to that formula.
 
 The pointing game (Zhang et al., 2016) asks whether the heatmap's maximum falls inside the box
 drawn around the finding. A point dropped uniformly at random hits a box with probability equal to
@@ -12,6 +12,7 @@ the box's share of the image, so the mean of those shares is the chance level to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +30,7 @@ GRID_COLUMNS = 4
 PANEL_INCHES = 2.6
 HEATMAP_ALPHA = 0.45
 DPI = 120
-
-
-def head_logits(model, features: jax.Array) -> jax.Array:
-    """Logits from a feature map: the ResNet's global average pool and linear head."""
-    return model.head(jnp.mean(features, axis=(1, 2)))
+LAST_STAGE = 4  # ResNets have four stages
 
 
 def grad_cam(features_fn: Callable, head_fn: Callable, x: jax.Array, classes: jax.Array) -> jax.Array:
@@ -59,13 +56,20 @@ def upsample(cams: jax.Array, size: int) -> jax.Array:
     return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def make_grad_cam_fn(graphdef: nnx.GraphDef, dtype):
-    """jit-compiled ``(model_state, uint8 images (N,S,S,1), classes (N,)) -> heatmaps (N,S,S)`` in [0, 1]."""
+def make_grad_cam_fn(graphdef: nnx.GraphDef, dtype, stage: int = LAST_STAGE):
+    """jit-compiled ``(model_state, uint8 images (N,S,S,1), classes (N,)) -> heatmaps (N,S,S)`` in [0, 1].
+
+    ``stage`` (1..4) is the ResNet stage whose output is explained: 4, the last, is standard
+    Grad-CAM; 3 gives a map twice as fine, which small inputs need (a 64 px image ends in 2x2).
+    """
+    if not 1 <= stage <= LAST_STAGE:
+        raise ValueError(f"config.eval.cam_stage must be in 1..{LAST_STAGE}, got {stage}")
 
     def cam(model_state, images, classes):
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
         x = images.astype(dtype) * (1.0 / 255.0)
-        maps = grad_cam(model.feature_map, lambda a: head_logits(model, a), x, classes)
+        maps = grad_cam(functools.partial(model.feature_map, stages=stage),
+                        functools.partial(model.logits_from, stage=stage), x, classes)
         return upsample(maps, images.shape[1])
 
     return jax.jit(cam)

@@ -17,8 +17,7 @@ def test_grad_cam_equals_cam_formula_on_a_resnet():
 
     @jax.jit
     def cams_and_features(x):
-        cams = explain.grad_cam(model.feature_map,
-                                lambda a: explain.head_logits(model, a), x, classes)
+        cams = explain.grad_cam(model.feature_map, lambda a: model.logits_from(a, stage=4), x, classes)
         return cams, model.feature_map(x)
 
     cams, features = cams_and_features(x)
@@ -29,7 +28,7 @@ def test_grad_cam_equals_cam_formula_on_a_resnet():
     np.testing.assert_allclose(cams, expected, rtol=1e-5, atol=1e-7)
     assert float(cams.max()) > 0  # the comparison is not vacuous
     # The logits the head sees are the model's own.
-    np.testing.assert_allclose(jax.jit(lambda a: explain.head_logits(model, a))(features),
+    np.testing.assert_allclose(jax.jit(lambda a: model.logits_from(a, stage=4))(features),
                                jax.jit(lambda v: model(v))(x), rtol=1e-5, atol=1e-6)
 
 
@@ -100,3 +99,14 @@ def test_plot_overlays_writes_a_png(tmp_path):
     boxes = np.array([[2, 2, 4, 4], [-1, -1, -1, -1], [0, 0, 16, 16]], np.float32)
     explain.plot_overlays(images, maps, ["a", "b", "c"], tmp_path / "grid.png", boxes=boxes)
     assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_earlier_stage_splits_the_model_exactly():
+    """feature_map(stages=k) followed by logits_from(stage=k) is the model, for every k."""
+    model = create_model("resnet18", num_classes=6, width=0.125, zero_init_residual=False, seed=1)
+    x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 1))
+    expected = model(x)
+    for stage in range(1, 5):
+        split = model.logits_from(model.feature_map(x, stages=stage), stage=stage)
+        np.testing.assert_allclose(split, expected, rtol=1e-5, atol=1e-6)
+    assert model.feature_map(x, stages=3).shape[1:3] == (4, 4)

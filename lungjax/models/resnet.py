@@ -236,13 +236,24 @@ class ResNet(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
 
-    def feature_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """The last stage's feature map (N, h, w, num_features), float32: what Grad-CAM explains."""
+    def feature_map(self, x: jax.Array, *, train: bool = False, stages: int | None = None) -> jax.Array:
+        """The feature map (N, h, w, C) after the first ``stages`` stages (all by default), float32.
+
+        Grad-CAM explains such a map: the last stage's is the most class-specific but coarse
+        (1/32 of the input), the one before is twice as fine.
+        """
         x = self.stem(x, train=train)
-        for stage in self.stages:
+        for stage in self.stages[:stages]:
             for block in stage:
                 x = block(x, train=train)
         return x.astype(jnp.float32)
+
+    def logits_from(self, x: jax.Array, *, stage: int) -> jax.Array:
+        """Inference logits from ``feature_map(..., stages=stage)``: the remaining stages, pool and head."""
+        for later in self.stages[stage:]:
+            for block in later:
+                x = block(x, train=False)
+        return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
 
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
