@@ -131,3 +131,80 @@ def test_worker_processes_start_after_jax_has_run():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(list(range(8)))
+
+
+@pytest.fixture(scope="module")
+def built(nih_tree, tmp_path_factory):
+    """The conftest tree, built (one process) as the NIH builder stores it: ArrayRecord, gray PNG."""
+    from lungjax.data import nih
+    return nih.prepare(nih_tree, tmp_path_factory.mktemp("pipeline_data"), nih.make_config("patient", 32),
+                       num_workers=1)
+
+
+def test_example_source_equals_tfds_decoding(built):
+    """The fast protobuf parse gives, record for record, what TFDS's own data source gives."""
+    for split in built.info.splits:
+        ours = pipeline.data_source(built, split)
+        theirs = built.as_data_source(split, decoders={"image": pipeline.tfds.decode.SkipDecoding()})
+        assert isinstance(ours, pipeline.ExampleSource) and len(ours) == len(theirs) > 0
+        for i in range(len(ours)):
+            got, want = ours[i], theirs[i]
+            assert got.keys() == want.keys()
+            for key in want:
+                assert type(got[key]) is type(want[key]), key
+                if isinstance(want[key], np.ndarray):
+                    assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+                else:
+                    assert got[key] == want[key], key
+            png, label = pipeline._image_and_label(ours.records[i])
+            assert png == want["image"] and label == want["label"]
+            stored = pipeline._decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
+            assert stored is not None and np.array_equal(stored, cv2.imdecode(np.frombuffer(png, np.uint8),
+                                                                              cv2.IMREAD_UNCHANGED))
+
+
+def test_loaders_read_built_records(built):
+    source = pipeline.data_source(built, "test")
+    batch = next(iter(pipeline.train_loader(source, batch_size=2, image_size=24, augment="light", seed=0)))
+    assert batch["image"].shape == (2, 24, 24, 1) and batch["image"].dtype == np.uint8
+    assert set(batch) == {"image", "label"}
+    batches = list(pipeline.eval_batches(source, batch_size=4, image_size=24))
+    mask = np.concatenate([b["mask"] for b in batches])
+    names = np.concatenate([b["image_name"] for b in batches])[mask]
+    assert names.tolist() == [source[i]["image_name"] for i in range(len(source))]
+    boxes = np.concatenate([b["bbox"] for b in batches])[mask]
+    assert np.array_equal(boxes, np.stack([source[i]["bbox"] for i in range(len(source))]))
+
+
+@pytest.mark.parametrize("params", [
+    [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast path
+    [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast, deflated
+    [cv2.IMWRITE_PNG_COMPRESSION, 0],  # filtered rows: libpng
+    [cv2.IMWRITE_PNG_COMPRESSION, 3],
+])
+def test_decode_png_equals_opencv(params):
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (37, 53), dtype=np.uint8), (5, 5), 0)
+    png = cv2.imencode(".png", image, params)[1].tobytes()
+    assert np.array_equal(pipeline.decode_png(png), image)
+    fast = params[-1] == cv2.IMWRITE_PNG_FILTER_NONE
+    assert (pipeline._decode_unfiltered_gray_png(png) is not None) == fast
+    rgb = cv2.imencode(".png", np.dstack([image] * 3))[1].tobytes()  # not gray: libpng decides
+    assert pipeline._decode_unfiltered_gray_png(rgb) is None
+    assert pipeline._decode_unfiltered_gray_png(png[:len(png) // 2]) is None  # truncated
+    with pytest.raises(ValueError):
+        pipeline.decode_png(b"not an image")
+
+
+def test_affine_matrix_equals_the_matrix_product():
+    """The float composition is scale * rotation @ shearing @ diag(zoom) with the same draws."""
+    aug = pipeline.augmentation("seed")
+    for seed in range(5):
+        got = pipeline.affine_matrix(aug, 256, 224, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        theta, shear = np.deg2rad(rng.uniform(-30, 30)), np.deg2rad(rng.uniform(-0.2, 0.2))
+        zoom = rng.uniform(0.7, 1.3, size=2)
+        rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        linear = 256 / 224 * rotation @ np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]]) @ np.diag(zoom)
+        offset = 255 / 2 + rng.uniform(-0.2, 0.2, size=2) * 256 - linear @ np.full(2, 223 / 2)
+        np.testing.assert_allclose(got, np.hstack([linear, offset[:, None]]), rtol=0, atol=1e-12)

@@ -7,7 +7,8 @@ Builds a phantom ArrayRecord dataset once (a few hundred films, re-read for seve
 * the grain training loader with the ``light`` and ``seed`` presets, at 1 and 2 worker processes
   (fresh loader per run, first batch excluded so worker start-up is not counted), median of
   ``--repeats`` runs, images/s per worker and the 1 -> 2 worker scaling;
-* where the time goes in one process: record read, PNG decode, affine warp, intensity, batching;
+* where the time goes in one process: record read, Example parse (image and label only), PNG decode,
+  affine matrix, warp, intensity, batching, and the whole fused per-record transform;
 * augmentation on the host (OpenCV, one warp per image) against a batched version on the JAX device
   inside ``jit`` (``jax.scipy.ndimage.map_coordinates``), in images/s on the default device.
 
@@ -69,26 +70,32 @@ def per_image_us(fn, items) -> float:
 
 
 def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
-    """Microseconds per image of each stage, run in this process on ``count`` records."""
+    """Microseconds per image of each stage of the training loader, run in this process on
+    ``count`` records, and of the whole per-record transform (``TrainExample``) on raw records."""
     cv2.setNumThreads(1)
     aug = pipeline.augmentation(augment)
     rng = np.random.default_rng(0)
+    records = pipeline._records(source)
     indices = [i % len(source) for i in range(count)]
-    records = [source[i] for i in indices]
-    decoded = [cv2.imdecode(np.frombuffer(r["image"], np.uint8), cv2.IMREAD_UNCHANGED) for r in records]
+    raw = [records[i] for i in indices]
+    pngs = [pipeline._image_and_label(r)[0] for r in raw]
+    decoded = [pipeline.decode_png(png) for png in pngs]
     matrices = [pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
     warped = [pipeline.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
+    transform = pipeline.TrainExample(aug, IMAGE_SIZE)
     stages = {
-        "read record": per_image_us(source.__getitem__, indices),
-        "decode PNG": per_image_us(lambda r: cv2.imdecode(np.frombuffer(r["image"], np.uint8),
-                                                          cv2.IMREAD_UNCHANGED), records),
+        "read record": per_image_us(records.__getitem__, indices),
+        "parse image+label": per_image_us(pipeline._image_and_label, raw),
+        "decode PNG": per_image_us(pipeline.decode_png, pngs),
         "draw matrix": per_image_us(lambda _: pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
         "warp": per_image_us(lambda pair: pipeline.warp(pair[0], pair[1], IMAGE_SIZE),
                              list(zip(decoded, matrices))),
         "batch (stack)": _stack_us(warped),
     }
     if aug.brightness or aug.contrast:
-        stages["intensity"] = per_image_us(lambda image: pipeline.adjust_intensity(image, aug, rng), warped)
+        stages["intensity"] = per_image_us(lambda image: pipeline.adjust_intensity(image, aug, rng, out=image),
+                                           [image.copy() for image in warped])
+    stages["whole transform"] = per_image_us(lambda record: transform.random_map(record, rng), raw)
     return stages
 
 
@@ -120,8 +127,7 @@ def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> d
     """Images/s: OpenCV per image on the host vs the batched warp on the JAX device (same matrices)."""
     aug = pipeline.augmentation(augment)
     rng = np.random.default_rng(0)
-    images = np.stack([cv2.imdecode(np.frombuffer(source[i % len(source)]["image"], np.uint8),
-                                    cv2.IMREAD_UNCHANGED) for i in range(batch_size)])
+    images = np.stack([pipeline.decode_png(source[i % len(source)]["image"]) for i in range(batch_size)])
     matrices = np.stack([pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in range(batch_size)])
     on_device = device_warp_fn(IMAGE_SIZE)
     device_images, device_matrices = jnp.asarray(images), jnp.asarray(matrices, jnp.float32)
