@@ -1,0 +1,113 @@
+"""Timing lungjax's real train step (the one ``train.py`` compiles) with data already on the device.
+
+Shared by the CPU and GPU benchmarks so both measure the same code path: ``lungjax.step.train_step``
+with an AdamW optimizer, class-weighted loss, replicated state, a batch sharded over the mesh and
+the state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lungjax import optim, sharding, step as step_lib, train
+from lungjax.config import base_config
+from lungjax.data import labels
+from lungjax.models.resnet import create_model
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """A jitted train step, its initial state, one device-resident batch, and its compilation's figures."""
+
+    step_fn: object
+    state: step_lib.TrainState
+    batch: dict
+    batch_size: int
+    compile_seconds: float
+    flops_per_step: float | None
+    memory_bytes: int | None  # XLA's estimate: arguments + outputs + temporaries, minus aliased
+
+
+def compile_step(model_name: str, *, batch_size: int, image_size: int, half_precision: bool,
+                 width: float = 1.0, seed: int = 0, stride_in_1x1: bool = False) -> CompiledStep:
+    """Builds the model and the jit-compiled step, compiles it ahead of time, and measures that.
+
+    ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5.
+    """
+    mesh = sharding.make_mesh()
+    dtype = jnp.bfloat16 if half_precision else jnp.float32
+    model = create_model(model_name, num_classes=labels.NUM_CLASSES, width=width, dtype=dtype, seed=seed,
+                         stride_in_1x1=stride_in_1x1)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    # Optimizer and state built as train.py builds them: AdamW (decay on kernels only), constant rate.
+    config = base_config()
+    config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
+    config.seed, config.half_precision = seed, half_precision
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, 1))
+    replicated = sharding.replicated(mesh)
+    state = jax.device_put(train.initial_state(config, params, batch_stats, tx), replicated)
+    rng = np.random.default_rng(seed)
+    host_batch = {"image": rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8),
+                  "label": rng.integers(0, labels.NUM_CLASSES, batch_size).astype(np.int32)}
+    batch = sharding.to_global(host_batch, sharding.batch_sharding(mesh))
+    step_fn = step_lib.make_train_step(
+        graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES), label_smoothing=0.1,
+        focal_gamma=0.0, dtype=dtype, ema_decay=config.ema_decay, state_sharding=replicated,
+        batch_sharding=sharding.batch_sharding(mesh), replicated_sharding=replicated)
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+    # Timing calls go through the jitted function, as train.py's do (its C++ dispatch path is
+    # faster than calling ``compiled``); with the persistent compilation cache enabled its first
+    # call loads this compilation instead of compiling again.
+    return CompiledStep(step_fn, state, batch, batch_size, compile_seconds,
+                        _flops(compiled), _memory(compiled))
+
+
+def _flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax returns one dict per device
+        analysis = analysis[0] if analysis else {}
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def _memory(compiled) -> int | None:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def time_steps(compiled: CompiledStep, *, warmup: int = 3, windows: int = 5, steps_per_window: int = 10
+               ) -> dict:
+    """Median images/s over ``windows`` timed windows; the state is threaded through (donated)."""
+    state = compiled.state
+    for _ in range(warmup):
+        state, metrics = compiled.step_fn(state, compiled.batch)
+    jax.block_until_ready(state)
+    window_seconds = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps_per_window):
+            state, metrics = compiled.step_fn(state, compiled.batch)
+        jax.block_until_ready((state, metrics))
+        window_seconds.append(time.perf_counter() - start)
+    compiled.state = state
+    step_seconds = statistics.median(window_seconds) / steps_per_window
+    return {"step_seconds_median": step_seconds,
+            "images_per_sec": compiled.batch_size / step_seconds,
+            "window_seconds": window_seconds}
+
+
+def peak_device_memory() -> int | None:
+    """The allocator's peak bytes in use on device 0 so far (None where the backend has no stats)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
