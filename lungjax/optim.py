@@ -13,6 +13,7 @@ import optax
 from optax import contrib
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+HEAD = "head"  # the classifier's name in the model
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
@@ -44,7 +45,33 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
         raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    if config.model.freeze_backbone_steps:
+        optimizer = optax.chain(optimizer, freeze_backbone(config.model.freeze_backbone_steps))
     return optimizer
+
+
+def is_head(path) -> bool:
+    return getattr(path[0], "key", None) == HEAD
+
+
+def freeze_backbone(num_steps: int) -> optax.GradientTransformation:
+    """Zeroes every update but the head's for the first ``num_steps`` steps: fine-tuning recipes
+    train a new head on frozen pretrained features first. Placed after the optimizer, so weight
+    decay cannot move frozen weights either; the optimizer's moments keep accumulating meanwhile.
+    """
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        frozen = state.count < num_steps
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, u: u if is_head(path) else jnp.where(frozen, jnp.zeros_like(u), u), updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def make_plateau(config) -> optax.GradientTransformationExtraArgs:

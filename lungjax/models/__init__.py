@@ -8,5 +8,5 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
     from lungjax.models.resnet import create_model
 
     return create_model(model_config.name, num_classes=num_classes, width=model_config.width,
-                        dropout_rate=model_config.dropout_rate,
+                        dropout_rate=model_config.dropout_rate, stride_in_1x1=model_config.stride_in_1x1,
                         dtype=jnp.bfloat16 if half_precision else jnp.float32, seed=seed)

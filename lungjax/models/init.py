@@ -1,0 +1,81 @@
+"""Starting a model from weights the user names: a Keras ImageNet ResNet50 file or an earlier run.
+
+``config.model.init_from`` is a path: a ``.h5`` file is read as Keras ResNet50 weights
+(:mod:`lungjax.models.pretrained`); a directory is an earlier lungjax workdir (or its
+``checkpoints`` folder), whose latest checkpoint's model item is copied in. Every parameter and
+BatchNorm statistic is copied by name; the head is skipped when its shape differs (another class
+count), and any other mismatch is an error that names the variable and both shapes. Nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from lungjax.models import pretrained
+from lungjax.models.resnet import ResNet
+
+HEAD = "head"
+KERAS_SUFFIXES = (".h5",)
+
+
+def initialize(model: ResNet, init_from: str | os.PathLike) -> list[str]:
+    """Overwrites ``model``'s weights from ``init_from``; returns the names of variables left as they were."""
+    path = Path(init_from)
+    if path.suffix in KERAS_SUFFIXES and path.is_file():
+        pretrained.load_keras_resnet50(model, path)
+        return [HEAD]
+    if path.is_dir():
+        return copy_from_checkpoint(model, path)
+    raise FileNotFoundError(f"config.model.init_from={str(init_from)!r} is neither a Keras ResNet50 weights "
+                            "file (.h5) nor a lungjax workdir or checkpoints folder")
+
+
+def _checkpoint_root(path: Path) -> Path:
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    """Leaves of a nested dict by ``a/b/0/c`` paths (list indices and dict keys alike as text)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key): value for key, value in leaves}
+
+
+def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
+    """Copies the latest checkpoint's ``model`` item into ``model``; returns the skipped names."""
+    root = _checkpoint_root(path)
+    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(create=False),
+                               item_names=("model",)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"config.model.init_from: no checkpoint in {root}")
+        saved = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"]
+    # Orbax stores each nnx Variable as a dict holding its ``value``.
+    source = {key.removesuffix("/value"): value for key, value in _flat(saved).items()}
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    skipped = []
+    for group, state in (("params", params), ("batch_stats", batch_stats)):
+        pure = state.to_pure_dict()
+        new_leaves = []
+        for name, current in _flat(pure).items():
+            key = f"{group}/{name}"
+            if key not in source:
+                raise ValueError(f"config.model.init_from: {key} is missing from {root} (step {step}); "
+                                 "the architectures differ")
+            value = np.asarray(source[key])
+            if value.shape != current.shape:
+                if not name.startswith(HEAD):
+                    raise ValueError(f"config.model.init_from: {key} has shape {value.shape} in {root} "
+                                     f"but {current.shape} in this model")
+                skipped.append(key)
+                value = current
+            new_leaves.append(value.astype(current.dtype))
+        nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(pure), new_leaves))
+        nnx.update(model, state)
+    return skipped
