@@ -4,7 +4,12 @@ augmentation, learning rate reduced on a validation-loss plateau, early stop aft
 without a lower validation loss.
 
     python -m lungjax.main --config configs/seed.py --workdir runs/seed \
-        --config.data.manual_dir=/path/to/NIH
+        --config.data.manual_dir=/path/to/NIH \
+        --config.model.init_from=/path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+
+The reference fine-tuned Keras' ImageNet ResNet50: name that weights file (the one
+``keras.applications.ResNet50(weights="imagenet")`` caches in ~/.keras/models/); nothing is
+downloaded. Without it the ResNet50 starts from scratch.
 """
 
 from lungjax.config import base_config
@@ -18,6 +23,7 @@ def get_config():
     config.augment = "seed"
     config.model.name = "resnet50"
     config.model.dropout_rate = 0.5
+    config.model.stride_in_1x1 = True  # Keras' ResNet50 layout, so its ImageNet weights load
     config.batch_size = 8
     config.num_epochs = 30
     config.optimizer = "adam"
