@@ -11,9 +11,15 @@ One checkpoint holds five items, so a reader restores only what it needs:
 * ``run``: JSON facts about the run that are not config: the dataset fingerprint and the
   early-stopping counters.
 
-Saving is asynchronous; Orbax writes each step to a temporary directory and renames it when
-complete, so a partial checkpoint is never selected. The latest ``keep`` checkpoints are kept, plus
-the one with the best validation macro ROC-AUC (``best_step``).
+Saving is asynchronous; Orbax writes each step to a temporary directory
+(``<step>.orbax-checkpoint-tmp-<n>``) and renames it when complete, so a partial checkpoint is never
+selected; a writable manager removes the temporary directories a killed run left behind. The latest
+``keep`` checkpoints are kept, plus the one with the best validation macro ROC-AUC (``best_step``).
+
+A checkpoint that is complete but unreadable (a file truncated or removed since) is not trusted
+either: ``restore_latest_good`` falls back to the newest step that restores, and moves the damaged
+ones to ``<workdir>/damaged_checkpoints/`` (never deleting them) so that the run can save those
+steps again. Nothing here unpickles: items are Orbax array or JSON items only.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 MODEL, TRAIN, DATA, CONFIG, RUN = "model", "train", "data", "config", "run"
 BEST_METRIC = "val_macro_auc"
 
@@ -38,6 +47,10 @@ BEST_METRIC = "val_macro_auc"
 SAFE_KEYS = ("num_train_steps", "num_epochs", "log_every_steps", "checkpoint_every_steps",
              "keep_checkpoints", "eval_every_steps", "early_stop_patience", "worker_count",
              "eval.", "data.build_workers", "data.data_dir", "data.manual_dir")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used to resume; the message says which and why."""
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -59,6 +72,7 @@ def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only:
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_best_metric, best_mode="max",
                                            create=not read_only, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only,
                                            enable_async_checkpointing=True)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                  item_names=(MODEL, TRAIN, DATA, CONFIG, RUN))
@@ -139,5 +153,73 @@ def check_resumable(saved_config: dict, config: dict) -> None:
     if differing:
         details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}"
                             for key in differing)
-        raise ValueError(f"the config does not fit the checkpoint in this workdir ({details}); use a new "
+        raise CheckpointError(f"the config does not fit the checkpoint in this workdir ({details}); use a new "
                          f"workdir, or change only {', '.join(SAFE_KEYS)}")
+
+
+def check_same_dataset(run: dict, fingerprint: str, step: int) -> None:
+    """Refuses to resume on data other than the checkpoint was trained on: its batches would differ."""
+    saved = run.get("dataset_fingerprint")
+    if saved != fingerprint:
+        raise CheckpointError(f"the dataset changed under this run: checkpoint step {step} was trained on "
+                              f"dataset fingerprint {saved}, the dataset on disk has {fingerprint}; rebuild "
+                              f"the original dataset or start a new workdir")
+
+
+class _Damaged(Exception):
+    """One step could not be read back."""
+
+
+def _restore_step(manager, step: int, config: dict, model_state: Any, train_state: Any):
+    """Restores one step, separating damage (``_Damaged``) from a config that does not fit."""
+    try:
+        saved_config = restore_config(manager, step)
+    except Exception as err:  # Orbax raises many types for unreadable files
+        raise _Damaged(f"{type(err).__name__}: {err}") from err
+    check_resumable(saved_config, config)
+    try:
+        return restore_training(manager, step, model_state=model_state, train_state=train_state)
+    except Exception as err:
+        raise _Damaged(f"{type(err).__name__}: {err}") from err
+
+
+def _short(reason: str) -> str:
+    line = reason.splitlines()[0] if reason else reason
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, workdir: str | os.PathLike, *, config: dict,
+                        model_state: Any, train_state: Any) -> tuple[int, tuple] | None:
+    """``(step, restore_training(...))`` of the newest checkpoint that restores; None without any.
+
+    Damaged steps newer than it are moved aside (see the module docstring) with a warning naming
+    both steps. When no step restores, nothing is moved and a ``CheckpointError`` lists each
+    step's failure.
+    """
+    failures = {}
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = _restore_step(manager, step, config, model_state, train_state)
+        except _Damaged as err:
+            failures[step] = _short(str(err))
+            continue
+        if failures:
+            _set_aside(manager, workdir, failures, step)
+        return step, restored
+    if failures:
+        details = "; ".join(f"step {step}: {reason}" for step, reason in failures.items())
+        raise CheckpointError(f"no checkpoint in {manager.directory} can be restored ({details}); nothing was "
+                              f"deleted: repair or move them, or use a new workdir")
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, workdir: str | os.PathLike, failures: dict, good: int) -> None:
+    damaged_root = Path(workdir).absolute() / DAMAGED_DIR
+    for step, reason in failures.items():
+        target = damaged_root / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            damaged_root.mkdir(exist_ok=True)
+            os.rename(manager.directory / str(step), target)
+        logging.warning("checkpoint step %d is damaged (%s): resuming from step %d instead; the damaged "
+                        "checkpoint was moved to %s", step, reason, good, target)
+    manager.reload()

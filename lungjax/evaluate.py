@@ -4,6 +4,9 @@ Stands alone: it imports no training code (``lungjax.train``, ``lungjax.step``, 
 optax), restores only the model item of a checkpoint (no optimizer state), and rebuilds the model
 from the config saved in that checkpoint, so a later change of the config file cannot mismatch
 the weights. Everything lands in ``<workdir>/eval/<split>/``.
+
+With several processes every process predicts its shard, the predictions are gathered so each
+example counts once, every process computes the same report, and only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from lungjax import checkpoint, explain, metrics, models, plots, report as report_lib, sharding
+from lungjax import checkpoint, distributed, explain, metrics, models, plots, report as report_lib, sharding
 from lungjax.data import dataset, labels, pipeline
 
 SPLITS = ("test", "validation", "train")
@@ -121,22 +125,52 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
 
 
 def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarray]:
-    """Runs ``predict_fn`` over padded eval batches; returns the real rows only, in order."""
+    """Runs ``predict_fn`` over padded eval batches; returns every real row of the split once, in order.
+
+    Each process reads its own contiguous shard of the split (``pipeline.eval_batches``); with
+    several processes the rows are gathered so that every process returns the whole split.
+    """
     in_sharding = sharding.batch_sharding(mesh)
-    keys = ("label", "image_name", "patient_id", "bbox")
+    keys = ("label", "image_name", "patient_id", "bbox", "mask")
     outputs: dict[str, list[np.ndarray]] = {"probs": [], **{key: [] for key in keys}}
     for batch in batches:
         images = jax.make_array_from_process_local_data(in_sharding, batch["image"])
         probs = np.asarray(jax.device_get(predict_fn(model_state, images)))
-        mask = batch["mask"]
-        start = jax.process_index() * len(mask)  # this process's rows of the global batch
-        outputs["probs"].append(probs[start:start + len(mask)][mask])
+        rows = len(batch["mask"])
+        start = jax.process_index() * rows  # this process's rows of the global batch
+        outputs["probs"].append(probs[start:start + rows])
         for key in keys:
-            outputs[key].append(batch[key][mask])
+            outputs[key].append(batch[key])
     result = {key: np.concatenate(values) for key, values in outputs.items()}
     result["image_name"] = np.array([n.decode() if isinstance(n, bytes) else str(n)
                                      for n in result["image_name"]])
-    return result
+    if jax.process_count() > 1:
+        result = gather_processes(result)
+    mask = result.pop("mask")
+    return {key: value[mask] for key, value in result.items()}
+
+
+def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's rows (padding included, ``mask`` marking the real ones), in process order.
+
+    Every process holds as many rows (``eval_batches`` yields the same padded batches everywhere)
+    and process p's shard is the p-th contiguous range of the split, so concatenating in process
+    order restores the split's order and, after the mask, holds each example exactly once. Names
+    travel as fixed-width bytes, integers as int32 (64-bit integers are off in JAX by default).
+    """
+    names = np.char.encode(rows["image_name"].astype(str), "utf-8")
+    width = int(multihost_utils.process_allgather(np.int32(max(names.itemsize, 1))).max())
+    local = {"probs": rows["probs"].astype(np.float32), "bbox": rows["bbox"].astype(np.float32),
+             "label": rows["label"].astype(np.int32), "patient_id": rows["patient_id"].astype(np.int32),
+             "mask": rows["mask"].astype(np.int32),
+             "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width)}
+    gathered = {key: np.concatenate(list(value))
+                for key, value in multihost_utils.process_allgather(local, tiled=False).items()}
+    return {"probs": gathered["probs"], "bbox": gathered["bbox"],
+            "label": gathered["label"].astype(rows["label"].dtype),
+            "patient_id": gathered["patient_id"].astype(rows["patient_id"].dtype),
+            "mask": gathered["mask"].astype(bool),
+            "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8")}
 
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
@@ -188,7 +222,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     mesh = sharding.make_mesh()
     restored = restore(config, workdir, mesh)
     saved = restored.config
-    builder = dataset.build(saved.data, workdir)
+    builder = distributed.process_zero_first(lambda: dataset.build(saved.data, workdir))
     predict_fn = make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
     batch_size = config.eval.batch_size // jax.process_count()
 
@@ -211,13 +245,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
                   split_scheme=saved.data.split_scheme, patients_crossing_splits=crossing,
                   patient_disjoint=crossing == 0, tta_crops=config.eval.tta_crops,
                   reference=report_lib.reference_figures())
+    if jax.process_index() != 0:
+        return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 
     out = workdir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", predictions)
-    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype)
+    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     report["explain"] = explain.explain_split(
-        cam_fn, restored.model_state, pipeline.data_source(builder, split), predictions, out,
+        cam_fn, sharding.local_copy(restored.model_state), pipeline.data_source(builder, split), predictions, out,
         image_size=saved.image_size, box_scale=saved.image_size / builder.builder_config.image_size,
         n_examples=config.eval.explain_examples, batch_size=batch_size)
     write_plots(out, predictions, report, workdir)

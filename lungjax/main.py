@@ -5,6 +5,8 @@ file names after the first may follow ``--images`` without repeating the flag.
 
 Only parses flags and hands over to the library, so everything here is importable and testable.
 Config values can be overridden on the command line: ``--config.batch_size=64``.
+Several processes (one per host): ``--coordinator_address``, ``--num_processes``, ``--process_id``,
+or nothing under SLURM / Open MPI; see ``lungjax.distributed``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from lungjax import distributed
 
 MODES = ("train", "evaluate", "prepare", "predict")
 
@@ -23,6 +27,15 @@ flags.DEFINE_enum("mode", "train", MODES,
                   "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; "
                   "prepare: build the dataset only; predict: classify --images files.")
 flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Several processes: host:port of process 0 (not needed under SLURM or Open MPI).")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many (not needed under SLURM or Open MPI).")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..num_processes-1.")
+flags.DEFINE_list("local_device_ids", None,
+                  "Several processes: the local GPUs this process drives (default all; under SLURM and "
+                  "Open MPI JAX defaults to one per process, so pass 0,...,7 with one task per 8-GPU host).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", distributed.HEARTBEAT_TIMEOUT_S,
+                     "Several processes: a peer silent this long is declared dead and every process stops.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,6 +44,9 @@ def main(argv):
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {extra}")
     logging.set_verbosity(logging.WARNING)
+    distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                           process_id=FLAGS.process_id, heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
+                           local_device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
     config, workdir = FLAGS.config, FLAGS.workdir
     if FLAGS.mode == "predict":
         from lungjax import predict  # imports no training code
@@ -57,5 +73,47 @@ def main(argv):
         train.train_and_evaluate(config, workdir)
 
 
+# The engine's deliberate refusals, by module: each message already says what is wrong and what to
+# do, so the command line prints it on one line instead of a traceback. Looked up only in modules
+# already imported (an error can only come from those), so no mode imports more than it uses.
+EXPECTED_ERRORS = (("lungjax.config_check", "ConfigError"), ("lungjax.workdir", "WorkdirError"),
+                   ("lungjax.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"))
+ERROR_EXIT_CODE = 2
+
+
+def _is_expected(err: BaseException) -> bool:
+    classes = [getattr(sys.modules[module], name) for module, name in EXPECTED_ERRORS if module in sys.modules]
+    return isinstance(err, (FloatingPointError, *classes))
+
+
+def _fail(err: BaseException) -> None:
+    print(f"lungjax: error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(ERROR_EXIT_CODE)
+
+
+def parse_flags(argv):
+    """absl's parser; an override of a key the config lacks gets one line naming it and the allowed keys."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except AttributeError as err:  # how ml_collections reports ``--config.<unknown key>``
+        from lungjax import config_check
+
+        try:
+            config_check.check_override_flags(argv)
+        except config_check.ConfigError as config_err:
+            _fail(config_err)
+        raise err
+
+
+def run_reporting_errors(argv):
+    """``main`` with the engine's expected errors as one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except Exception as err:
+        if not _is_expected(err):
+            raise
+        _fail(err)
+
+
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(run_reporting_errors, flags_parser=parse_flags))

@@ -96,7 +96,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     restored = evaluate.restore(config, workdir, mesh)
     saved = restored.config
     predict_fn = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
-    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype)
+    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
     for number, path in enumerate(paths):

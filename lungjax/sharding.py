@@ -39,6 +39,15 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
+def local_copy(tree):
+    """A replicated tree of global arrays -> the same values on this process's first device.
+
+    For work one process does alone (process 0 writing Grad-CAM grids): a computation on global
+    arrays would wait for the other processes to join it.
+    """
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Process-local numpy batch -> global jax arrays sharded along the batch axis."""
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}

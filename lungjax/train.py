@@ -19,8 +19,10 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lungjax import checkpoint, evaluate, logs, loss, models, optim, run_info, sharding, validate
+from lungjax import checkpoint, distributed, evaluate, logs, loss, models, optim, run_info, sharding, validate
+from lungjax import config_check, workdir as workdir_lib
 from lungjax import step as step_lib
+from lungjax.models import init as model_init
 from lungjax.data import dataset, labels, pipeline
 
 
@@ -86,13 +88,20 @@ def check_finite(state: step_lib.TrainState, manager) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Trains until ``num_train_steps`` (or ``num_epochs``) or early stopping, resuming if possible.
 
+    Checks the config and the workdir before any work, and holds the workdir's lock throughout.
     Returns whether the run is finished (False when preempted).
     """
+    config_check.validate(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.check_writable(workdir)
+    with workdir_lib.lock(workdir):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    builder = dataset.build(config.data, workdir)
+    builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
     train_counts = dataset.build_report(builder)["class_counts"]["train"]
     weights = loss.class_weights(config, train_counts)
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
@@ -104,6 +113,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
     model = models.from_config(config.model, num_classes=labels.NUM_CLASSES,
                                half_precision=config.half_precision, seed=config.seed)
+    if config.model.init_from:  # a resumed run's checkpoint overrides this below
+        kept = model_init.initialize(model, config.model.init_from)
+        logging.info("initialised from %s (kept freshly initialised: %s)", config.model.init_from, kept)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
     tx = optim.make_optimizer(config, schedule)
@@ -114,18 +126,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
                                    image_size=config.image_size, augment=config.augment, seed=config.seed,
                                    worker_count=config.worker_count)
     data_iterator = iter(loader)
+    workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_item(state), train_item(state))))
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
     early_stopping = validate.EarlyStopping(config.early_stop_patience)
-    start = manager.latest_step() or 0
-    if start:
-        checkpoint.check_resumable(checkpoint.restore_config(manager, start), config.to_dict())
-        model_state, train_state, data_state, run = checkpoint.restore_training(
-            manager, start, model_state=model_item(state), train_state=train_item(state))
+    resumed = checkpoint.restore_latest_good(manager, workdir, config=config.to_dict(),
+                                             model_state=model_item(state), train_state=train_item(state))
+    start = 0
+    if resumed:
+        start, (model_state, train_state, data_state, run) = resumed
+        checkpoint.check_same_dataset(run, fingerprint, start)
         state = from_items(state, model_state, train_state)
-        data_iterator.set_state(data_state)
+        data_iterator.set_state(distributed.data_state_for_process(
+            data_state, saved_process_count=run.get("process_count", 1), worker_count=config.worker_count,
+            global_batch_size=config.batch_size, num_records=sum(train_counts)))
         early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
-        if run["dataset_fingerprint"] != fingerprint:
-            logging.warning("the dataset differs from the one checkpoint %d was trained on", start)
         logging.info("resumed from checkpoint step %d", start)
     if early_stopping.should_stop:
         return True
@@ -175,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 check_finite(state, manager)
                 checkpoint.save(manager, step, model_state=model_item(state), train_state=train_item(state),
                                 data_state=data_state, config=config.to_dict(), metrics=saved_metrics,
-                                run={"dataset_fingerprint": fingerprint,
+                                run={"dataset_fingerprint": fingerprint, "process_count": jax.process_count(),
                                      "early_stopping": early_stopping.to_dict()})
             if window_steps == 0:
                 window_start = time.perf_counter()  # images/s counts training time only

@@ -2,7 +2,9 @@
 early-stopping rule that watches the validation loss.
 
 Predictions reuse evaluation's jit-compiled predictor (compiled once per run, here), so training
-and evaluation score a model the same way.
+and evaluation score a model the same way. With several processes ``predict_split`` gathers the
+whole split on every process, so the validation loss, and with it early stopping and the plateau
+schedule, is the same everywhere and the processes never diverge.
 """
 
 from __future__ import annotations

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from lungjax.data import labels
+# One persistent XLA compilation cache for the session, inherited by every subprocess the tests
+# start: the same tiny models are compiled by many runs, and a cache hit costs a fraction of a compile.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lungjax-tests-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+from lungjax.data import labels  # noqa: E402  (after the cache settings: jax reads them at import)
 
 REPO = Path(__file__).resolve().parents[1]
 TREE_PATIENTS = 60  # 10 per class: every class reaches every split of the patient split

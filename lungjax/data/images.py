@@ -126,7 +126,7 @@ def scale_box(box: tuple[float, float, float, float], shape: tuple[int, int], si
 
 def encode_png(image: np.ndarray) -> bytes:
     """Stored (uncompressed) PNG: decoding it in the input pipeline takes about a third of the time
-    of a deflated one (230 vs 620 us at 256 px, measured in BENCHMARKS_pipeline.md), the cost that
+    of a deflated one (230 vs 620 us at 256 px, measured in BENCHMARKS.md), the cost that
     bounds images/s per core, for ~40% more disk on noisy films. Rows are not filtered either
     (filter type 0), so the pixels are the PNG's bytes as they stand and the pipeline reads them
     without libpng (``pipeline.decode_png``)."""

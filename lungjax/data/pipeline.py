@@ -4,7 +4,7 @@ Images leave the pipeline as uint8 ``(N, S, S, 1)``: a quarter of the bytes of f
 way to the device; the train step scales them. Augmentation is one OpenCV affine warp per image
 that also does the resize from the stored size, so each image is resampled once.
 
-Per-record cost is what bounds images/s per worker core (BENCHMARKS_pipeline.md), so the loaders
+Per-record cost is what bounds images/s per worker core (BENCHMARKS.md), so the loaders
 read serialized ``tf.train.Example`` records straight from the split's ArrayRecord files and do
 everything for one record in one transform: a protobuf parse of only the features the consumer
 needs (TFDS's NumPy example parser costs ~170 us a record, mostly Python bookkeeping over every
@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2  # the Example proto, without TensorFlow
+
+from lungjax import distributed
 
 # Keys a training batch carries to the device; evaluation also keeps the identifying ones on host.
 TRAIN_KEYS = ("image", "label")
@@ -348,13 +350,15 @@ def train_loader(source, *, batch_size: int, image_size: int, augment: str, seed
     can be saved and restored (``get_state``/``set_state``). The shuffle is grain's index shuffle,
     a different permutation every epoch.
 
-    Every process walks the same global shuffled stream (the sampler is not sharded) and the
-    loader's sharding makes process p of P read its positions p, p + P, ...: without grain workers
-    the processes' batches together are exactly the batch one process would read, and a position
+    Every process walks the same global shuffled stream (the sampler is not sharded) and reads its
+    rows of each global batch (``distributed.ProcessBatchSampler``): without grain workers the
+    processes' batches together are, row for row, the batch one process would read, and a position
     in the stream means the same for any process count (``lungjax.distributed`` resumes on that).
     """
-    sampler = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(), shuffle=True,
-                                 num_epochs=None, seed=seed)
+    sampler = distributed.ProcessBatchSampler(
+        grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(), shuffle=True,
+                           num_epochs=None, seed=seed),
+        local_batch_size=batch_size, process_count=jax.process_count())
     operations = [TrainExample(augmentation(augment), image_size), grain.Batch(batch_size, drop_remainder=True)]
     return grain.DataLoader(data_source=_records(source), sampler=sampler, operations=operations,
                             worker_count=worker_count, shard_options=shard_options())

@@ -65,6 +65,15 @@ def _short_list(names) -> str:
     return ', '.join(names[:5]) + (f' ... ({len(names)} in all)' if len(names) > 5 else '')
 
 
+def _numeric(dataset: h5py.Dataset) -> np.ndarray:
+    """A dataset's values, refused unless they are numbers: a weights file is untrusted input, and
+    strings, objects or opaque blobs (e.g. a pickle) have no place where a kernel should be."""
+    if dataset.dtype.kind not in 'fiu':
+        raise ValueError(f'{dataset.name}: dataset of type {dataset.dtype} where numbers were expected; '
+                         'not a weights file this loader accepts')
+    return dataset[()]
+
+
 def _read_legacy(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
     layer_names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs['layer_names']]
     weighted = {n for n in layer_names if len(f[n].attrs.get('weight_names', ())) > 0}
@@ -83,7 +92,7 @@ def _read_legacy(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarr
         arrays = {}
         for weight_name in group.attrs['weight_names']:
             weight_name = weight_name.decode() if isinstance(weight_name, bytes) else str(weight_name)
-            arrays[weight_name.split('/')[-1].split(':')[0]] = group[weight_name][()]
+            arrays[weight_name.split('/')[-1].split(':')[0]] = _numeric(group[weight_name])
         if set(arrays) != set(var_names):
             raise ValueError(f'layer {name}: expected weights {var_names}, found {sorted(arrays)}')
         return arrays
@@ -109,7 +118,7 @@ def _read_keras3(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarr
         variables = layers[name]['vars']
         if len(variables) != len(var_names):
             raise ValueError(f'layer {name}: expected {len(var_names)} vars {var_names}, found {len(variables)}')
-        return {var: variables[str(i)][()] for i, var in enumerate(var_names)}
+        return {var: _numeric(variables[str(i)]) for i, var in enumerate(var_names)}
 
     return {u: {**layer(c, CONV_VARS), **layer(b, BN_VARS)} for u, c, b in zip(units, convs, bns)}
 

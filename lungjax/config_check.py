@@ -1,0 +1,201 @@
+"""Config validation before any work: one message naming each bad key and what it allows.
+
+``lungjax.config.base_config()`` is the schema: its keys are the only keys and its values' types
+the only types (a float key also takes an int). On top of that, ``RULES`` names the allowed values
+of every key whose type alone does not say them, and ``validate`` adds the checks that depend on
+the machine (the batch must split over the devices).
+"""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from lungjax import evaluate, optim
+from lungjax.config import base_config
+from lungjax.data import dataset, nih, pipeline
+from lungjax.models import resnet
+
+# Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
+MIN_IMAGE_SIZE = 32
+NUM_CLASSES = 6
+
+
+class ConfigError(ValueError):
+    """The config cannot run; the message names every bad key and its allowed values."""
+
+
+class Rule(NamedTuple):
+    accepts: Callable[[Any], bool]
+    allowed: str
+
+
+def one_of(values) -> Rule:
+    values = tuple(values)
+    return Rule(lambda v: v in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+def at_least(low: float, *, integer: bool = True) -> Rule:
+    return Rule(lambda v: v >= low, f"{'an integer' if integer else 'a number'} >= {low}")
+
+
+def interval(low: float, high: float, *, closed_high: bool = False, open_low: bool = False) -> Rule:
+    def accepts(v):
+        return (v > low if open_low else v >= low) and (v <= high if closed_high else v < high)
+    return Rule(accepts, f"a number in {'(' if open_low else '['}{low}, {high}{']' if closed_high else ')'}")
+
+
+def _class_weights_ok(value) -> bool:
+    if isinstance(value, str):
+        return value in ("balanced", "none")
+    return (isinstance(value, (list, tuple)) and len(value) == NUM_CLASSES
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value))
+
+
+def _eval_checkpoint_ok(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return value in evaluate.CHECKPOINT_CHOICES or (isinstance(value, int) and value >= 0) or (
+        isinstance(value, str) and value.isdigit())
+
+
+POSITIVE = Rule(lambda v: v > 0, "a number > 0")
+RULES = MappingProxyType({
+    "data.source": one_of(dataset.SOURCES),
+    "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
+    "data.stored_size": at_least(MIN_IMAGE_SIZE),
+    "data.phantom_patients": at_least(NUM_CLASSES),
+    "data.build_workers": at_least(0),
+    "image_size": at_least(MIN_IMAGE_SIZE),
+    "augment": one_of(pipeline.AUGMENTATIONS),
+    "worker_count": at_least(0),
+    "model.name": one_of(resnet.MODEL_NAMES),
+    "model.width": POSITIVE,
+    "model.dropout_rate": interval(0, 1),
+    "batch_size": at_least(1),
+    "num_epochs": at_least(0),
+    "optimizer": one_of(optim.OPTIMIZERS),
+    "learning_rate": POSITIVE,
+    "schedule": one_of(optim.SCHEDULES),
+    "warmup_epochs": at_least(0, integer=False),
+    "plateau.factor": interval(0, 1, open_low=True, closed_high=True),
+    "plateau.patience": at_least(0),
+    "plateau.cooldown": at_least(0),
+    "plateau.min_scale": interval(0, 1, open_low=True, closed_high=True),
+    "weight_decay": at_least(0, integer=False),
+    "grad_clip_norm": at_least(0, integer=False),
+    "class_weights": Rule(_class_weights_ok, f"'balanced', 'none' or a list of {NUM_CLASSES} positive numbers"),
+    "label_smoothing": interval(0, 1),
+    "focal_gamma": at_least(0, integer=False),
+    "ema_decay": interval(0, 1),
+    "checkpoint_every_steps": at_least(1),
+    "keep_checkpoints": at_least(1),
+    "log_every_steps": at_least(1),
+    "eval_every_steps": at_least(0),
+    "early_stop_patience": at_least(0),
+    "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {evaluate.CHECKPOINT_CHOICES} or a step number"),
+    "eval.split": one_of(evaluate.SPLITS),
+    "eval.batch_size": at_least(1),
+    "eval.n_bootstrap": at_least(0),
+    "eval.tta_crops": Rule(lambda v: 1 <= v <= 6, "an integer in 1..6"),
+    "eval.explain_examples": at_least(0),
+    "eval.cam_stage": Rule(lambda v: 1 <= v <= 4, "an integer in 1..4"),
+})
+# Keys whose type may differ from the base config's value.
+FREE_TYPES = frozenset({"class_weights", "eval.checkpoint"})
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; works on ConfigDicts and dicts."""
+    flat = {}
+    for key, value in tree.items():
+        if hasattr(value, "items"):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _siblings(key: str, schema: dict) -> str:
+    """The keys beside ``key``: its section's keys, or the top-level keys and sections."""
+    section = key.rpartition(".")[0]
+    names = {k for k in schema if k.rpartition(".")[0] == section}
+    if not section:
+        names |= {f"{k.split('.')[0]}.*" for k in schema if "." in k}
+    return ", ".join(sorted(names))
+
+
+def unknown_key_problem(key: str, schema: dict | None = None) -> str:
+    schema = flatten(base_config()) if schema is None else schema
+    section = key.rpartition(".")[0]
+    where = f"config.{section}" if section else "config"
+    return f"config.{key} is not a config key; allowed keys in {where}: {_siblings(key, schema)}"
+
+
+def _type_problem(key: str, value, expected) -> str | None:
+    if key in FREE_TYPES:
+        return None
+    kind = type(expected)
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if ok and kind is float and not math.isfinite(value):
+        return f"config.{key}: {value!r} is not allowed; allowed: a finite number"
+    if not ok:
+        return f"config.{key}: {value!r} has type {type(value).__name__}; allowed: a value of type {kind.__name__}"
+    return None
+
+
+def problems(config) -> list[str]:
+    """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine."""
+    schema = flatten(base_config())
+    values = flatten(config)
+    found = [unknown_key_problem(key, schema) for key in values if key not in schema]
+    found += [f"config.{key} is missing" for key in schema if key not in values]
+    for key, value in values.items():
+        if key not in schema:
+            continue
+        problem = _type_problem(key, value, schema[key])
+        if problem is None and key in RULES and not RULES[key].accepts(value):
+            problem = f"config.{key}: {value!r} is not allowed; allowed: {RULES[key].allowed}"
+        if problem:
+            found.append(problem)
+    if found:
+        return found
+    if values["data.source"] == "nih" and not values["data.manual_dir"]:
+        found.append("config.data.manual_dir: '' is not allowed with data.source='nih'; "
+                     "allowed: the folder of your NIH download")
+    if values["num_train_steps"] <= 0 and values["num_epochs"] <= 0:
+        found.append(f"config.num_train_steps: {values['num_train_steps']} with num_epochs "
+                     f"{values['num_epochs']} trains nothing; allowed: num_train_steps > 0 or num_epochs > 0")
+    devices, processes = jax.device_count(), jax.process_count()
+    for key in ("batch_size", "eval.batch_size"):
+        if values[key] % devices or values[key] % processes:
+            found.append(f"config.{key}: {values[key]} does not split over the {devices} devices of "
+                         f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}")
+    return found
+
+
+def validate(config) -> None:
+    """Raises one ``ConfigError`` listing every problem, or returns when the config can run."""
+    found = problems(config)
+    if found:
+        raise ConfigError("invalid config: " + "; ".join(found))
+
+
+def check_override_flags(argv: list[str]) -> None:
+    """Refuses ``--config.<key>=...`` command-line overrides of keys the config does not have.
+
+    ml_collections raises an AttributeError with a traceback for those; this names the key and the
+    keys allowed beside it instead.
+    """
+    schema = flatten(base_config())
+    sections = {key.rsplit(".", 1)[0] for key in schema if "." in key}
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if key not in schema and key not in sections:
+                raise ConfigError(f"invalid config: {unknown_key_problem(key, schema)}")

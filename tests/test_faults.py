@@ -1,0 +1,432 @@
+"""Breaking lungjax on purpose: kill -9, damaged checkpoints, workdir problems, bad configs, changed
+data and untrusted files; each test checks that nothing is lost and that the error says why.
+
+RELIABILITY.md tabulates what these tests inject and what survives.
+"""
+
+import ast
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from lungjax import checkpoint, config_check, run_info, train, workdir as workdir_lib
+from lungjax.data import images
+from lungjax.models import pretrained, resnet
+from test_resume import assert_bitwise_equal, saved_params
+from train_fixtures import built, compilation_cache, data_root, load_config, tiny_config  # noqa: F401
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+TMP_MARK = ".orbax-checkpoint-tmp"
+# The kill test: a 30-step run saving every 2 steps, killed at 12 seeded moments: 2 in start-up or
+# restore (a random delay after the start), and 10 at distinct random checkpoint steps, so that the
+# kills spread over the whole run: once that step is saved, 5 as soon as the next save is in flight
+# after a random delay, 5 at a random delay (mid-step, mid-save or between).
+KILL_STEPS, KILL_EVERY, KILL_EVAL_EVERY, KILL_SEED = 30, 2, 10, 9
+KILL_TARGETS = tuple(range(4, KILL_STEPS - 3, KILL_EVERY))  # late enough to leave steps to kill in
+KILL_MOMENTS = ("startup",) * 2 + ("saving",) * 5 + ("training",) * 5
+KILL_DEADLINE_S = 300
+
+
+def checkpoint_config(data_root, steps):
+    config = tiny_config(data_root)
+    config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = steps, 2, 1000
+    return config
+
+
+@pytest.fixture(scope="module")
+def base_run(data_root, built, tmp_path_factory):
+    """Six steps saved at 2, 4 and 6: the run every checkpoint fault starts from (copied per test)."""
+    workdir = tmp_path_factory.mktemp("base_run")
+    assert train.train(checkpoint_config(data_root, 6), workdir)
+    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]
+    return workdir
+
+
+def copy_run(base_run, tmp_path) -> Path:
+    workdir = tmp_path / "run"
+    shutil.copytree(base_run, workdir)
+    return workdir
+
+
+def listing(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# --- kill -9 ------------------------------------------------------------------------------------
+
+
+def tmp_dirs(checkpoints: Path) -> set[str]:
+    return {p.name for p in checkpoints.iterdir() if TMP_MARK in p.name} if checkpoints.is_dir() else set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def saved_steps(checkpoints: Path) -> set[str]:
+    return {p.name for p in checkpoints.iterdir() if p.name.isdigit()} if checkpoints.is_dir() else set()
+
+
+def wait_while(pid: int, condition) -> None:
+    while alive(pid) and condition():
+        time.sleep(0.001)
+
+
+def kill_plan(rng: np.random.Generator) -> list[tuple[str, int]]:
+    """``(kind, checkpoint step to wait for)`` per kill, in order; start-up kills wait for none."""
+    kinds = list(rng.permutation(KILL_MOMENTS))
+    waiting = len(KILL_MOMENTS) - KILL_MOMENTS.count("startup")
+    targets = sorted(rng.choice(KILL_TARGETS, size=waiting, replace=False))
+    return [(str(kind), 0 if kind == "startup" else int(targets.pop(0))) for kind in kinds]
+
+
+def kill_at(kind: str, target: int, pid: int, checkpoints: Path, rng: np.random.Generator) -> bool:
+    """SIGKILLs ``pid`` at a ``kind`` moment; returns whether a save was in flight at the kill."""
+    leftovers = tmp_dirs(checkpoints)  # a killed save's, which this run cleans up
+    if kind == "startup":
+        time.sleep(rng.uniform(0.0, 4.0))
+    else:
+        wait_while(pid, lambda: max(map(int, saved_steps(checkpoints)), default=0) < target)
+        until = time.monotonic() + rng.uniform(0.0, 0.5)
+        wait_while(pid, lambda: time.monotonic() < until)
+        if kind == "saving":
+            wait_while(pid, lambda: not tmp_dirs(checkpoints) - leftovers)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return bool(tmp_dirs(checkpoints) - leftovers)
+
+
+def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_cache, tmp_path):
+    """Every restart resumes from the last complete checkpoint, ignoring and cleaning the partial
+    ones, and the killed run ends with the parameters of a run never killed."""
+    config = tiny_config(data_root)
+    config.num_train_steps, config.checkpoint_every_steps = KILL_STEPS, KILL_EVERY
+    config.eval_every_steps = KILL_EVAL_EVERY
+    assert train.train(config, tmp_path / "reference")
+
+    workdir, log_path = tmp_path / "killed", tmp_path / "runs.log"
+    checkpoints = workdir / checkpoint.CHECKPOINT_DIR
+    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
+    rng = np.random.default_rng(KILL_SEED)
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    kills = []
+    with log_path.open("w") as log, subprocess.Popen(
+            [sys.executable, str(TESTS / "fault_runner.py"), str(data_root), str(workdir), str(KILL_STEPS),
+             str(KILL_EVERY), str(KILL_EVAL_EVERY)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT) as launcher:
+
+        def start_run() -> int:
+            launcher.stdin.write("run\n")
+            launcher.stdin.flush()
+            return int(launcher.stdout.readline().split()[1])
+
+        def exit_code() -> int:
+            line = launcher.stdout.readline()
+            assert line.startswith("exit"), log_path.read_text()[-3000:]
+            return int(line.split()[1])
+
+        assert launcher.stdout.readline().strip() == "ready", log_path.read_text()[-3000:]
+        for kind, target in kill_plan(rng):
+            assert time.monotonic() < deadline, f"{len(kills)} kills in {KILL_DEADLINE_S} s"
+            pid = start_run()
+            mid_save = kill_at(kind, target, pid, checkpoints, rng)
+            assert exit_code() == -signal.SIGKILL, log_path.read_text()[-3000:]  # not finished before
+            kills.append((kind, mid_save, checkpoint.make_manager(workdir, read_only=True).latest_step()))
+        start_run()
+        assert exit_code() == 0, log_path.read_text()[-3000:]
+        launcher.stdin.close()
+    output = log_path.read_text()
+    assert len(kills) == len(KILL_MOMENTS) >= 10, kills
+    assert sum(mid_save for _, mid_save, _ in kills) >= 4, kills  # killed while Orbax was writing
+    assert len({latest for _, _, latest in kills}) >= 8, kills  # moments spread over the run
+    assert "Traceback" not in output and "damaged" not in output, output[-3000:]
+    assert not tmp_dirs(checkpoints) and not (workdir / checkpoint.DAMAGED_DIR).exists()
+    assert checkpoint.make_manager(workdir, read_only=True).latest_step() == KILL_STEPS
+    assert not (workdir / workdir_lib.LOCK_FILE).exists()
+    assert_bitwise_equal(saved_params(tmp_path / "reference"), saved_params(workdir))
+
+
+# --- damaged checkpoints -------------------------------------------------------------------------
+
+
+def truncate_largest_array_file(step_dir: Path) -> None:
+    target = max((p for p in (step_dir / "train").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+
+
+def remove_model_manifest(step_dir: Path) -> None:
+    (step_dir / "model" / "manifest.ocdbt").unlink()
+
+
+@pytest.mark.parametrize("damage", [truncate_largest_array_file, remove_model_manifest])
+def test_damaged_latest_falls_back_to_previous_and_keeps_it(base_run, data_root, tmp_path, caplog, damage):
+    workdir = copy_run(base_run, tmp_path)
+    damage(workdir / checkpoint.CHECKPOINT_DIR / "6")
+    damaged_files = listing(workdir / checkpoint.CHECKPOINT_DIR / "6")
+    with caplog.at_level(logging.WARNING):
+        assert train.train(checkpoint_config(data_root, 6), workdir)
+    assert "checkpoint step 6 is damaged" in caplog.text and "resuming from step 4" in caplog.text
+    (kept,) = (workdir / checkpoint.DAMAGED_DIR).iterdir()
+    assert kept.name.startswith("6-") and listing(kept) == damaged_files  # moved aside, not deleted
+    assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 6  # saved again
+    assert_bitwise_equal(saved_params(base_run), saved_params(workdir))
+
+
+def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(base_run, data_root, tmp_path):
+    workdir = copy_run(base_run, tmp_path)
+    for step in (2, 4, 6):
+        remove_model_manifest(workdir / checkpoint.CHECKPOINT_DIR / str(step))
+    before = listing(workdir / checkpoint.CHECKPOINT_DIR)
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint .* can be restored \(step 6: .*; "
+                                                         r"step 4: .*; step 2: .*nothing was deleted"):
+        train.train(checkpoint_config(data_root, 8), workdir)
+    assert listing(workdir / checkpoint.CHECKPOINT_DIR) == before
+    assert not (workdir / checkpoint.DAMAGED_DIR).exists()
+
+
+def test_changed_dataset_refuses_to_resume_naming_both_fingerprints(base_run, built, data_root, tmp_path,
+                                                                     monkeypatch):
+    workdir = copy_run(base_run, tmp_path)
+    saved = run_info.dataset_fingerprint(built)
+    monkeypatch.setattr(run_info, "dataset_fingerprint", lambda builder: "f" * 64)
+    with pytest.raises(checkpoint.CheckpointError, match=f"dataset fingerprint {saved}, the dataset on disk has "
+                                                         f"{'f' * 64}"):
+        train.train(checkpoint_config(data_root, 8), workdir)
+    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]
+
+
+# --- workdir ---------------------------------------------------------------------------------------
+
+
+def test_workdir_that_cannot_be_created_fails_before_any_work(data_root, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*file/run is not writable"):
+        train.train(checkpoint_config(data_root, 2), tmp_path / "file" / "run")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_workdir_fails_before_any_work(data_root, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir(mode=0o500)
+    with pytest.raises(workdir_lib.WorkdirError, match="is not writable"):
+        train.train(checkpoint_config(data_root, 2), workdir)
+    assert not any(workdir.iterdir())
+
+
+def test_too_little_free_space_fails_before_the_first_step(data_root, built, tmp_path, monkeypatch):
+    monkeypatch.setattr(workdir_lib, "free_bytes", lambda path: 100_000)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"0.1 MiB free, a checkpoint of this run needs about "
+                                                       r"[0-9.]+ MiB"):
+        train.train(checkpoint_config(data_root, 2), tmp_path)
+    assert not (tmp_path / checkpoint.CHECKPOINT_DIR).exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_second_run_on_a_workdir_refuses(data_root, tmp_path):
+    with workdir_lib.lock(tmp_path):
+        with pytest.raises(workdir_lib.WorkdirError, match=f"in use by another run \\(pid {os.getpid()} on host "
+                                                           f"'{socket.gethostname()}'"):
+            train.train(checkpoint_config(data_root, 2), tmp_path)
+    assert not (tmp_path / workdir_lib.LOCK_FILE).exists()  # released by its owner only
+
+
+def write_lock(workdir: Path, pid: int, host: str) -> None:
+    (workdir / workdir_lib.LOCK_FILE).write_text(f'{{"pid": {pid}, "host": "{host}", "since": "earlier"}}')
+
+
+def test_lock_of_a_live_process_refuses_and_of_a_dead_one_is_taken_over(tmp_path, caplog):
+    with subprocess.Popen(["sleep", "60"]) as live:
+        write_lock(tmp_path, live.pid, socket.gethostname())
+        with pytest.raises(workdir_lib.WorkdirError, match=f"pid {live.pid}"):
+            with workdir_lib.lock(tmp_path):
+                pass
+        live.kill()
+    live.wait()
+    write_lock(tmp_path, live.pid, socket.gethostname())  # now a dead process: stale
+    with caplog.at_level(logging.WARNING), workdir_lib.lock(tmp_path):
+        assert f'"pid": {os.getpid()}' in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+    assert f"taking over the stale lock of pid {live.pid}" in caplog.text
+    assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+
+
+def test_lock_from_another_host_is_refused(tmp_path):
+    write_lock(tmp_path, 1, "some-other-host")
+    with pytest.raises(workdir_lib.WorkdirError, match="cannot be checked from host .* delete .*lock.json"):
+        with workdir_lib.lock(tmp_path):
+            pass
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimzer": "adam"}, r"config.optimzer is not a config key; allowed keys in config: augment, batch_size"),
+    ({"model.depth": 50}, r"config.model.depth is not a config key; allowed keys in config.model: "
+                          r"model.dropout_rate, model.freeze_backbone_steps, model.init_from, model.name"),
+    ({"learning_rate": "fast"}, r"config.learning_rate: 'fast' has type str; allowed: a value of type float"),
+    ({"half_precision": 1}, r"config.half_precision: 1 has type int; allowed: a value of type bool"),
+    ({"optimizer": "lamb"}, r"config.optimizer: 'lamb' is not allowed; allowed: one of 'adam', 'adamw', 'sgd'"),
+    ({"model.name": "vgg16"}, r"config.model.name: 'vgg16' is not allowed; allowed: one of 'resnet18', "),
+    ({"schedule": "linear"}, r"config.schedule: 'linear' is not allowed; allowed: one of 'constant', 'cosine'"),
+    ({"augment": "heavy"}, r"config.augment: 'heavy' is not allowed; allowed: one of 'none', 'light', 'seed'"),
+    ({"data.split_scheme": "random"}, r"config.data.split_scheme: 'random' .* one of 'patient', 'seed'"),
+    ({"eval.split": "val"}, r"config.eval.split: 'val' .* one of 'test', 'validation', 'train'"),
+    ({"image_size": 16}, r"config.image_size: 16 is not allowed; allowed: an integer >= 32"),
+    ({"batch_size": 0}, r"config.batch_size: 0 is not allowed; allowed: an integer >= 1"),
+    ({"label_smoothing": 1.0}, r"config.label_smoothing: 1.0 is not allowed; allowed: a number in \[0, 1\)"),
+    ({"class_weights": [1, 2]}, r"config.class_weights: \[1, 2\] .* 'balanced', 'none' or a list of 6"),
+    ({"num_train_steps": -1, "num_epochs": 0}, r"trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"),
+])
+def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change,
+                                                                                  message):
+    config = tiny_config(data_root).to_dict()
+    for key, value in change.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(config_check.ConfigError, match=message):
+        train.train(config, workdir)
+    assert not workdir.exists()
+
+
+def test_batch_that_does_not_split_over_devices_is_refused(data_root, monkeypatch):
+    config = tiny_config(data_root)
+    monkeypatch.setattr(config_check.jax, "device_count", lambda: 4)
+    config.batch_size, config.eval.batch_size = 6, 16
+    with pytest.raises(config_check.ConfigError, match=r"config.batch_size: 6 does not split over the 4 devices "
+                                                       r"of 1 processes; allowed: a multiple of 4"):
+        config_check.validate(config)
+
+
+def test_shipped_configs_are_valid(data_root):
+    for name in ("tiny", "demo"):
+        config = tiny_config(data_root) if name == "tiny" else load_config(name)
+        assert config_check.problems(config) == [], name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.batch_sise=8", "lungjax: error: invalid config: config.batch_sise is not a config key; "
+                              "allowed keys in config: augment, batch_size,"),
+    ("--config.model.name=resnet19", "lungjax: error: invalid config: config.model.name: 'resnet19' is not "
+                                     "allowed; allowed: one of 'resnet18', 'resnet34'"),
+])
+def test_command_line_prints_one_line_and_exits_non_zero(data_root, tmp_path, override, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "lungjax.main", f"--config={ROOT / 'configs' / 'tiny.py'}",
+         f"--workdir={tmp_path / 'run'}", override], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("lungjax: error")] == [
+        result.stderr.strip().splitlines()[-1]]
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# --- untrusted files -------------------------------------------------------------------------------
+
+PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
+
+
+def test_no_module_of_lungjax_imports_pickle_or_allows_it():
+    offenders = []
+    for path in (ROOT / "lungjax").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+                names = ["allow_pickle"]
+            offenders += [f"{path.name}:{node.lineno} {name}" for name in names
+                          if name.split(".")[0] in PICKLE_MODULES | {"allow_pickle"}]
+    assert not offenders
+
+
+class Payload:
+    """Unpickling this creates ``path``: proof that something unpickled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def test_checkpoint_with_pickled_metadata_is_refused_without_unpickling(base_run, data_root, tmp_path, monkeypatch):
+    workdir = copy_run(base_run, tmp_path)
+    marker = tmp_path / "unpickled"
+    replaced = 0
+    for path in (workdir / checkpoint.CHECKPOINT_DIR).rglob("*"):
+        if path.name in ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "manifest.ocdbt"):
+            path.write_bytes(pickle.dumps(Payload(marker)))
+            replaced += 1
+    assert replaced >= 3 * 6
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something unpickled a checkpoint file")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint .* can be restored"):
+        train.train(checkpoint_config(data_root, 8), workdir)
+    assert not marker.exists()
+
+
+def test_weights_file_with_a_non_numeric_dataset_is_refused(tmp_path):
+    model = resnet.create_model("resnet50", num_classes=6, width=0.125, stride_in_1x1=True)
+    units = pretrained._keras_units()
+    path = tmp_path / "weights.h5"
+    marker = tmp_path / "unpickled"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [f"{u}_{kind}".encode() for u in units for kind in ("conv", "bn")]
+        for unit in units:
+            for kind, names in (("conv", pretrained.CONV_VARS), ("bn", pretrained.BN_VARS)):
+                group = f.create_group(f"{unit}_{kind}")
+                group.attrs["weight_names"] = [f"{unit}_{kind}/{name}:0".encode() for name in names]
+                for name in names:
+                    group[f"{unit}_{kind}/{name}:0"] = np.ones(1, np.float32)
+        del f["conv1_conv/conv1_conv/kernel:0"]
+        f["conv1_conv/conv1_conv/kernel:0"] = np.void(pickle.dumps(Payload(marker)))
+        del f["conv2_block1_1_conv/conv2_block1_1_conv/kernel:0"]
+        f.create_dataset("conv2_block1_1_conv/conv2_block1_1_conv/kernel:0", data=["0.5"] * 4,
+                         dtype=h5py.string_dtype())
+    with pytest.raises(ValueError, match=r"conv1_conv/kernel:0: dataset of type \|V\d+ where numbers"):
+        pretrained.load_keras_resnet50(model, path)
+    with h5py.File(path, "a") as f:
+        del f["conv1_conv/conv1_conv/kernel:0"]
+        f["conv1_conv/conv1_conv/kernel:0"] = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match=r"conv2_block1_1_conv/kernel:0: dataset of type object where numbers"):
+        pretrained.load_keras_resnet50(model, path)
+    assert not marker.exists()
+
+
+def test_png_claiming_a_huge_size_is_refused_before_decoding(tmp_path, monkeypatch):
+    header = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (100_000).to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00"
+    path = tmp_path / "bomb.png"
+    path.write_bytes(header + b"\x00" * 64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded a file whose header is over the pixel limit")
+
+    monkeypatch.setattr(images.cv2, "imdecode", refuse)
+    with pytest.raises(images.ImageError, match=r"bomb.png: 100000x100000 pixels exceeds the limit"):
+        images.read_gray(path)
