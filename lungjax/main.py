@@ -77,7 +77,8 @@ def main(argv):
 # do, so the command line prints it on one line instead of a traceback. Looked up only in modules
 # already imported (an error can only come from those), so no mode imports more than it uses.
 EXPECTED_ERRORS = (("lungjax.config_check", "ConfigError"), ("lungjax.workdir", "WorkdirError"),
-                   ("lungjax.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"))
+                   ("lungjax.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"),
+                   ("lungjax.data.metadata", "MetadataError"))
 ERROR_EXIT_CODE = 2
 
 
