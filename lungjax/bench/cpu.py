@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from lungjax import bench
+
 KINDS = ("lungjax", "lungjax-bf16", "lungjax-v1", "keras-jax", "keras-torch", "keras-tensorflow")
 RESULT_PREFIX = "BENCH_RESULT "
 NUM_CLASSES = 6
@@ -288,11 +290,7 @@ def main(argv=None) -> dict:
     for spec, error in errors.items():
         if not any(r["contender"] == spec for r in result["rows"]):
             result["rows"].append({"contender": spec, "error": error})
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    print(format_table(result), flush=True)
-    return result
+    return bench.finish(result, args.out, format_table(result))
 
 
 def parse_args(argv=None):

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from lungjax import bench
+
 RESULT_PREFIX = "SCALING_RESULT "
 
 
@@ -123,11 +125,7 @@ def main(argv=None) -> dict:
               "machine": {"cores": os.cpu_count(), "load_average_at_end": os.getloadavg()},
               "model": args.model, "width": args.width, "precision": "bfloat16" if args.half_precision else "float32",
               "warmup": args.warmup, "steps": args.steps, "steps_table": steps_table, "build_table": build_table}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    print(format_table(result), flush=True)
-    return result
+    return bench.finish(result, args.out, format_table(result))
 
 
 def parse_args(argv=None):
