@@ -110,7 +110,7 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
 
     def predict(model_state, images):
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
-        x = images.astype(dtype) * (1.0 / 255.0)
+        x = models.images_to_input(images, dtype)
         probs = jnp.zeros((x.shape[0], labels.NUM_CLASSES), jnp.float32)
         windows = tta_windows(x.shape[1], tta_crops)
         for top, left, side in windows:

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from lungjax import models
 from lungjax.data import labels, pipeline
 
 GRID_COLUMNS = 4
@@ -67,7 +68,7 @@ def make_grad_cam_fn(graphdef: nnx.GraphDef, dtype, stage: int = LAST_STAGE):
 
     def cam(model_state, images, classes):
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
-        x = images.astype(dtype) * (1.0 / 255.0)
+        x = models.images_to_input(images, dtype)
         maps = grad_cam(functools.partial(model.feature_map, stages=stage),
                         functools.partial(model.logits_from, stage=stage), x, classes)
         return upsample(maps, images.shape[1])

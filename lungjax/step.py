@@ -15,7 +15,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from lungjax import loss as loss_lib
+from lungjax import loss as loss_lib, models
 
 
 @flax.struct.dataclass
@@ -44,11 +44,6 @@ class TrainMetrics(clu_metrics.Collection):  # clu reads these annotations: no p
     accuracy: clu_metrics.Accuracy
 
 
-def images_to_float(images: jax.Array, dtype) -> jax.Array:
-    """uint8 pixels from the pipeline -> [0, 1] in the compute dtype (on the device)."""
-    return images.astype(dtype) * (1.0 / 255.0)
-
-
 def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
@@ -58,7 +53,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
                focal_gamma: float, dtype, ema_decay: float) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on one global batch. Pure: jit it with ``make_train_step``."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    images = images_to_float(batch["image"], dtype)
+    images = models.images_to_input(batch["image"], dtype)
 
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace

@@ -10,3 +10,11 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
     return create_model(model_config.name, num_classes=num_classes, width=model_config.width,
                         dropout_rate=model_config.dropout_rate, stride_in_1x1=model_config.stride_in_1x1,
                         dtype=jnp.bfloat16 if half_precision else jnp.float32, seed=seed)
+
+
+def images_to_input(images, dtype):
+    """uint8 pixels from the pipeline -> the models' input: [0, 1] in the compute dtype, on the device.
+
+    Training, evaluation and Grad-CAM all scale here, so they cannot drift apart.
+    """
+    return images.astype(dtype) * (1.0 / 255.0)
