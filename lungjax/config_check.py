@@ -71,6 +71,8 @@ RULES = MappingProxyType({
     "data.build_workers": at_least(0),
     "image_size": at_least(MIN_IMAGE_SIZE),
     "augment": one_of(pipeline.AUGMENTATIONS),
+    "seed": at_least(0),
+    "data.phantom_seed": at_least(0),
     "worker_count": at_least(0),
     "model.name": one_of(resnet.MODEL_NAMES),
     "model.width": POSITIVE,

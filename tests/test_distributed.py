@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,15 +28,15 @@ from absl import flags
 from lungjax import checkpoint, distributed, evaluate, train
 from lungjax.data import pipeline
 from test_resume import saved_params
-from train_fixtures import built, command_line_overrides, compilation_cache, data_root, tiny_config  # noqa: F401
+from train_fixtures import (FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, built,  # noqa: F401
+                            command_line_overrides, compilation_cache, data_root, four_device_run, tiny_config)
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 RUN_TIMEOUT_S = 300
-STEPS = 4
-# The 2-process runs: SGD as in test_train's 4-vs-1 test (Adam turns rounding noise in near-zero
-# gradients into lr-sized steps).
-RUN_FLAGS = (f"--config.num_train_steps={STEPS}", "--config.optimizer=sgd")
+STEPS = FOUR_DEVICE_STEPS
+# The 2-process runs train what the 1-process 4-device reference trains.
+RUN_FLAGS = (f"--config.num_train_steps={STEPS}", f"--config.optimizer={FOUR_DEVICE_OPTIMIZER}")
 HEARTBEAT_S = 5
 # A survivor stops when the heartbeat timeout declares its peer dead; allow for start-up of the
 # abort and a loaded machine.
@@ -143,35 +142,20 @@ def two_process_run(tmp_path_factory, data_root, built, compilation_cache) -> Pa
     return workdir
 
 
-def test_two_processes_match_one_process_with_four_devices(two_process_run, data_root, built, compilation_cache,
+def test_two_processes_match_one_process_with_four_devices(two_process_run, four_device_run, data_root, built,
                                                            tmp_path):
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(TESTS)!r})
-        import jax
-        from train_fixtures import tiny_config
-        from lungjax import train
-        from pathlib import Path
-        assert jax.device_count() == 4 and jax.process_count() == 1
-        config = tiny_config(Path({str(data_root)!r}))
-        config.num_train_steps, config.optimizer = {STEPS}, "sgd"
-        train.train(config, {str(tmp_path / "four")!r})
-    """)  # the program test_train's 4-vs-1 test compiles: one cache entry serves both
-    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_model(saved_params(two_process_run), saved_params(tmp_path / "four"))
+    four = tmp_path / "four"  # a copy: evaluating writes into the workdir
+    shutil.copytree(four_device_run, four)
+    assert_same_model(saved_params(two_process_run), saved_params(four))
 
     info = json.loads((two_process_run / "run_info.json").read_text())
     assert info["process_count"] == 2 and len(info["devices"]) == 4
     # The 1x4 model's report, computed here (1 device: evaluation is the same on any device count).
-    reference = evaluate.evaluate(config_for(data_root), tmp_path / "four")
+    reference = evaluate.evaluate(config_for(data_root), four)
     assert_same_report(read_report(two_process_run), json.loads(json.dumps(reference)))
     # Every test image exactly once, in the split's order.
     names = predicted_names(two_process_run)
-    assert names == predicted_names(tmp_path / "four") and len(set(names)) == len(names)
+    assert names == predicted_names(four) and len(set(names)) == len(names)
     assert len(names) == len(pipeline.data_source(built, "test"))
 
 

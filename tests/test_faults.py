@@ -29,13 +29,13 @@ from train_fixtures import built, compilation_cache, data_root, load_config, tin
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 TMP_MARK = ".orbax-checkpoint-tmp"
-# The kill test: a 30-step run saving every 2 steps, killed at 12 seeded moments: 2 in start-up or
-# restore (a random delay after the start), and 10 at distinct random checkpoint steps, so that the
-# kills spread over the whole run: once that step is saved, 5 as soon as the next save is in flight
-# after a random delay, 5 at a random delay (mid-step, mid-save or between).
+# The kill test: a 30-step run saving every 2 steps, killed at 9 seeded moments: 1 in start-up or
+# restore (a random delay after the start), and 8 at distinct random checkpoint steps, so that the
+# kills spread over the whole run: once that step is saved, 4 as soon as the next save is in flight
+# after a random delay, 4 at a random delay (mid-step, mid-save or between).
 KILL_STEPS, KILL_EVERY, KILL_EVAL_EVERY, KILL_SEED = 30, 2, 10, 9
 KILL_TARGETS = tuple(range(4, KILL_STEPS - 3, KILL_EVERY))  # late enough to leave steps to kill in
-KILL_MOMENTS = ("startup",) * 2 + ("saving",) * 5 + ("training",) * 5
+KILL_MOMENTS = ("startup",) + ("saving",) * 4 + ("training",) * 4
 KILL_DEADLINE_S = 300
 
 
@@ -154,9 +154,9 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_c
         assert exit_code() == 0, log_path.read_text()[-3000:]
         launcher.stdin.close()
     output = log_path.read_text()
-    assert len(kills) == len(KILL_MOMENTS) >= 10, kills
-    assert sum(mid_save for _, mid_save, _ in kills) >= 4, kills  # killed while Orbax was writing
-    assert len({latest for _, _, latest in kills}) >= 8, kills  # moments spread over the run
+    assert len(kills) == len(KILL_MOMENTS) >= 9, kills
+    assert sum(mid_save for _, mid_save, _ in kills) >= 3, kills  # killed while Orbax was writing
+    assert len({latest for _, _, latest in kills}) >= 6, kills  # moments spread over the run
     assert "Traceback" not in output and "damaged" not in output, output[-3000:]
     assert not tmp_dirs(checkpoints) and not (workdir / checkpoint.DAMAGED_DIR).exists()
     assert checkpoint.make_manager(workdir, read_only=True).latest_step() == KILL_STEPS
@@ -290,6 +290,7 @@ def test_lock_from_another_host_is_refused(tmp_path):
     ({"eval.split": "val"}, r"config.eval.split: 'val' .* one of 'test', 'validation', 'train'"),
     ({"image_size": 16}, r"config.image_size: 16 is not allowed; allowed: an integer >= 32"),
     ({"batch_size": 0}, r"config.batch_size: 0 is not allowed; allowed: an integer >= 1"),
+    ({"seed": -1}, r"config.seed: -1 is not allowed; allowed: an integer >= 0"),
     ({"label_smoothing": 1.0}, r"config.label_smoothing: 1.0 is not allowed; allowed: a number in \[0, 1\)"),
     ({"class_weights": [1, 2]}, r"config.class_weights: \[1, 2\] .* 'balanced', 'none' or a list of 6"),
     ({"num_train_steps": -1, "num_epochs": 0}, r"trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"),

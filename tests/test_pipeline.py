@@ -42,6 +42,17 @@ def test_shuffle_is_seeded_and_differs_every_epoch():
     assert [int(next(again)["label"][0]) for _ in range(count)] == epochs[0]
 
 
+def test_sampler_reads_each_epochs_permutation_in_order_from_any_position():
+    sampler = pipeline.EpochShuffleSampler(7, seed=5)
+    keys = [sampler[i].record_key for i in range(21)]
+    assert [sorted(keys[e * 7:(e + 1) * 7]) for e in range(3)] == [list(range(7))] * 3
+    assert keys[:7] != keys[7:14]
+    fresh = pipeline.EpochShuffleSampler(7, seed=5)  # random access, as a restored iterator reads
+    assert [fresh[i].record_key for i in (15, 3, 20, 0)] == [keys[15], keys[3], keys[20], keys[0]]
+    assert fresh[9].rng.random() == np.random.Generator(np.random.Philox(key=5 + 9)).random()
+    assert [pipeline.EpochShuffleSampler(7, seed=6)[i].record_key for i in range(7)] != keys[:7]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_eval_batches_cover_every_example_once_in_order(workers):
     source = make_source(10)

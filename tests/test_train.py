@@ -2,11 +2,7 @@
 non-finite stop, and 4 devices against 1."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -15,10 +11,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lungjax import checkpoint, logs, run_info, step as step_lib, train
-from train_fixtures import built, compilation_cache, data_root, tiny_config  # noqa: F401
+from train_fixtures import (built, compilation_cache, data_root, four_device_config,  # noqa: F401
+                            four_device_run, tiny_config)
 from test_resume import saved_params
-
-TESTS = Path(__file__).parent
 
 
 def test_run_compiles_once_and_logs(data_root, built, tmp_path, monkeypatch):
@@ -74,29 +69,11 @@ def test_non_finite_step_stops_and_keeps_last_good_checkpoint(data_root, built, 
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path)))
 
 
-def test_four_devices_match_one(data_root, built, compilation_cache, tmp_path):
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(TESTS)!r})
-        import jax
-        from train_fixtures import tiny_config
-        from lungjax import train
-        from pathlib import Path
-        assert jax.device_count() == 4
-        config = tiny_config(Path({str(data_root)!r}))
-        config.num_train_steps, config.optimizer = 4, "sgd"
-        train.train(config, {str(tmp_path / "four")!r})
-    """)
-    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    config = tiny_config(data_root)
-    # SGD: Adam's g / sqrt(v) turns rounding noise in near-zero gradients into lr-sized steps.
-    config.num_train_steps, config.optimizer = 4, "sgd"
+def test_four_devices_match_one(data_root, four_device_run, tmp_path):
+    config = four_device_config(data_root)
     assert jax.device_count() == 1
     train.train(config, tmp_path / "one")
-    four, one = saved_params(tmp_path / "four"), saved_params(tmp_path / "one")
+    four, one = saved_params(four_device_run), saved_params(tmp_path / "one")
     for part in ("params", "batch_stats"):  # relative to the norm of all of them
         a = np.concatenate([x.ravel() for x in jax.tree.leaves(four[part])])
         b = np.concatenate([x.ravel() for x in jax.tree.leaves(one[part])])

@@ -6,6 +6,10 @@ The tree and its built dataset live in pytest's session temp dir and are made on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import importlib.util
@@ -96,3 +100,37 @@ def built(data_root):
     """Builds the dataset once; returns the builder."""
     config = tiny_config(data_root)
     return dataset.build(config.data, data_root)
+
+
+# The multi-device reference: SGD, as Adam's g / sqrt(v) turns rounding noise in near-zero
+# gradients into lr-sized steps.
+FOUR_DEVICE_STEPS, FOUR_DEVICE_OPTIMIZER = 4, "sgd"
+
+
+def four_device_config(data_root: Path):
+    config = tiny_config(data_root)
+    config.num_train_steps, config.optimizer = FOUR_DEVICE_STEPS, FOUR_DEVICE_OPTIMIZER
+    return config
+
+
+@pytest.fixture(scope="session")
+def four_device_run(tmp_path_factory, data_root, built, compilation_cache) -> Path:
+    """``four_device_config`` trained in one process with 4 CPU devices: the workdir that the
+    4-vs-1-device and the 2-process tests compare against. A subprocess, as the device count is
+    fixed when JAX starts; run once per session."""
+    workdir = tmp_path_factory.mktemp("four_devices") / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax
+        from pathlib import Path
+        from train_fixtures import four_device_config
+        from lungjax import train
+        assert jax.device_count() == 4 and jax.process_count() == 1
+        train.train(four_device_config(Path({str(data_root)!r})), {str(workdir)!r})
+    """)
+    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -5,8 +5,10 @@
 Builds a phantom ArrayRecord dataset once (a few hundred films, re-read for several epochs), then:
 
 * the grain training loader with the ``light`` and ``seed`` presets, at 1 and 2 worker processes
-  (fresh loader per run, first batch excluded so worker start-up is not counted), median of
-  ``--repeats`` runs, images/s per worker and the 1 -> 2 worker scaling;
+  (fresh loader per run, first batches excluded so worker start-up is not counted), median of
+  ``--repeats`` runs: images/s, the 1 -> 2 worker scaling, and images per CPU-second of the
+  worker processes (read from ``/proc``), which is the per-core rate even where other jobs share
+  the cores, and the main process's CPU share;
 * where the time goes in one process: record read, Example parse (image and label only), PNG decode,
   affine matrix, warp, intensity, batching, and the whole fused per-record transform;
 * augmentation on the host (OpenCV, one warp per image) against a batched version on the JAX device
@@ -18,6 +20,7 @@ Numbers on a shared CPU are noisy: compare runs made together, and read the medi
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from lungjax.bench import finish
 from lungjax.data import nih, phantom, pipeline
 
 FLAGS = flags.FLAGS
@@ -43,23 +47,54 @@ PRESETS = ("light", "seed")
 
 
 def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
-    """The phantom dataset at STORED_SIZE (built once per workdir)."""
+    """The phantom dataset at STORED_SIZE (built once per workdir).
+
+    Refuses a dataset whose PNGs miss the decoder's fast path (built by an older lungjax, before
+    the builder stored unfiltered rows): it would measure the slow decode.
+    """
     tree = workdir / "phantom_tree"
     if not (tree / phantom.DATA_ENTRY_FILE).is_file():
         phantom.write_nih_tree(tree, patients, seed=0, image_size=STORED_SIZE, num_workers=2)
-    return nih.prepare(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
+    builder = nih.prepare(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
+    png = pipeline.data_source(builder, "train")[0]["image"]
+    if pipeline._decode_unfiltered_gray_png(png) is None:
+        raise SystemExit(f"{workdir / 'tfds'} holds PNGs with row filters (an older build): delete it or "
+                         "choose another --workdir")
+    return builder
 
 
-def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> float:
-    """Images/s of a fresh training loader, after its first batch."""
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process's live child processes (Linux)."""
+    me, ticks, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()  # after "pid (command)"
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:  # fields: state, ppid, ... utime (12th), stime (13th)
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> dict[str, float]:
+    """A fresh training loader after its first two batches: images/s, images per CPU-second of
+    its worker processes (per core), and the CPU share of this (the consuming) process."""
     loader = pipeline.train_loader(source, batch_size=batch_size, image_size=IMAGE_SIZE, augment=augment,
                                    seed=0, worker_count=workers)
     iterator = iter(loader)
     next(iterator)
-    start = time.perf_counter()
+    next(iterator)
+    workers_cpu, main_cpu, start = children_cpu_s(), time.process_time(), time.perf_counter()
     for _ in range(batches):
         next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    images = batches * batch_size
+    return {"images_per_s": images / wall,
+            "images_per_worker_cpu_s": images / max(children_cpu_s() - workers_cpu, 1e-9),
+            "main_process_cores": (time.process_time() - main_cpu) / wall}
 
 
 def per_image_us(fn, items) -> float:
@@ -156,20 +191,29 @@ def main(argv: list[str]) -> None:
     source = pipeline.data_source(make_dataset(workdir, args.patients), "train")
     results: dict = {"records": len(source), "stored_size": STORED_SIZE, "image_size": IMAGE_SIZE,
                      "batch_size": args.batch_size, "loader": {}, "stages_us": {}}
+    rows = []
     for preset in PRESETS:
-        rates = {workers: [loader_rate(source, augment=preset, workers=workers, batches=args.batches,
-                                       batch_size=args.batch_size) for _ in range(args.repeats)]
-                 for workers in (1, 2)}
-        one, two = statistics.median(rates[1]), statistics.median(rates[2])
-        results["loader"][preset] = {"runs": rates, "per_worker_1": one, "per_worker_2": two / 2,
-                                     "scaling_1_to_2": two / one}
+        runs = {workers: [loader_rate(source, augment=preset, workers=workers, batches=args.batches,
+                                      batch_size=args.batch_size) for _ in range(args.repeats)]
+                for workers in (1, 2)}
+        median = {workers: {key: statistics.median(run[key] for run in runs[workers]) for key in runs[workers][0]}
+                  for workers in runs}
+        one, two = median[1]["images_per_s"], median[2]["images_per_s"]
+        results["loader"][preset] = {"runs": runs, "medians": median, "scaling_1_to_2": two / one}
         results["stages_us"][preset] = stage_breakdown(source, preset, count=4 * len(source))
-        print(f"{preset}: 1 worker {one:.0f} images/s, 2 workers {two:.0f} images/s "
-              f"({two / 2:.0f} per worker), scaling {two / one:.2f}x")
-        print("  per image (us): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()))
+        rows.append(f"| {preset} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | "
+                    f"{median[1]['images_per_worker_cpu_s']:,.0f} | {median[2]['images_per_worker_cpu_s']:,.0f} | "
+                    f"{median[1]['main_process_cores']:.2f} / {median[2]['main_process_cores']:.2f} |")
+        print(f"{preset}, per image (us): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()), flush=True)
     results["augment_host_vs_device"] = augment_comparison(source, "seed", args.batch_size, args.repeats)
     print("augment (seed preset):", json.dumps(results["augment_host_vs_device"]))
-    (workdir / "pipeline_bench.json").write_text(json.dumps(results, indent=2, default=str))
+    table = "\n".join([
+        f"images/s at {IMAGE_SIZE} from {STORED_SIZE} px records, batch {args.batch_size}, medians of "
+        f"{args.repeats} runs ({os.cpu_count()} CPUs):",
+        "| preset | 1 worker | 2 workers | scaling | per worker CPU-s (1) | per worker CPU-s (2) | main process cores (1 / 2) |",
+        "|---|---:|---:|---:|---:|---:|---:|", *rows])
+    finish(results, str(workdir / "pipeline_bench.json"), table)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import math
 import struct
+import sys
 import zlib
 from collections.abc import Sequence
 from collections.abc import Iterator
@@ -336,6 +337,49 @@ def _records(source):
     return source.records if isinstance(source, ExampleSource) else source
 
 
+# Workers read their records themselves, one at a time: grain's default (16 reader threads with
+# a 500-record buffer per process) cost 3x the CPU per record of this (BENCHMARKS.md), and each
+# worker process is one core's worth of work, which is what worker_count counts.
+READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+class EpochShuffleSampler:
+    """Endless record order for training: a new permutation of the records every epoch, drawn
+    from ``(seed, epoch)``, and grain's per-record generator (``Philox(key=seed + index)``) for
+    the augmentation draws.
+
+    Stands in for grain's ``IndexSampler(shuffle=True)``, whose per-record index shuffle runs
+    through grain's dataset statistics wrappers and cost ~200 us a record, as much as decoding and
+    warping it (BENCHMARKS.md). Here an epoch's permutation is drawn once (~0.1 ms for 14,000
+    records) and a position is a lookup.
+    """
+
+    def __init__(self, num_records: int, seed: int):
+        if num_records <= 0:
+            raise ValueError(f"a sampler needs at least one record, got {num_records}")
+        self._num_records, self._seed = num_records, seed
+        self._epoch_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return sys.maxsize  # endless
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The record indices of ``epoch`` in the order they are read."""
+        cached_epoch, order = self._epoch_order  # one read: grain may call from several threads
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self._seed, epoch]).permutation(self._num_records)
+            self._epoch_order = (epoch, order)
+        return order
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        epoch, position = divmod(index, self._num_records)
+        return grain.RecordMetadata(index=index, record_key=int(self.order(epoch)[position]),
+                                    rng=np.random.Generator(np.random.Philox(key=self._seed + index)))
+
+    def __repr__(self) -> str:
+        return f"EpochShuffleSampler(num_records={self._num_records}, seed={self._seed})"
+
+
 def shard_options() -> grain.ShardOptions:
     return grain.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count(),
                               drop_remainder=False)
@@ -347,21 +391,19 @@ def train_loader(source, *, batch_size: int, image_size: int, augment: str, seed
 
     Deterministic for a seed and worker count (shuffle order and augmentation draws; each worker
     batches its own slice, so another worker count gives other batches), and its iterator's state
-    can be saved and restored (``get_state``/``set_state``). The shuffle is grain's index shuffle,
-    a different permutation every epoch.
+    can be saved and restored (``get_state``/``set_state``). The shuffle is a different
+    permutation every epoch (``EpochShuffleSampler``).
 
     Every process walks the same global shuffled stream (the sampler is not sharded) and reads its
     rows of each global batch (``distributed.ProcessBatchSampler``): without grain workers the
     processes' batches together are, row for row, the batch one process would read, and a position
     in the stream means the same for any process count (``lungjax.distributed`` resumes on that).
     """
-    sampler = distributed.ProcessBatchSampler(
-        grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(), shuffle=True,
-                           num_epochs=None, seed=seed),
-        local_batch_size=batch_size, process_count=jax.process_count())
+    sampler = distributed.ProcessBatchSampler(EpochShuffleSampler(len(source), seed),
+                                              local_batch_size=batch_size, process_count=jax.process_count())
     operations = [TrainExample(augmentation(augment), image_size), grain.Batch(batch_size, drop_remainder=True)]
     return grain.DataLoader(data_source=_records(source), sampler=sampler, operations=operations,
-                            worker_count=worker_count, shard_options=shard_options())
+                            worker_count=worker_count, shard_options=shard_options(), read_options=READ_OPTIONS)
 
 
 def eval_batches(source, *, batch_size: int, image_size: int, worker_count: int = 0
@@ -377,8 +419,8 @@ def eval_batches(source, *, batch_size: int, image_size: int, worker_count: int 
                                  num_epochs=1, seed=0)
     specs = source.specs if isinstance(source, ExampleSource) else None
     loader = grain.DataLoader(data_source=_records(source), sampler=sampler,
-                              operations=[EvalExample(specs, image_size)],
-                              worker_count=worker_count, shard_options=shard_options())
+                              operations=[EvalExample(specs, image_size)], worker_count=worker_count,
+                              shard_options=shard_options(), read_options=READ_OPTIONS)
     per_process = math.ceil(len(source) / jax.process_count())
     records = iter(loader)
     for _ in range(math.ceil(per_process / batch_size)):
