@@ -1,10 +1,14 @@
-"""Smoke tests of the CPU benchmarks at a tiny size: well-formed output only, never speed.
+"""Smoke tests of the benchmarks at a tiny size on the CPU: well-formed output only, never speed.
 
 The side-by-side harness (one worker process per contender) is exercised by its parser only: a
-full tiny run costs half a minute of the suite.
+full tiny run costs half a minute of the suite. The GPU script runs whole, in its own process as on
+the lent machine: a session with a GPU gets one call to run it, so it must not have broken here.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 from lungjax.bench import cpu, scaling
 
@@ -28,3 +32,24 @@ def test_scaling_output(tmp_path):
     (build,) = result["build_table"]
     assert build["images"] > 0 and build["seconds"] > 0
     assert "img/s" in scaling.format_table(result)
+
+
+def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
+    out = tmp_path / "gpu_bench.json"
+    command = [sys.executable, "-m", "lungjax.bench.gpu", "--model=resnet18", "--width=0.0625", "--image_size=32",
+               "--stored_size=32", "--batch_sizes=4", "--precisions=float32", "--windows=1", "--e2e_batch=4",
+               "--e2e_patients=12", "--e2e_steps=2", "--warmup_batches=1", "--workers=0", "--build_workers=1",
+               f"--out={out}"]  # no worker processes: grain's are tested elsewhere, and each costs seconds
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["steps"]
+    assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0
+    assert row["train_flops_per_image"] > 0 and row["utilisation_of_bf16_peak"] is None  # no peak for a CPU
+    assert report["build_images"] > 0
+    end_to_end = report["end_to_end"]
+    assert end_to_end["precision"] == "float32" and end_to_end["workers"] == 0
+    assert end_to_end["end_to_end_images_per_sec"] > 0
+    assert end_to_end["pipeline_only_images_per_sec"] > 0
+    assert result.stdout.rstrip().splitlines()[-1].startswith("end to end (")  # the table comes last

@@ -6,12 +6,15 @@ second against the card's dense bf16 peak. Then end to end: a phantom ArrayRecor
 real builder, fed through the real grain pipeline (decode, ``light`` augmentation, batch) and
 ``prefetch_to_device`` into the same step. Writes JSON and prints a table last.
 
-One call of the ``device`` tool, from the repository root (wheels from
-``bash ../shared/tools/gpu-wheels.sh flax==0.12.8``, carried as ``.whl``)::
+One call of the ``device`` tool, from the repository root. The wheels the GPU image lacks come from
+``bash ../shared/tools/gpu-wheels.sh importlib_resources`` into ``.whl``, which is git-ignored and
+carried. Do not add flax: the image's flax matches its jax, and flax 0.12.8 failed with the image's
+jax 0.11.2::
 
     run(carry=[".whl"], timeout_s=540, command="python3 -m pip install -q --no-index --no-deps
         --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
         export PYTHONPATH=/tmp/site:$PWD || exit; PYTHONUNBUFFERED=1 python3 -m lungjax.bench.gpu
+        --precisions bfloat16,float32 --batch_sizes 512,256,128,64 --e2e_batch 512
         --out $OUT/gpu_bench.json 2>&1 | tee $OUT/gpu_bench.log")
 
 On the CPU, a tiny smoke run: ``python -m lungjax.bench.gpu --model resnet18 --width 0.125
@@ -30,7 +33,7 @@ import time
 import jax
 from absl import app, flags
 
-from lungjax import sharding
+from lungjax import bench, sharding
 from lungjax.bench import step_timing
 from lungjax.config import base_config
 from lungjax.data import dataset, labels, pipeline
@@ -49,7 +52,8 @@ flags.DEFINE_integer("e2e_batch", 256, "Batch of the end-to-end run (reuses that
 flags.DEFINE_integer("e2e_patients", 1000, "Phantom patients (about 3 films each) for the end-to-end run.")
 flags.DEFINE_integer("e2e_steps", 40, "Timed end-to-end steps.")
 flags.DEFINE_integer("warmup_batches", 5, "Untimed batches before timing.")
-flags.DEFINE_integer("workers", max((os.cpu_count() or 2) - 2, 1), "grain worker processes.")
+flags.DEFINE_integer("workers", max((os.cpu_count() or 2) - 2, 1), "grain worker processes (0: in this process).")
+flags.DEFINE_integer("build_workers", os.cpu_count() or 1, "Processes building the phantom dataset (1: this one).")
 flags.DEFINE_float("budget_seconds", 360.0, "Stop starting new measurements after this long.")
 flags.DEFINE_string("out", "gpu_bench.json", "Where the JSON results go.")
 flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the end-to-end step here.")
@@ -129,7 +133,7 @@ def phantom_builder(args, workdir: str):
     """The real builder over a phantom NIH-format tree, stored at 256 pixels."""
     data = base_config().data
     data.source, data.phantom_patients, data.stored_size = "phantom", args.e2e_patients, args.stored_size
-    data.build_workers = os.cpu_count() or 1
+    data.build_workers = args.build_workers
     start = time.perf_counter()
     builder = dataset.build(data, workdir)
     return builder, time.perf_counter() - start
@@ -147,10 +151,11 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
     host_batches = iter(loader())
     for _ in range(args.warmup_batches):
         next(host_batches)
-    start = time.perf_counter()
+    workers_cpu, start = bench.children_cpu_s(), time.perf_counter()
     for _ in range(args.e2e_steps):
         next(host_batches)
     pipeline_rate = args.e2e_steps * compiled.batch_size / (time.perf_counter() - start)
+    pipeline_cpu = bench.children_cpu_s() - workers_cpu
 
     mesh = sharding.make_mesh()
     device_batches = sharding.prefetch_to_device(((b, None) for b in loader()), sharding.batch_sharding(mesh))
@@ -159,6 +164,7 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
         state, metrics = compiled.step_fn(state, next(device_batches)[0])
     jax.block_until_ready(state)
     step_times = []
+    workers_cpu, main_cpu = bench.children_cpu_s(), time.process_time()
     start = last = time.perf_counter()
     for _ in range(args.e2e_steps):
         state, metrics = compiled.step_fn(state, next(device_batches)[0])
@@ -168,10 +174,16 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
         last = now
     total = time.perf_counter() - start
     compiled.state = state
+    images = args.e2e_steps * compiled.batch_size
     return {"batch": compiled.batch_size, "workers": args.workers,
             "pipeline_only_images_per_sec": pipeline_rate,
-            "end_to_end_images_per_sec": args.e2e_steps * compiled.batch_size / total,
-            "end_to_end_step_ms_median": 1e3 * statistics.median(step_times)}
+            "pipeline_only_images_per_worker_cpu_s": images / pipeline_cpu if pipeline_cpu else None,
+            "end_to_end_images_per_sec": images / total,
+            "end_to_end_step_ms_median": 1e3 * statistics.median(step_times),
+            # Where the host's cores went while training: the main process (step dispatch, the
+            # transfer thread) and the grain workers, in cores busy on average.
+            "end_to_end_main_process_cores": (time.process_time() - main_cpu) / total,
+            "end_to_end_worker_cores": (bench.children_cpu_s() - workers_cpu) / total}
 
 
 def format_table(result: dict) -> str:
@@ -189,9 +201,10 @@ def format_table(result: dict) -> str:
                      f"{row['compile_seconds']:>10.1f}{tflops:>9}{util:>7}{memory:>9}")
     e2e = result.get("end_to_end")
     if e2e:
-        lines.append(f"end to end (bfloat16, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
+        lines.append(f"end to end ({e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
                      f"{e2e['end_to_end_images_per_sec']:.0f} img/s; pipeline alone "
-                     f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; dataset build "
+                     f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; host cores busy: main process "
+                     f"{e2e['end_to_end_main_process_cores']:.1f}, workers {e2e['end_to_end_worker_cores']:.1f}; dataset build "
                      f"{result['build_seconds']:.0f} s for {result['build_images']} images")
     return "\n".join(lines)
 
@@ -217,14 +230,15 @@ def main(argv) -> None:
             json.dump(result, handle, indent=2)
 
     compiled_steps = step_benchmarks(args, card_peak(device.device_kind), deadline, result["steps"], save)
-    e2e_step = compiled_steps.get(("bfloat16", args.e2e_batch)) or compiled_steps.get(("float32", args.e2e_batch))
+    e2e_precision = next((p for p in ("bfloat16", "float32") if (p, args.e2e_batch) in compiled_steps), None)
+    e2e_step = compiled_steps.get((e2e_precision, args.e2e_batch))
     if args.profile_dir and e2e_step is not None:
         profile(e2e_step, args.profile_dir)
     if e2e_step is not None and time.perf_counter() < deadline + 60:
         with tempfile.TemporaryDirectory() as workdir:
             builder, result["build_seconds"] = phantom_builder(args, workdir)
             result["build_images"] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
-            result["end_to_end"] = end_to_end(args, e2e_step, builder)
+            result["end_to_end"] = {"precision": e2e_precision, **end_to_end(args, e2e_step, builder)}
             print(json.dumps(result["end_to_end"]), flush=True)
     save()
     print(format_table(result))

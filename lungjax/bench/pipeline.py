@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lungjax.bench import finish
+from lungjax import bench
 from lungjax.data import nih, phantom, pipeline
 
 FLAGS = flags.FLAGS
@@ -63,22 +63,6 @@ def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
     return builder
 
 
-def children_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by this process's live child processes (Linux)."""
-    me, ticks, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()  # after "pid (command)"
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == me:  # fields: state, ppid, ... utime (12th), stime (13th)
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> dict[str, float]:
     """A fresh training loader after its first two batches: images/s, images per CPU-second of
     its worker processes (per core), and the CPU share of this (the consuming) process."""
@@ -87,13 +71,13 @@ def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size:
     iterator = iter(loader)
     next(iterator)
     next(iterator)
-    workers_cpu, main_cpu, start = children_cpu_s(), time.process_time(), time.perf_counter()
+    workers_cpu, main_cpu, start = bench.children_cpu_s(), time.process_time(), time.perf_counter()
     for _ in range(batches):
         next(iterator)
     wall = time.perf_counter() - start
     images = batches * batch_size
     return {"images_per_s": images / wall,
-            "images_per_worker_cpu_s": images / max(children_cpu_s() - workers_cpu, 1e-9),
+            "images_per_worker_cpu_s": images / max(bench.children_cpu_s() - workers_cpu, 1e-9),
             "main_process_cores": (time.process_time() - main_cpu) / wall}
 
 
@@ -213,7 +197,7 @@ def main(argv: list[str]) -> None:
         f"{args.repeats} runs ({os.cpu_count()} CPUs):",
         "| preset | 1 worker | 2 workers | scaling | per worker CPU-s (1) | per worker CPU-s (2) | main process cores (1 / 2) |",
         "|---|---:|---:|---:|---:|---:|---:|", *rows])
-    finish(results, str(workdir / "pipeline_bench.json"), table)
+    bench.finish(results, str(workdir / "pipeline_bench.json"), table)
 
 
 if __name__ == "__main__":
