@@ -93,7 +93,7 @@ def wait_all(processes: list[subprocess.Popen], workdir: Path, timeout_s: float)
 
 def config_for(data_root: Path, steps: int = STEPS):
     config = tiny_config(data_root)
-    config.num_train_steps, config.optimizer = steps, "sgd"
+    config.num_train_steps, config.optimizer = steps, FOUR_DEVICE_OPTIMIZER
     return config
 
 
