@@ -48,7 +48,7 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0
     assert row["train_flops_per_image"] > 0 and row["utilisation_of_bf16_peak"] is None  # no peak for a CPU
     assert report["build_images"] > 0
-    end_to_end = report["end_to_end"]
+    (end_to_end,) = report["end_to_end"]
     assert end_to_end["precision"] == "float32" and end_to_end["workers"] == 0
     assert end_to_end["end_to_end_images_per_sec"] > 0
     assert end_to_end["pipeline_only_images_per_sec"] > 0

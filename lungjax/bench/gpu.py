@@ -14,7 +14,7 @@ jax 0.11.2::
     run(carry=[".whl"], timeout_s=540, command="python3 -m pip install -q --no-index --no-deps
         --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
         export PYTHONPATH=/tmp/site:$PWD || exit; PYTHONUNBUFFERED=1 python3 -m lungjax.bench.gpu
-        --precisions bfloat16,float32 --batch_sizes 512,256,128,64 --e2e_batch 512
+        --precisions bfloat16,float32 --batch_sizes 512,256,128,64 --e2e_batch 512 --workers 14,6
         --out $OUT/gpu_bench.json 2>&1 | tee $OUT/gpu_bench.log")
 
 On the CPU, a tiny smoke run: ``python -m lungjax.bench.gpu --model resnet18 --width 0.125
@@ -51,8 +51,10 @@ flags.DEFINE_integer("windows", 5, "Timed windows of 10 steps; the median is rep
 flags.DEFINE_integer("e2e_batch", 256, "Batch of the end-to-end run (reuses that step-only compile).")
 flags.DEFINE_integer("e2e_patients", 1000, "Phantom patients (about 3 films each) for the end-to-end run.")
 flags.DEFINE_integer("e2e_steps", 40, "Timed end-to-end steps.")
-flags.DEFINE_integer("warmup_batches", 5, "Untimed batches before timing.")
-flags.DEFINE_integer("workers", max((os.cpu_count() or 2) - 2, 1), "grain worker processes (0: in this process).")
+flags.DEFINE_integer("warmup_batches", 5, "Untimed batches before timing (at least one per grain worker).")
+flags.DEFINE_list("workers", [str(max((os.cpu_count() or 2) - 2, 1))],
+                  "grain worker processes (0: in this process); several: one end-to-end run each, to see "
+                  "whether fewer workers leave the step's host thread more room.")
 flags.DEFINE_integer("build_workers", os.cpu_count() or 1, "Processes building the phantom dataset (1: this one).")
 flags.DEFINE_float("budget_seconds", 360.0, "Stop starting new measurements after this long.")
 flags.DEFINE_string("out", "gpu_bench.json", "Where the JSON results go.")
@@ -139,17 +141,20 @@ def phantom_builder(args, workdir: str):
     return builder, time.perf_counter() - start
 
 
-def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
-    """grain -> prefetch_to_device -> the compiled step; and the pipeline alone on the host."""
+def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) -> dict:
+    """grain (``workers`` processes) -> prefetch_to_device -> the compiled step; and the pipeline
+    alone on the host."""
     source = pipeline.data_source(builder, "train")
     local_batch = compiled.batch_size // jax.process_count()
 
     def loader():
         return pipeline.train_loader(source, batch_size=local_batch, image_size=args.image_size,
-                                     augment="light", seed=0, worker_count=args.workers)
+                                     augment="light", seed=0, worker_count=workers)
 
+    # Workers hand out batches in turn: every worker must have started before the clock does.
+    warmup = max(args.warmup_batches, workers)
     host_batches = iter(loader())
-    for _ in range(args.warmup_batches):
+    for _ in range(warmup):
         next(host_batches)
     workers_cpu, start = bench.children_cpu_s(), time.perf_counter()
     for _ in range(args.e2e_steps):
@@ -160,7 +165,7 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
     mesh = sharding.make_mesh()
     device_batches = sharding.prefetch_to_device(((b, None) for b in loader()), sharding.batch_sharding(mesh))
     state = compiled.state
-    for _ in range(args.warmup_batches):
+    for _ in range(warmup):
         state, metrics = compiled.step_fn(state, next(device_batches)[0])
     jax.block_until_ready(state)
     step_times = []
@@ -175,7 +180,7 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder) -> dict:
     total = time.perf_counter() - start
     compiled.state = state
     images = args.e2e_steps * compiled.batch_size
-    return {"batch": compiled.batch_size, "workers": args.workers,
+    return {"batch": compiled.batch_size, "workers": workers,
             "pipeline_only_images_per_sec": pipeline_rate,
             "pipeline_only_images_per_worker_cpu_s": images / pipeline_cpu if pipeline_cpu else None,
             "end_to_end_images_per_sec": images / total,
@@ -199,8 +204,7 @@ def format_table(result: dict) -> str:
         memory = f"{row['xla_memory_gib']:.1f}" if row["xla_memory_gib"] else "-"
         lines.append(f"{row['precision']:<10}{row['batch']:>6}{row['images_per_sec']:>10.0f}{row['step_ms']:>9.1f}"
                      f"{row['compile_seconds']:>10.1f}{tflops:>9}{util:>7}{memory:>9}")
-    e2e = result.get("end_to_end")
-    if e2e:
+    for e2e in result.get("end_to_end", []):
         lines.append(f"end to end ({e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
                      f"{e2e['end_to_end_images_per_sec']:.0f} img/s; pipeline alone "
                      f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; host cores busy: main process "
@@ -238,8 +242,12 @@ def main(argv) -> None:
         with tempfile.TemporaryDirectory() as workdir:
             builder, result["build_seconds"] = phantom_builder(args, workdir)
             result["build_images"] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
-            result["end_to_end"] = {"precision": e2e_precision, **end_to_end(args, e2e_step, builder)}
-            print(json.dumps(result["end_to_end"]), flush=True)
+            result["end_to_end"] = []
+            for workers in map(int, args.workers):
+                result["end_to_end"].append({"precision": e2e_precision,
+                                             **end_to_end(args, e2e_step, builder, workers)})
+                print(json.dumps(result["end_to_end"][-1]), flush=True)
+                save()
     save()
     print(format_table(result))
 
