@@ -338,8 +338,8 @@ def _records(source):
 
 
 # Workers read their records themselves, one at a time: grain's default (16 reader threads with
-# a 500-record buffer per process) cost 3x the CPU per record of this (BENCHMARKS.md), and each
-# worker process is one core's worth of work, which is what worker_count counts.
+# a 500-record buffer per process) cost about twice the CPU per record of this (BENCHMARKS.md),
+# and each worker process is one core's worth of work, which is what worker_count counts.
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
