@@ -10,7 +10,7 @@ with AdamW and a cosine schedule. Batch 256 keeps an H100/H200 busy (see BENCHMA
 tuned on the real images: no NIH pixels were reachable where it was written.
 """
 
-from lungjax.config import base_config
+from lungjax.config.base import base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
     python -m lungjax.main --config configs/demo.py --workdir runs/demo
 """
 
-from lungjax.config import base_config
+from lungjax.config.base import base_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ The reference fine-tuned Keras' ImageNet ResNet50: name that weights file (the o
 downloaded. Without it the ResNet50 starts from scratch.
 """
 
-from lungjax.config import base_config
+from lungjax.config.base import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ file names after the first may follow ``--images`` without repeating the flag.
 Only parses flags and hands over to the library, so everything here is importable and testable.
 Config values can be overridden on the command line: ``--config.batch_size=64``.
 Several processes (one per host): ``--coordinator_address``, ``--num_processes``, ``--process_id``,
-or nothing under SLURM / Open MPI; see ``lungjax.distributed``.
+or nothing under SLURM / Open MPI; see ``lungjax.runtime.distributed``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lungjax import distributed
+from lungjax.runtime import distributed
 
 MODES = ("train", "evaluate", "prepare", "predict")
 
@@ -49,7 +49,7 @@ def main(argv):
                            local_device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
     config, workdir = FLAGS.config, FLAGS.workdir
     if FLAGS.mode == "predict":
-        from lungjax import predict  # imports no training code
+        from lungjax.evaluation import predict  # imports no training code
 
         paths = [*FLAGS.images, *extra]
         if not paths:
@@ -59,7 +59,7 @@ def main(argv):
             print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
         return int(failures > 0)
     if FLAGS.mode == "evaluate":
-        from lungjax import evaluate  # imports no training code
+        from lungjax.evaluation import evaluate  # imports no training code
 
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
     elif FLAGS.mode == "prepare":
@@ -68,7 +68,7 @@ def main(argv):
         builder = dataset.build(config.data, workdir)
         print(f"dataset ready: {builder.data_dir}")
     else:
-        from lungjax import train
+        from lungjax.training import loop as train
 
         train.train_and_evaluate(config, workdir)
 
@@ -76,8 +76,8 @@ def main(argv):
 # The engine's deliberate refusals, by module: each message already says what is wrong and what to
 # do, so the command line prints it on one line instead of a traceback. Looked up only in modules
 # already imported (an error can only come from those), so no mode imports more than it uses.
-EXPECTED_ERRORS = (("lungjax.config_check", "ConfigError"), ("lungjax.workdir", "WorkdirError"),
-                   ("lungjax.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"),
+EXPECTED_ERRORS = (("lungjax.config.check", "ConfigError"), ("lungjax.runtime.workdir", "WorkdirError"),
+                   ("lungjax.runtime.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"),
                    ("lungjax.data.metadata", "MetadataError"))
 ERROR_EXIT_CODE = 2
 
@@ -97,7 +97,7 @@ def parse_flags(argv):
     try:
         return app.parse_flags_with_usage(argv)
     except AttributeError as err:  # how ml_collections reports ``--config.<unknown key>``
-        from lungjax import config_check
+        from lungjax.config import check as config_check
 
         try:
             config_check.check_override_flags(argv)

@@ -1,7 +1,10 @@
-"""Shared fixtures: a small NIH-format tree and one tiny trained workdir for the whole session.
+"""The tests' one fixtures module: NIH-format trees, configs, built datasets, trained workdirs and the
+shared XLA compilation cache.
 
-Training takes tens of seconds, so every test that needs a checkpoint shares ``tiny_workdir``
-(trained and evaluated once, by the real CLI) instead of training its own.
+Training takes tens of seconds, so the tests that need a checkpoint share session fixtures
+(``tiny_workdir``, ``built``, ``four_device_run``) instead of training their own. Helpers that
+subprocesses need as well (``tiny_train_config``) are plain functions here, imported as
+``from conftest import ...``.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
-
-import cv2
-import numpy as np
-import pytest
 
 # One persistent XLA compilation cache for the session, inherited by every subprocess the tests
 # start: the same tiny models are compiled by many runs, and a cache hit costs a fraction of a compile.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lungjax-tests-xla-cache-"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="lungjax-tests-xla-cache-"),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+for _name, _value in CACHE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
-from lungjax.data import labels  # noqa: E402  (after the cache settings: jax reads them at import)
+import cv2  # noqa: E402  (after the cache settings: jax reads them at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
+
+from lungjax.data import dataset, labels, records  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 TREE_PATIENTS = 60  # 10 per class: every class reaches every split of the patient split
 TREE_FILMS_PER_PATIENT = 2
 TREE_IMAGE_SIZE = 32
@@ -36,38 +44,92 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
 FINDING_OF_CLASS = {name: "Nodule" if name == "Nodule/Mass" else name for name in labels.CLASS_NAMES}
 
 
-def write_nih_tree(root: Path, *, patients: int = TREE_PATIENTS, films: int = TREE_FILMS_PER_PATIENT,
-                   size: int = TREE_IMAGE_SIZE, seed: int = 0) -> Path:
-    """Noise films with a bright square whose position depends on the class, and its box.
+def _boxed_square(label: int, size: int, rng: np.random.Generator):
+    """Noise with a bright square whose position depends on the class, and the square's box."""
+    image = rng.integers(0, 80, size=(size, size), dtype=np.uint8)
+    x = (label * 4 + int(rng.integers(0, 4))) % (size - TREE_BOX_SIZE)
+    y = int(rng.integers(0, size - TREE_BOX_SIZE))
+    image[y:y + TREE_BOX_SIZE, x:x + TREE_BOX_SIZE] = 220
+    return image, (x, y, TREE_BOX_SIZE, TREE_BOX_SIZE)
 
-    Patient p has class p % 6 on all of its films; every film that is not "No Finding" gets an
-    entry in ``BBox_List_2017.csv`` around its square.
+
+def _brightness(label: int, size: int, rng: np.random.Generator):
+    """Noise whose mean brightness depends on the class; no box."""
+    return rng.normal(60 + 25 * label, 30, size=(size, size)).clip(0, 255).astype(np.uint8), None
+
+
+def write_nih_tree(root: Path, *, patients: int = TREE_PATIENTS, films: int = TREE_FILMS_PER_PATIENT,
+                   size: int = TREE_IMAGE_SIZE, seed: int = 0, signal: str = "square") -> Path:
+    """``Data_Entry_2017.csv``, ``images_001/images/*.png`` and ``BBox_List_2017.csv``, made up.
+
+    ``signal="square"``: patient p has class p % 6 on all of its films, a bright square whose
+    position depends on the class, and every film that is not "No Finding" a box around it.
+    ``signal="brightness"``: every film draws its own class and is brighter the higher the class
+    index, so a model can learn something; no boxes.
     """
+    draw = {"square": _boxed_square, "brightness": _brightness}[signal]
     rng = np.random.default_rng(seed)
     image_dir = root / "images_001" / "images"
     image_dir.mkdir(parents=True)
     entries, boxes = [], []
     for patient in range(1, patients + 1):
-        label = (patient - 1) % labels.NUM_CLASSES
-        name_of_class = labels.CLASS_NAMES[label]
         for film in range(films):
+            label = (patient - 1) % labels.NUM_CLASSES if signal == "square" else int(rng.integers(labels.NUM_CLASSES))
+            finding = FINDING_OF_CLASS[labels.CLASS_NAMES[label]]
             name = f"{patient:08d}_{film:03d}.png"
-            image = rng.integers(0, 80, size=(size, size), dtype=np.uint8)
-            x = (label * 4 + int(rng.integers(0, 4))) % (size - TREE_BOX_SIZE)
-            y = int(rng.integers(0, size - TREE_BOX_SIZE))
-            image[y:y + TREE_BOX_SIZE, x:x + TREE_BOX_SIZE] = 220
+            image, box = draw(label, size, rng)
             cv2.imwrite(str(image_dir / name), image)
-            entries.append([name, FINDING_OF_CLASS[name_of_class], film, patient, 40 + patient % 30,
-                            "MF"[patient % 2], "PA", size, size, 0.143, 0.143])
-            if name_of_class != "No Finding":
-                boxes.append([name, FINDING_OF_CLASS[name_of_class], x, y, TREE_BOX_SIZE, TREE_BOX_SIZE])
+            entries.append([name, finding, film, patient, 40 + patient % 30, "MF"[patient % 2], "PA", size, size,
+                            0.143, 0.143])
+            if box is not None and finding != "No Finding":
+                boxes.append([name, finding, *box])
     with (root / "Data_Entry_2017.csv").open("w", newline="") as handle:
         handle.write(DATA_ENTRY_HEADER + "\n")
         csv.writer(handle).writerows(entries)
-    with (root / "BBox_List_2017.csv").open("w", newline="") as handle:
-        handle.write("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
-        csv.writer(handle).writerows(boxes)
+    if boxes:
+        with (root / "BBox_List_2017.csv").open("w", newline="") as handle:
+            handle.write("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+            csv.writer(handle).writerows(boxes)
     return root
+
+
+def load_config(name: str):
+    """``configs/<name>.py``'s ``get_config()`` (the configs folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"lungjax_config_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def example_source(rows: list[dict], name: str = "in_memory") -> records.ExampleSource:
+    """Rows of features (bytes, ints, floats or float arrays) as a split of serialized Examples, the form
+    a built split has on disk."""
+    kinds = {bytes: ("bytes_list", np.dtype(object)), int: ("int64_list", np.dtype(np.int64)),
+             float: ("float_list", np.dtype(np.float32))}
+    serialized, specs = [], {}
+    for row in rows:
+        example = tf_example_pb2.Example()
+        for key, value in row.items():
+            values = np.atleast_1d(value).tolist() if isinstance(value, np.ndarray) else [value]
+            kind, dtype = kinds[type(values[0])]
+            getattr(example.features.feature[key], kind).value.extend(values)
+            specs[key] = (dtype, np.shape(value) if isinstance(value, np.ndarray) else ())
+        serialized.append(example.SerializeToString())
+    return records.ExampleSource(serialized, specs, name)
+
+
+# Fixtures that train a model or build one at full size (here and in the test modules): a test that
+# uses one is marked ``slow``, so that ``-m "not slow"`` is the quick edit loop (README).
+SLOW_FIXTURES = frozenset({"tiny_workdir", "four_device_run", "base_run", "straight_run", "keras_files"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+# ------------------------------------------------------------------ the evaluation tests' workdir
 
 
 @pytest.fixture(scope="session")
@@ -85,10 +147,7 @@ def tiny_overrides(nih_tree) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_config(nih_tree):
     """``configs/tiny.py`` reading ``nih_tree``: the config ``tiny_workdir`` was trained with."""
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("tiny")
     config.data.source, config.data.manual_dir = "nih", str(nih_tree)
     return config
 
@@ -97,6 +156,89 @@ def tiny_config(nih_tree):
 def tiny_workdir(tmp_path_factory, tiny_overrides) -> Path:
     """A workdir trained for a few steps by ``configs/tiny.py`` and evaluated on its test split."""
     workdir = tmp_path_factory.mktemp("tiny_workdir")
-    subprocess.run([sys.executable, "-m", "lungjax.main", f"--config={REPO / 'configs' / 'tiny.py'}",
+    subprocess.run([sys.executable, "-m", "lungjax.main", f"--config={CONFIGS / 'tiny.py'}",
                     f"--workdir={workdir}", *tiny_overrides], cwd=REPO, check=True, capture_output=True)
+    return workdir
+
+
+# ------------------------------------------------------------------ the training tests' data
+
+
+# configs/tiny.py on the training tree, with dropout (so resume must restore the RNG) and a
+# constant schedule (so runs of different lengths compile the same step and share the cache).
+TRAIN_OVERRIDES = {"data.source": "nih", "schedule": "constant", "model.dropout_rate": 0.5}
+TRAIN_TREE = {"patients": 30, "films": 3, "size": 32, "signal": "brightness"}
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The training tests' NIH-format tree (``TRAIN_TREE``) under ``nih/``; its dataset goes to ``tfds/``.
+
+    The path is the cache: the tree is made once per session."""
+    root = tmp_path_factory.getbasetemp() / "lungjax_train_data"
+    if not (root / "nih" / "Data_Entry_2017.csv").is_file():
+        write_nih_tree(root / "nih", **TRAIN_TREE)
+    return root
+
+
+def tiny_train_config(data_root: Path):
+    """``configs/tiny.py`` with ``TRAIN_OVERRIDES`` on the training tree under ``data_root``."""
+    config = load_config("tiny")
+    config.data.manual_dir = str(data_root / "nih")
+    config.data.data_dir = str(data_root / "tfds")
+    for key, value in TRAIN_OVERRIDES.items():
+        section, _, name = key.rpartition(".")
+        setattr(config[section] if section else config, name, value)
+    return config
+
+
+def command_line_overrides(data_root: Path) -> list[str]:
+    """The same config for ``python -m lungjax.main --config configs/tiny.py``."""
+    values = {**TRAIN_OVERRIDES, "data.manual_dir": data_root / "nih", "data.data_dir": data_root / "tfds"}
+    return [f"--config.{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture(scope="session")
+def compilation_cache() -> dict[str, str]:
+    """The XLA cache settings, for tests that start subprocesses with an environment of their own."""
+    return {name: os.environ[name] for name in CACHE_ENV}
+
+
+@pytest.fixture(scope="session")
+def built(data_root):
+    """Builds the training tests' dataset once; returns the builder."""
+    return dataset.build(tiny_train_config(data_root).data, data_root)
+
+
+# The multi-device reference: SGD, as Adam's g / sqrt(v) turns rounding noise in near-zero
+# gradients into lr-sized steps.
+FOUR_DEVICE_STEPS, FOUR_DEVICE_OPTIMIZER = 4, "sgd"
+
+
+def four_device_config(data_root: Path):
+    config = tiny_train_config(data_root)
+    config.num_train_steps, config.optimizer = FOUR_DEVICE_STEPS, FOUR_DEVICE_OPTIMIZER
+    return config
+
+
+@pytest.fixture(scope="session")
+def four_device_run(tmp_path_factory, data_root, built, compilation_cache) -> Path:
+    """``four_device_config`` trained in one process with 4 CPU devices: the workdir that the
+    4-vs-1-device and the 2-process tests compare against. A subprocess, as the device count is
+    fixed when JAX starts; run once per session."""
+    workdir = tmp_path_factory.mktemp("four_devices") / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax
+        from pathlib import Path
+        from conftest import four_device_config
+        from lungjax.training import loop
+        assert jax.device_count() == 4 and jax.process_count() == 1
+        loop.train(four_device_config(Path({str(data_root)!r})), {str(workdir)!r})
+    """)
+    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -20,10 +20,10 @@ from pathlib import Path
 
 def main(data_root: str, workdir: str, num_steps: str, checkpoint_every: str, eval_every: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_fixtures import tiny_config
-    from lungjax import train
+    from conftest import tiny_train_config
+    from lungjax.training import loop as train
 
-    config = tiny_config(Path(data_root))
+    config = tiny_train_config(Path(data_root))
     config.num_train_steps, config.checkpoint_every_steps = int(num_steps), int(checkpoint_every)
     config.eval_every_steps = int(eval_every)
     print("ready", flush=True)

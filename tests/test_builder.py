@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungjax.data import images, labels, metadata, nih, phantom, pipeline
+from lungjax.data import images, labels, metadata, nih, phantom, pipeline, records
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
@@ -42,7 +42,7 @@ def write_tree(root: Path, num_films: int = 18, *, flat: bool = False, kaggle: b
 
 
 def read_split(builder, split: str) -> list[dict]:
-    source = pipeline.data_source(builder, split)
+    source = records.data_source(builder, split)
     return [source[i] for i in range(len(source))]
 
 
@@ -58,7 +58,7 @@ def assert_nothing_built(data_dir: Path) -> None:
 
 def test_builds_nested_tree_with_worker_pool(tmp_path):
     names = write_tree(tmp_path / "nih")
-    builder = nih.prepare(tmp_path / "nih", tmp_path / "data",
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data",
                           nih.make_config("patient", 32), num_workers=2)
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
     selected = [n for i, n in enumerate(names) if i % len(FINDINGS) < 7]
@@ -90,7 +90,7 @@ def test_kaggle_csv_flat_images_manifest_and_seed_split(tmp_path):
         f"{n},{'Nodule/Mass' if FINDINGS[names.index(n) % 9] in ('Nodule', 'Mass') else FINDINGS[names.index(n) % 9]}"
         for n in pinned]
     (tmp_path / "nih" / "Balanced_Chest_Xray_Data.csv").write_text("\n".join(manifest) + "\n")
-    builder = nih.prepare(tmp_path / "nih", tmp_path / "data", nih.make_config("seed", 32), num_workers=1)
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("seed", 32), num_workers=1)
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
     assert report["manifest"] == "Balanced_Chest_Xray_Data.csv"
     assert "WARNING" in builder.builder_config.description
@@ -121,7 +121,7 @@ def test_box_follows_padding_and_resize(tmp_path):
         "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
         f"{film_name(1, 0)},Effusion,1,1,2,2\n"  # another finding's box: not attached
         f"{film_name(1, 0)},Atelectasis,48,10,24,20\n")
-    builder = nih.prepare(root, tmp_path / "data", nih.make_config("patient", 64), num_workers=1)
+    builder = nih.build_dataset(root, tmp_path / "data", nih.make_config("patient", 64), num_workers=1)
     by_name = all_examples(builder)
     example = by_name[film_name(1, 0)]
     np.testing.assert_allclose(example["bbox"], [48 * 0.8, (10 + 20) * 0.8, 24 * 0.8, 20 * 0.8])
@@ -135,7 +135,7 @@ def test_box_follows_padding_and_resize(tmp_path):
 
 def test_image_size_512(tmp_path):
     write_tree(tmp_path / "nih", 2, size=(300, 260))
-    builder = nih.prepare(tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 512), num_workers=1)
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 512), num_workers=1)
     examples = all_examples(builder)
     assert len(examples) == 2
     for example in examples.values():
@@ -199,7 +199,7 @@ def test_bad_input_names_the_problem_and_builds_nothing(tmp_path, case):
         (folder / names[5]).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         error, pattern = images.ImageError, rf"{re.escape(str(folder / names[5]))}: corrupt"
     with pytest.raises(error, match=pattern):
-        nih.prepare(root, data_dir, nih.make_config("patient", 32), num_workers=1)
+        nih.build_dataset(root, data_dir, nih.make_config("patient", 32), num_workers=1)
     assert_nothing_built(data_dir)
 
 
@@ -209,7 +209,7 @@ def test_skip_bad_images_builds_the_rest_and_reports_them(tmp_path):
     folder = root / "images_001" / "images"
     (folder / names[2]).unlink()
     (folder / names[5]).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    builder = nih.prepare(root, tmp_path / "data", nih.make_config("patient", 32),
+    builder = nih.build_dataset(root, tmp_path / "data", nih.make_config("patient", 32),
                           num_workers=1, skip_bad_images=True)
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
     assert [s["image"] for s in report["skipped"]] == [names[2], names[5]]
@@ -223,7 +223,7 @@ def test_skip_bad_images_builds_the_rest_and_reports_them(tmp_path):
 
 def test_phantom_tree_builds_with_its_boxes(tmp_path):
     tree = phantom.write_nih_tree(tmp_path / "nih", 8, seed=3, image_size=64)
-    builder = nih.prepare(tree, tmp_path / "data", nih.make_config("patient", 32), num_workers=1)
+    builder = nih.build_dataset(tree, tmp_path / "data", nih.make_config("patient", 32), num_workers=1)
     examples = all_examples(builder).values()
     boxes = np.array([e["bbox"] for e in examples if e["bbox"][0] >= 0])
     no_finding = labels.CLASS_NAMES.index("No Finding")

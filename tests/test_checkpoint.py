@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import pytest
 
-from lungjax import checkpoint
+from lungjax.runtime import checkpoint
 
 
 def save(manager, step, metrics):

@@ -25,11 +25,18 @@ import numpy as np
 import pytest
 from absl import flags
 
-from lungjax import checkpoint, distributed, evaluate, train
-from lungjax.data import pipeline
+from lungjax.runtime import checkpoint, distributed
+
+from lungjax.evaluation import evaluate
+
+from lungjax.training import loop as train
+from conftest import example_source
+from lungjax.data import pipeline, sampling
+from lungjax.data import records as records_lib
 from test_resume import saved_params
-from train_fixtures import (FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, built,  # noqa: F401
-                            command_line_overrides, compilation_cache, data_root, four_device_run, tiny_config)
+from conftest import FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, command_line_overrides, tiny_train_config
+
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -92,7 +99,7 @@ def wait_all(processes: list[subprocess.Popen], workdir: Path, timeout_s: float)
 
 
 def config_for(data_root: Path, steps: int = STEPS):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps, config.optimizer = steps, FOUR_DEVICE_OPTIMIZER
     return config
 
@@ -156,7 +163,7 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, four
     # Every test image exactly once, in the split's order.
     names = predicted_names(two_process_run)
     assert names == predicted_names(four) and len(set(names)) == len(names)
-    assert len(names) == len(pipeline.data_source(built, "test"))
+    assert len(names) == len(records_lib.data_source(built, "test"))
 
 
 def test_two_process_checkpoint_evaluates_in_one_process(two_process_run, data_root, tmp_path):
@@ -192,9 +199,9 @@ def test_two_process_training_resumes_in_one_process(two_process_run, data_root,
 
     two, one = saved_items(two_process_run, STEPS), saved_items(tmp_path / "uninterrupted", STEPS)
     assert two["run"]["process_count"] == 2
-    mapped = distributed.data_state_for_process(two["data"], saved_process_count=2, worker_count=0,
+    mapped = sampling.data_state_for_process(two["data"], saved_process_count=2, worker_count=0,
                                                 global_batch_size=config_for(data_root).batch_size,
-                                                num_records=len(pipeline.data_source(built, "train")))
+                                                num_records=len(records_lib.data_source(built, "train")))
     assert json.loads(mapped) == json.loads(one["data"])
     # 4 steps on 4 devices then 2 on 1 against 6 on 1: the device counts' rounding differences
     # (<= 1e-5 after 4 steps) grow a little; rows read in another order already differed by 5e-3.
@@ -248,7 +255,7 @@ def png(value: int) -> bytes:
     return cv2.imencode(".png", np.full((8, 8), value, np.uint8))[1].tobytes()
 
 
-SOURCE = [{"image": png(10 * i), "label": i} for i in range(10)]
+SOURCE = example_source([{"image": png(10 * i), "label": i} for i in range(10)])
 
 
 def loader(monkeypatch, *, count: int, index: int, batch_size: int, workers: int = 0, resume_from: bytes = None,
@@ -260,7 +267,7 @@ def loader(monkeypatch, *, count: int, index: int, batch_size: int, workers: int
     iterator = iter(pipeline.train_loader(SOURCE, batch_size=batch_size, image_size=8, augment="light", seed=3,
                                           worker_count=workers))
     if resume_from is not None:
-        iterator.set_state(distributed.data_state_for_process(
+        iterator.set_state(sampling.data_state_for_process(
             resume_from, saved_process_count=saved_process_count, worker_count=workers,
             global_batch_size=batch_size * count, num_records=len(SOURCE)))
     return iterator

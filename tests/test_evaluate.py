@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from lungjax import evaluate, metrics, sharding
-from lungjax.config import base_config
-from lungjax.data import dataset, labels, pipeline
+from lungjax.evaluation import evaluate, inference, metrics
+
+from lungjax.runtime import sharding
+from lungjax.config.base import base_config
+from lungjax.data import dataset, labels, pipeline, records
 
 from conftest import REPO
 
-TRAINING_MODULES = ("lungjax.train", "lungjax.step", "lungjax.optim", "lungjax.loss")
+TRAINING_MODULES = ("lungjax.training",)
 
 
 def _with_eval(config, **changes):
@@ -41,7 +43,7 @@ def test_report(tiny_workdir):
 def test_predictions_cover_the_split_once_in_order(tiny_workdir, tiny_config, test_report):
     config = tiny_config
     builder = dataset.build(config.data, tiny_workdir)
-    source = pipeline.data_source(builder, "test")
+    source = records.data_source(builder, "test")
     names = [source[i]["image_name"] for i in range(len(source))]
     names = [n.decode() if isinstance(n, bytes) else n for n in names]
     assert len(source) % config.eval.batch_size  # the last batch is padded
@@ -105,7 +107,7 @@ def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_repor
         assert expected in text
     assert report["patient_disjoint"] and report["patients_crossing_splits"] == 0
     builder = dataset.build(tiny_config.data, tiny_workdir)
-    source = pipeline.data_source(builder, "test")
+    source = records.data_source(builder, "test")
     boxed = sum(source[i]["bbox"][2] > 0 for i in range(len(source)))
     game = report["explain"]["pointing_game"]
     assert boxed > 0 and game["n"] == boxed
@@ -120,6 +122,7 @@ def _imported_after(script: str, args=()) -> set[str]:
     return set(result.stdout.split("MODULES ")[1].split())
 
 
+@pytest.mark.slow
 def test_evaluate_imports_no_training_code(tiny_workdir, tiny_overrides):
     """``--mode evaluate`` loads none of our training modules, and optax only because flax.nnx does."""
     script = ("from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
@@ -127,7 +130,7 @@ def test_evaluate_imports_no_training_code(tiny_workdir, tiny_overrides):
     args = [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tiny_workdir}", "--mode=evaluate",
             *tiny_overrides]
     evaluated = _imported_after(script, args)
-    assert "lungjax.evaluate" in evaluated and "lungjax.explain" in evaluated
+    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.explain" in evaluated
     assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
     flax_itself = _imported_after("from flax import nnx")
     assert {m for m in evaluated if m.startswith("optax")} <= flax_itself
@@ -150,27 +153,27 @@ class _NoBestManager:
 
 def test_resolve_step_choices(caplog):
     manager = _NoBestManager()
-    assert evaluate.resolve_step(manager, "latest") == 6
-    assert evaluate.resolve_step(manager, "3") == 3
-    assert evaluate.resolve_step(manager, 3) == 3
+    assert inference.resolve_step(manager, "latest") == 6
+    assert inference.resolve_step(manager, "3") == 3
+    assert inference.resolve_step(manager, 3) == 3
     with caplog.at_level("WARNING"):
-        assert evaluate.resolve_step(manager, "best") == 6
+        assert inference.resolve_step(manager, "best") == 6
     assert "instead of the best" in caplog.text
     with pytest.raises(ValueError, match="saved step"):
-        evaluate.resolve_step(manager, "4")
+        inference.resolve_step(manager, "4")
     assert base_config().eval.checkpoint == "best"
 
 
 def test_tta_windows_and_constant_image(tiny_workdir, tiny_config):
-    windows = evaluate.tta_windows(32, 6)
+    windows = inference.tta_windows(32, 6)
     assert windows[0] == (0, 0, 32) and len(set(windows)) == 6
     assert all(0 <= top and top + side <= 32 and 0 <= left and left + side <= 32 for top, left, side in windows)
     with pytest.raises(ValueError, match="tta_crops"):
-        evaluate.tta_windows(32, 7)
+        inference.tta_windows(32, 7)
     mesh = sharding.make_mesh()
-    restored = evaluate.restore(tiny_config, tiny_workdir, mesh)
-    single = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype)
-    multi = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=6)
+    restored = inference.restore(tiny_config, tiny_workdir, mesh)
+    single = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype)
+    multi = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=6)
     constant = np.full((2, 32, 32, 1), 120, np.uint8)  # every crop of it is the same image
     np.testing.assert_allclose(multi(restored.model_state, constant), single(restored.model_state, constant),
                                rtol=1e-5, atol=1e-6)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungjax import explain
+from lungjax.evaluation import explain
 from lungjax.models.resnet import create_model
 
 

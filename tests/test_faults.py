@@ -20,11 +20,15 @@ import h5py
 import numpy as np
 import pytest
 
-from lungjax import checkpoint, config_check, run_info, train, workdir as workdir_lib
+from lungjax.runtime import checkpoint, run_info, workdir as workdir_lib
+
+from lungjax.config import check as config_check
+
+from lungjax.training import loop as train
 from lungjax.data import images
 from lungjax.models import pretrained, resnet
 from test_resume import assert_bitwise_equal, saved_params
-from train_fixtures import built, compilation_cache, data_root, load_config, tiny_config  # noqa: F401
+from conftest import load_config, tiny_train_config
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -40,7 +44,7 @@ KILL_DEADLINE_S = 300
 
 
 def checkpoint_config(data_root, steps):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = steps, 2, 1000
     return config
 
@@ -114,10 +118,11 @@ def kill_at(kind: str, target: int, pid: int, checkpoints: Path, rng: np.random.
     return bool(tmp_dirs(checkpoints) - leftovers)
 
 
+@pytest.mark.slow
 def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_cache, tmp_path):
     """Every restart resumes from the last complete checkpoint, ignoring and cleaning the partial
     ones, and the killed run ends with the parameters of a run never killed."""
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps, config.checkpoint_every_steps = KILL_STEPS, KILL_EVERY
     config.eval_every_steps = KILL_EVAL_EVERY
     assert train.train(config, tmp_path / "reference")
@@ -297,7 +302,7 @@ def test_lock_from_another_host_is_refused(tmp_path):
 ])
 def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change,
                                                                                   message):
-    config = tiny_config(data_root).to_dict()
+    config = tiny_train_config(data_root).to_dict()
     for key, value in change.items():
         section, _, name = key.rpartition(".")
         (config[section] if section else config)[name] = value
@@ -308,7 +313,7 @@ def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work
 
 
 def test_batch_that_does_not_split_over_devices_is_refused(data_root, monkeypatch):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     monkeypatch.setattr(config_check.jax, "device_count", lambda: 4)
     config.batch_size, config.eval.batch_size = 6, 16
     with pytest.raises(config_check.ConfigError, match=r"config.batch_size: 6 does not split over the 4 devices "
@@ -318,10 +323,11 @@ def test_batch_that_does_not_split_over_devices_is_refused(data_root, monkeypatc
 
 def test_shipped_configs_are_valid(data_root):
     for name in ("tiny", "demo"):
-        config = tiny_config(data_root) if name == "tiny" else load_config(name)
+        config = tiny_train_config(data_root) if name == "tiny" else load_config(name)
         assert config_check.problems(config) == [], name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("--config.batch_sise=8", "lungjax: error: invalid config: config.batch_sise is not a config key; "
                               "allowed keys in config: augment, batch_size,"),

@@ -7,15 +7,16 @@ import optax
 import pytest
 from flax import nnx
 
-from lungjax import optim
-from lungjax.config import base_config
+from lungjax.training import optim
+from lungjax.config.base import base_config
+from lungjax import trees
 from lungjax.models import init
 from lungjax.models.resnet import create_model
 
 
 def _pure(model):
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return init._flat({"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()})
+    return trees.flatten({"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}, "/")
 
 
 def test_initialize_from_a_workdir_copies_every_weight(tiny_workdir):
@@ -48,6 +49,7 @@ def test_unknown_source_is_refused(tmp_path):
         init.initialize(create_model("resnet18", num_classes=6, width=0.125), tmp_path / "weights.pt")
 
 
+@pytest.mark.slow
 def test_freeze_backbone_moves_only_the_head_first():
     model = create_model("resnet18", num_classes=6, width=0.125)
     _, params, _ = nnx.split(model, nnx.Param, nnx.BatchStat)

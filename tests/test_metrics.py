@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
 from lungjax.data.labels import CLASS_NAMES
-from lungjax.metrics import (
+from lungjax.evaluation.metrics import (
     _patient_bootstrap_weights,
     classification_report,
     compute_class_weights,

@@ -3,13 +3,15 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from absl import flags
 
-from lungjax.data import pipeline
+from conftest import example_source
+from lungjax.data import augment, pipeline, records, sampling
 
 SIZE = 32
 
@@ -21,11 +23,11 @@ def parsed_flags():
         flags.FLAGS.mark_as_parsed()
 
 
-def make_source(count: int, size: int = SIZE) -> list[dict]:
-    """Records shaped like the TFDS source's: label ``i`` and an image whose pixels are all ``i``."""
-    return [{"image": cv2.imencode(".png", np.full((size, size, 1), i, np.uint8))[1].tobytes(),
+def make_source(count: int, size: int = SIZE) -> records.ExampleSource:
+    """Records shaped like a built split's: label ``i`` and an image whose pixels are all ``i``."""
+    return example_source([{"image": cv2.imencode(".png", np.full((size, size, 1), i, np.uint8))[1].tobytes(),
              "label": i, "image_name": f"{i:08d}_000.png".encode(), "patient_id": i,
-             "bbox": np.full(4, -1.0, np.float32)} for i in range(count)]
+             "bbox": np.full(4, -1.0, np.float32)} for i in range(count)])
 
 
 def test_shuffle_is_seeded_and_differs_every_epoch():
@@ -43,17 +45,17 @@ def test_shuffle_is_seeded_and_differs_every_epoch():
 
 
 def test_sampler_reads_each_epochs_permutation_in_order_from_any_position():
-    sampler = pipeline.EpochShuffleSampler(7, seed=5)
+    sampler = sampling.EpochShuffleSampler(7, seed=5)
     keys = [sampler[i].record_key for i in range(21)]
     assert [sorted(keys[e * 7:(e + 1) * 7]) for e in range(3)] == [list(range(7))] * 3
     assert keys[:7] != keys[7:14]
-    fresh = pipeline.EpochShuffleSampler(7, seed=5)  # random access, as a restored iterator reads
+    fresh = sampling.EpochShuffleSampler(7, seed=5)  # random access, as a restored iterator reads
     assert [fresh[i].record_key for i in (15, 3, 20, 0)] == [keys[15], keys[3], keys[20], keys[0]]
     assert fresh[9].rng.random() == np.random.Generator(np.random.Philox(key=5 + 9)).random()
-    assert [pipeline.EpochShuffleSampler(7, seed=6)[i].record_key for i in range(7)] != keys[:7]
+    assert [sampling.EpochShuffleSampler(7, seed=6)[i].record_key for i in range(7)] != keys[:7]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_eval_batches_cover_every_example_once_in_order(workers):
     source = make_source(10)
     batches = list(pipeline.eval_batches(source, batch_size=4, image_size=16, worker_count=workers))
@@ -71,10 +73,10 @@ def test_eval_batches_cover_every_example_once_in_order(workers):
 def test_no_augmentation_is_a_plain_resize():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64), dtype=np.uint8)
-    same = pipeline.affine_matrix(pipeline.augmentation("none"), 64, 64, rng)
+    same = augment.affine_matrix(augment.augmentation("none"), 64, 64, rng)
     np.testing.assert_allclose(same, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
-    assert np.array_equal(pipeline.warp(image, same, 64), image)
-    half = pipeline.warp(image, pipeline.affine_matrix(pipeline.augmentation("none"), 64, 32, rng), 32)
+    assert np.array_equal(augment.warp(image, same, 64), image)
+    half = augment.warp(image, augment.affine_matrix(augment.augmentation("none"), 64, 32, rng), 32)
     linear = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)
     assert np.abs(half.astype(int) - linear).max() <= 1
 
@@ -89,22 +91,22 @@ class HighEnd:
 def test_rotation_and_shift_move_a_point_where_expected():
     image = np.zeros((64, 64), np.uint8)
     image[20, 10] = 255  # x=10, y=20
-    turned = pipeline.warp(image, pipeline.affine_matrix(pipeline.Augmentation(rotation=90), 64, 64, HighEnd()), 64)
+    turned = augment.warp(image, augment.affine_matrix(augment.Augmentation(rotation=90), 64, 64, HighEnd()), 64)
     # +90 degrees about the centre (31.5, 31.5): (x, y) = (10, 20) -> (20, 53), counter-clockwise on screen
     assert np.unravel_index(np.argmax(turned), turned.shape) == (53, 20)
-    shifted = pipeline.warp(image, pipeline.affine_matrix(pipeline.Augmentation(shift=0.125), 64, 64, HighEnd()), 64)
+    shifted = augment.warp(image, augment.affine_matrix(augment.Augmentation(shift=0.125), 64, 64, HighEnd()), 64)
     # the output samples the input 8 pixels right and down: the content moves 8 pixels left and up
     assert np.unravel_index(np.argmax(shifted), shifted.shape) == (12, 2)
 
 
 def test_seed_preset_is_the_reference_set():
-    seed = pipeline.augmentation("seed")
+    seed = augment.augmentation("seed")
     assert (seed.rotation, seed.shift, seed.shear, seed.zoom) == (30.0, 0.2, 0.2, 0.3)
     with pytest.raises(ValueError, match="augment must be one of"):
-        pipeline.augmentation("heavy")
+        augment.augmentation("heavy")
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restored_iterator_continues_exactly(workers):
     source = make_source(20)
 
@@ -125,16 +127,20 @@ def test_restored_iterator_continues_exactly(workers):
         assert np.array_equal(got["label"], want["label"]) and np.array_equal(got["image"], want["image"])
 
 
+@pytest.mark.slow
 def test_worker_processes_start_after_jax_has_run():
     """grain spawns its workers (never forks), so a process with JAX's threads running cannot deadlock."""
     script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         import cv2, numpy as np, jax.numpy as jnp
         from absl import flags
+        from conftest import example_source
         from lungjax.data import pipeline
         flags.FLAGS.mark_as_parsed()
         assert float(jnp.ones(8).sum()) == 8.0
-        source = [{{"image": cv2.imencode(".png", np.full((16, 16, 1), i, np.uint8))[1].tobytes(), "label": i}}
-                  for i in range(8)]
+        source = example_source([{{"image": cv2.imencode(".png", np.full((16, 16, 1), i, np.uint8))[1].tobytes(),
+                                   "label": i}} for i in range(8)])
         it = iter(pipeline.train_loader(source, batch_size=4, image_size={SIZE}, augment="light", seed=0,
                                         worker_count=2))
         print(sorted(next(it)["label"].tolist() + next(it)["label"].tolist()))
@@ -148,16 +154,16 @@ def test_worker_processes_start_after_jax_has_run():
 def built(nih_tree, tmp_path_factory):
     """The conftest tree, built (one process) as the NIH builder stores it: ArrayRecord, gray PNG."""
     from lungjax.data import nih
-    return nih.prepare(nih_tree, tmp_path_factory.mktemp("pipeline_data"), nih.make_config("patient", 32),
+    return nih.build_dataset(nih_tree, tmp_path_factory.mktemp("pipeline_data"), nih.make_config("patient", 32),
                        num_workers=1)
 
 
 def test_example_source_equals_tfds_decoding(built):
     """The fast protobuf parse gives, record for record, what TFDS's own data source gives."""
     for split in built.info.splits:
-        ours = pipeline.data_source(built, split)
-        theirs = built.as_data_source(split, decoders={"image": pipeline.tfds.decode.SkipDecoding()})
-        assert isinstance(ours, pipeline.ExampleSource) and len(ours) == len(theirs) > 0
+        ours = records.data_source(built, split)
+        theirs = built.as_data_source(split, decoders={"image": records.tfds.decode.SkipDecoding()})
+        assert isinstance(ours, records.ExampleSource) and len(ours) == len(theirs) > 0
         for i in range(len(ours)):
             got, want = ours[i], theirs[i]
             assert got.keys() == want.keys()
@@ -167,15 +173,15 @@ def test_example_source_equals_tfds_decoding(built):
                     assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
                 else:
                     assert got[key] == want[key], key
-            png, label = pipeline._image_and_label(ours.records[i])
+            png, label = records.image_and_label(ours.records[i])
             assert png == want["image"] and label == want["label"]
-            stored = pipeline._decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
+            stored = records._decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
             assert stored is not None and np.array_equal(stored, cv2.imdecode(np.frombuffer(png, np.uint8),
                                                                               cv2.IMREAD_UNCHANGED))
 
 
 def test_loaders_read_built_records(built):
-    source = pipeline.data_source(built, "test")
+    source = records.data_source(built, "test")
     batch = next(iter(pipeline.train_loader(source, batch_size=2, image_size=24, augment="light", seed=0)))
     assert batch["image"].shape == (2, 24, 24, 1) and batch["image"].dtype == np.uint8
     assert set(batch) == {"image", "label"}
@@ -197,21 +203,21 @@ def test_decode_png_equals_opencv(params):
     rng = np.random.default_rng(1)
     image = cv2.GaussianBlur(rng.integers(0, 256, (37, 53), dtype=np.uint8), (5, 5), 0)
     png = cv2.imencode(".png", image, params)[1].tobytes()
-    assert np.array_equal(pipeline.decode_png(png), image)
+    assert np.array_equal(records.decode_png(png), image)
     fast = params[-1] == cv2.IMWRITE_PNG_FILTER_NONE
-    assert (pipeline._decode_unfiltered_gray_png(png) is not None) == fast
+    assert (records._decode_unfiltered_gray_png(png) is not None) == fast
     rgb = cv2.imencode(".png", np.dstack([image] * 3))[1].tobytes()  # not gray: libpng decides
-    assert pipeline._decode_unfiltered_gray_png(rgb) is None
-    assert pipeline._decode_unfiltered_gray_png(png[:len(png) // 2]) is None  # truncated
+    assert records._decode_unfiltered_gray_png(rgb) is None
+    assert records._decode_unfiltered_gray_png(png[:len(png) // 2]) is None  # truncated
     with pytest.raises(ValueError):
-        pipeline.decode_png(b"not an image")
+        records.decode_png(b"not an image")
 
 
 def test_affine_matrix_equals_the_matrix_product():
     """The float composition is scale * rotation @ shearing @ diag(zoom) with the same draws."""
-    aug = pipeline.augmentation("seed")
+    aug = augment.augmentation("seed")
     for seed in range(5):
-        got = pipeline.affine_matrix(aug, 256, 224, np.random.default_rng(seed))
+        got = augment.affine_matrix(aug, 256, 224, np.random.default_rng(seed))
         rng = np.random.default_rng(seed)
         theta, shear = np.deg2rad(rng.uniform(-30, 30)), np.deg2rad(rng.uniform(-0.2, 0.2))
         zoom = rng.uniform(0.7, 1.3, size=2)

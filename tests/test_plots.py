@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from lungjax import plots
+from lungjax.evaluation import plots
 from lungjax.data.labels import CLASS_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lungjax import predict
+from lungjax.evaluation import predict
 from lungjax.data import images, labels
 
 pydicom = pytest.importorskip("pydicom")
@@ -84,7 +84,7 @@ def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
 
 def test_prepare_matches_the_dataset_geometry(files):
     gray = predict.read_radiograph(files["good"])
-    prepared = predict.prepare(gray, stored_size=64, image_size=32)
+    prepared = predict.to_model_input(gray, stored_size=64, image_size=32)
     assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8
 
 

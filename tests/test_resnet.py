@@ -66,6 +66,7 @@ def test_output_shapes(name, width, size):
     assert model.features(x).shape == (2, round(512 * width) * expansion)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_stats_and_logits():
     model = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25, dtype=jnp.bfloat16)
     x = jnp.ones((2, 32, 32, 1))

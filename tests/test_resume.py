@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lungjax import checkpoint, models, train
+from lungjax.runtime import checkpoint
+
+from lungjax import models
+
+from lungjax.training import loop as train
 from lungjax.data import labels
-from train_fixtures import built, command_line_overrides, compilation_cache, data_root, tiny_config  # noqa: F401
+from conftest import command_line_overrides, tiny_train_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -24,7 +28,7 @@ def saved_params(workdir, step=None):
     """The ``model`` item of a checkpoint, as NumPy arrays."""
     manager = checkpoint.make_manager(workdir, read_only=True)
     step = manager.latest_step() if step is None else step
-    config = tiny_config(Path("."))
+    config = tiny_train_config(Path("."))
     model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=False)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     restored = checkpoint.restore_model(manager, step, {"params": params, "batch_stats": batch_stats})
@@ -41,14 +45,14 @@ def assert_bitwise_equal(a, b):
 def straight_run(data_root, built, tmp_path_factory):
     """8 steps (more than one epoch: validation at 7 and 8) in one go."""
     workdir = tmp_path_factory.mktemp("straight")
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps = 8
     assert train.train(config, workdir)
     return workdir
 
 
 def test_stopped_and_resumed_run_is_bitwise_identical(straight_run, data_root, tmp_path):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps = 4
     assert train.train(config, tmp_path)
     config.num_train_steps = 8  # a safe key: the second call resumes at step 4
@@ -60,7 +64,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical(straight_run, data_root, t
 
 
 def test_config_that_does_not_fit_is_refused(straight_run, data_root):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps, config.log_every_steps, config.eval.batch_size = 8, 5, 8  # safe changes
     assert train.train(config, straight_run)  # nothing left to do: accepted
     config.model.width = 0.25
@@ -69,6 +73,7 @@ def test_config_that_does_not_fit_is_refused(straight_run, data_root):
         train.train(config, straight_run)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, compilation_cache, tmp_path):
     env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "lungjax.main", "--config", str(ROOT / "configs" / "tiny.py"),
@@ -88,7 +93,7 @@ def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, c
     saved = checkpoint.make_manager(tmp_path, read_only=True).all_steps()
     logged = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
     assert len(saved) == 1 and saved[0] >= logged[-1] >= 4, (saved, logged)
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps = saved[0] + 2
     assert train.train(config, tmp_path)
     assert checkpoint.make_manager(tmp_path, read_only=True).latest_step() == saved[0] + 2

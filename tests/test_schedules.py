@@ -16,9 +16,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lungjax import checkpoint, logs, models, optim, train, validate
+from lungjax.runtime import checkpoint, logs
+
+from lungjax import models
+
+from lungjax.training import optim, loop as train, validation as validate
 from lungjax.data import labels
-from train_fixtures import built, compilation_cache, data_root, tiny_config  # noqa: F401
+from conftest import tiny_train_config
+
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
 EMA_DECAY = 0.5
 LEARNING_RATE = 1e-3
@@ -36,7 +42,7 @@ class _Messages(logging.Handler):
 
 
 def run_config(data_root):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps, config.eval_every_steps = NUM_STEPS, EVAL_EVERY
     config.checkpoint_every_steps, config.keep_checkpoints = 1, NUM_STEPS + 1
     config.learning_rate, config.ema_decay = LEARNING_RATE, EMA_DECAY
@@ -46,7 +52,7 @@ def run_config(data_root):
 
 
 @pytest.fixture(scope="module")
-def run(data_root, built, compilation_cache, tmp_path_factory):  # noqa: F811
+def run(data_root, built, compilation_cache, tmp_path_factory):
     """The shared run: ``(config, workdir, train()'s return value, absl warnings, val losses seen)``."""
     config, workdir = run_config(data_root), tmp_path_factory.mktemp("schedules")
     real_call, seen = validate.Validator.__call__, []
@@ -83,7 +89,7 @@ def saved(run):
         restored = {}
         for step in manager.all_steps():
             model_item, train_item, _, run_item = checkpoint.restore_training(
-                manager, step, model_state=train.model_item(state), train_state=train.train_item(state))
+                manager, step, model_state=train.model_variables(state), train_state=train.resume_variables(state))
             restored[step] = jax.tree.map(np.asarray, model_item), jax.tree.map(np.asarray, train_item), run_item
     finally:
         manager.close()

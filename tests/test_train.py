@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lungjax import checkpoint, logs, run_info, step as step_lib, train
-from train_fixtures import (built, compilation_cache, data_root, four_device_config,  # noqa: F401
-                            four_device_run, tiny_config)
+from lungjax.runtime import checkpoint, logs, run_info
+
+from lungjax.training import step as step_lib, loop as train
+from conftest import four_device_config, tiny_train_config
 from test_resume import saved_params
 
 
+@pytest.mark.slow
 def test_run_compiles_once_and_logs(data_root, built, tmp_path, monkeypatch):
     traces = []
     original = step_lib.train_step
@@ -25,7 +27,7 @@ def test_run_compiles_once_and_logs(data_root, built, tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(step_lib, "train_step", counted)
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.num_train_steps = 9  # 7 steps per epoch: validations at 7 and 9, saves at 3, 6, 7, 9
     assert train.train(config, tmp_path)
     assert len(traces) == 1
@@ -56,8 +58,9 @@ def test_run_compiles_once_and_logs(data_root, built, tmp_path, monkeypatch):
         run=checkpoint.ocp.args.JsonRestore()))["run"]["dataset_fingerprint"] == info["dataset_fingerprint"]
 
 
+@pytest.mark.slow
 def test_non_finite_step_stops_and_keeps_last_good_checkpoint(data_root, built, tmp_path):
-    config = tiny_config(data_root)
+    config = tiny_train_config(data_root)
     config.schedule, config.learning_rate, config.warmup_epochs = "cosine", 1e35, 1.0  # lr 0 at step 1
     config.num_train_steps, config.checkpoint_every_steps = 7, 1
     with pytest.raises(FloatingPointError, match=r"at step (\d+)") as raised:
@@ -69,6 +72,7 @@ def test_non_finite_step_stops_and_keeps_last_good_checkpoint(data_root, built, 
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path)))
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(data_root, four_device_run, tmp_path):
     config = four_device_config(data_root)
     assert jax.device_count() == 1

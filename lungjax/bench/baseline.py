@@ -20,8 +20,8 @@ from ml_collections import config_flags
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from lungjax import metrics
-from lungjax.data import dataset, labels, pipeline
+from lungjax.evaluation import metrics
+from lungjax.data import dataset, labels, records
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The config the run was trained with.", lock_config=True)
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def split_pixels(builder, split: str, side: int) -> tuple[np.ndarray, np.ndarray]:
     """(images flattened to side*side floats, labels) of a whole split, in order."""
-    source = pipeline.data_source(builder, split)
+    source = records.data_source(builder, split)
     features, targets = [], []
     for index in range(len(source)):
         record = source[index]

@@ -23,25 +23,35 @@ for its process. Prints a table last and writes JSON (``--out``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import resource
-import select
 import statistics
-import subprocess
-import sys
 import time
 
+from absl import app, flags
+
 from lungjax import bench
+from lungjax.bench import workers
+from lungjax.data.labels import NUM_CLASSES
 
 KINDS = ("lungjax", "lungjax-bf16", "lungjax-v1", "keras-jax", "keras-torch", "keras-tensorflow")
-RESULT_PREFIX = "BENCH_RESULT "
-NUM_CLASSES = 6
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 1e-4
 LABEL_SMOOTHING = 0.1
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("contender", None, "KIND[;NAME=VALUE...]; repeat (default: lungjax, keras-jax, "
+                          "keras-torch).")
+flags.DEFINE_string("model", "resnet50", "Model name.")
+flags.DEFINE_float("width", 1.0, "Width multiplier, lungjax only (Keras has no width).")
+flags.DEFINE_integer("batch_size", 16, "Batch size.")
+flags.DEFINE_integer("image_size", 224, "Image size.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps, the compiling one included.")
+flags.DEFINE_integer("steps", 5, "Timed steps per contender per round.")
+flags.DEFINE_integer("rounds", 3, "Rounds.")
+flags.DEFINE_float("timeout", 900.0, "Seconds to wait for one answer.")
+flags.DEFINE_string("out", "cpu_bench.json", "Where the JSON results go.")
+flags.DEFINE_enum("worker", None, KINDS, "Internal: run as this contender's worker process.")
 
 
 def parse_contender(spec: str) -> tuple[str, dict[str, str]]:
@@ -55,10 +65,6 @@ def parse_contender(spec: str) -> tuple[str, dict[str, str]]:
             raise ValueError(f"contender {spec!r}: {pair!r} is not NAME=VALUE")
         env[name] = value
     return kind, env
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,25 +146,16 @@ class KerasWorker:
         return info
 
 
-def emit(payload: dict) -> None:
-    sys.stdout.write(RESULT_PREFIX + json.dumps(payload) + "\n")
-    sys.stdout.flush()
-
-
 def worker_main(args) -> None:
-    """Runs in the contender's own process; speaks one JSON line per request on stdout."""
+    """Runs in the contender's own process: says it is ready, then answers "steps N" requests."""
     kind = args.worker
     if kind.startswith("lungjax"):
         worker = LungjaxWorker(args, half_precision=kind == "lungjax-bf16", stride_in_1x1=kind == "lungjax-v1")
     else:
         worker = KerasWorker(args)
-    emit({"ready": True, "compile_seconds": worker.compile_seconds, "warmup_seconds": worker.warmup_seconds,
-          "peak_rss_bytes": peak_rss_bytes(), **worker.describe()})
-    for line in sys.stdin:
-        command, _, count = line.strip().partition(" ")
-        if command == "quit":
-            break
-        emit({"step_seconds": worker.steps(int(count)), "peak_rss_bytes": peak_rss_bytes()})
+    workers.emit({"ready": True, "compile_seconds": worker.compile_seconds, "warmup_seconds": worker.warmup_seconds,
+                  **worker.describe()})
+    workers.serve(lambda request: {"step_seconds": worker.steps(int(request.removeprefix("steps ")))})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,50 +163,24 @@ def worker_main(args) -> None:
 
 
 class Contender:
+    """One contender's worker process and the step times it has reported."""
+
     def __init__(self, spec: str, args):
         self.spec = spec
         self.kind, self.extra_env = parse_contender(spec)
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = dict(self.extra_env)
         if self.kind.startswith("keras-"):
             env["KERAS_BACKEND"] = self.kind.split("-", 1)[1]
-        command = [sys.executable, "-m", "lungjax.bench.cpu", "--worker", self.kind, "--model", args.model,
-                   "--width", str(args.width), "--batch_size", str(args.batch_size),
-                   "--image_size", str(args.image_size), "--warmup", str(args.warmup)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                        text=True, bufsize=1)
+        self.worker = workers.Worker("lungjax.bench.cpu", {
+            "worker": self.kind, "model": args.model, "width": args.width, "batch_size": args.batch_size,
+            "image_size": args.image_size, "warmup": args.warmup}, env=env, name=spec)
         self.info: dict = {}
         self.step_seconds: list[float] = []
-        self.peak_rss_bytes = 0
-
-    def read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.process.stdout], [], [], remaining)[0]:
-                raise TimeoutError(f"{self.spec}: no answer within {timeout:.0f} s")
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{self.spec}: worker exited with {self.process.wait()}")
-            if line.startswith(RESULT_PREFIX):
-                return json.loads(line[len(RESULT_PREFIX):])
 
     def request(self, steps: int, timeout: float) -> list[float]:
-        self.process.stdin.write(f"steps {steps}\n")
-        self.process.stdin.flush()
-        answer = self.read(timeout)
-        self.peak_rss_bytes = max(self.peak_rss_bytes, answer["peak_rss_bytes"])
-        self.step_seconds.extend(answer["step_seconds"])
-        return answer["step_seconds"]
-
-    def close(self):
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=30)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
+        seconds = self.worker.request(f"steps {steps}", timeout)["step_seconds"]
+        self.step_seconds.extend(seconds)
+        return seconds
 
 
 def summarise(args, contenders: list[Contender], errors: dict) -> dict:
@@ -219,7 +190,7 @@ def summarise(args, contenders: list[Contender], errors: dict) -> dict:
         if contender.step_seconds:
             median = statistics.median(contender.step_seconds)
             row.update(step_seconds=contender.step_seconds, step_seconds_median=median,
-                       images_per_sec=args.batch_size / median, peak_rss_bytes=contender.peak_rss_bytes,
+                       images_per_sec=args.batch_size / median, peak_rss_bytes=contender.worker.peak_rss_bytes,
                        round_medians=[statistics.median(r) for r in contender.info.get("rounds", [])])
         if contender.spec in errors:
             row["error"] = errors[contender.spec]
@@ -242,7 +213,8 @@ def format_table(result: dict) -> str:
              f"{'contender':<58} {'img/s':>7} {'ratio':>6} {'s/step':>7} {'compile s':>9} {'peak RSS':>9}"]
     for row in result["rows"]:
         if "images_per_sec" not in row:
-            lines.append(f"{row['contender']:<58} failed: {row.get('error', 'no steps')}")
+            last_line = row.get("error", "no steps").splitlines()[-1]  # a worker's error ends with its stderr
+            lines.append(f"{row['contender']:<58} failed: {last_line}")
             continue
         lines.append(f"{row['contender']:<58} {row['images_per_sec']:7.2f} {row['ratio_to_first']:6.2f} "
                      f"{row['step_seconds_median']:7.2f} {row.get('compile_seconds', float('nan')):9.1f} "
@@ -250,11 +222,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def main(argv) -> None:
+    del argv  # flags only
+    args = FLAGS
     if args.worker:
         worker_main(args)
-        return {}
+        return
     specs = args.contender or ["lungjax", "keras-jax", "keras-torch"]
     for spec in specs:
         parse_contender(spec)  # fail fast on a typo
@@ -264,12 +237,12 @@ def main(argv=None) -> dict:
         for spec in specs:
             contender = Contender(spec, args)
             try:
-                contender.info = contender.read(args.timeout)
+                contender.info = contender.worker.read(args.timeout)
                 contenders.append(contender)
                 print(f"[cpu bench] {spec}: ready, compile {contender.info['compile_seconds']:.1f} s", flush=True)
             except (RuntimeError, TimeoutError) as error:
                 errors[spec] = str(error)
-                contender.close()
+                contender.worker.close()
                 print(f"[cpu bench] {spec}: {error}", flush=True)
         for round_index in range(args.rounds):
             order = contenders if round_index % 2 == 0 else contenders[::-1]  # ABC, CBA, ABC, …
@@ -285,30 +258,13 @@ def main(argv=None) -> dict:
                     errors[contender.spec] = str(error)
     finally:
         for contender in contenders:
-            contender.close()
+            contender.worker.close()
     result = summarise(args, contenders, errors)
     for spec, error in errors.items():
         if not any(r["contender"] == spec for r in result["rows"]):
             result["rows"].append({"contender": spec, "error": error})
-    return bench.finish(result, args.out, format_table(result))
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--contender", action="append", help="KIND[;NAME=VALUE...]; repeat (default: "
-                        "lungjax, keras-jax, keras-torch)")
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--width", type=float, default=1.0, help="lungjax only (Keras has no width)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one answer")
-    parser.add_argument("--out", default="cpu_bench.json")
-    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    bench.finish(result, args.out, format_table(result))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -33,10 +33,12 @@ import time
 import jax
 from absl import app, flags
 
-from lungjax import bench, sharding
+from lungjax import bench
+
+from lungjax.runtime import sharding
 from lungjax.bench import step_timing
-from lungjax.config import base_config
-from lungjax.data import dataset, labels, pipeline
+from lungjax.config.base import base_config
+from lungjax.data import dataset, labels, pipeline, records
 from lungjax.models import flops
 from lungjax.models.resnet import create_model
 
@@ -144,7 +146,7 @@ def phantom_builder(args, workdir: str):
 def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) -> dict:
     """grain (``workers`` processes) -> prefetch_to_device -> the compiled step; and the pipeline
     alone on the host."""
-    source = pipeline.data_source(builder, "train")
+    source = records.data_source(builder, "train")
     local_batch = compiled.batch_size // jax.process_count()
 
     def loader():

@@ -32,7 +32,8 @@ import numpy as np
 from absl import app, flags
 
 from lungjax import bench
-from lungjax.data import nih, phantom, pipeline
+from lungjax.data import augment as augmenting
+from lungjax.data import nih, phantom, pipeline, records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/lungjax-bench", "Where the phantom dataset and the JSON results go.")
@@ -55,9 +56,9 @@ def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
     tree = workdir / "phantom_tree"
     if not (tree / phantom.DATA_ENTRY_FILE).is_file():
         phantom.write_nih_tree(tree, patients, seed=0, image_size=STORED_SIZE, num_workers=2)
-    builder = nih.prepare(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
-    png = pipeline.data_source(builder, "train")[0]["image"]
-    if pipeline._decode_unfiltered_gray_png(png) is None:
+    builder = nih.build_dataset(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
+    png = records.data_source(builder, "train")[0]["image"]
+    if records._decode_unfiltered_gray_png(png) is None:
         raise SystemExit(f"{workdir / 'tfds'} holds PNGs with row filters (an older build): delete it or "
                          "choose another --workdir")
     return builder
@@ -92,27 +93,27 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     """Microseconds per image of each stage of the training loader, run in this process on
     ``count`` records, and of the whole per-record transform (``TrainExample``) on raw records."""
     cv2.setNumThreads(1)
-    aug = pipeline.augmentation(augment)
+    aug = augmenting.augmentation(augment)
     rng = np.random.default_rng(0)
-    records = pipeline._records(source)
+    serialized = source.records
     indices = [i % len(source) for i in range(count)]
-    raw = [records[i] for i in indices]
-    pngs = [pipeline._image_and_label(r)[0] for r in raw]
-    decoded = [pipeline.decode_png(png) for png in pngs]
-    matrices = [pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
-    warped = [pipeline.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
+    raw = [serialized[i] for i in indices]
+    pngs = [records.image_and_label(r)[0] for r in raw]
+    decoded = [records.decode_png(png) for png in pngs]
+    matrices = [augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
+    warped = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
     transform = pipeline.TrainExample(aug, IMAGE_SIZE)
     stages = {
-        "read record": per_image_us(records.__getitem__, indices),
-        "parse image+label": per_image_us(pipeline._image_and_label, raw),
-        "decode PNG": per_image_us(pipeline.decode_png, pngs),
-        "draw matrix": per_image_us(lambda _: pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
-        "warp": per_image_us(lambda pair: pipeline.warp(pair[0], pair[1], IMAGE_SIZE),
+        "read record": per_image_us(serialized.__getitem__, indices),
+        "parse image+label": per_image_us(records.image_and_label, raw),
+        "decode PNG": per_image_us(records.decode_png, pngs),
+        "draw matrix": per_image_us(lambda _: augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
+        "warp": per_image_us(lambda pair: augmenting.warp(pair[0], pair[1], IMAGE_SIZE),
                              list(zip(decoded, matrices))),
         "batch (stack)": _stack_us(warped),
     }
     if aug.brightness or aug.contrast:
-        stages["intensity"] = per_image_us(lambda image: pipeline.adjust_intensity(image, aug, rng, out=image),
+        stages["intensity"] = per_image_us(lambda image: augmenting.adjust_intensity(image, aug, rng, out=image),
                                            [image.copy() for image in warped])
     stages["whole transform"] = per_image_us(lambda record: transform.random_map(record, rng), raw)
     return stages
@@ -144,20 +145,20 @@ def device_warp_fn(out_size: int):
 
 def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> dict[str, float]:
     """Images/s: OpenCV per image on the host vs the batched warp on the JAX device (same matrices)."""
-    aug = pipeline.augmentation(augment)
+    aug = augmenting.augmentation(augment)
     rng = np.random.default_rng(0)
-    images = np.stack([pipeline.decode_png(source[i % len(source)]["image"]) for i in range(batch_size)])
-    matrices = np.stack([pipeline.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in range(batch_size)])
+    images = np.stack([records.decode_png(source[i % len(source)]["image"]) for i in range(batch_size)])
+    matrices = np.stack([augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in range(batch_size)])
     on_device = device_warp_fn(IMAGE_SIZE)
     device_images, device_matrices = jnp.asarray(images), jnp.asarray(matrices, jnp.float32)
     reference = on_device(device_images, device_matrices).block_until_ready()
-    host = [pipeline.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices)]
+    host = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices)]
     difference = float(np.abs(np.asarray(reference) - np.stack(host).astype(np.float32)).mean())
     host_times, device_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         for image, matrix in zip(images, matrices):
-            pipeline.warp(image, matrix, IMAGE_SIZE)
+            augmenting.warp(image, matrix, IMAGE_SIZE)
         host_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         on_device(device_images, device_matrices).block_until_ready()
@@ -172,7 +173,7 @@ def main(argv: list[str]) -> None:
     args = FLAGS
 
     workdir = Path(args.workdir)
-    source = pipeline.data_source(make_dataset(workdir, args.patients), "train")
+    source = records.data_source(make_dataset(workdir, args.patients), "train")
     results: dict = {"records": len(source), "stored_size": STORED_SIZE, "image_size": IMAGE_SIZE,
                      "batch_size": args.batch_size, "loader": {}, "stages_us": {}}
     rows = []

@@ -18,22 +18,37 @@ Prints a table last and writes JSON (``--out``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
+from absl import app, flags
+
 from lungjax import bench
+from lungjax.bench import workers
 
-RESULT_PREFIX = "SCALING_RESULT "
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "resnet50", "Model name.")
+flags.DEFINE_float("width", 1.0, "Width multiplier.")
+flags.DEFINE_boolean("half_precision", False, "bfloat16 compute.")
+flags.DEFINE_list("batch_sizes", ["8", "16", "32", "64"], "Batch sizes of the batch sweep.")
+flags.DEFINE_integer("image_size", 224, "Image size of the batch sweep.")
+flags.DEFINE_list("image_sizes", ["224", "320", "512"], "Image sizes of the image-size sweep.")
+flags.DEFINE_integer("base_batch", 8, "Batch size of the image-size sweep.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps after the compile.")
+flags.DEFINE_integer("steps", 2, "Timed steps per point.")
+flags.DEFINE_list("build_patients", ["25", "50", "100"], "Phantom patients of each dataset build (empty: none).")
+flags.DEFINE_integer("stored_size", 256, "Image size stored by the dataset builds.")
+flags.DEFINE_integer("build_workers", 0, "Processes building the dataset (0: one per CPU core).")
+flags.DEFINE_float("timeout", 900.0, "Seconds per step point.")
+flags.DEFINE_string("out", "cpu_scaling.json", "Where the JSON results go.")
+flags.DEFINE_integer("point_batch", 0, "Internal: measure this batch size as a worker process.")
+flags.DEFINE_integer("point_size", 0, "Internal: the worker's image size.")
 
 
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+def ints(values: list[str]) -> list[int]:
+    """A list flag's items as ints, skipping empty ones (a trailing comma), as the comma lists always did."""
+    return [int(x) for x in values if x]
 
 
 def step_point(args) -> dict:
@@ -46,40 +61,37 @@ def step_point(args) -> dict:
     return {"batch_size": args.point_batch, "image_size": args.point_size,
             "compile_seconds": compiled.compile_seconds, "step_seconds": timing["window_seconds"],
             "step_seconds_median": timing["step_seconds_median"], "images_per_sec": timing["images_per_sec"],
-            "xla_memory_bytes": compiled.memory_bytes, "flops_per_step": compiled.flops_per_step,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "xla_memory_bytes": compiled.memory_bytes, "flops_per_step": compiled.flops_per_step}
 
 
 def run_point(args, batch_size: int, image_size: int) -> dict:
-    command = [sys.executable, "-m", "lungjax.bench.scaling", "--model", args.model, "--width", str(args.width),
-               "--warmup", str(args.warmup), "--steps", str(args.steps),
-               "--point_batch", str(batch_size), "--point_size", str(image_size)]
-    if args.half_precision:
-        command.append("--half_precision")
+    """One point in a fresh worker process, so that its peak memory is its own."""
     start = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-    for line in process.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            row = json.loads(line[len(RESULT_PREFIX):])
-            row["process_seconds"] = time.perf_counter() - start
-            return row
-    return {"batch_size": batch_size, "image_size": image_size,
-            "error": f"exit {process.returncode}: {process.stderr.strip()[-500:]}"}
+    worker = workers.Worker("lungjax.bench.scaling", {
+        "model": args.model, "width": args.width, "half_precision": args.half_precision, "warmup": args.warmup,
+        "steps": args.steps, "point_batch": batch_size, "point_size": image_size})
+    try:
+        return {**worker.read(args.timeout), "process_seconds": time.perf_counter() - start}
+    except (RuntimeError, TimeoutError) as error:
+        return {"batch_size": batch_size, "image_size": image_size, "error": str(error)}
+    finally:
+        worker.close()
 
 
-def build_point(patients: int, stored_size: int, workers: int) -> dict:
-    from lungjax.config import base_config
+def build_point(patients: int, stored_size: int, build_workers: int) -> dict:
+    from lungjax.config.base import base_config
     from lungjax.data import dataset
 
     data = base_config().data
-    data.source, data.phantom_patients, data.stored_size, data.build_workers = "phantom", patients, stored_size, workers
+    data.source, data.phantom_patients, data.stored_size, data.build_workers = (
+        "phantom", patients, stored_size, build_workers)
     with tempfile.TemporaryDirectory(prefix="lungjax-scaling-") as workdir:
         start = time.perf_counter()
         builder = dataset.build(data, workdir)
         seconds = time.perf_counter() - start
         images = sum(split.num_examples for split in builder.info.splits.values())
     return {"patients": patients, "images": images, "seconds": seconds, "images_per_sec": images / seconds,
-            "stored_size": stored_size, "workers": workers}
+            "stored_size": stored_size, "workers": build_workers}
 
 
 def format_table(result: dict) -> str:
@@ -88,7 +100,8 @@ def format_table(result: dict) -> str:
              f"{'batch':>5} {'size':>5} {'img/s':>8} {'s/step':>8} {'compile s':>9} {'XLA mem':>9} {'peak RSS':>9}"]
     for row in result["steps_table"]:
         if "error" in row:
-            lines.append(f"{row['batch_size']:>5} {row['image_size']:>5} failed: {row['error'][-120:]}")
+            last_line = row["error"].splitlines()[-1][-120:]  # a worker's error ends with its stderr
+            lines.append(f"{row['batch_size']:>5} {row['image_size']:>5} failed: {last_line}")
             continue
         xla = row["xla_memory_bytes"] / 2**30 if row["xla_memory_bytes"] else float("nan")
         lines.append(f"{row['batch_size']:>5} {row['image_size']:>5} {row['images_per_sec']:8.2f} "
@@ -103,13 +116,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def main(argv) -> None:
+    del argv  # flags only
+    args = FLAGS
     if args.point_batch:
-        sys.stdout.write(RESULT_PREFIX + json.dumps(step_point(args)) + "\n")
-        return {}
-    points = [(b, args.image_size) for b in args.batch_sizes]
-    points += [(args.base_batch, s) for s in args.image_sizes if (args.base_batch, s) not in points]
+        workers.emit(step_point(args))
+        return
+    points = [(b, args.image_size) for b in ints(args.batch_sizes)]
+    points += [(args.base_batch, s) for s in ints(args.image_sizes) if (args.base_batch, s) not in points]
     steps_table = []
     for batch_size, image_size in points:
         row = run_point(args, batch_size, image_size)
@@ -117,7 +131,7 @@ def main(argv=None) -> dict:
         print(f"[scaling] batch {batch_size} size {image_size}: "
               + (f"{row['images_per_sec']:.2f} img/s" if "error" not in row else row["error"][-200:]), flush=True)
     build_table = []
-    for patients in args.build_patients:
+    for patients in ints(args.build_patients):
         row = build_point(patients, args.stored_size, args.build_workers or os.cpu_count() or 1)
         build_table.append(row)
         print(f"[scaling] build {row['images']} images: {row['seconds']:.1f} s", flush=True)
@@ -125,29 +139,8 @@ def main(argv=None) -> dict:
               "machine": {"cores": os.cpu_count(), "load_average_at_end": os.getloadavg()},
               "model": args.model, "width": args.width, "precision": "bfloat16" if args.half_precision else "float32",
               "warmup": args.warmup, "steps": args.steps, "steps_table": steps_table, "build_table": build_table}
-    return bench.finish(result, args.out, format_table(result))
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--half_precision", action="store_true")
-    parser.add_argument("--batch_sizes", type=int_list, default=[8, 16, 32, 64])
-    parser.add_argument("--image_size", type=int, default=224, help="image size of the batch sweep")
-    parser.add_argument("--image_sizes", type=int_list, default=[224, 320, 512])
-    parser.add_argument("--base_batch", type=int, default=8, help="batch size of the image-size sweep")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--build_patients", type=int_list, default=[25, 50, 100])
-    parser.add_argument("--stored_size", type=int, default=256)
-    parser.add_argument("--build_workers", type=int, default=0, help="0: one per CPU core")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per step point")
-    parser.add_argument("--out", default="cpu_scaling.json")
-    parser.add_argument("--point_batch", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--point_size", type=int, default=0, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    bench.finish(result, args.out, format_table(result))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

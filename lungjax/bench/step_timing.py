@@ -1,6 +1,6 @@
-"""Timing lungjax's real train step (the one ``train.py`` compiles) with data already on the device.
+"""Timing lungjax's real train step (the one the training loop compiles) with data already on the device.
 
-Shared by the CPU and GPU benchmarks so both measure the same code path: ``lungjax.step.train_step``
+Shared by the CPU and GPU benchmarks so both measure the same code path: ``lungjax.training.step.train_step``
 with an AdamW optimizer, class-weighted loss, replicated state, a batch sharded over the mesh and
 the state donated.
 """
@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lungjax import optim, sharding, step as step_lib, train
-from lungjax.config import base_config
+from lungjax import models
+from lungjax.training import loop as train, optim, step as step_lib
+
+from lungjax.runtime import sharding
+from lungjax.config.base import base_config
 from lungjax.data import labels
-from lungjax.models.resnet import create_model
 
 
 @dataclasses.dataclass
@@ -42,14 +44,15 @@ def compile_step(model_name: str, *, batch_size: int, image_size: int, half_prec
     ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5.
     """
     mesh = sharding.make_mesh()
-    dtype = jnp.bfloat16 if half_precision else jnp.float32
-    model = create_model(model_name, num_classes=labels.NUM_CLASSES, width=width, dtype=dtype, seed=seed,
-                         stride_in_1x1=stride_in_1x1)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    # Optimizer and state built as train.py builds them: AdamW (decay on kernels only), constant rate.
+    # Model, optimizer and state built as the training loop builds them: AdamW (decay on kernels
+    # only), constant rate, label smoothing 0.1.
     config = base_config()
+    config.model.name, config.model.width, config.model.stride_in_1x1 = model_name, width, stride_in_1x1
     config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
-    config.seed, config.half_precision = seed, half_precision
+    config.seed, config.half_precision, config.label_smoothing = seed, half_precision, 0.1
+    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=half_precision,
+                               seed=seed)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, 1))
     replicated = sharding.replicated(mesh)
     state = jax.device_put(train.initial_state(config, params, batch_stats, tx), replicated)
@@ -57,14 +60,12 @@ def compile_step(model_name: str, *, batch_size: int, image_size: int, half_prec
     host_batch = {"image": rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8),
                   "label": rng.integers(0, labels.NUM_CLASSES, batch_size).astype(np.int32)}
     batch = sharding.to_global(host_batch, sharding.batch_sharding(mesh))
-    step_fn = step_lib.make_train_step(
-        graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES), label_smoothing=0.1,
-        focal_gamma=0.0, dtype=dtype, ema_decay=config.ema_decay, state_sharding=replicated,
-        batch_sharding=sharding.batch_sharding(mesh), replicated_sharding=replicated)
+    step_fn = step_lib.make_train_step(config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES),
+                                       mesh=mesh)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
-    # Timing calls go through the jitted function, as train.py's do (its C++ dispatch path is
+    # Timing calls go through the jitted function, as the loop's do (its C++ dispatch path is
     # faster than calling ``compiled``); with the persistent compilation cache enabled its first
     # call loads this compilation instead of compiling again.
     return CompiledStep(step_fn, state, batch, batch_size, compile_seconds,

@@ -26,8 +26,6 @@ def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
         if not data_config.manual_dir:
             raise ValueError("config.data.manual_dir must name your NIH download when data.source='nih'")
         return Path(data_config.manual_dir).absolute()
-    if data_config.source != "phantom":
-        raise ValueError(f"config.data.source must be one of {SOURCES}, got {data_config.source!r}")
     return data_dir(data_config, workdir) / f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}"
 
 
@@ -42,9 +40,10 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
         phantom.write_nih_tree(tree, data_config.phantom_patients, seed=data_config.phantom_seed,
                                image_size=data_config.stored_size, num_workers=max(data_config.build_workers, 1),
                                progress=True)
-    return nih.prepare(tree, data_dir(data_config, workdir), builder_config(data_config),
+    return nih.build_dataset(tree, data_dir(data_config, workdir), builder_config(data_config),
                        num_workers=data_config.build_workers, skip_bad_images=data_config.skip_bad_images)
 
 
-def build_report(builder: nih.NihChestXray) -> dict:
+def read_build_report(builder: nih.NihChestXray) -> dict:
+    """The ``build_report.json`` the builder wrote beside the dataset."""
     return json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())

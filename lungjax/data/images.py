@@ -96,6 +96,15 @@ def _padding(height: int, width: int) -> tuple[int, int, int]:
     return side, (side - height) // 2, (side - width) // 2
 
 
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """A square image -> ``size`` square: area interpolation when shrinking, linear when enlarging
+    (where area would be nearest-neighbour); the image itself when it already has that size."""
+    if image.shape[0] == size:
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Pads to a square (zeros, centred) then resizes to ``size`` with area interpolation.
 
@@ -107,8 +116,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     if height != width:
         image = cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left,
                                    cv2.BORDER_CONSTANT, value=0)
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
+    return resize(image, size)
 
 
 def scale_box(box: tuple[float, float, float, float], shape: tuple[int, int], size: int
@@ -129,7 +137,7 @@ def encode_png(image: np.ndarray) -> bytes:
     of a deflated one (230 vs 620 us at 256 px, measured in BENCHMARKS.md), the cost that
     bounds images/s per core, for ~40% more disk on noisy films. Rows are not filtered either
     (filter type 0), so the pixels are the PNG's bytes as they stand and the pipeline reads them
-    without libpng (``pipeline.decode_png``)."""
+    without libpng (``records.decode_png``)."""
     ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
                                               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
     if not ok:

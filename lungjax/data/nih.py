@@ -324,7 +324,7 @@ def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
     return created
 
 
-def prepare(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, config: NihConfig, *,
+def build_dataset(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, config: NihConfig, *,
             num_workers: int = 0, skip_bad_images: bool = False) -> NihChestXray:
     """Builds the dataset once (no-op when already built), with its build report beside it.
 

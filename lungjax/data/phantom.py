@@ -251,12 +251,36 @@ def _sample_point_in_lung(lung: _Lung, heart, radius: float, rng: np.random.Gene
     return 0.5 * (x_lo + x_hi), 0.5 * (lung.top + lung.dome_y)
 
 
-def _render(label: int, anatomy: PatientAnatomy, rng: np.random.Generator, size: int):
-    """Draw one film; returns (image, box, NIH finding name)."""
-    if not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(f"label must be in [0, {len(CLASS_NAMES) - 1}], got {label}")
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """One film's pixel grid: detector coordinates (px, py) and the patient's anatomical ones (x, y)."""
+
+    size: int
+    px: np.ndarray
+    py: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    units_to_px: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chest:
+    """The thorax laid out on one film: the shapes and masks that every finding is placed against."""
+
+    lungs: dict[int, _Lung]
+    lung_levels: dict[int, np.ndarray]
+    lung_mask: np.ndarray
+    mediastinal_shift: float
+    heart: tuple[float, float, float, float]
+    heart_mask: np.ndarray
+    mediastinum: np.ndarray
+    ax: np.ndarray  # distance from the (shifted) midline
+    body_profile: np.ndarray
+
+
+def _frame(anatomy: PatientAnatomy, size: int) -> _Frame:
+    """Pixel centres in [-1, 1], mapped through the patient's offset, rotation and zoom."""
     a = anatomy
-    # Pixel centres in [-1, 1], mapped into the patient's anatomical frame.
     axis = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
     px, py = np.meshgrid(axis, axis)
     theta = np.deg2rad(a.rotation_deg)
@@ -264,14 +288,18 @@ def _render(label: int, anatomy: PatientAnatomy, rng: np.random.Generator, size:
     dx, dy = px - a.offset_x, py - a.offset_y
     x = (c * dx + s * dy) / a.zoom
     y = (-s * dx + c * dy) / a.zoom
-    units_to_px = a.zoom * size / 2.0
+    return _Frame(size, px, py, x, y, units_to_px=a.zoom * size / 2.0)
 
-    side = rng.choice((-1, 1))  # hemithorax of a one-sided finding
+
+def _hemithoraces(
+    label: int, anatomy: PatientAnatomy, side: int, rng: np.random.Generator
+) -> tuple[dict[int, _Lung], float]:
+    """Both lungs and the mediastinal shift; atelectasis shows volume loss on ``side``."""
+    a = anatomy
     mediastinal_shift = 0.0
     lungs = {}
     for lung_side, dome_offset in ((-1, -0.03), (1, 0.0)):  # the right dome sits higher
-        lungs[lung_side] = _Lung(lung_side, 0.1, a.lung_width, a.lung_top,
-                                 a.dome_y + dome_offset, a.dome_height)
+        lungs[lung_side] = _Lung(lung_side, 0.1, a.lung_width, a.lung_top, a.dome_y + dome_offset, a.dome_height)
     if label == ATELECTASIS:  # volume loss: raised hemidiaphragm, smaller lung, shifted heart
         lost = lungs[side]
         lungs[side] = dataclasses.replace(
@@ -280,152 +308,241 @@ def _render(label: int, anatomy: PatientAnatomy, rng: np.random.Generator, size:
             dome_y=lost.dome_y - rng.uniform(*VOLUME_LOSS_ELEVATION),
         )
         mediastinal_shift = side * rng.uniform(0.015, 0.035)
+    return lungs, mediastinal_shift
 
-    # Heart: width = CTR x thoracic width, a third right of the midline and two thirds left.
+
+def _heart_ellipse(
+    label: int, anatomy: PatientAnatomy, lungs: dict[int, _Lung], mediastinal_shift: float
+) -> tuple[float, float, float, float]:
+    """Heart (x, y, half-width, half-height): CTR x thoracic width, a third right of the midline."""
     thoracic_width = lungs[1].lateral_edge() - lungs[-1].lateral_edge()
-    heart_width = cardiothoracic_ratio(label, a) * thoracic_width
-    heart_half_height = a.heart_half_height
-    heart = (
+    heart_width = cardiothoracic_ratio(label, anatomy) * thoracic_width
+    heart_half_height = anatomy.heart_half_height
+    return (
         heart_width / 6.0 + mediastinal_shift,
-        a.dome_y + 0.04 - 0.85 * heart_half_height,  # its base hides behind the diaphragm
+        anatomy.dome_y + 0.04 - 0.85 * heart_half_height,  # its base hides behind the diaphragm
         heart_width / 2.0,
         heart_half_height,
     )
+
+
+def _chest(label: int, anatomy: PatientAnatomy, frame: _Frame, side: int, rng: np.random.Generator) -> _Chest:
+    """Lay out body outline, lungs, heart and mediastinum on the film's pixels."""
+    x, y = frame.x, frame.y
+    lungs, mediastinal_shift = _hemithoraces(label, anatomy, side, rng)
+    heart = _heart_ellipse(label, anatomy, lungs, mediastinal_shift)
     hx, hy, hw, hh = heart
     heart_mask = ((x - hx) / hw) ** 2 + ((y - hy) / hh) ** 2 < 1.0
 
     ax = np.abs(x - mediastinal_shift)
-    body_half = a.body_half_width * (1.0 - 0.35 * np.clip((-0.7 - y) / 0.3, 0.0, 1.0))
+    body_half = anatomy.body_half_width * (1.0 - 0.35 * np.clip((-0.7 - y) / 0.3, 0.0, 1.0))
     body_profile = np.clip(1.0 - (x / body_half) ** 2, 0.0, 1.0)
-    density = SOFT_TISSUE * np.sqrt(body_profile)  # a cylinder's projected thickness
 
     mediastinum_half = 0.09 + 0.03 * np.clip((-0.2 - y) / 0.4, 0.0, 1.0)
     mediastinum = (ax < mediastinum_half) | heart_mask
     lung_levels = {k: lung.level(x, y) for k, lung in lungs.items()}
     lung_mask = ((lung_levels[-1] < 1.0) | (lung_levels[1] < 1.0)) & ~mediastinum
+    return _Chest(lungs, lung_levels, lung_mask, mediastinal_shift, heart, heart_mask, mediastinum, ax, body_profile)
 
-    # Lung markings: vessel-like ridges from the patient's texture, densest at the hila.
-    texture_rng = np.random.default_rng(a.texture_seed)
-    field = _smooth_noise(texture_rng, 14, size)
-    vessels = np.exp(-(field / 0.35) ** 2)
-    hilar = np.exp(-(((ax - 0.2) / 0.35) ** 2 + ((y + 0.05) / 0.45) ** 2))
-    markings = LUNG_MARKINGS * vessels * (0.35 + hilar)
 
-    aerated = lung_mask.astype(np.float32)
+def _lung_markings(anatomy: PatientAnatomy, frame: _Frame, chest: _Chest) -> np.ndarray:
+    """Vessel-like ridges from the patient's own texture, densest at the hila."""
+    texture_rng = np.random.default_rng(anatomy.texture_seed)
+    field = _smooth_noise(texture_rng, 14, frame.size)
+    vessels = np.exp(-((field / 0.35) ** 2))
+    hilar = np.exp(-(((chest.ax - 0.2) / 0.35) ** 2 + ((frame.y + 0.05) / 0.45) ** 2))
+    return LUNG_MARKINGS * vessels * (0.35 + hilar)
+
+
+def _pneumothorax_signs(
+    frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the lucent rim and the visceral pleural line of a lung collapsed on ``side``."""
+    x, y = frame.x, frame.y
+    lung = chest.lungs[side]
+    inside = chest.lung_levels[side] < 1.0
+    # The lung collapses towards its base and hilum, leaving a lucent apical/lateral rim.
+    cx = side * (lung.medial + 0.25 * lung.width)
+    cy = lung.dome_y
+    k = rng.uniform(*PNEUMOTHORAX_COLLAPSE_RANGE)
+    collapsed = lung.level(cx + (x - cx) / k, cy + (y - cy) / k) < 1.0
+    rim = inside & ~collapsed & ~chest.mediastinum
+    thickness = max(1, frame.size // 128)
+    kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
+    inner = cv2.erode(collapsed.astype(np.uint8), kernel).astype(bool)
+    return rim, collapsed & ~inner & inside
+
+
+def _aerate_lungs(
+    density: np.ndarray,
+    anatomy: PatientAnatomy,
+    frame: _Frame,
+    chest: _Chest,
+    collapsed_side: int | None,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """Subtract the lungs' air and add their markings in place; returns a pneumothorax's rim, if any."""
+    markings = _lung_markings(anatomy, frame, chest)
+    aerated = chest.lung_mask.astype(np.float32)
     lung_air = LUNG_AIR * aerated
-    finding_mask = None
-    finding_name = CLASS_NAMES[label]
-
-    if label == PNEUMOTHORAX:
-        lung = lungs[side]
-        # The lung collapses towards its base and hilum, leaving a lucent apical/lateral rim.
-        cx = side * (lung.medial + 0.25 * lung.width)
-        cy = lung.dome_y
-        k = rng.uniform(*PNEUMOTHORAX_COLLAPSE_RANGE)
-        collapsed = lung.level(cx + (x - cx) / k, cy + (y - cy) / k) < 1.0
-        rim = (lung_levels[side] < 1.0) & ~collapsed & ~mediastinum
-        thickness = max(1, size // 128)
-        kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
-        inner = cv2.erode(collapsed.astype(np.uint8), kernel).astype(bool)
-        pleural_line = collapsed & ~inner & (lung_levels[side] < 1.0)
+    rim = None
+    if collapsed_side is not None:  # a pneumothorax changes the air, so it comes first
+        rim, pleural_line = _pneumothorax_signs(frame, chest, collapsed_side, rng)
         markings = np.where(rim, 0.0, markings)
         lung_air = lung_air + PNEUMOTHORAX_AIR * rim
         density += PLEURAL_LINE_EXTRA * pleural_line
-        finding_mask = rim
     density -= lung_air
     density += markings * aerated
+    return rim
 
-    if label == EFFUSION:
-        lung = lungs[side]
-        lateral = np.clip((side * x - lung.medial) / lung.width, 0.0, 1.0)
-        surface = lung.dome_y - rng.uniform(*EFFUSION_LEVEL_RANGE) - rng.uniform(
-            *MENISCUS_RISE_RANGE) * lateral**2
-        fluid = (lung_levels[side] < 1.0) & (y > surface) & ~mediastinum
-        depth = np.clip((y - surface) / 0.12, 0.0, 1.0)  # fluid thickens with depth
-        density += EFFUSION_DENSITY * (0.5 + 0.5 * depth) * fluid
-        finding_mask = fluid
 
-    if label == ATELECTASIS:
-        lung = lungs[side]
-        if rng.random() < 0.5:  # plate-like: a thin oblique band in the lower zone
-            cx, cy = _sample_point_in_lung(lung, heart, 0.05, rng)
-            cy = max(cy, 0.5 * (lung.top + lung.dome_y))
-            angle = np.deg2rad(rng.uniform(-25, 25))
-            along = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
-            across = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
-            length, thick = rng.uniform(0.14, 0.25), rng.uniform(0.022, 0.04)
-            shape = (along / length) ** 2 + (across / thick) ** 2 < 1.0
-        else:  # wedge: a collapsed segment, apex at the hilum, base on the pleura
-            apex_x, apex_y = side * 0.16 + mediastinal_shift, rng.uniform(-0.15, 0.1)
-            direction = np.deg2rad(rng.uniform(20, 70))  # downwards and outwards
-            spread = np.deg2rad(rng.uniform(10, 18))
-            angle = np.arctan2(y - apex_y, side * (x - apex_x))
-            radius = np.hypot(x - apex_x, y - apex_y)
-            shape = (np.abs(angle - direction) < spread) & (radius > 0.05)
-        opacity = shape & (lung_levels[side] < 1.0) & ~mediastinum
-        density += ATELECTASIS_DENSITY * opacity
-        finding_mask = opacity
+def _add_effusion(density: np.ndarray, frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Fluid with a meniscus in the base of the ``side`` lung, in place; returns its mask."""
+    x, y = frame.x, frame.y
+    lung = chest.lungs[side]
+    lateral = np.clip((side * x - lung.medial) / lung.width, 0.0, 1.0)
+    surface = lung.dome_y - rng.uniform(*EFFUSION_LEVEL_RANGE) - rng.uniform(*MENISCUS_RISE_RANGE) * lateral**2
+    fluid = (chest.lung_levels[side] < 1.0) & (y > surface) & ~chest.mediastinum
+    depth = np.clip((y - surface) / 0.12, 0.0, 1.0)  # fluid thickens with depth
+    density += EFFUSION_DENSITY * (0.5 + 0.5 * depth) * fluid
+    return fluid
 
-    if label == NODULE_MASS:
-        lung = lungs[side]
-        is_mass = rng.random() < MASS_PROBABILITY
-        count = 1 + rng.choice(len(NODULE_COUNT_PROBABILITIES), p=NODULE_COUNT_PROBABILITIES)
-        finding_mask = np.zeros_like(lung_mask)
-        largest = 0.0
-        for index in range(count):
-            radius_range = MASS_RADIUS_RANGE if is_mass and index == 0 else NODULE_RADIUS_RANGE
-            radius = rng.uniform(*radius_range)
-            largest = max(largest, radius)
-            cx, cy = _sample_point_in_lung(lung, heart, radius, rng)
-            r2 = ((x - cx) ** 2 + (y - cy) ** 2) / radius**2
-            density += NODULE_DENSITY * np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))  # a sphere
-            finding_mask |= r2 < 1.0
-        diameter_mm = 2.0 * largest * units_to_px * FIELD_OF_VIEW_MM / size
-        finding_name = "Mass" if diameter_mm > MASS_DIAMETER_MM else "Nodule"
 
-    if label == CARDIOMEGALY:
-        finding_mask = heart_mask
+def _plate_atelectasis(frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Plate-like atelectasis: a thin oblique band in the lower zone of the ``side`` lung."""
+    x, y = frame.x, frame.y
+    lung = chest.lungs[side]
+    cx, cy = _sample_point_in_lung(lung, chest.heart, 0.05, rng)
+    cy = max(cy, 0.5 * (lung.top + lung.dome_y))
+    angle = np.deg2rad(rng.uniform(-25, 25))
+    along = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+    across = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
+    length, thick = rng.uniform(0.14, 0.25), rng.uniform(0.022, 0.04)
+    return (along / length) ** 2 + (across / thick) ** 2 < 1.0
 
-    # Heart, mediastinum and spine over everything in the middle.
-    density += HEART_EXTRA * heart_mask
-    spine = ax < 0.045
-    vertebrae = 0.75 + 0.25 * np.cos(2.0 * np.pi * y / (0.55 * a.rib_spacing))
-    density += SPINE_EXTRA * a.bone_density * spine * vertebrae
 
-    # Ribs: posterior arcs leaving the spine and curving down, fainter anterior ones sloping
-    # down towards the midline; both only over the rib cage.
-    cage_edge = np.where(x < 0, -lungs[-1].lateral_edge(), lungs[1].lateral_edge()) + 0.05
+def _wedge_atelectasis(frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Segmental atelectasis: a collapsed wedge, apex at the hilum, base on the pleura."""
+    x, y = frame.x, frame.y
+    apex_x, apex_y = side * 0.16 + chest.mediastinal_shift, rng.uniform(-0.15, 0.1)
+    direction = np.deg2rad(rng.uniform(20, 70))  # downwards and outwards
+    spread = np.deg2rad(rng.uniform(10, 18))
+    angle = np.arctan2(y - apex_y, side * (x - apex_x))
+    radius = np.hypot(x - apex_x, y - apex_y)
+    return (np.abs(angle - direction) < spread) & (radius > 0.05)
+
+
+def _add_atelectasis(
+    density: np.ndarray, frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A plate or wedge opacity in the ``side`` lung, in place (volume loss is in the layout); returns its mask."""
+    shape_of = _plate_atelectasis if rng.random() < 0.5 else _wedge_atelectasis
+    opacity = shape_of(frame, chest, side, rng) & (chest.lung_levels[side] < 1.0) & ~chest.mediastinum
+    density += ATELECTASIS_DENSITY * opacity
+    return opacity
+
+
+def _add_nodules(
+    density: np.ndarray, frame: _Frame, chest: _Chest, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, str]:
+    """One to three round opacities in the ``side`` lung, in place; returns their mask and NIH name."""
+    x, y = frame.x, frame.y
+    lung = chest.lungs[side]
+    is_mass = rng.random() < MASS_PROBABILITY
+    count = 1 + rng.choice(len(NODULE_COUNT_PROBABILITIES), p=NODULE_COUNT_PROBABILITIES)
+    mask = np.zeros_like(chest.lung_mask)
+    largest = 0.0
+    for index in range(count):
+        radius_range = MASS_RADIUS_RANGE if is_mass and index == 0 else NODULE_RADIUS_RANGE
+        radius = rng.uniform(*radius_range)
+        largest = max(largest, radius)
+        cx, cy = _sample_point_in_lung(lung, chest.heart, radius, rng)
+        r2 = ((x - cx) ** 2 + (y - cy) ** 2) / radius**2
+        density += NODULE_DENSITY * np.sqrt(np.clip(1.0 - r2, 0.0, 1.0))  # a sphere
+        mask |= r2 < 1.0
+    diameter_mm = 2.0 * largest * frame.units_to_px * FIELD_OF_VIEW_MM / frame.size
+    return mask, ("Mass" if diameter_mm > MASS_DIAMETER_MM else "Nodule")
+
+
+def _add_mediastinum(density: np.ndarray, anatomy: PatientAnatomy, frame: _Frame, chest: _Chest) -> None:
+    """Heart and spine over everything in the middle, in place."""
+    density += HEART_EXTRA * chest.heart_mask
+    spine = chest.ax < 0.045
+    vertebrae = 0.75 + 0.25 * np.cos(2.0 * np.pi * frame.y / (0.55 * anatomy.rib_spacing))
+    density += SPINE_EXTRA * anatomy.bone_density * spine * vertebrae
+
+
+def _add_ribs_and_clavicles(density: np.ndarray, anatomy: PatientAnatomy, frame: _Frame, chest: _Chest) -> None:
+    """Posterior and fainter anterior rib arcs over the rib cage, then the clavicles, in place."""
+    a, x, y, ax = anatomy, frame.x, frame.y, chest.ax
+    # Posterior arcs leave the spine and curve down; anterior ones slope down towards the midline.
+    cage_edge = np.where(x < 0, -chest.lungs[-1].lateral_edge(), chest.lungs[1].lateral_edge()) + 0.05
     cage = (ax > 0.05) & (ax < cage_edge) & (y > a.lung_top - 0.08) & (y < a.dome_y + 0.1)
     posterior = np.cos(2.0 * np.pi * ((y - 0.55 * ax**2) / a.rib_spacing + a.rib_phase))
     anterior = np.cos(2.0 * np.pi * ((y + 0.45 * ax) / (1.3 * a.rib_spacing) + a.rib_phase))
-    ribs = np.clip((posterior - 0.35) / 0.65, 0.0, 1.0) + 0.4 * np.clip(
-        (anterior - 0.55) / 0.45, 0.0, 1.0)
+    ribs = np.clip((posterior - 0.35) / 0.65, 0.0, 1.0) + 0.4 * np.clip((anterior - 0.55) / 0.45, 0.0, 1.0)
     density += RIB_EXTRA * a.bone_density * ribs * cage
     clavicle_y = a.lung_top + 0.02 - 0.22 * (ax - 0.1)
     clavicles = (np.abs(y - clavicle_y) < 0.028) & (ax > 0.06) & (ax < 0.5)
     density += RIB_EXTRA * a.bone_density * 1.3 * clavicles
 
-    # Below the diaphragm: liver under the right dome, gastric air under the left.
+
+def _add_abdomen(density: np.ndarray, frame: _Frame, chest: _Chest) -> None:
+    """Below the diaphragm, in place: liver under the right dome, gastric air under the left."""
+    x, y, lungs = frame.x, frame.y, chest.lungs
     below_left = (y > lungs[1].dome_y - 0.02) & (x > 0.15) & (x < 0.55)
     bubble = ((x - 0.35) / 0.12) ** 2 + ((y - lungs[1].dome_y - 0.09) / 0.06) ** 2 < 1.0
     density -= GASTRIC_AIR * (bubble & below_left)
-    density += LIVER_EXTRA * ((y > lungs[-1].dome_y) & (x < 0) & (body_profile > 0))
-    if a.sex == "F":
-        breasts = ((ax - 0.45) / 0.3) ** 2 + ((y - a.dome_y + 0.05) / 0.22) ** 2 < 1.0
-        density += BREAST_EXTRA * breasts * (y > a.dome_y - 0.15)
+    density += LIVER_EXTRA * ((y > lungs[-1].dome_y) & (x < 0) & (chest.body_profile > 0))
 
+
+def _add_breasts(density: np.ndarray, anatomy: PatientAnatomy, frame: _Frame, chest: _Chest) -> None:
+    """Breast shadows over the lower zones of a woman's film, in place."""
+    if anatomy.sex == "F":
+        y = frame.y
+        breasts = ((chest.ax - 0.45) / 0.3) ** 2 + ((y - anatomy.dome_y + 0.05) / 0.22) ** 2 < 1.0
+        density += BREAST_EXTRA * breasts * (y > anatomy.dome_y - 0.15)
+
+
+def _expose(density: np.ndarray, anatomy: PatientAnatomy, frame: _Frame, rng: np.random.Generator) -> np.ndarray:
+    """Blur, then film response (brightness, contrast, heel gradient, gamma), quantum noise, 8 bits."""
+    a, size = anatomy, frame.size
     sigma = max(0.6, size * BLUR_SIGMA_FRACTION)
     density = cv2.GaussianBlur(density.astype(np.float32), (0, 0), sigma)
-
-    # Film response: brightness, contrast, heel gradient, gamma, then quantum noise.
-    signal = 0.08 + 0.62 * a.contrast * density + a.exposure + a.heel_x * px + a.heel_y * py
+    signal = 0.08 + 0.62 * a.contrast * density + a.exposure + a.heel_x * frame.px + a.heel_y * frame.py
     signal = np.clip(signal, 0.0, 1.0) ** a.gamma
     signal += a.noise * rng.standard_normal((size, size), dtype=np.float32)
-    image = np.clip(signal * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(signal * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render(label: int, anatomy: PatientAnatomy, rng: np.random.Generator, size: int):
+    """Draw one film; returns (image, box, NIH finding name)."""
+    if not 0 <= label < len(CLASS_NAMES):
+        raise ValueError(f"label must be in [0, {len(CLASS_NAMES) - 1}], got {label}")
+    frame = _frame(anatomy, size)
+    side = rng.choice((-1, 1))  # hemithorax of a one-sided finding
+    chest = _chest(label, anatomy, frame, side, rng)
+    density = SOFT_TISSUE * np.sqrt(chest.body_profile)  # a cylinder's projected thickness
+    collapsed_side = side if label == PNEUMOTHORAX else None
+    finding_mask = _aerate_lungs(density, anatomy, frame, chest, collapsed_side, rng)  # pneumothorax rim or None
+    finding_name = CLASS_NAMES[label]
+    if label == EFFUSION:
+        finding_mask = _add_effusion(density, frame, chest, side, rng)
+    elif label == ATELECTASIS:
+        finding_mask = _add_atelectasis(density, frame, chest, side, rng)
+    elif label == NODULE_MASS:
+        finding_mask, finding_name = _add_nodules(density, frame, chest, side, rng)
+    elif label == CARDIOMEGALY:
+        finding_mask = chest.heart_mask
+    _add_mediastinum(density, anatomy, frame, chest)
+    _add_ribs_and_clavicles(density, anatomy, frame, chest)
+    _add_abdomen(density, frame, chest)
+    _add_breasts(density, anatomy, frame, chest)
+    image = _expose(density, anatomy, frame, rng)
     box = None if finding_mask is None else _box(finding_mask)
     if label != NO_FINDING and box is None:  # the sign fell off the film: draw it again
         return _render(label, anatomy, rng, size)
-    return image, box, (CLASS_NAMES[NO_FINDING] if label == NO_FINDING else finding_name)
+    return image, box, finding_name
 
 
 def render_radiograph(

@@ -3,13 +3,18 @@
 import jax.numpy as jnp
 
 
+def compute_dtype(half_precision: bool):
+    """The dtype policy: bfloat16 compute with float32 parameters when ``half_precision``."""
+    return jnp.bfloat16 if half_precision else jnp.float32
+
+
 def from_config(model_config, *, num_classes: int, half_precision: bool, seed: int = 0):
-    """The model a config names; bfloat16 compute with float32 parameters when ``half_precision``."""
+    """The model a config names, in the compute dtype of ``half_precision``."""
     from lungjax.models.resnet import create_model
 
     return create_model(model_config.name, num_classes=num_classes, width=model_config.width,
                         dropout_rate=model_config.dropout_rate, stride_in_1x1=model_config.stride_in_1x1,
-                        dtype=jnp.bfloat16 if half_precision else jnp.float32, seed=seed)
+                        dtype=compute_dtype(half_precision), seed=seed)
 
 
 def images_to_input(images, dtype):

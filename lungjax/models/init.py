@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from lungjax import trees
 from lungjax.models import pretrained
-from lungjax.models.resnet import ResNet
+from lungjax.models.resnet import HEAD, ResNet
 
-HEAD = "head"
 KERAS_SUFFIXES = (".h5",)
 
 
@@ -41,12 +40,6 @@ def _checkpoint_root(path: Path) -> Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
-def _flat(tree) -> dict[str, np.ndarray]:
-    """Leaves of a nested dict by ``a/b/0/c`` paths (list indices and dict keys alike as text)."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key): value for key, value in leaves}
-
-
 def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
     """Copies the latest checkpoint's ``model`` item into ``model``; returns the skipped names."""
     root = _checkpoint_root(path)
@@ -57,14 +50,14 @@ def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
             raise FileNotFoundError(f"config.model.init_from: no checkpoint in {root}")
         saved = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"]
     # Orbax stores each nnx Variable as a dict holding its ``value``.
-    source = {key.removesuffix("/value"): value for key, value in _flat(saved).items()}
+    source = {key.removesuffix("/value"): value for key, value in trees.flatten(saved, "/").items()}
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     skipped = []
     for group, state in (("params", params), ("batch_stats", batch_stats)):
-        pure = state.to_pure_dict()
-        new_leaves = []
-        for name, current in _flat(pure).items():
-            key = f"{group}/{name}"
+        flat = nnx.to_flat_state(state)
+        for path, variable in flat:
+            name = "/".join(map(str, path))
+            key, current = f"{group}/{name}", variable.value
             if key not in source:
                 raise ValueError(f"config.model.init_from: {key} is missing from {root} (step {step}); "
                                  "the architectures differ")
@@ -74,8 +67,7 @@ def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
                     raise ValueError(f"config.model.init_from: {key} has shape {value.shape} in {root} "
                                      f"but {current.shape} in this model")
                 skipped.append(key)
-                value = current
-            new_leaves.append(value.astype(current.dtype))
-        nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(pure), new_leaves))
-        nnx.update(model, state)
+                continue
+            variable.value = value.astype(current.dtype)
+        nnx.update(model, nnx.from_flat_state(flat))
     return skipped

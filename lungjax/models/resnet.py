@@ -23,6 +23,7 @@ from flax import nnx
 
 STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)
+NUM_STAGES = len(STAGE_WIDTHS)
 BOTTLENECK_EXPANSION = 4
 STEM_KERNEL = 7
 STEM_PADDING = 3  # Keras: ZeroPadding2D(3) then a valid 7×7/2 conv.
@@ -45,6 +46,8 @@ BLOCKS_PER_STAGE = MappingProxyType(
     }
 )
 BOTTLENECK_DEPTHS = frozenset({50, 101, 152})
+# The classifier's attribute name: fine-tuning and weight transfer treat it apart from the backbone.
+HEAD = 'head'
 MODEL_NAMES = MappingProxyType({f'resnet{depth}': depth for depth in BLOCKS_PER_STAGE})
 
 # He init on fan-out (torchvision's kaiming_normal_), the usual choice for ReLU nets from scratch.

@@ -17,8 +17,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax import evaluate, explain, sharding
-from lungjax.data import images, labels, pipeline
+from lungjax.evaluation import explain, inference
+
+from lungjax.runtime import sharding
+from lungjax.data import images, labels
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files: a 128-byte preamble, then b"DICM"
@@ -78,9 +80,9 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
     return read_dicom(path) if dicom else images.read_gray(path)
 
 
-def prepare(gray: np.ndarray, stored_size: int, image_size: int) -> np.ndarray:
+def to_model_input(gray: np.ndarray, stored_size: int, image_size: int) -> np.ndarray:
     """(H, W) uint8 -> (image_size, image_size, 1) uint8, as the builder then the eval pipeline do."""
-    return pipeline.resize(images.resize_square(gray, stored_size), image_size)[..., None]
+    return images.resize(images.resize_square(gray, stored_size), image_size)[..., None]
 
 
 def format_probabilities(probs: np.ndarray) -> str:
@@ -93,15 +95,15 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     Heatmaps (Grad-CAM of the predicted class) go to ``<workdir>/predict/<n>_<file stem>.png``.
     """
     mesh = sharding.make_mesh()
-    restored = evaluate.restore(config, workdir, mesh)
+    restored = inference.restore(config, workdir, mesh)
     saved = restored.config
-    predict_fn = evaluate.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
+    predict_fn = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
     cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
     for number, path in enumerate(paths):
         try:
-            image = prepare(read_radiograph(path), saved.data.stored_size, saved.image_size)
+            image = to_model_input(read_radiograph(path), saved.data.stored_size, saved.image_size)
         except images.ImageError as err:
             print(f"error: {err}", file=sys.stderr)
             failures += 1

@@ -15,7 +15,10 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from lungjax import loss as loss_lib, models
+from lungjax.runtime import sharding
+from lungjax.training import loss as loss_lib
+
+from lungjax import models
 
 
 @flax.struct.dataclass
@@ -79,11 +82,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
     return new_state, metrics
 
 
-def make_train_step(*, graphdef, tx, class_weights, label_smoothing: float, focal_gamma: float, dtype,
-                    ema_decay: float, state_sharding, batch_sharding, replicated_sharding):
-    """``train_step`` compiled once, with explicit shardings and the state donated."""
+def make_train_step(config, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    class_weights: jax.Array, mesh: jax.sharding.Mesh):
+    """``train_step`` for ``config``'s loss and precision, compiled once: the state replicated over
+    ``mesh`` and donated, the batch sharded along its data axis."""
     step = functools.partial(train_step, graphdef=graphdef, tx=tx, class_weights=class_weights,
-                             label_smoothing=label_smoothing, focal_gamma=focal_gamma, dtype=dtype,
-                             ema_decay=ema_decay)
-    return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated_sharding), donate_argnums=0)
+                             label_smoothing=config.label_smoothing, focal_gamma=config.focal_gamma,
+                             dtype=models.compute_dtype(config.half_precision), ema_decay=config.ema_decay)
+    replicated = sharding.replicated(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lungjax import metrics
+from lungjax.evaluation import metrics
 
 
 def class_weights(config, train_counts: list[int]) -> np.ndarray:
@@ -28,12 +28,11 @@ def class_weights(config, train_counts: list[int]) -> np.ndarray:
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array, *,
-                           label_smoothing: float = 0.0, focal_gamma: float = 0.0,
-                           mask: jax.Array | None = None) -> jax.Array:
+                           label_smoothing: float = 0.0, focal_gamma: float = 0.0) -> jax.Array:
     """Class-weighted cross-entropy, as Keras computes it with ``class_weight``.
 
     Per example: ``w[y] * -sum_c q_c (1 - p_c)^gamma log p_c`` with smoothed targets
-    ``q = (1 - eps) onehot(y) + eps / C``; then averaged over the (unmasked) examples, not
+    ``q = (1 - eps) onehot(y) + eps / C``; then averaged over the examples, not
     normalised by the weights (Keras' ``sum_over_batch_size``). ``gamma = 0`` is plain
     cross-entropy; ``gamma > 0`` is the focal loss. Always float32, whatever the compute dtype.
     """
@@ -43,7 +42,4 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: 
     if focal_gamma:
         log_probs = log_probs * (1.0 - jnp.exp(log_probs)) ** focal_gamma
     per_example = -jnp.sum(targets * log_probs, axis=-1) * class_weights[labels]
-    if mask is None:
-        return per_example.mean()
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(per_example * mask) / jnp.maximum(mask.sum(), 1.0)
+    return per_example.mean()

@@ -20,18 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from lungjax import models
-from lungjax.data import labels, pipeline
+from lungjax.models import resnet
+from lungjax.data import labels, pipeline, records
+from lungjax.evaluation import plots
 
 GRID_COLUMNS = 4
 PANEL_INCHES = 2.6
 HEATMAP_ALPHA = 0.45
-DPI = 120
-LAST_STAGE = 4  # ResNets have four stages
+LAST_STAGE = resnet.NUM_STAGES
 
 
 def grad_cam(features_fn: Callable, head_fn: Callable, x: jax.Array, classes: jax.Array) -> jax.Array:
@@ -144,18 +144,16 @@ def plot_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str
         axes.plot(px - 0.5, py - 0.5, "w+", markersize=8)
         axes.set_title(titles[i], fontsize="x-small")
     figure.suptitle("Grad-CAM (last ResNet stage); + marks the maximum", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, format="png")
+    plots.save_png(figure, path)
 
 
-def load_images(source, indices: np.ndarray, names: np.ndarray, image_size: int) -> np.ndarray:
+def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.ndarray, image_size: int
+                ) -> np.ndarray:
     """Rows ``indices`` of a split as the model sees them (N, S, S, 1) uint8, checked by name."""
-    decode, resize = pipeline.Decode(("image", "image_name")), pipeline.Resize(image_size)
+    to_example = pipeline.EvalExample(source.specs, image_size)
     out = np.zeros((len(indices), image_size, image_size, 1), np.uint8)
     for row, (index, name) in enumerate(zip(indices, names)):
-        record = resize.map(decode.map(source[int(index)]))
+        record = to_example.map(source.records[int(index)])
         stored_name = record["image_name"]
         stored_name = stored_name.decode() if isinstance(stored_name, bytes) else str(stored_name)
         if stored_name != name:

@@ -158,6 +158,11 @@ def _weighted_confusion(
     return (weights @ cell).reshape(-1, num_classes, num_classes)
 
 
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """The (C, C) int64 confusion matrix, rows true and columns predicted."""
+    return _weighted_confusion(labels, preds, np.ones((1, labels.shape[0])), num_classes)[0].astype(np.int64)
+
+
 def _one_vs_rest_rates(
     tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
 ) -> dict[str, np.ndarray]:

@@ -7,25 +7,32 @@ by it. Keeping its state beside the optimizer state lets the step stay ``(state,
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import jax
 import jax.numpy as jnp
 import optax
 from optax import contrib
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-HEAD = "head"  # the classifier's name in the model
-SCHEDULES = ("constant", "cosine", "plateau")
+from lungjax.models.resnet import HEAD
+
+def _constant(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    return optax.constant_schedule(config.learning_rate)
+
+
+def _warmup_cosine(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup,
+                                              decay_steps=max(total_steps, warmup + 1))
+
+
+# config.schedule -> its base schedule; "plateau" scales a constant one (see the module docstring).
+SCHEDULES = MappingProxyType({"constant": _constant, "cosine": _warmup_cosine, "plateau": _constant})
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """``constant`` (also the base of ``plateau``), or linear warmup then cosine decay to zero."""
-    if config.schedule in ("constant", "plateau"):
-        return optax.constant_schedule(config.learning_rate)
-    if config.schedule == "cosine":
-        warmup = int(config.warmup_epochs * steps_per_epoch)
-        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup,
-                                                  decay_steps=max(total_steps, warmup + 1))
-    raise ValueError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    return SCHEDULES[config.schedule](config, steps_per_epoch, total_steps)
 
 
 def decay_mask(params):
@@ -33,16 +40,18 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+# config.optimizer -> (config, schedule) -> the optimizer, before clipping and freezing.
+OPTIMIZERS = MappingProxyType({
+    "adam": lambda config, schedule: optax.adam(schedule),
+    "adamw": lambda config, schedule: optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+    "sgd": lambda config, schedule: optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                                                optax.sgd(schedule, momentum=0.9, nesterov=True)),
+})
+
+
 def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        optimizer = optax.adam(schedule)
-    elif config.optimizer == "adamw":
-        optimizer = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
-    elif config.optimizer == "sgd":
-        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                                optax.sgd(schedule, momentum=0.9, nesterov=True))
-    else:
-        raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+    """``config.optimizer`` (values checked by ``lungjax.config.check``), then clipping and freezing."""
+    optimizer = OPTIMIZERS[config.optimizer](config, schedule)
     if config.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.model.freeze_backbone_steps:

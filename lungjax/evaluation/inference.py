@@ -1,21 +1,16 @@
-"""Evaluation: a checkpoint -> predictions on a split -> metrics, plots, Grad-CAM and a report.
+"""Inference from a checkpoint: restore the model, predict a split (with test-time crops), gather.
 
-Stands alone: it imports no training code (``lungjax.train``, ``lungjax.step``, ``lungjax.optim``,
-optax), restores only the model item of a checkpoint (no optimizer state), and rebuilds the model
-from the config saved in that checkpoint, so a later change of the config file cannot mismatch
-the weights. Everything lands in ``<workdir>/eval/<split>/``.
-
-With several processes every process predicts its shard, the predictions are gathered so each
-example counts once, every process computes the same report, and only process 0 writes files.
+Shared by evaluation, validation during training and ``--mode predict``, so all three score a model
+the same way. Restores only the model item of a checkpoint (no optimizer state) and rebuilds the
+model from the config saved in that checkpoint, so a later change of the config file cannot
+mismatch the weights. With several processes every process predicts its shard and the
+predictions are gathered, so every process holds the whole split, each example once.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,14 +21,13 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lungjax import checkpoint, distributed, explain, metrics, models, plots, report as report_lib, sharding
-from lungjax.data import dataset, labels, pipeline
+from lungjax import models
+from lungjax.data import labels, pipeline, records
+from lungjax.runtime import checkpoint, sharding
 
-SPLITS = ("test", "validation", "train")
-CHECKPOINT_CHOICES = ("best", "latest")
-TRAINING_METRICS_FILE = "metrics.jsonl"  # written into the workdir by lungjax.train
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
 TTA_CROP_FRACTION = 0.875
+MAX_TTA_CROPS = 6  # the whole image, the centre and the four corners
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +60,7 @@ def resolve_step(manager, choice) -> int:
         return best
     if str(choice).isdigit() and int(choice) in steps:
         return int(choice)
-    raise ValueError(f"config.eval.checkpoint must be one of {CHECKPOINT_CHOICES} or a saved step "
+    raise ValueError(f"config.eval.checkpoint must be one of {checkpoint.CHECKPOINT_CHOICES} or a saved step "
                      f"{sorted(steps)}, got {choice!r}")
 
 
@@ -85,7 +79,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh)
     finally:
         manager.close()
     return RestoredModel(graphdef=graphdef, model_state=model_state, config=saved, step=int(step),
-                         dtype=jnp.bfloat16 if saved.half_precision else jnp.float32)
+                         dtype=models.compute_dtype(saved.half_precision))
 
 
 def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
@@ -97,8 +91,8 @@ def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
     far, middle = size - side, (size - side) // 2
     windows = [(0, 0, size), (middle, middle, side), (0, 0, side), (0, far, side), (far, 0, side),
                (far, far, side)]
-    if not 1 <= crops <= len(windows):
-        raise ValueError(f"config.eval.tta_crops must be in 1..{len(windows)}, got {crops}")
+    if not 1 <= crops <= MAX_TTA_CROPS:
+        raise ValueError(f"config.eval.tta_crops must be in 1..{MAX_TTA_CROPS}, got {crops}")
     return windows[:crops]
 
 
@@ -122,6 +116,18 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
 
     return jax.jit(predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))
+
+
+def process_batch_size(global_batch_size: int) -> int:
+    """This process's rows of a global evaluation batch."""
+    return global_batch_size // jax.process_count()
+
+
+def split_batches(source: records.ExampleSource, *, global_batch_size: int, image_size: int,
+                  worker_count: int):
+    """This process's padded batches of a split: the global evaluation batch split over the processes."""
+    return pipeline.eval_batches(source, batch_size=process_batch_size(global_batch_size),
+                                 image_size=image_size, worker_count=worker_count)
 
 
 def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarray]:
@@ -171,92 +177,3 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "patient_id": gathered["patient_id"].astype(rows["patient_id"].dtype),
             "mask": gathered["mask"].astype(bool),
             "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8")}
-
-
-def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
-    """One row per example; probabilities with 9 significant digits: read back as float32, exact."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image_name", "patient_id", "true_class", *labels.CLASS_NAMES])
-        for name, pid, label, probs in zip(predictions["image_name"], predictions["patient_id"],
-                                           predictions["label"], predictions["probs"]):
-            writer.writerow([name, int(pid), labels.CLASS_NAMES[int(label)], *(f"{p:.9g}" for p in probs)])
-
-
-def validation_thresholds(validation: dict[str, np.ndarray]) -> tuple[dict[str, float] | None, str | None]:
-    """Per-class Youden thresholds on the validation predictions, or None and the reason."""
-    try:
-        return metrics.youden_thresholds(validation["label"], validation["probs"], labels.CLASS_NAMES), None
-    except ValueError as err:
-        return None, f"no thresholds: {err} on the validation split"
-
-
-def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, workdir: Path) -> None:
-    """ROC, PR, confusion matrix, reliability diagram, and training curves when the run logged them."""
-    plots.plot_roc_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "roc.png")
-    plots.plot_pr_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "pr.png")
-    plots.plot_confusion_matrix(np.asarray(report["confusion_matrix"]), labels.CLASS_NAMES,
-                                out / "confusion_matrix.png")
-    plots.plot_reliability_diagram(predictions["label"], predictions["probs"], out / "reliability.png")
-    if (workdir / TRAINING_METRICS_FILE).is_file():
-        plots.plot_training_curves(workdir / TRAINING_METRICS_FILE, out / "training_curves.png")
-
-
-def format_table(report: dict) -> str:
-    """A plain-text metrics table for the console."""
-    lines = [f"{'class':<14}{'AUC':>7}{'sens':>7}{'spec':>7}{'n':>7}"]
-    for name, row in report["per_class"].items():
-        auc = "  n/a" if row["auc"] is None else f"{row['auc']:.3f}"
-        lines.append(f"{name:<14}{auc:>7}{row['sensitivity']:>7.3f}{row['specificity']:>7.3f}{row['support']:>7d}")
-    lines.append(f"accuracy {report['accuracy']:.3f}   macro ROC-AUC {report['macro_auc']:.3f}   "
-                 f"images {report['n_images']}   checkpoint step {report['checkpoint_step']}")
-    return "\n".join(lines)
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Evaluates ``config.eval.checkpoint`` on ``config.eval.split``; writes ``<workdir>/eval/<split>/``."""
-    split = config.eval.split
-    if split not in SPLITS:
-        raise ValueError(f"config.eval.split must be one of {SPLITS}, got {split!r}")
-    workdir = Path(workdir)
-    mesh = sharding.make_mesh()
-    restored = restore(config, workdir, mesh)
-    saved = restored.config
-    builder = distributed.process_zero_first(lambda: dataset.build(saved.data, workdir))
-    predict_fn = make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
-    batch_size = config.eval.batch_size // jax.process_count()
-
-    def predict(name: str) -> dict[str, np.ndarray]:
-        batches = pipeline.eval_batches(pipeline.data_source(builder, name), batch_size=batch_size,
-                                        image_size=saved.image_size, worker_count=config.worker_count)
-        return predict_split(predict_fn, restored.model_state, batches, mesh)
-
-    predictions = predict(split)
-    thresholds, threshold_note = validation_thresholds(predictions if split == "validation" else predict("validation"))
-    report = metrics.classification_report(predictions["label"], predictions["probs"], labels.CLASS_NAMES,
-                                           patient_ids=predictions["patient_id"], thresholds=thresholds,
-                                           n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
-    if thresholds is None:
-        report["at_thresholds"] = {"note": threshold_note}
-    else:
-        report["at_thresholds"]["chosen_on"] = "validation"
-    crossing = dataset.build_report(builder).get("patients_crossing_splits")
-    report.update(split=split, checkpoint_step=restored.step, dataset=builder.builder_config.name,
-                  split_scheme=saved.data.split_scheme, patients_crossing_splits=crossing,
-                  patient_disjoint=crossing == 0, tta_crops=config.eval.tta_crops,
-                  reference=report_lib.reference_figures())
-    if jax.process_index() != 0:
-        return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
-
-    out = workdir / "eval" / split
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / "predictions.csv", predictions)
-    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    report["explain"] = explain.explain_split(
-        cam_fn, sharding.local_copy(restored.model_state), pipeline.data_source(builder, split), predictions, out,
-        image_size=saved.image_size, box_scale=saved.image_size / builder.builder_config.image_size,
-        n_examples=config.eval.explain_examples, batch_size=batch_size)
-    write_plots(out, predictions, report, workdir)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_lib.render_markdown(report, sorted(p.name for p in out.glob("*.png"))))
-    return report

@@ -8,22 +8,33 @@ then sees the same batches, so a stopped and resumed run ends bitwise where an u
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lungjax import checkpoint, distributed, evaluate, logs, loss, models, optim, run_info, sharding, validate
-from lungjax import config_check, workdir as workdir_lib
-from lungjax import step as step_lib
+from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
+
+from lungjax.evaluation import evaluate
+
+from lungjax.training import loss, optim, validation as validate
+
+from lungjax import models
+from lungjax.config import check as config_check
+from lungjax.runtime import workdir as workdir_lib
+from lungjax.training import step as step_lib
 from lungjax.models import init as model_init
-from lungjax.data import dataset, labels, pipeline
+from lungjax.data import dataset, labels, nih, pipeline, records, sampling
 
 
 class PreemptionFlag:
@@ -58,23 +69,26 @@ def initial_state(config, params, batch_stats, tx) -> step_lib.TrainState:
                                plateau=optim.init_plateau(config), ema_params=ema)
 
 
-def model_item(state: step_lib.TrainState) -> dict:
-    """What validation, the ``model`` checkpoint item and evaluation use: EMA params when kept."""
+def model_variables(state: step_lib.TrainState) -> dict:
+    """What validation, the ``model`` checkpoint item and evaluation use: the EMA params when kept."""
     params = state.params if state.ema_params is None else state.ema_params
     return {"params": params, "batch_stats": state.batch_stats}
 
 
-def train_item(state: step_lib.TrainState) -> dict:
+def resume_variables(state: step_lib.TrainState) -> dict:
+    """The rest of what training resumes from (the ``train`` item): step, optimizer, RNG, plateau and,
+    when an EMA stands in the model item, the raw optimised params."""
     item = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng, "plateau": state.plateau}
     if state.ema_params is not None:
         item["params"] = state.params
     return item
 
 
-def from_items(state: step_lib.TrainState, model: dict, train: dict) -> step_lib.TrainState:
+def from_saved(state: step_lib.TrainState, model: dict, rest: dict) -> step_lib.TrainState:
+    """The inverse of ``model_variables`` and ``resume_variables``."""
     if state.ema_params is None:
-        return state.replace(params=model["params"], batch_stats=model["batch_stats"], **train)
-    return state.replace(ema_params=model["params"], batch_stats=model["batch_stats"], **train)
+        return state.replace(params=model["params"], batch_stats=model["batch_stats"], **rest)
+    return state.replace(ema_params=model["params"], batch_stats=model["batch_stats"], **rest)
 
 
 def check_finite(state: step_lib.TrainState, manager) -> None:
@@ -98,15 +112,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
         return _train(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
+@dataclasses.dataclass
+class Run:
+    """A run set up and ready to step: everything ``_loop`` reads, resumed where a checkpoint says."""
+
+    mesh: jax.sharding.Mesh
+    builder: nih.NihChestXray
+    steps_per_epoch: int
+    num_steps: int
+    fingerprint: str
+    schedule: optax.Schedule
+    train_step: Callable
+    validator: validate.Validator
+    state: step_lib.TrainState
+    data_iterator: Iterator
+    manager: ocp.CheckpointManager
+    early_stopping: validate.EarlyStopping
+    start: int
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
+    """Dataset, model, optimizer, loader and checkpoint manager; resumes from the latest good checkpoint."""
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
-    train_counts = dataset.build_report(builder)["class_counts"]["train"]
+    train_counts = dataset.read_build_report(builder)["class_counts"]["train"]
     weights = loss.class_weights(config, train_counts)
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    eval_every = config.eval_every_steps or steps_per_epoch
     fingerprint = run_info.dataset_fingerprint(builder)
     run_info.write(workdir, config=config, builder=builder, fingerprint=fingerprint, train_counts=train_counts,
                    class_weights=weights, steps_per_epoch=steps_per_epoch, num_train_steps=num_steps)
@@ -119,48 +152,63 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, num_steps)
     tx = optim.make_optimizer(config, schedule)
-    replicated = sharding.replicated(mesh)
-    state = jax.device_put(initial_state(config, params, batch_stats, tx), replicated)
+    state = jax.device_put(initial_state(config, params, batch_stats, tx), sharding.replicated(mesh))
 
-    loader = pipeline.train_loader(pipeline.data_source(builder, "train"), batch_size=local_batch,
+    loader = pipeline.train_loader(records.data_source(builder, "train"), batch_size=local_batch,
                                    image_size=config.image_size, augment=config.augment, seed=config.seed,
                                    worker_count=config.worker_count)
     data_iterator = iter(loader)
-    workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_item(state), train_item(state))))
+    workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
     early_stopping = validate.EarlyStopping(config.early_stop_patience)
     resumed = checkpoint.restore_latest_good(manager, workdir, config=config.to_dict(),
-                                             model_state=model_item(state), train_state=train_item(state))
+                                             model_state=model_variables(state), train_state=resume_variables(state))
     start = 0
     if resumed:
         start, (model_state, train_state, data_state, run) = resumed
         checkpoint.check_same_dataset(run, fingerprint, start)
-        state = from_items(state, model_state, train_state)
-        data_iterator.set_state(distributed.data_state_for_process(
+        state = from_saved(state, model_state, train_state)
+        data_iterator.set_state(sampling.data_state_for_process(
             data_state, saved_process_count=run.get("process_count", 1), worker_count=config.worker_count,
             global_batch_size=config.batch_size, num_records=sum(train_counts)))
         early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
         logging.info("resumed from checkpoint step %d", start)
-    if early_stopping.should_stop:
+    train_step = step_lib.make_train_step(config, graphdef=graphdef, tx=tx,
+                                          class_weights=jnp.asarray(weights, jnp.float32), mesh=mesh)
+    return Run(mesh=mesh, builder=builder, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+               fingerprint=fingerprint, schedule=schedule, train_step=train_step,
+               validator=validate.Validator(builder, config, graphdef, mesh), state=state,
+               data_iterator=data_iterator, manager=manager, early_stopping=early_stopping, start=start)
+
+
+def _save(run: Run, config: ml_collections.ConfigDict, step: int, state: step_lib.TrainState, data_state: bytes,
+          metrics: dict) -> None:
+    """Starts saving ``step`` (never a non-finite state), with what a resume needs besides the state."""
+    check_finite(state, run.manager)
+    checkpoint.save(run.manager, step, model_state=model_variables(state), train_state=resume_variables(state),
+                    data_state=data_state, config=config.to_dict(), metrics=metrics,
+                    run={"dataset_fingerprint": run.fingerprint, "process_count": jax.process_count(),
+                         "early_stopping": run.early_stopping.to_dict()})
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
+    """The loop: steps, logs, validation and checkpoints until the end, early stopping or a signal."""
+    run = _set_up(config, workdir)
+    if run.early_stopping.should_stop:
         return True
-
-    train_step = step_lib.make_train_step(
-        graphdef=graphdef, tx=tx, class_weights=jnp.asarray(weights, jnp.float32),
-        label_smoothing=config.label_smoothing, focal_gamma=config.focal_gamma,
-        dtype=jnp.bfloat16 if config.half_precision else jnp.float32, ema_decay=config.ema_decay,
-        state_sharding=replicated, batch_sharding=sharding.batch_sharding(mesh), replicated_sharding=replicated)
-    validator = validate.Validator(builder, config, graphdef, mesh)
-
-    batches = sharding.prefetch_to_device(batches_with_state(data_iterator), sharding.batch_sharding(mesh))
+    state, manager, early_stopping = run.state, run.manager, run.early_stopping
+    steps_per_epoch, num_steps, schedule = run.steps_per_epoch, run.num_steps, run.schedule
+    eval_every = config.eval_every_steps or steps_per_epoch
+    batches = sharding.prefetch_to_device(batches_with_state(run.data_iterator), sharding.batch_sharding(run.mesh))
     accumulated, window_start, window_steps = None, time.perf_counter(), 0
-    step = start
+    step = run.start
     with PreemptionFlag() as preempted, contextlib.closing(manager), \
             contextlib.closing(logs.make_writer(workdir)) as writer, \
-            tqdm(total=num_steps, initial=start, desc="train", unit="step",
+            tqdm(total=num_steps, initial=run.start, desc="train", unit="step",
                  disable=jax.process_index() != 0) as progress:
-        for step in range(start + 1, num_steps + 1):
+        for step in range(run.start + 1, num_steps + 1):
             batch, data_state = next(batches)
-            state, step_metrics = train_step(state, batch)
+            state, step_metrics = run.train_step(state, batch)
             accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
             window_steps += 1
             progress.update(1)
@@ -175,7 +223,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
                 progress.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}",
                                      img_s=f"{record['images_per_sec']:.0f}")
                 if validating:
-                    result = validator(model_item(state))
+                    result = run.validator(model_variables(state))
                     record.update(result.scalars)
                     writer.write_images(step, result.images)
                     state = state.replace(plateau=optim.observe_validation_loss(
@@ -186,11 +234,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
                 accumulated, window_steps = None, 0
             stop = preempted.raised or early_stopping.should_stop
             if validating or stop or step % config.checkpoint_every_steps == 0:
-                check_finite(state, manager)
-                checkpoint.save(manager, step, model_state=model_item(state), train_state=train_item(state),
-                                data_state=data_state, config=config.to_dict(), metrics=saved_metrics,
-                                run={"dataset_fingerprint": fingerprint, "process_count": jax.process_count(),
-                                     "early_stopping": early_stopping.to_dict()})
+                _save(run, config, step, state, data_state, saved_metrics)
             if window_steps == 0:
                 window_start = time.perf_counter()  # images/s counts training time only
             if stop:

@@ -1,7 +1,7 @@
 """Validation during training: loss, accuracy and macro ROC-AUC on the validation split, and the
 early-stopping rule that watches the validation loss.
 
-Predictions reuse evaluation's jit-compiled predictor (compiled once per run, here), so training
+Predictions reuse inference's jit-compiled predictor (compiled once per run, here), so training
 and evaluation score a model the same way. With several processes ``predict_split`` gathers the
 whole split on every process, so the validation loss, and with it early stopping and the plateau
 schedule, is the same everywhere and the processes never diverge.
@@ -10,16 +10,12 @@ schedule, is the same everywhere and the processes never diverge.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from pathlib import Path
 
-import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lungjax import evaluate, metrics, plots
-from lungjax.data import labels, pipeline
+from lungjax import models
+from lungjax.data import labels, records
+from lungjax.evaluation import inference, metrics, plots
 
 NUM_SAMPLE_IMAGES = 4
 
@@ -30,30 +26,21 @@ class Validation:
     images: dict[str, np.ndarray]  # a strip of input images and the confusion matrix, uint8
 
 
-def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(true * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
 def confusion_image(confusion: np.ndarray) -> np.ndarray:
     """The evaluation report's confusion-matrix plot, as an RGB array for TensorBoard."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "confusion.png"
-        plots.plot_confusion_matrix(confusion, labels.CLASS_NAMES, path)
-        return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+    return plots.figure_rgb(plots.confusion_matrix_figure(confusion, labels.CLASS_NAMES))
 
 
 class Validator:
     def __init__(self, builder, config, graphdef, mesh):
-        self._source = pipeline.data_source(builder, "validation")
+        self._source = records.data_source(builder, "validation")
         self._config, self._mesh = config, mesh
-        dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-        self._predict = evaluate.make_predict_fn(graphdef, mesh, dtype)
+        self._predict = inference.make_predict_fn(graphdef, mesh, models.compute_dtype(config.half_precision))
 
     def __call__(self, model_state) -> Validation:
         config = self._config
-        batch_size = config.eval.batch_size // jax.process_count()
-        batches = pipeline.eval_batches(self._source, batch_size=batch_size, image_size=config.image_size,
-                                        worker_count=config.worker_count)
+        batches = inference.split_batches(self._source, global_batch_size=config.eval.batch_size,
+                                          image_size=config.image_size, worker_count=config.worker_count)
         first: list[np.ndarray] = []
 
         def keep_first(batches):
@@ -62,14 +49,14 @@ class Validator:
                     first.append(batch["image"][batch["mask"]][:NUM_SAMPLE_IMAGES, ..., 0])
                 yield batch
 
-        predictions = evaluate.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
+        predictions = inference.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
         true, probs = predictions["label"].astype(np.int64), predictions["probs"]
         scalars = {"val_loss": metrics.log_loss(true, probs),
                    "val_accuracy": float((probs.argmax(axis=1) == true).mean())}
         auc = metrics.macro_auc(true, probs)
         if auc is not None:
             scalars["val_macro_auc"] = auc
-        confusion = confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
+        confusion = metrics.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
         images = {"validation/confusion_matrix": confusion_image(confusion)}
         if first and len(first[0]):
             images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)

@@ -24,7 +24,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from lungjax.metrics import (
+from lungjax.evaluation.metrics import (
     ECE_BINS,
     calibration_bins,
     check_predictions,
@@ -48,8 +48,9 @@ VALIDATION_SERIES = ("val_accuracy", "val_macro_auc")
 CurveFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
 
 
-def _save(figure: Figure, path: str | Path) -> None:
-    """Render ``figure`` to a PNG at ``path`` (parent folders created) with the Agg canvas."""
+def save_png(figure: Figure, path: str | Path) -> None:
+    """Render ``figure`` to a PNG at ``path`` (parent folders created) with the Agg canvas: every figure
+    of the report goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
@@ -117,7 +118,7 @@ def plot_roc_curves(
     axes.set_xlabel("False positive rate (1 - specificity)")
     axes.set_ylabel("True positive rate (sensitivity)")
     axes.legend(loc="lower right", fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_pr_curves(
@@ -136,12 +137,25 @@ def plot_pr_curves(
     axes.set_ylabel("Precision")
     # Below the axes: inside, the legend would hide the low prevalence lines it explains.
     figure.legend(loc="outside lower center", ncols=2, fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_confusion_matrix(
     cm: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path
 ) -> None:
+    """``confusion_matrix_figure`` as a PNG at ``path``."""
+    save_png(confusion_matrix_figure(cm, class_names), path)
+
+
+def figure_rgb(figure: Figure) -> np.ndarray:
+    """A figure rendered at the PNGs' resolution as an (H, W, 3) uint8 RGB array (for TensorBoard)."""
+    figure.set_dpi(DPI)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def confusion_matrix_figure(cm: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
     """Row-normalised confusion matrix (rows true), each cell annotated with % of row and count.
 
     Row normalisation shows per-class sensitivity on the diagonal whatever the class imbalance.
@@ -178,7 +192,7 @@ def plot_confusion_matrix(
     axes.set_xlabel("Predicted class")
     axes.set_ylabel("True class")
     axes.set_title(f"Confusion matrix (row-normalised, n = {int(counts.sum())})")
-    _save(figure, path)
+    return figure
 
 
 def plot_reliability_diagram(
@@ -221,7 +235,7 @@ def plot_reliability_diagram(
     axes.set_ylabel("Accuracy")
     axes.set_title(f"Reliability diagram ({n_bins} bins), ECE = {ece:.3f}")
     axes.legend(loc="upper left", fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -271,4 +285,4 @@ def plot_training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> No
     _plot_series(validation_axes, records, VALIDATION_SERIES, "Validation metric")
     validation_axes.set_xlabel("Step")
     validation_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(figure, path)
+    save_png(figure, path)

@@ -36,10 +36,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from lungjax import trees
+
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 MODEL, TRAIN, DATA, CONFIG, RUN = "model", "train", "data", "config", "run"
 BEST_METRIC = "val_macro_auc"
+# What ``config.eval.checkpoint`` may name besides a step number.
+CHECKPOINT_CHOICES = ("best", "latest")
 
 # Config keys that may differ between a checkpoint and the run resuming from it: they change how
 # long the run goes, what it logs or how often it saves, not what a step computes. A key ending
@@ -128,16 +132,6 @@ def restore_model(manager: ocp.CheckpointManager, step: int, model_state: Any) -
         MODEL: ocp.args.StandardRestore(abstract(model_state))}))[MODEL]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _is_safe(key: str) -> bool:
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
@@ -147,7 +141,7 @@ def check_resumable(saved_config: dict, config: dict) -> None:
 
     JSON turns tuples into lists, so values are compared after the same round trip.
     """
-    saved, current = _flatten(saved_config), _flatten(json.loads(json.dumps(config)))
+    saved, current = trees.flatten(saved_config), trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(key for key in saved.keys() | current.keys()
                        if saved.get(key) != current.get(key) and not _is_safe(key))
     if differing:

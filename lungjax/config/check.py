@@ -1,6 +1,6 @@
 """Config validation before any work: one message naming each bad key and what it allows.
 
-``lungjax.config.base_config()`` is the schema: its keys are the only keys and its values' types
+``lungjax.config.base.base_config()`` is the schema: its keys are the only keys and its values' types
 the only types (a float key also takes an int). On top of that, ``RULES`` names the allowed values
 of every key whose type alone does not say them, and ``validate`` adds the checks that depend on
 the machine (the batch must split over the devices).
@@ -14,14 +14,19 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from lungjax import evaluate, optim
-from lungjax.config import base_config
-from lungjax.data import dataset, nih, pipeline
+from lungjax import trees
+from lungjax.config.base import base_config
+from lungjax.data import augment, dataset, labels, metadata, nih
+from lungjax.evaluation import inference
 from lungjax.models import resnet
+from lungjax.runtime import checkpoint
+from lungjax.training import optim
 
 # Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
 MIN_IMAGE_SIZE = 32
-NUM_CLASSES = 6
+NUM_CLASSES = labels.NUM_CLASSES
+# The built splits, test first: what evaluation is for.
+EVAL_SPLITS = metadata.SPLIT_NAMES[::-1]
 
 
 class ConfigError(ValueError):
@@ -58,7 +63,7 @@ def _class_weights_ok(value) -> bool:
 def _eval_checkpoint_ok(value) -> bool:
     if isinstance(value, bool):
         return False
-    return value in evaluate.CHECKPOINT_CHOICES or (isinstance(value, int) and value >= 0) or (
+    return value in checkpoint.CHECKPOINT_CHOICES or (isinstance(value, int) and value >= 0) or (
         isinstance(value, str) and value.isdigit())
 
 
@@ -70,7 +75,7 @@ RULES = MappingProxyType({
     "data.phantom_patients": at_least(NUM_CLASSES),
     "data.build_workers": at_least(0),
     "image_size": at_least(MIN_IMAGE_SIZE),
-    "augment": one_of(pipeline.AUGMENTATIONS),
+    "augment": one_of(augment.AUGMENTATIONS),
     "seed": at_least(0),
     "data.phantom_seed": at_least(0),
     "worker_count": at_least(0),
@@ -98,27 +103,16 @@ RULES = MappingProxyType({
     "log_every_steps": at_least(1),
     "eval_every_steps": at_least(0),
     "early_stop_patience": at_least(0),
-    "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {evaluate.CHECKPOINT_CHOICES} or a step number"),
-    "eval.split": one_of(evaluate.SPLITS),
+    "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"),
+    "eval.split": one_of(EVAL_SPLITS),
     "eval.batch_size": at_least(1),
     "eval.n_bootstrap": at_least(0),
-    "eval.tta_crops": Rule(lambda v: 1 <= v <= 6, "an integer in 1..6"),
+    "eval.tta_crops": Rule(lambda v: 1 <= v <= inference.MAX_TTA_CROPS, f"an integer in 1..{inference.MAX_TTA_CROPS}"),
     "eval.explain_examples": at_least(0),
-    "eval.cam_stage": Rule(lambda v: 1 <= v <= 4, "an integer in 1..4"),
+    "eval.cam_stage": Rule(lambda v: 1 <= v <= resnet.NUM_STAGES, f"an integer in 1..{resnet.NUM_STAGES}"),
 })
 # Keys whose type may differ from the base config's value.
 FREE_TYPES = frozenset({"class_weights", "eval.checkpoint"})
-
-
-def flatten(tree, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; works on ConfigDicts and dicts."""
-    flat = {}
-    for key, value in tree.items():
-        if hasattr(value, "items"):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _siblings(key: str, schema: dict) -> str:
@@ -131,7 +125,7 @@ def _siblings(key: str, schema: dict) -> str:
 
 
 def unknown_key_problem(key: str, schema: dict | None = None) -> str:
-    schema = flatten(base_config()) if schema is None else schema
+    schema = trees.flatten(base_config()) if schema is None else schema
     section = key.rpartition(".")[0]
     where = f"config.{section}" if section else "config"
     return f"config.{key} is not a config key; allowed keys in {where}: {_siblings(key, schema)}"
@@ -153,8 +147,8 @@ def _type_problem(key: str, value, expected) -> str | None:
 
 def problems(config) -> list[str]:
     """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine."""
-    schema = flatten(base_config())
-    values = flatten(config)
+    schema = trees.flatten(base_config())
+    values = trees.flatten(config)
     found = [unknown_key_problem(key, schema) for key in values if key not in schema]
     found += [f"config.{key} is missing" for key in schema if key not in values]
     for key, value in values.items():
@@ -194,7 +188,7 @@ def check_override_flags(argv: list[str]) -> None:
     ml_collections raises an AttributeError with a traceback for those; this names the key and the
     keys allowed beside it instead.
     """
-    schema = flatten(base_config())
+    schema = trees.flatten(base_config())
     sections = {key.rsplit(".", 1)[0] for key in schema if "." in key}
     for arg in argv:
         if arg.startswith("--config."):
