@@ -1,6 +1,6 @@
 """Demo: a small ResNet on the embedded phantom dataset; trains and evaluates on 2 CPU cores.
 
-    python -m lungjax.main --config configs/demo.py --workdir runs/demo
+python -m lungjax.main --config configs/demo.py --workdir runs/demo
 """
 
 from lungjax.config.base import base_config

@@ -1,6 +1,6 @@
 """Tiny: seconds-long runs for the tests (phantom, a very narrow ResNet18 at 32 pixels).
 
-    python -m lungjax.main --config configs/tiny.py --workdir /tmp/lungjax-tiny
+python -m lungjax.main --config configs/tiny.py --workdir /tmp/lungjax-tiny
 """
 
 from lungjax.config.base import base_config

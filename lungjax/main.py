@@ -23,19 +23,30 @@ MODES = ("train", "evaluate", "prepare", "predict")
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, logs and reports.")
-flags.DEFINE_enum("mode", "train", MODES,
-                  "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; "
-                  "prepare: build the dataset only; predict: classify --images files.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    MODES,
+    "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; "
+    "prepare: build the dataset only; predict: classify --images files.",
+)
 flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
-flags.DEFINE_string("coordinator_address", None,
-                    "Several processes: host:port of process 0 (not needed under SLURM or Open MPI).")
+flags.DEFINE_string(
+    "coordinator_address", None, "Several processes: host:port of process 0 (not needed under SLURM or Open MPI)."
+)
 flags.DEFINE_integer("num_processes", None, "Several processes: how many (not needed under SLURM or Open MPI).")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..num_processes-1.")
-flags.DEFINE_list("local_device_ids", None,
-                  "Several processes: the local GPUs this process drives (default all; under SLURM and "
-                  "Open MPI JAX defaults to one per process, so pass 0,...,7 with one task per 8-GPU host).")
-flags.DEFINE_integer("heartbeat_timeout_seconds", distributed.HEARTBEAT_TIMEOUT_S,
-                     "Several processes: a peer silent this long is declared dead and every process stops.")
+flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Several processes: the local GPUs this process drives (default all; under SLURM and "
+    "Open MPI JAX defaults to one per process, so pass 0,...,7 with one task per 8-GPU host).",
+)
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    distributed.HEARTBEAT_TIMEOUT_S,
+    "Several processes: a peer silent this long is declared dead and every process stops.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,9 +55,13 @@ def main(argv):
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {extra}")
     logging.set_verbosity(logging.WARNING)
-    distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                           process_id=FLAGS.process_id, heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
-                           local_device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
+    distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds,
+        local_device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
+    )
     config, workdir = FLAGS.config, FLAGS.workdir
     if FLAGS.mode == "predict":
         from lungjax.evaluation import predict  # imports no training code
@@ -76,9 +91,13 @@ def main(argv):
 # The engine's deliberate refusals, by module: each message already says what is wrong and what to
 # do, so the command line prints it on one line instead of a traceback. Looked up only in modules
 # already imported (an error can only come from those), so no mode imports more than it uses.
-EXPECTED_ERRORS = (("lungjax.config.check", "ConfigError"), ("lungjax.runtime.workdir", "WorkdirError"),
-                   ("lungjax.runtime.checkpoint", "CheckpointError"), ("lungjax.data.images", "ImageError"),
-                   ("lungjax.data.metadata", "MetadataError"))
+EXPECTED_ERRORS = (
+    ("lungjax.config.check", "ConfigError"),
+    ("lungjax.runtime.workdir", "WorkdirError"),
+    ("lungjax.runtime.checkpoint", "CheckpointError"),
+    ("lungjax.data.images", "ImageError"),
+    ("lungjax.data.metadata", "MetadataError"),
+)
 ERROR_EXIT_CODE = 2
 
 

@@ -20,8 +20,11 @@ from pathlib import Path
 
 # One persistent XLA compilation cache for the session, inherited by every subprocess the tests
 # start: the same tiny models are compiled by many runs, and a cache hit costs a fraction of a compile.
-CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="lungjax-tests-xla-cache-"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="lungjax-tests-xla-cache-"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 for _name, _value in CACHE_ENV.items():
     os.environ.setdefault(_name, _value)
 
@@ -38,8 +41,10 @@ TREE_PATIENTS = 60  # 10 per class: every class reaches every split of the patie
 TREE_FILMS_PER_PATIENT = 2
 TREE_IMAGE_SIZE = 32
 TREE_BOX_SIZE = 10
-DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-                     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 # NIH spells the merged class as its two findings.
 FINDING_OF_CLASS = {name: "Nodule" if name == "Nodule/Mass" else name for name in labels.CLASS_NAMES}
 
@@ -49,7 +54,7 @@ def _boxed_square(label: int, size: int, rng: np.random.Generator):
     image = rng.integers(0, 80, size=(size, size), dtype=np.uint8)
     x = (label * 4 + int(rng.integers(0, 4))) % (size - TREE_BOX_SIZE)
     y = int(rng.integers(0, size - TREE_BOX_SIZE))
-    image[y:y + TREE_BOX_SIZE, x:x + TREE_BOX_SIZE] = 220
+    image[y : y + TREE_BOX_SIZE, x : x + TREE_BOX_SIZE] = 220
     return image, (x, y, TREE_BOX_SIZE, TREE_BOX_SIZE)
 
 
@@ -58,8 +63,15 @@ def _brightness(label: int, size: int, rng: np.random.Generator):
     return rng.normal(60 + 25 * label, 30, size=(size, size)).clip(0, 255).astype(np.uint8), None
 
 
-def write_nih_tree(root: Path, *, patients: int = TREE_PATIENTS, films: int = TREE_FILMS_PER_PATIENT,
-                   size: int = TREE_IMAGE_SIZE, seed: int = 0, signal: str = "square") -> Path:
+def write_nih_tree(
+    root: Path,
+    *,
+    patients: int = TREE_PATIENTS,
+    films: int = TREE_FILMS_PER_PATIENT,
+    size: int = TREE_IMAGE_SIZE,
+    seed: int = 0,
+    signal: str = "square",
+) -> Path:
     """``Data_Entry_2017.csv``, ``images_001/images/*.png`` and ``BBox_List_2017.csv``, made up.
 
     ``signal="square"``: patient p has class p % 6 on all of its films, a bright square whose
@@ -79,8 +91,9 @@ def write_nih_tree(root: Path, *, patients: int = TREE_PATIENTS, films: int = TR
             name = f"{patient:08d}_{film:03d}.png"
             image, box = draw(label, size, rng)
             cv2.imwrite(str(image_dir / name), image)
-            entries.append([name, finding, film, patient, 40 + patient % 30, "MF"[patient % 2], "PA", size, size,
-                            0.143, 0.143])
+            entries.append(
+                [name, finding, film, patient, 40 + patient % 30, "MF"[patient % 2], "PA", size, size, 0.143, 0.143]
+            )
             if box is not None and finding != "No Finding":
                 boxes.append([name, finding, *box])
     with (root / "Data_Entry_2017.csv").open("w", newline="") as handle:
@@ -104,8 +117,11 @@ def load_config(name: str):
 def example_source(rows: list[dict], name: str = "in_memory") -> records.ExampleSource:
     """Rows of features (bytes, ints, floats or float arrays) as a split of serialized Examples, the form
     a built split has on disk."""
-    kinds = {bytes: ("bytes_list", np.dtype(object)), int: ("int64_list", np.dtype(np.int64)),
-             float: ("float_list", np.dtype(np.float32))}
+    kinds = {
+        bytes: ("bytes_list", np.dtype(object)),
+        int: ("int64_list", np.dtype(np.int64)),
+        float: ("float_list", np.dtype(np.float32)),
+    }
     serialized, specs = [], {}
     for row in rows:
         example = tf_example_pb2.Example()
@@ -156,8 +172,19 @@ def tiny_config(nih_tree):
 def tiny_workdir(tmp_path_factory, tiny_overrides) -> Path:
     """A workdir trained for a few steps by ``configs/tiny.py`` and evaluated on its test split."""
     workdir = tmp_path_factory.mktemp("tiny_workdir")
-    subprocess.run([sys.executable, "-m", "lungjax.main", f"--config={CONFIGS / 'tiny.py'}",
-                    f"--workdir={workdir}", *tiny_overrides], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungjax.main",
+            f"--config={CONFIGS / 'tiny.py'}",
+            f"--workdir={workdir}",
+            *tiny_overrides,
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return workdir
 
 
@@ -237,8 +264,12 @@ def four_device_run(tmp_path_factory, data_root, built, compilation_cache) -> Pa
         assert jax.device_count() == 4 and jax.process_count() == 1
         loop.train(four_device_config(Path({str(data_root)!r})), {str(workdir)!r})
     """)
-    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {
+        **os.environ,
+        **compilation_cache,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

@@ -21,6 +21,7 @@ from pathlib import Path
 def main(data_root: str, workdir: str, num_steps: str, checkpoint_every: str, eval_every: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import tiny_train_config
+
     from lungjax.training import loop as train
 
     config = tiny_train_config(Path(data_root))

@@ -23,8 +23,14 @@ TINY = ["--model", "resnet18", "--width", "0.0625", "--warmup", "1"]
 
 def run_bench(name: str, args: list[str]) -> subprocess.CompletedProcess:
     """``python -m lungjax.bench.<name> ARGS`` on the CPU; fails the test when it fails."""
-    process = subprocess.run([sys.executable, "-m", f"lungjax.bench.{name}", *args], check=False,
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    process = subprocess.run(
+        [sys.executable, "-m", f"lungjax.bench.{name}", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     return process
 
@@ -32,30 +38,65 @@ def run_bench(name: str, args: list[str]) -> subprocess.CompletedProcess:
 def test_parse_contender():
     assert cpu.parse_contender("keras-torch") == ("keras-torch", {})
     assert cpu.parse_contender("lungjax;XLA_FLAGS=--a=1 --b=2;X=y") == (
-        "lungjax", {"XLA_FLAGS": "--a=1 --b=2", "X": "y"})
+        "lungjax",
+        {"XLA_FLAGS": "--a=1 --b=2", "X": "y"},
+    )
 
 
 def test_scaling_output(tmp_path):
     out = tmp_path / "scaling.json"
-    process = run_bench("scaling", TINY + ["--batch_sizes", "2", "--image_size", "32", "--image_sizes", "32",
-                                           "--base_batch", "2", "--steps", "1", "--build_patients", "3",
-                                           "--build_workers", "1", "--out", str(out)])
+    process = run_bench(
+        "scaling",
+        TINY
+        + [
+            "--batch_sizes",
+            "2",
+            "--image_size",
+            "32",
+            "--image_sizes",
+            "32",
+            "--base_batch",
+            "2",
+            "--steps",
+            "1",
+            "--build_patients",
+            "3",
+            "--build_workers",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     result = json.loads(out.read_text())
     (row,) = result["steps_table"]  # (2, 32) appears once although both sweeps name it
     assert "error" not in row and row["images_per_sec"] > 0 and row["peak_rss_bytes"] > 0
     (build,) = result["build_table"]
     assert build["images"] > 0 and build["seconds"] > 0
-    table = process.stdout[process.stdout.index("resnet18 (width 0.0625, float32) train step"):]
+    table = process.stdout[process.stdout.index("resnet18 (width 0.0625, float32) train step") :]
     assert "img/s" in table and "[scaling]" not in table  # the table comes last
 
 
 def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     out = tmp_path / "gpu_bench.json"
-    result = run_bench("gpu", [
-        "--model=resnet18", "--width=0.0625", "--image_size=32", "--stored_size=32", "--batch_sizes=4",
-        "--precisions=float32", "--windows=1", "--e2e_batch=4", "--e2e_patients=12", "--e2e_steps=2",
-        "--warmup_batches=1", "--workers=0", "--build_workers=1",
-        f"--out={out}"])  # no worker processes: grain's are tested elsewhere, and each costs seconds
+    result = run_bench(
+        "gpu",
+        [
+            "--model=resnet18",
+            "--width=0.0625",
+            "--image_size=32",
+            "--stored_size=32",
+            "--batch_sizes=4",
+            "--precisions=float32",
+            "--windows=1",
+            "--e2e_batch=4",
+            "--e2e_patients=12",
+            "--e2e_steps=2",
+            "--warmup_batches=1",
+            "--workers=0",
+            "--build_workers=1",
+            f"--out={out}",
+        ],
+    )  # no worker processes: grain's are tested elsewhere, and each costs seconds
     report = json.loads(out.read_text())
     (row,) = report["steps"]
     assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0

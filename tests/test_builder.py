@@ -10,20 +10,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungjax.data import images, labels, metadata, nih, phantom, pipeline, records
+from lungjax.data import images, labels, metadata, nih, phantom, records
 
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
-FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Pneumothorax", "No Finding", "Mass",
-            "Infiltration", "Atelectasis|Effusion")  # the last two are outside the subset
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+FINDINGS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Nodule",
+    "Pneumothorax",
+    "No Finding",
+    "Mass",
+    "Infiltration",
+    "Atelectasis|Effusion",
+)  # the last two are outside the subset
 
 
 def film_name(patient: int, follow_up: int) -> str:
     return f"{patient:08d}_{follow_up:03d}.png"
 
 
-def write_tree(root: Path, num_films: int = 18, *, flat: bool = False, kaggle: bool = False,
-               size: tuple[int, int] = (40, 48)) -> list[str]:
+def write_tree(
+    root: Path, num_films: int = 18, *, flat: bool = False, kaggle: bool = False, size: tuple[int, int] = (40, 48)
+) -> list[str]:
     """An NIH-format tree of ``num_films`` films, two per patient; returns the image names."""
     folder = root / "images" if flat else root / "images_001" / "images"
     folder.mkdir(parents=True)
@@ -33,8 +45,10 @@ def write_tree(root: Path, num_films: int = 18, *, flat: bool = False, kaggle: b
         patient, follow_up = i // 2 + 1, i % 2
         name = film_name(patient, follow_up)
         age = 414 if kaggle and i == 0 else 20 + i
-        lines.append(f"{name},{FINDINGS[i % len(FINDINGS)]},{follow_up},{patient},{age},"
-                     f"{'MF'[i % 2]},{('PA', 'AP')[i % 2]},{size[1]},{size[0]},0.14,0.14{tail}")
+        lines.append(
+            f"{name},{FINDINGS[i % len(FINDINGS)]},{follow_up},{patient},{age},"
+            f"{'MF'[i % 2]},{('PA', 'AP')[i % 2]},{size[1]},{size[0]},0.14,0.14{tail}"
+        )
         cv2.imwrite(str(folder / name), np.full(size, 10 * i, np.uint8))
         names.append(name)
     (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
@@ -58,8 +72,7 @@ def assert_nothing_built(data_dir: Path) -> None:
 
 def test_builds_nested_tree_with_worker_pool(tmp_path):
     names = write_tree(tmp_path / "nih")
-    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data",
-                          nih.make_config("patient", 32), num_workers=2)
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 32), num_workers=2)
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
     selected = [n for i, n in enumerate(names) if i % len(FINDINGS) < 7]
     assert report["patients_crossing_splits"] == 0 and report["skipped"] == []
@@ -73,7 +86,7 @@ def test_builds_nested_tree_with_worker_pool(tmp_path):
             name = example["image_name"].decode()
             i = names.index(name)
             assert example["patient_id"] == i // 2 + 1 and example["follow_up"] == i % 2
-            assert example["age"] == 20 + i and example["sex"] == b"MF"[i % 2:i % 2 + 1]
+            assert example["age"] == 20 + i and example["sex"] == b"MF"[i % 2 : i % 2 + 1]
             assert example["view_position"] == (b"PA", b"AP")[i % 2]
             assert example["label"] == labels.class_index(FINDINGS[i % len(FINDINGS)])
             image = cv2.imdecode(np.frombuffer(example["image"], np.uint8), cv2.IMREAD_UNCHANGED)
@@ -84,11 +97,24 @@ def test_builds_nested_tree_with_worker_pool(tmp_path):
 
 def test_kaggle_csv_flat_images_manifest_and_seed_split(tmp_path):
     names = write_tree(tmp_path / "nih", 24, flat=True, kaggle=True)
-    pinned = [names[9], names[0], names[3], names[1], names[4], names[2], names[5], names[10],
-              names[11], names[12], names[13], names[14]]
+    pinned = [
+        names[9],
+        names[0],
+        names[3],
+        names[1],
+        names[4],
+        names[2],
+        names[5],
+        names[10],
+        names[11],
+        names[12],
+        names[13],
+        names[14],
+    ]
     manifest = ["Image Index,Finding Labels"] + [
         f"{n},{'Nodule/Mass' if FINDINGS[names.index(n) % 9] in ('Nodule', 'Mass') else FINDINGS[names.index(n) % 9]}"
-        for n in pinned]
+        for n in pinned
+    ]
     (tmp_path / "nih" / "Balanced_Chest_Xray_Data.csv").write_text("\n".join(manifest) + "\n")
     builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("seed", 32), num_workers=1)
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
@@ -96,8 +122,10 @@ def test_kaggle_csv_flat_images_manifest_and_seed_split(tmp_path):
     assert "WARNING" in builder.builder_config.description
     by_name = all_examples(builder)
     assert sorted(by_name) == sorted(pinned)
-    subset = metadata.select_subset(metadata.read_data_entry(tmp_path / "nih" / "Data_Entry_2017.csv"),
-                                    manifest=metadata.read_manifest(tmp_path / "nih" / "Balanced_Chest_Xray_Data.csv"))
+    subset = metadata.select_subset(
+        metadata.read_data_entry(tmp_path / "nih" / "Data_Entry_2017.csv"),
+        manifest=metadata.read_manifest(tmp_path / "nih" / "Balanced_Chest_Xray_Data.csv"),
+    )
     expected = {name: sorted(frame["Image Index"]) for name, frame in metadata.split_by_image(subset).items()}
     assert {s: sorted(e["image_name"].decode() for e in read_split(builder, s)) for s in expected} == expected
     assert by_name[names[0]]["age"] == metadata.MISSING_AGE  # Kaggle's age 414
@@ -120,7 +148,8 @@ def test_box_follows_padding_and_resize(tmp_path):
     (root / nih.BBOX_NAME).write_text(
         "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
         f"{film_name(1, 0)},Effusion,1,1,2,2\n"  # another finding's box: not attached
-        f"{film_name(1, 0)},Atelectasis,48,10,24,20\n")
+        f"{film_name(1, 0)},Atelectasis,48,10,24,20\n"
+    )
     builder = nih.build_dataset(root, tmp_path / "data", nih.make_config("patient", 64), num_workers=1)
     by_name = all_examples(builder)
     example = by_name[film_name(1, 0)]
@@ -158,7 +187,7 @@ def test_image_forms_become_gray_uint8():
     assert np.all(images.decode_gray(encode_with_pil(rgba, "RGBA")) == 76)
     la = np.stack([gray, np.full_like(gray, 9)], axis=-1)
     assert np.array_equal(images.decode_gray(encode_with_pil(la, "LA")), gray)
-    sixteen = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 20 + 1000)  # 1000..1940: scaled, not clipped
+    sixteen = np.arange(48, dtype=np.uint16).reshape(6, 8) * 20 + 1000  # 1000..1940: scaled, not clipped
     decoded = images.decode_gray(cv2.imencode(".png", sixteen)[1].tobytes())
     assert decoded.min() == 0 and decoded.max() == 255
     assert np.all(np.diff(decoded.ravel().astype(int)) >= 0)
@@ -175,8 +204,7 @@ def test_resize_square_pads_centred_with_area_interpolation():
     assert np.all(np.abs(images.resize_square(stripes, 32).astype(int) - 128) <= 1)
 
 
-@pytest.mark.parametrize("case", ["no_manual_dir", "no_csv", "missing_columns", "missing_images",
-                                  "corrupt_image"])
+@pytest.mark.parametrize("case", ["no_manual_dir", "no_csv", "missing_columns", "missing_images", "corrupt_image"])
 def test_bad_input_names_the_problem_and_builds_nothing(tmp_path, case):
     root, data_dir = tmp_path / "nih", tmp_path / "data"
     if case != "no_manual_dir":
@@ -209,8 +237,9 @@ def test_skip_bad_images_builds_the_rest_and_reports_them(tmp_path):
     folder = root / "images_001" / "images"
     (folder / names[2]).unlink()
     (folder / names[5]).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    builder = nih.build_dataset(root, tmp_path / "data", nih.make_config("patient", 32),
-                          num_workers=1, skip_bad_images=True)
+    builder = nih.build_dataset(
+        root, tmp_path / "data", nih.make_config("patient", 32), num_workers=1, skip_bad_images=True
+    )
     report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
     assert [s["image"] for s in report["skipped"]] == [names[2], names[5]]
     assert report["skipped"][0]["reason"] == "missing"
@@ -218,7 +247,6 @@ def test_skip_bad_images_builds_the_rest_and_reports_them(tmp_path):
     built = set(all_examples(builder))
     assert len(built) == 12 and not built & {names[2], names[5]}
     assert sum(map(sum, report["class_counts"].values())) == 12
-
 
 
 def test_phantom_tree_builds_with_its_boxes(tmp_path):

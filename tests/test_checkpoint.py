@@ -7,8 +7,16 @@ from lungjax.runtime import checkpoint
 
 
 def save(manager, step, metrics):
-    checkpoint.save(manager, step, model_state={"w": jnp.full((2,), float(step))}, train_state={"s": jnp.int32(step)},
-                    data_state=b"{}", config={}, run={}, metrics=metrics)
+    checkpoint.save(
+        manager,
+        step,
+        model_state={"w": jnp.full((2,), float(step))},
+        train_state={"s": jnp.int32(step)},
+        data_state=b"{}",
+        config={},
+        run={},
+        metrics=metrics,
+    )
 
 
 def test_best_is_kept_beside_the_latest_and_found_by_best_step(tmp_path):
@@ -28,10 +36,20 @@ def test_best_is_kept_beside_the_latest_and_found_by_best_step(tmp_path):
 
 
 def test_safe_changes_pass_and_others_are_named():
-    saved = {"num_train_steps": 10, "learning_rate": 0.1, "eval": {"split": "test"}, "model": {"width": 1.0},
-             "data": {"stored_size": 64, "build_workers": 1}}
-    current = {"num_train_steps": 20, "learning_rate": 0.1, "eval": {"split": "validation"},
-               "model": {"width": 1.0}, "data": {"stored_size": 64, "build_workers": 4}}
+    saved = {
+        "num_train_steps": 10,
+        "learning_rate": 0.1,
+        "eval": {"split": "test"},
+        "model": {"width": 1.0},
+        "data": {"stored_size": 64, "build_workers": 1},
+    }
+    current = {
+        "num_train_steps": 20,
+        "learning_rate": 0.1,
+        "eval": {"split": "validation"},
+        "model": {"width": 1.0},
+        "data": {"stored_size": 64, "build_workers": 4},
+    }
     checkpoint.check_resumable(saved, current)
     current["model"]["width"], current["data"]["stored_size"] = 0.5, 32
     with pytest.raises(ValueError, match=r"\(data.stored_size: checkpoint 64, config 32; model.width: "):

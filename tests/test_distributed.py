@@ -24,17 +24,14 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+from conftest import FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, command_line_overrides, example_source, tiny_train_config
+from test_resume import saved_params
 
-from lungjax.runtime import checkpoint, distributed
-
-from lungjax.evaluation import evaluate
-
-from lungjax.training import loop as train
-from conftest import example_source
 from lungjax.data import pipeline, sampling
 from lungjax.data import records as records_lib
-from test_resume import saved_params
-from conftest import FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, command_line_overrides, tiny_train_config
+from lungjax.evaluation import evaluate
+from lungjax.runtime import checkpoint, distributed
+from lungjax.training import loop as train
 
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
@@ -60,16 +57,30 @@ def launch_two(workdir: Path, data_root: Path, cache_env: dict, *flags: str) -> 
     """Two ``lungjax.main`` processes with 2 CPU devices each, joined through 127.0.0.1."""
     workdir.mkdir(parents=True)
     port = free_port()
-    env = {**os.environ, **cache_env, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, **cache_env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     processes = []
     for index in range(2):
         log = (workdir.parent / f"{workdir.name}.process{index}.log").open("w")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "lungjax.main", f"--config={REPO / 'configs' / 'tiny.py'}",
-             f"--workdir={workdir}", *command_line_overrides(data_root), *flags,
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={index}"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lungjax.main",
+                    f"--config={REPO / 'configs' / 'tiny.py'}",
+                    f"--workdir={workdir}",
+                    *command_line_overrides(data_root),
+                    *flags,
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={index}",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         log.close()  # the child holds its own descriptor
     return processes
 
@@ -149,8 +160,9 @@ def two_process_run(tmp_path_factory, data_root, built, compilation_cache) -> Pa
     return workdir
 
 
-def test_two_processes_match_one_process_with_four_devices(two_process_run, four_device_run, data_root, built,
-                                                           tmp_path):
+def test_two_processes_match_one_process_with_four_devices(
+    two_process_run, four_device_run, data_root, built, tmp_path
+):
     four = tmp_path / "four"  # a copy: evaluating writes into the workdir
     shutil.copytree(four_device_run, four)
     assert_same_model(saved_params(two_process_run), saved_params(four))
@@ -179,8 +191,12 @@ def test_two_process_checkpoint_evaluates_in_one_process(two_process_run, data_r
 def saved_items(workdir: Path, step: int) -> dict:
     """The JSON items of a checkpoint: the data iterator's state and the run facts."""
     manager = checkpoint.make_manager(workdir, read_only=True)
-    items = manager.restore(step, args=checkpoint.ocp.args.Composite(
-        data=checkpoint.ocp.args.JsonRestore(), run=checkpoint.ocp.args.JsonRestore()))
+    items = manager.restore(
+        step,
+        args=checkpoint.ocp.args.Composite(
+            data=checkpoint.ocp.args.JsonRestore(), run=checkpoint.ocp.args.JsonRestore()
+        ),
+    )
     manager.close()
     return {"data": json.dumps(items["data"]).encode(), "run": items["run"]}
 
@@ -199,21 +215,32 @@ def test_two_process_training_resumes_in_one_process(two_process_run, data_root,
 
     two, one = saved_items(two_process_run, STEPS), saved_items(tmp_path / "uninterrupted", STEPS)
     assert two["run"]["process_count"] == 2
-    mapped = sampling.data_state_for_process(two["data"], saved_process_count=2, worker_count=0,
-                                                global_batch_size=config_for(data_root).batch_size,
-                                                num_records=len(records_lib.data_source(built, "train")))
+    mapped = sampling.data_state_for_process(
+        two["data"],
+        saved_process_count=2,
+        worker_count=0,
+        global_batch_size=config_for(data_root).batch_size,
+        num_records=len(records_lib.data_source(built, "train")),
+    )
     assert json.loads(mapped) == json.loads(one["data"])
     # 4 steps on 4 devices then 2 on 1 against 6 on 1: the device counts' rounding differences
     # (<= 1e-5 after 4 steps) grow a little; rows read in another order already differed by 5e-3.
     assert_same_model(saved_params(workdir), saved_params(tmp_path / "uninterrupted"), rtol=1e-4)
 
 
-def test_losing_a_process_stops_the_other_and_keeps_its_checkpoints(two_process_run, data_root, compilation_cache,
-                                                                   tmp_path):
+def test_losing_a_process_stops_the_other_and_keeps_its_checkpoints(
+    two_process_run, data_root, compilation_cache, tmp_path
+):
     workdir = tmp_path / "killed"
-    processes = launch_two(workdir, data_root, compilation_cache, "--config.num_train_steps=100000",
-                           "--config.optimizer=sgd", "--config.keep_checkpoints=1000",
-                           f"--heartbeat_timeout_seconds={HEARTBEAT_S}")
+    processes = launch_two(
+        workdir,
+        data_root,
+        compilation_cache,
+        "--config.num_train_steps=100000",
+        "--config.optimizer=sgd",
+        "--config.keep_checkpoints=1000",
+        f"--heartbeat_timeout_seconds={HEARTBEAT_S}",
+    )
     survivor, victim = processes
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -258,18 +285,35 @@ def png(value: int) -> bytes:
 SOURCE = example_source([{"image": png(10 * i), "label": i} for i in range(10)])
 
 
-def loader(monkeypatch, *, count: int, index: int, batch_size: int, workers: int = 0, resume_from: bytes = None,
-           saved_process_count: int = 1):
+def loader(
+    monkeypatch,
+    *,
+    count: int,
+    index: int,
+    batch_size: int,
+    workers: int = 0,
+    resume_from: bytes = None,
+    saved_process_count: int = 1,
+):
     """The training loader as process ``index`` of ``count`` builds it; restored from ``resume_from``,
     a state saved by process 0 of ``saved_process_count``, when given."""
     monkeypatch.setattr(jax, "process_count", lambda: count)
     monkeypatch.setattr(jax, "process_index", lambda: index)
-    iterator = iter(pipeline.train_loader(SOURCE, batch_size=batch_size, image_size=8, augment="light", seed=3,
-                                          worker_count=workers))
+    iterator = iter(
+        pipeline.train_loader(
+            SOURCE, batch_size=batch_size, image_size=8, augment="light", seed=3, worker_count=workers
+        )
+    )
     if resume_from is not None:
-        iterator.set_state(sampling.data_state_for_process(
-            resume_from, saved_process_count=saved_process_count, worker_count=workers,
-            global_batch_size=batch_size * count, num_records=len(SOURCE)))
+        iterator.set_state(
+            sampling.data_state_for_process(
+                resume_from,
+                saved_process_count=saved_process_count,
+                worker_count=workers,
+                global_batch_size=batch_size * count,
+                num_records=len(SOURCE),
+            )
+        )
     return iterator
 
 
@@ -291,8 +335,7 @@ def test_data_stream_maps_across_process_counts(monkeypatch):
     for step in range(2):
         assert_same_batch(union([next(it) for it in two]), reference[step])
     saved_by_two = two[0].get_state()  # what a 2-process checkpoint holds: process 0's state
-    resumed = loader(monkeypatch, count=1, index=0, batch_size=4, resume_from=saved_by_two,
-                     saved_process_count=2)
+    resumed = loader(monkeypatch, count=1, index=0, batch_size=4, resume_from=saved_by_two, saved_process_count=2)
     assert_same_batch(next(resumed), reference[2])
 
     one = loader(monkeypatch, count=1, index=0, batch_size=4)

@@ -8,15 +8,13 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from sklearn import metrics as skm
 
-from lungjax.evaluation import evaluate, inference, metrics
-
-from lungjax.runtime import sharding
 from lungjax.config.base import base_config
-from lungjax.data import dataset, labels, pipeline, records
-
-from conftest import REPO
+from lungjax.data import dataset, labels, records
+from lungjax.evaluation import evaluate, inference, metrics
+from lungjax.runtime import sharding
 
 TRAINING_MODULES = ("lungjax.training",)
 
@@ -30,8 +28,11 @@ def _with_eval(config, **changes):
 def _read(path):
     """Labels, probabilities (float32 as the model gave them, widened) and the frame of a predictions.csv."""
     frame = pd.read_csv(path)
-    return (frame["true_class"].map(labels.CLASS_NAMES.index).to_numpy(),
-            frame[list(labels.CLASS_NAMES)].to_numpy(np.float32).astype(np.float64), frame)
+    return (
+        frame["true_class"].map(labels.CLASS_NAMES.index).to_numpy(),
+        frame[list(labels.CLASS_NAMES)].to_numpy(np.float32).astype(np.float64),
+        frame,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,25 @@ def test_thresholds_are_chosen_on_validation(tiny_workdir, tiny_config, test_rep
 
 def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_report):
     report, out = test_report
-    for name in ("roc.png", "pr.png", "confusion_matrix.png", "reliability.png", "training_curves.png",
-                 "gradcam_worst.png", "gradcam_boxed.png"):
+    for name in (
+        "roc.png",
+        "pr.png",
+        "confusion_matrix.png",
+        "reliability.png",
+        "training_curves.png",
+        "gradcam_worst.png",
+        "gradcam_boxed.png",
+    ):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
     text = (out / "report.md").read_text()
-    for expected in ("| Accuracy | 0.550 |", "| Macro ROC-AUC | 0.870 |", "| Cardiomegaly sensitivity | 0.850 |",
-                     "| Pneumothorax specificity | 0.860 |", "**Split: patient-disjoint**", "pointing game"):
+    for expected in (
+        "| Accuracy | 0.550 |",
+        "| Macro ROC-AUC | 0.870 |",
+        "| Cardiomegaly sensitivity | 0.850 |",
+        "| Pneumothorax specificity | 0.860 |",
+        "**Split: patient-disjoint**",
+        "pointing game",
+    ):
         assert expected in text
     assert report["patient_disjoint"] and report["patients_crossing_splits"] == 0
     builder = dataset.build(tiny_config.data, tiny_workdir)
@@ -125,10 +139,11 @@ def _imported_after(script: str, args=()) -> set[str]:
 @pytest.mark.slow
 def test_evaluate_imports_no_training_code(tiny_workdir, tiny_overrides):
     """``--mode evaluate`` loads none of our training modules, and optax only because flax.nnx does."""
-    script = ("from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
-              "except SystemExit as exit:\n    assert not exit.code, exit.code\n")
-    args = [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tiny_workdir}", "--mode=evaluate",
-            *tiny_overrides]
+    script = (
+        "from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
+        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+    )
+    args = [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides]
     evaluated = _imported_after(script, args)
     assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.explain" in evaluated
     assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
@@ -175,8 +190,9 @@ def test_tta_windows_and_constant_image(tiny_workdir, tiny_config):
     single = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype)
     multi = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=6)
     constant = np.full((2, 32, 32, 1), 120, np.uint8)  # every crop of it is the same image
-    np.testing.assert_allclose(multi(restored.model_state, constant), single(restored.model_state, constant),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        multi(restored.model_state, constant), single(restored.model_state, constant), rtol=1e-5, atol=1e-6
+    )
     noise = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1), dtype=np.uint8)
     probs = np.asarray(jax.device_get(multi(restored.model_state, noise)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

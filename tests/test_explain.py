@@ -28,8 +28,9 @@ def test_grad_cam_equals_cam_formula_on_a_resnet():
     np.testing.assert_allclose(cams, expected, rtol=1e-5, atol=1e-7)
     assert float(cams.max()) > 0  # the comparison is not vacuous
     # The logits the head sees are the model's own.
-    np.testing.assert_allclose(jax.jit(lambda a: model.logits_from(a, stage=4))(features),
-                               jax.jit(lambda v: model(v))(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(lambda a: model.logits_from(a, stage=4))(features), jax.jit(lambda v: model(v))(x), rtol=1e-5, atol=1e-6
+    )
 
 
 def _squares(count: int, size: int, side: int, seed: int = 0):
@@ -39,7 +40,7 @@ def _squares(count: int, size: int, side: int, seed: int = 0):
     boxes = []
     for image in images:
         x, y = rng.integers(0, size - side, size=2)
-        image[y:y + side, x:x + side] = 1.0
+        image[y : y + side, x : x + side] = 1.0
         boxes.append((x, y, side, side))
     return jnp.asarray(images), np.array(boxes, np.float64)
 

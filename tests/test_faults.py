@@ -19,16 +19,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from lungjax.runtime import checkpoint, run_info, workdir as workdir_lib
+from conftest import load_config, tiny_train_config
+from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check as config_check
-
-from lungjax.training import loop as train
 from lungjax.data import images
 from lungjax.models import pretrained, resnet
-from test_resume import assert_bitwise_equal, saved_params
-from conftest import load_config, tiny_train_config
+from lungjax.runtime import checkpoint, run_info
+from lungjax.runtime import workdir as workdir_lib
+from lungjax.training import loop as train
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -133,10 +132,26 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_c
     rng = np.random.default_rng(KILL_SEED)
     deadline = time.monotonic() + KILL_DEADLINE_S
     kills = []
-    with log_path.open("w") as log, subprocess.Popen(
-            [sys.executable, str(TESTS / "fault_runner.py"), str(data_root), str(workdir), str(KILL_STEPS),
-             str(KILL_EVERY), str(KILL_EVAL_EVERY)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT) as launcher:
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(TESTS / "fault_runner.py"),
+                str(data_root),
+                str(workdir),
+                str(KILL_STEPS),
+                str(KILL_EVERY),
+                str(KILL_EVAL_EVERY),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        ) as launcher,
+    ):
 
         def start_run() -> int:
             launcher.stdin.write("run\n")
@@ -200,20 +215,23 @@ def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(base_run, da
     for step in (2, 4, 6):
         remove_model_manifest(workdir / checkpoint.CHECKPOINT_DIR / str(step))
     before = listing(workdir / checkpoint.CHECKPOINT_DIR)
-    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint .* can be restored \(step 6: .*; "
-                                                         r"step 4: .*; step 2: .*nothing was deleted"):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"no checkpoint .* can be restored \(step 6: .*; "
+        r"step 4: .*; step 2: .*nothing was deleted",
+    ):
         train.train(checkpoint_config(data_root, 8), workdir)
     assert listing(workdir / checkpoint.CHECKPOINT_DIR) == before
     assert not (workdir / checkpoint.DAMAGED_DIR).exists()
 
 
-def test_changed_dataset_refuses_to_resume_naming_both_fingerprints(base_run, built, data_root, tmp_path,
-                                                                     monkeypatch):
+def test_changed_dataset_refuses_to_resume_naming_both_fingerprints(base_run, built, data_root, tmp_path, monkeypatch):
     workdir = copy_run(base_run, tmp_path)
     saved = run_info.dataset_fingerprint(built)
     monkeypatch.setattr(run_info, "dataset_fingerprint", lambda builder: "f" * 64)
-    with pytest.raises(checkpoint.CheckpointError, match=f"dataset fingerprint {saved}, the dataset on disk has "
-                                                         f"{'f' * 64}"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=f"dataset fingerprint {saved}, the dataset on disk has {'f' * 64}"
+    ):
         train.train(checkpoint_config(data_root, 8), workdir)
     assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]
 
@@ -238,16 +256,21 @@ def test_read_only_workdir_fails_before_any_work(data_root, tmp_path):
 
 def test_too_little_free_space_fails_before_the_first_step(data_root, built, tmp_path, monkeypatch):
     monkeypatch.setattr(workdir_lib, "free_bytes", lambda path: 100_000)
-    with pytest.raises(workdir_lib.WorkdirError, match=r"0.1 MiB free, a checkpoint of this run needs about "
-                                                       r"[0-9.]+ MiB"):
+    with pytest.raises(
+        workdir_lib.WorkdirError,
+        match=r"0.1 MiB free, a checkpoint of this run needs about "
+        r"[0-9.]+ MiB",
+    ):
         train.train(checkpoint_config(data_root, 2), tmp_path)
     assert not (tmp_path / checkpoint.CHECKPOINT_DIR).exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_second_run_on_a_workdir_refuses(data_root, tmp_path):
     with workdir_lib.lock(tmp_path):
-        with pytest.raises(workdir_lib.WorkdirError, match=f"in use by another run \\(pid {os.getpid()} on host "
-                                                           f"'{socket.gethostname()}'"):
+        with pytest.raises(
+            workdir_lib.WorkdirError,
+            match=f"in use by another run \\(pid {os.getpid()} on host '{socket.gethostname()}'",
+        ):
             train.train(checkpoint_config(data_root, 2), tmp_path)
     assert not (tmp_path / workdir_lib.LOCK_FILE).exists()  # released by its owner only
 
@@ -281,27 +304,32 @@ def test_lock_from_another_host_is_refused(tmp_path):
 # --- configs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"optimzer": "adam"}, r"config.optimzer is not a config key; allowed keys in config: augment, batch_size"),
-    ({"model.depth": 50}, r"config.model.depth is not a config key; allowed keys in config.model: "
-                          r"model.dropout_rate, model.freeze_backbone_steps, model.init_from, model.name"),
-    ({"learning_rate": "fast"}, r"config.learning_rate: 'fast' has type str; allowed: a value of type float"),
-    ({"half_precision": 1}, r"config.half_precision: 1 has type int; allowed: a value of type bool"),
-    ({"optimizer": "lamb"}, r"config.optimizer: 'lamb' is not allowed; allowed: one of 'adam', 'adamw', 'sgd'"),
-    ({"model.name": "vgg16"}, r"config.model.name: 'vgg16' is not allowed; allowed: one of 'resnet18', "),
-    ({"schedule": "linear"}, r"config.schedule: 'linear' is not allowed; allowed: one of 'constant', 'cosine'"),
-    ({"augment": "heavy"}, r"config.augment: 'heavy' is not allowed; allowed: one of 'none', 'light', 'seed'"),
-    ({"data.split_scheme": "random"}, r"config.data.split_scheme: 'random' .* one of 'patient', 'seed'"),
-    ({"eval.split": "val"}, r"config.eval.split: 'val' .* one of 'test', 'validation', 'train'"),
-    ({"image_size": 16}, r"config.image_size: 16 is not allowed; allowed: an integer >= 32"),
-    ({"batch_size": 0}, r"config.batch_size: 0 is not allowed; allowed: an integer >= 1"),
-    ({"seed": -1}, r"config.seed: -1 is not allowed; allowed: an integer >= 0"),
-    ({"label_smoothing": 1.0}, r"config.label_smoothing: 1.0 is not allowed; allowed: a number in \[0, 1\)"),
-    ({"class_weights": [1, 2]}, r"config.class_weights: \[1, 2\] .* 'balanced', 'none' or a list of 6"),
-    ({"num_train_steps": -1, "num_epochs": 0}, r"trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"),
-])
-def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change,
-                                                                                  message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"optimzer": "adam"}, r"config.optimzer is not a config key; allowed keys in config: augment, batch_size"),
+        (
+            {"model.depth": 50},
+            r"config.model.depth is not a config key; allowed keys in config.model: "
+            r"model.dropout_rate, model.freeze_backbone_steps, model.init_from, model.name",
+        ),
+        ({"learning_rate": "fast"}, r"config.learning_rate: 'fast' has type str; allowed: a value of type float"),
+        ({"half_precision": 1}, r"config.half_precision: 1 has type int; allowed: a value of type bool"),
+        ({"optimizer": "lamb"}, r"config.optimizer: 'lamb' is not allowed; allowed: one of 'adam', 'adamw', 'sgd'"),
+        ({"model.name": "vgg16"}, r"config.model.name: 'vgg16' is not allowed; allowed: one of 'resnet18', "),
+        ({"schedule": "linear"}, r"config.schedule: 'linear' is not allowed; allowed: one of 'constant', 'cosine'"),
+        ({"augment": "heavy"}, r"config.augment: 'heavy' is not allowed; allowed: one of 'none', 'light', 'seed'"),
+        ({"data.split_scheme": "random"}, r"config.data.split_scheme: 'random' .* one of 'patient', 'seed'"),
+        ({"eval.split": "val"}, r"config.eval.split: 'val' .* one of 'test', 'validation', 'train'"),
+        ({"image_size": 16}, r"config.image_size: 16 is not allowed; allowed: an integer >= 32"),
+        ({"batch_size": 0}, r"config.batch_size: 0 is not allowed; allowed: an integer >= 1"),
+        ({"seed": -1}, r"config.seed: -1 is not allowed; allowed: an integer >= 0"),
+        ({"label_smoothing": 1.0}, r"config.label_smoothing: 1.0 is not allowed; allowed: a number in \[0, 1\)"),
+        ({"class_weights": [1, 2]}, r"config.class_weights: \[1, 2\] .* 'balanced', 'none' or a list of 6"),
+        ({"num_train_steps": -1, "num_epochs": 0}, r"trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"),
+    ],
+)
+def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change, message):
     config = tiny_train_config(data_root).to_dict()
     for key, value in change.items():
         section, _, name = key.rpartition(".")
@@ -316,8 +344,11 @@ def test_batch_that_does_not_split_over_devices_is_refused(data_root, monkeypatc
     config = tiny_train_config(data_root)
     monkeypatch.setattr(config_check.jax, "device_count", lambda: 4)
     config.batch_size, config.eval.batch_size = 6, 16
-    with pytest.raises(config_check.ConfigError, match=r"config.batch_size: 6 does not split over the 4 devices "
-                                                       r"of 1 processes; allowed: a multiple of 4"):
+    with pytest.raises(
+        config_check.ConfigError,
+        match=r"config.batch_size: 6 does not split over the 4 devices "
+        r"of 1 processes; allowed: a multiple of 4",
+    ):
         config_check.validate(config)
 
 
@@ -328,21 +359,41 @@ def test_shipped_configs_are_valid(data_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, message", [
-    ("--config.batch_sise=8", "lungjax: error: invalid config: config.batch_sise is not a config key; "
-                              "allowed keys in config: augment, batch_size,"),
-    ("--config.model.name=resnet19", "lungjax: error: invalid config: config.model.name: 'resnet19' is not "
-                                     "allowed; allowed: one of 'resnet18', 'resnet34'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.batch_sise=8",
+            "lungjax: error: invalid config: config.batch_sise is not a config key; "
+            "allowed keys in config: augment, batch_size,",
+        ),
+        (
+            "--config.model.name=resnet19",
+            "lungjax: error: invalid config: config.model.name: 'resnet19' is not "
+            "allowed; allowed: one of 'resnet18', 'resnet34'",
+        ),
+    ],
+)
 def test_command_line_prints_one_line_and_exits_non_zero(data_root, tmp_path, override, message):
     result = subprocess.run(
-        [sys.executable, "-m", "lungjax.main", f"--config={ROOT / 'configs' / 'tiny.py'}",
-         f"--workdir={tmp_path / 'run'}", override], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            "-m",
+            "lungjax.main",
+            f"--config={ROOT / 'configs' / 'tiny.py'}",
+            f"--workdir={tmp_path / 'run'}",
+            override,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("lungjax: error")] == [
-        result.stderr.strip().splitlines()[-1]]
+        result.stderr.strip().splitlines()[-1]
+    ]
     assert message in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -363,8 +414,11 @@ def test_no_module_of_lungjax_imports_pickle_or_allows_it():
                 names = [node.module]
             elif isinstance(node, ast.keyword) and node.arg == "allow_pickle":
                 names = ["allow_pickle"]
-            offenders += [f"{path.name}:{node.lineno} {name}" for name in names
-                          if name.split(".")[0] in PICKLE_MODULES | {"allow_pickle"}]
+            offenders += [
+                f"{path.name}:{node.lineno} {name}"
+                for name in names
+                if name.split(".")[0] in PICKLE_MODULES | {"allow_pickle"}
+            ]
     assert not offenders
 
 
@@ -414,8 +468,9 @@ def test_weights_file_with_a_non_numeric_dataset_is_refused(tmp_path):
         del f["conv1_conv/conv1_conv/kernel:0"]
         f["conv1_conv/conv1_conv/kernel:0"] = np.void(pickle.dumps(Payload(marker)))
         del f["conv2_block1_1_conv/conv2_block1_1_conv/kernel:0"]
-        f.create_dataset("conv2_block1_1_conv/conv2_block1_1_conv/kernel:0", data=["0.5"] * 4,
-                         dtype=h5py.string_dtype())
+        f.create_dataset(
+            "conv2_block1_1_conv/conv2_block1_1_conv/kernel:0", data=["0.5"] * 4, dtype=h5py.string_dtype()
+        )
     with pytest.raises(ValueError, match=r"conv1_conv/kernel:0: dataset of type \|V\d+ where numbers"):
         pretrained.load_keras_resnet50(model, path)
     with h5py.File(path, "a") as f:

@@ -7,11 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
-from lungjax.training import optim
-from lungjax.config.base import base_config
 from lungjax import trees
+from lungjax.config.base import base_config
 from lungjax.models import init
 from lungjax.models.resnet import create_model
+from lungjax.training import optim
 
 
 def _pure(model):
@@ -62,8 +62,7 @@ def test_freeze_backbone_moves_only_the_head_first():
     moved_by_step = []
     for _ in range(3):
         updates, state = tx.update(grads, state, params)
-        moved = jax.tree_util.tree_map_with_path(lambda path, u: (optim.is_head(path), bool(jnp.any(u != 0))),
-                                                 updates)
+        moved = jax.tree_util.tree_map_with_path(lambda path, u: (optim.is_head(path), bool(jnp.any(u != 0))), updates)
         moved_by_step.append(jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple)))
     for step, leaves in enumerate(moved_by_step):
         heads = [m for is_head, m in leaves if is_head]

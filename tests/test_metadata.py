@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from lungjax.data import labels, metadata
@@ -78,7 +77,8 @@ def test_kaggle_form_with_trailing_column_and_bad_ages(tmp_path):
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
         "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Unnamed: 11\n"
         "00000001_000.png,Cardiomegaly,0,1,414,M,PA,2682,2749,0.143,0.143,\n"
-        "00000002_000.png,No Finding,0,2,81,F,AP,2500,2048,0.168,0.168,\n")
+        "00000002_000.png,No Finding,0,2,81,F,AP,2500,2048,0.168,0.168,\n"
+    )
     frame = metadata.read_data_entry(csv)
     assert frame["Patient Age"].tolist() == [metadata.MISSING_AGE, 81]
     assert frame["Image Index"].tolist() == ["00000001_000.png", "00000002_000.png"]

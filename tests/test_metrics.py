@@ -67,12 +67,8 @@ def test_point_metrics_equal_sklearn(predictions):
 
     assert report["n_images"] == report["n_patients"] == len(labels)
     assert report["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds))
-    assert report["balanced_accuracy"] == pytest.approx(
-        skm.balanced_accuracy_score(labels, preds)
-    )
-    assert report["macro_auc"] == pytest.approx(
-        skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
-    )
+    assert report["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
+    assert report["macro_auc"] == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
     assert report["log_loss"] == pytest.approx(skm.log_loss(labels, probs, labels=classes))
     confusion = skm.confusion_matrix(labels, preds, labels=classes)
     assert report["confusion_matrix"] == confusion.tolist()
@@ -123,11 +119,11 @@ def test_class_without_positives_is_none_with_note():
     assert entry["auc"] is None and entry["pr_auc"] is None and entry["sensitivity"] is None
     assert entry["support"] == 0 and "no positive" in entry["note"]
     present = [k for k in range(NUM_CLASSES) if k != absent]
-    assert report["macro_auc"] == pytest.approx(
-        np.mean([skm.roc_auc_score(labels == k, probs[:, k]) for k in present])
-    )
+    assert report["macro_auc"] == pytest.approx(np.mean([skm.roc_auc_score(labels == k, probs[:, k]) for k in present]))
     assert report["confidence_intervals"]["per_class"]["Pneumothorax"]["auc"] == {
-        "low": None, "high": None, "n_used": 0
+        "low": None,
+        "high": None,
+        "n_used": 0,
     }
     json.dumps(report, allow_nan=False)
 
@@ -194,9 +190,7 @@ def interval_width(report: dict, key: str = "accuracy") -> float:
 def test_intervals_contain_point_estimate_and_count_replicates():
     labels, probs = random_predictions(1000, seed=7)
     patient_ids = np.arange(1000) // 2
-    report = classification_report(
-        labels, probs, CLASS_NAMES, patient_ids=patient_ids, n_bootstrap=FEW_DRAWS
-    )
+    report = classification_report(labels, probs, CLASS_NAMES, patient_ids=patient_ids, n_bootstrap=FEW_DRAWS)
     intervals = report["confidence_intervals"]
     assert report["n_patients"] == 500
     assert intervals["n_bootstrap"] == FEW_DRAWS and intervals["level"] == 0.95
@@ -213,20 +207,15 @@ def test_intervals_contain_point_estimate_and_count_replicates():
 def test_intervals_are_seeded():
     labels, probs = random_predictions(300, seed=8)
     first, again, other = (
-        classification_report(labels, probs, CLASS_NAMES, n_bootstrap=100, seed=seed)
-        for seed in (0, 0, 1)
+        classification_report(labels, probs, CLASS_NAMES, n_bootstrap=100, seed=seed) for seed in (0, 0, 1)
     )
     assert first == again
     assert first["confidence_intervals"] != other["confidence_intervals"]
 
 
 def test_intervals_shrink_with_more_patients():
-    small = classification_report(
-        *random_predictions(200, seed=9), CLASS_NAMES, n_bootstrap=FEW_DRAWS
-    )
-    large = classification_report(
-        *random_predictions(3200, seed=9), CLASS_NAMES, n_bootstrap=FEW_DRAWS
-    )
+    small = classification_report(*random_predictions(200, seed=9), CLASS_NAMES, n_bootstrap=FEW_DRAWS)
+    large = classification_report(*random_predictions(3200, seed=9), CLASS_NAMES, n_bootstrap=FEW_DRAWS)
     for key in ("accuracy", "balanced_accuracy", "macro_auc"):
         # Width scales like 1/sqrt(n): 16x the patients should give about a quarter of the width.
         assert interval_width(large, key) < 0.5 * interval_width(small, key)
@@ -238,9 +227,7 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap_for_repeated_films():
     labels, probs = random_predictions(100, seed=10)
     labels, probs = np.repeat(labels, films_per_patient), np.repeat(probs, films_per_patient, 0)
     patient_ids = np.repeat(np.arange(100), films_per_patient)
-    by_patient = classification_report(
-        labels, probs, CLASS_NAMES, patient_ids=patient_ids, n_bootstrap=FEW_DRAWS
-    )
+    by_patient = classification_report(labels, probs, CLASS_NAMES, patient_ids=patient_ids, n_bootstrap=FEW_DRAWS)
     by_image = classification_report(labels, probs, CLASS_NAMES, n_bootstrap=FEW_DRAWS)
     assert by_patient["n_patients"] == 100 and by_image["n_patients"] == 2000
     for key in ("accuracy", "macro_auc"):

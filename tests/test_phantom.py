@@ -17,8 +17,7 @@ NIH_HEADER = (
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-ALLOWED_FINDINGS = {
-    "Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Mass", "Pneumothorax", "No Finding"}
+ALLOWED_FINDINGS = {"Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Mass", "Pneumothorax", "No Finding"}
 SIZE = 64
 PATIENTS = 20
 
@@ -75,8 +74,7 @@ def test_images_are_gray_uint8_of_the_requested_size(tree):
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path, tree):
-    again = phantom.write_nih_tree(tmp_path / "two", PATIENTS, seed=3, image_size=SIZE,
-                                   num_workers=2)
+    again = phantom.write_nih_tree(tmp_path / "two", PATIENTS, seed=3, image_size=SIZE, num_workers=2)
     for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
         assert (again / name).read_bytes() == (tree / name).read_bytes()
     images = sorted(p.name for p in (tree / "images_001" / "images").iterdir())

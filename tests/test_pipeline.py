@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 from absl import flags
-
 from conftest import example_source
+
 from lungjax.data import augment, pipeline, records, sampling
 
 SIZE = 32
@@ -25,29 +25,40 @@ def parsed_flags():
 
 def make_source(count: int, size: int = SIZE) -> records.ExampleSource:
     """Records shaped like a built split's: label ``i`` and an image whose pixels are all ``i``."""
-    return example_source([{"image": cv2.imencode(".png", np.full((size, size, 1), i, np.uint8))[1].tobytes(),
-             "label": i, "image_name": f"{i:08d}_000.png".encode(), "patient_id": i,
-             "bbox": np.full(4, -1.0, np.float32)} for i in range(count)])
+    return example_source(
+        [
+            {
+                "image": cv2.imencode(".png", np.full((size, size, 1), i, np.uint8))[1].tobytes(),
+                "label": i,
+                "image_name": f"{i:08d}_000.png".encode(),
+                "patient_id": i,
+                "bbox": np.full(4, -1.0, np.float32),
+            }
+            for i in range(count)
+        ]
+    )
 
 
 def test_shuffle_is_seeded_and_differs_every_epoch():
     count = 12
-    loader = pipeline.train_loader(make_source(count), batch_size=1, image_size=SIZE, augment="none",
-                                   seed=3, worker_count=0)
+    loader = pipeline.train_loader(
+        make_source(count), batch_size=1, image_size=SIZE, augment="none", seed=3, worker_count=0
+    )
     iterator = iter(loader)
     labels = [int(next(iterator)["label"][0]) for _ in range(3 * count)]
-    epochs = [labels[i * count:(i + 1) * count] for i in range(3)]
+    epochs = [labels[i * count : (i + 1) * count] for i in range(3)]
     assert all(sorted(epoch) == list(range(count)) for epoch in epochs)  # each epoch: every record once
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
-    again = iter(pipeline.train_loader(make_source(count), batch_size=1, image_size=SIZE, augment="none",
-                                       seed=3, worker_count=0))
+    again = iter(
+        pipeline.train_loader(make_source(count), batch_size=1, image_size=SIZE, augment="none", seed=3, worker_count=0)
+    )
     assert [int(next(again)["label"][0]) for _ in range(count)] == epochs[0]
 
 
 def test_sampler_reads_each_epochs_permutation_in_order_from_any_position():
     sampler = sampling.EpochShuffleSampler(7, seed=5)
     keys = [sampler[i].record_key for i in range(21)]
-    assert [sorted(keys[e * 7:(e + 1) * 7]) for e in range(3)] == [list(range(7))] * 3
+    assert [sorted(keys[e * 7 : (e + 1) * 7]) for e in range(3)] == [list(range(7))] * 3
     assert keys[:7] != keys[7:14]
     fresh = sampling.EpochShuffleSampler(7, seed=5)  # random access, as a restored iterator reads
     assert [fresh[i].record_key for i in (15, 3, 20, 0)] == [keys[15], keys[3], keys[20], keys[0]]
@@ -111,8 +122,7 @@ def test_restored_iterator_continues_exactly(workers):
     source = make_source(20)
 
     def loader():
-        return pipeline.train_loader(source, batch_size=3, image_size=16, augment="seed", seed=5,
-                                     worker_count=workers)
+        return pipeline.train_loader(source, batch_size=3, image_size=16, augment="seed", seed=5, worker_count=workers)
 
     uninterrupted = iter(loader())
     expected = [next(uninterrupted) for _ in range(10)]
@@ -154,8 +164,10 @@ def test_worker_processes_start_after_jax_has_run():
 def built(nih_tree, tmp_path_factory):
     """The conftest tree, built (one process) as the NIH builder stores it: ArrayRecord, gray PNG."""
     from lungjax.data import nih
-    return nih.build_dataset(nih_tree, tmp_path_factory.mktemp("pipeline_data"), nih.make_config("patient", 32),
-                       num_workers=1)
+
+    return nih.build_dataset(
+        nih_tree, tmp_path_factory.mktemp("pipeline_data"), nih.make_config("patient", 32), num_workers=1
+    )
 
 
 def test_example_source_equals_tfds_decoding(built):
@@ -176,8 +188,9 @@ def test_example_source_equals_tfds_decoding(built):
             png, label = records.image_and_label(ours.records[i])
             assert png == want["image"] and label == want["label"]
             stored = records._decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
-            assert stored is not None and np.array_equal(stored, cv2.imdecode(np.frombuffer(png, np.uint8),
-                                                                              cv2.IMREAD_UNCHANGED))
+            assert stored is not None and np.array_equal(
+                stored, cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+            )
 
 
 def test_loaders_read_built_records(built):
@@ -193,12 +206,15 @@ def test_loaders_read_built_records(built):
     assert np.array_equal(boxes, np.stack([source[i]["bbox"] for i in range(len(source))]))
 
 
-@pytest.mark.parametrize("params", [
-    [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast path
-    [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast, deflated
-    [cv2.IMWRITE_PNG_COMPRESSION, 0],  # filtered rows: libpng
-    [cv2.IMWRITE_PNG_COMPRESSION, 3],
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast path
+        [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],  # fast, deflated
+        [cv2.IMWRITE_PNG_COMPRESSION, 0],  # filtered rows: libpng
+        [cv2.IMWRITE_PNG_COMPRESSION, 3],
+    ],
+)
 def test_decode_png_equals_opencv(params):
     rng = np.random.default_rng(1)
     image = cv2.GaussianBlur(rng.integers(0, 256, (37, 53), dtype=np.uint8), (5, 5), 0)
@@ -208,7 +224,7 @@ def test_decode_png_equals_opencv(params):
     assert (records._decode_unfiltered_gray_png(png) is not None) == fast
     rgb = cv2.imencode(".png", np.dstack([image] * 3))[1].tobytes()  # not gray: libpng decides
     assert records._decode_unfiltered_gray_png(rgb) is None
-    assert records._decode_unfiltered_gray_png(png[:len(png) // 2]) is None  # truncated
+    assert records._decode_unfiltered_gray_png(png[: len(png) // 2]) is None  # truncated
     with pytest.raises(ValueError):
         records.decode_png(b"not an image")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from lungjax.evaluation import plots
 from lungjax.data.labels import CLASS_NAMES
+from lungjax.evaluation import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Every figure is at least 5 x 5 inches at 120 dpi.
@@ -69,10 +69,10 @@ def test_reliability_diagram(predictions, tmp_path):
 
 def test_training_curves(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    records = [{"step": s, "epoch": s // 50, "loss": 2.0 / (1 + s), "learning_rate": 1e-3}
-               for s in range(0, 200, 10)]
-    records += [{"step": s, "val_loss": 1.0, "val_accuracy": 0.5 + s / 1000, "val_macro_auc": 0.7}
-                for s in (50, 100, 150)]
+    records = [{"step": s, "epoch": s // 50, "loss": 2.0 / (1 + s), "learning_rate": 1e-3} for s in range(0, 200, 10)]
+    records += [
+        {"step": s, "val_loss": 1.0, "val_accuracy": 0.5 + s / 1000, "val_macro_auc": 0.7} for s in (50, 100, 150)
+    ]
     log.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     path = tmp_path / "training.png"
     plots.plot_training_curves(log, path)
@@ -87,8 +87,12 @@ def test_training_curves_without_validation(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "message"), [(None, "metrics file not found"), ("\n \n", "metrics file is empty"),
-                             ('{"step": 1}\n{oops\n', "metrics.jsonl:2: not valid JSON")]
+    ("content", "message"),
+    [
+        (None, "metrics file not found"),
+        ("\n \n", "metrics file is empty"),
+        ('{"step": 1}\n{oops\n', "metrics.jsonl:2: not valid JSON"),
+    ],
 )
 def test_training_curves_reject_bad_logs(content, message, tmp_path):
     log = tmp_path / "metrics.jsonl"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lungjax.evaluation import predict
 from lungjax.data import images, labels
+from lungjax.evaluation import predict
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -55,8 +55,13 @@ def files(tmp_path_factory):
     fake_dicom = root / "fake.dcm"
     fake_dicom.write_text("not DICOM either")
     return {
-        "good": good, "text": text, "truncated": truncated, "huge": huge, "fake_dicom": fake_dicom,
-        "missing": root / "missing.png", "gradient": gradient,
+        "good": good,
+        "text": text,
+        "truncated": truncated,
+        "huge": huge,
+        "fake_dicom": fake_dicom,
+        "missing": root / "missing.png",
+        "gradient": gradient,
         "mono1": write_dicom(root / "mono1.dcm", gradient, "MONOCHROME1", slope=2.0, intercept=-100.0),
         "mono2": write_dicom(root / "mono2.dcm", gradient, "MONOCHROME2", slope=2.0, intercept=-100.0),
     }
@@ -72,10 +77,16 @@ def test_dicom_rescale_and_monochrome1_inversion(files):
     assert mono1[0, 0] == 255 and mono1[0, -1] == 0  # MONOCHROME1: high values dark
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("text", "not a PNG or JPEG"), ("truncated", "corrupt or unreadable"), ("huge", "exceeds the limit"),
-    ("fake_dicom", "not a readable DICOM"), ("missing", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("text", "not a PNG or JPEG"),
+        ("truncated", "corrupt or unreadable"),
+        ("huge", "exceeds the limit"),
+        ("fake_dicom", "not a readable DICOM"),
+        ("missing", "cannot read"),
+    ],
+)
 def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
     with pytest.raises(images.ImageError, match=reason) as error:
         predict.read_radiograph(files[name])

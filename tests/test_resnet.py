@@ -23,7 +23,7 @@ def _count(state) -> int:
 
 
 def test_headless_resnet50_param_count_matches_keras_up_to_the_stem_and_conv_biases():
-    model = nnx.eval_shape(lambda: create_model('resnet50', num_classes=NUM_CLASSES))
+    model = nnx.eval_shape(lambda: create_model("resnet50", num_classes=NUM_CLASSES))
     head = _count(nnx.state(model.head))
     ours = _count(nnx.state(model, nnx.Param)) + _count(nnx.state(model, nnx.BatchStat)) - head
 
@@ -31,31 +31,27 @@ def test_headless_resnet50_param_count_matches_keras_up_to_the_stem_and_conv_bia
     dropped_rgb_channels = 2 * stem_kernel  # Keras' stem sees 3 channels, ours 1.
     # Every Keras conv has a bias (folded into the next BatchNorm on import); ours have none.
     # Bottleneck convs output (f, f, 4f) plus a 4f projection shortcut in each stage's first block.
-    conv_biases = 64 + sum(
-        n_blocks * (f + f + 4 * f) + 4 * f for n_blocks, f in zip((3, 4, 6, 3), (64, 128, 256, 512))
-    )
+    conv_biases = 64 + sum(n_blocks * (f + f + 4 * f) + 4 * f for n_blocks, f in zip((3, 4, 6, 3), (64, 128, 256, 512)))
     border_kernel = stem_kernel  # GrayStem's padding-aware bias conv (one input channel).
     assert conv_biases == 26_560
     assert KERAS_RESNET50_NOTOP_PARAMS - ours == dropped_rgb_channels + conv_biases - border_kernel
 
 
 def test_model_state_is_only_params_and_batch_stats():
-    model = nnx.eval_shape(
-        lambda: create_model('resnet18', num_classes=NUM_CLASSES, width=0.25, dropout_rate=0.5)
-    )
+    model = nnx.eval_shape(lambda: create_model("resnet18", num_classes=NUM_CLASSES, width=0.25, dropout_rate=0.5))
     _, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     assert _count(params) > 0 and _count(stats) > 0
     assert jax.tree.leaves(rest) == []
 
 
 @pytest.mark.parametrize(
-    'name, width, size',
+    "name, width, size",
     [
-        ('resnet18', 0.25, 64),
-        ('resnet34', 0.25, 32),
-        ('resnet50', 0.25, 64),
-        ('resnet101', 0.25, 32),
-        ('resnet152', 0.25, 32),
+        ("resnet18", 0.25, 64),
+        ("resnet34", 0.25, 32),
+        ("resnet50", 0.25, 64),
+        ("resnet101", 0.25, 32),
+        ("resnet152", 0.25, 32),
     ],
 )
 def test_output_shapes(name, width, size):
@@ -68,7 +64,7 @@ def test_output_shapes(name, width, size):
 
 @pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_stats_and_logits():
-    model = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25, dtype=jnp.bfloat16)
+    model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25, dtype=jnp.bfloat16)
     x = jnp.ones((2, 32, 32, 1))
     assert model(x, train=True).dtype == jnp.float32
     assert model.features(x).dtype == jnp.float32
@@ -77,7 +73,7 @@ def test_bfloat16_compute_keeps_float32_params_stats_and_logits():
 
 
 def test_batch_stats_update_only_in_train_mode():
-    model = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25)
+    model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25)
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
     before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     model.train()  # mode flags must not matter: behaviour is chosen by the train= argument.
@@ -89,8 +85,9 @@ def test_batch_stats_update_only_in_train_mode():
 
 
 def test_dropout_uses_the_rngs_passed_at_call_time():
-    model = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25, dropout_rate=0.5)
+    model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25, dropout_rate=0.5)
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
+
     # train=True also updates BatchStats, which changes the next call; use a fresh copy each time.
     def train_logits(seed):
         return nnx.clone(model)(x, train=True, rngs=nnx.Rngs(dropout=seed))
@@ -98,34 +95,34 @@ def test_dropout_uses_the_rngs_passed_at_call_time():
     np.testing.assert_array_equal(train_logits(0), train_logits(0))
     assert not np.array_equal(train_logits(0), train_logits(1))
     np.testing.assert_array_equal(model(x), model(x, rngs=nnx.Rngs(dropout=1)))
-    with pytest.raises(ValueError, match='needs rngs'):
+    with pytest.raises(ValueError, match="needs rngs"):
         model(x, train=True)
 
 
 def test_residual_init_and_stride_placement():
-    v15 = create_model('resnet50', num_classes=NUM_CLASSES, width=0.25)
-    v1 = create_model('resnet50', num_classes=NUM_CLASSES, width=0.25, stride_in_1x1=True)
+    v15 = create_model("resnet50", num_classes=NUM_CLASSES, width=0.25)
+    v1 = create_model("resnet50", num_classes=NUM_CLASSES, width=0.25, stride_in_1x1=True)
     first_v15, first_v1 = v15.stages[1][0], v1.stages[1][0]
     assert (first_v15.conv1.strides, first_v15.conv2.strides) == (1, 2)
     assert (first_v1.conv1.strides, first_v1.conv2.strides) == (2, 1)
     assert not np.any(v15.stages[0][0].bn3.scale[...])
-    no_zero = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25, zero_init_residual=False)
+    no_zero = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25, zero_init_residual=False)
     assert np.all(no_zero.stages[0][0].bn2.scale[...] == 1)
 
 
 def test_unknown_name_lists_the_allowed_names():
-    with pytest.raises(ValueError, match='resnet18, resnet34, resnet50, resnet101, resnet152'):
-        create_model('resnet20', num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101, resnet152"):
+        create_model("resnet20", num_classes=NUM_CLASSES)
 
 
 def test_resnet50_forward_flops_at_224():
-    model = nnx.eval_shape(lambda: create_model('resnet50', num_classes=NUM_CLASSES))
+    model = nnx.eval_shape(lambda: create_model("resnet50", num_classes=NUM_CLASSES))
     flops = flops_per_image(model, 224, train=False)
     assert abs(flops / RESNET50_224_FLOPS - 1) <= FLOPS_TOLERANCE
 
 
 def test_training_step_costs_about_three_forward_passes():
     # Backward ≈ 2 × forward (gradients w.r.t. both activations and weights).
-    model = create_model('resnet18', num_classes=NUM_CLASSES, width=0.25)
+    model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25)
     ratio = flops_per_image(model, 64, train=True) / flops_per_image(model, 64, train=False)
     assert 2.5 <= ratio <= 3.5

@@ -11,15 +11,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import command_line_overrides, tiny_train_config
 from flax import nnx
 
-from lungjax.runtime import checkpoint
-
 from lungjax import models
-
-from lungjax.training import loop as train
 from lungjax.data import labels
-from conftest import command_line_overrides, tiny_train_config
+from lungjax.runtime import checkpoint
+from lungjax.training import loop as train
 
 ROOT = Path(__file__).parent.parent
 
@@ -76,9 +74,19 @@ def test_config_that_does_not_fit_is_refused(straight_run, data_root):
 @pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, compilation_cache, tmp_path):
     env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "lungjax.main", "--config", str(ROOT / "configs" / "tiny.py"),
-               "--workdir", str(tmp_path), "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
-               "--config.eval_every_steps=100000", *command_line_overrides(data_root)]
+    command = [
+        sys.executable,
+        "-m",
+        "lungjax.main",
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--workdir",
+        str(tmp_path),
+        "--config.num_train_steps=100000",
+        "--config.checkpoint_every_steps=100000",
+        "--config.eval_every_steps=100000",
+        *command_line_overrides(data_root),
+    ]
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics_file = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + 240
@@ -97,5 +105,5 @@ def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, c
     config.num_train_steps = saved[0] + 2
     assert train.train(config, tmp_path)
     assert checkpoint.make_manager(tmp_path, read_only=True).latest_step() == saved[0] + 2
-    resumed = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()][len(logged):]
+    resumed = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()][len(logged) :]
     assert resumed and resumed[-1] == saved[0] + 2 and min(resumed) > saved[0]

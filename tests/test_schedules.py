@@ -14,15 +14,15 @@ import logging
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_train_config
 from flax import nnx
 
-from lungjax.runtime import checkpoint, logs
-
 from lungjax import models
-
-from lungjax.training import optim, loop as train, validation as validate
 from lungjax.data import labels
-from conftest import tiny_train_config
+from lungjax.runtime import checkpoint, logs
+from lungjax.training import loop as train
+from lungjax.training import optim
+from lungjax.training import validation as validate
 
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
@@ -79,8 +79,7 @@ def run(data_root, built, compilation_cache, tmp_path_factory):
 def saved(run):
     """Every checkpoint of the run, restored once: step -> (model item, train item, run item), NumPy."""
     config, workdir, *_ = run
-    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=False,
-                               seed=config.seed)
+    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=False, seed=config.seed)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, NUM_STEPS))
     state = train.initial_state(config, params, batch_stats, tx)
@@ -89,7 +88,8 @@ def saved(run):
         restored = {}
         for step in manager.all_steps():
             model_item, train_item, _, run_item = checkpoint.restore_training(
-                manager, step, model_state=train.model_variables(state), train_state=train.resume_variables(state))
+                manager, step, model_state=train.model_variables(state), train_state=train.resume_variables(state)
+            )
             restored[step] = jax.tree.map(np.asarray, model_item), jax.tree.map(np.asarray, train_item), run_item
     finally:
         manager.close()
@@ -98,8 +98,7 @@ def saved(run):
 
 def initial_params(config):
     """The parameters the run started from (same model, same seed), which the EMA starts as."""
-    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=False,
-                               seed=config.seed)
+    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=False, seed=config.seed)
     return jax.tree.map(np.asarray, nnx.split(model, nnx.Param, nnx.BatchStat)[1])
 
 
@@ -115,13 +114,14 @@ def test_ema_is_the_exact_running_average_of_the_raw_params(run, saved):
         model_item, train_item, _ = saved[step]
         raw = train_item["params"]  # with an EMA, the train item keeps the optimised parameters
         expected = jax.tree.map(lambda e, p: EMA_DECAY * e + (1 - EMA_DECAY) * p, ema, raw)
-        for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(model_item["params"]),
-                                     jax.tree.leaves(expected)):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7,
-                                       err_msg=f"step {step} {jax.tree_util.keystr(path)}")
+        for (path, got), want in zip(
+            jax.tree_util.tree_leaves_with_path(model_item["params"]), jax.tree.leaves(expected)
+        ):
+            np.testing.assert_allclose(
+                got, want, rtol=1e-6, atol=1e-7, err_msg=f"step {step} {jax.tree_util.keystr(path)}"
+            )
         ema = model_item["params"]
-        moved = max(moved, max(float(np.abs(e - p).max()) for e, p in
-                               zip(jax.tree.leaves(ema), jax.tree.leaves(raw))))
+        moved = max(moved, max(float(np.abs(e - p).max()) for e, p in zip(jax.tree.leaves(ema), jax.tree.leaves(raw))))
     assert moved > 1e-4  # the model item really is not the raw parameters
 
 
@@ -145,5 +145,6 @@ def test_early_stopping_stops_saves_and_says_so(run, saved):
     _, train_item, run_item = saved[STOP_STEP]
     assert int(train_item["step"]) == STOP_STEP
     assert run_item["early_stopping"] == {"best_loss": 1.0, "evals_without_improvement": 2}
-    assert any(f"early stop at step {STOP_STEP}: 2 validations without a lower validation loss" in m
-               for m in messages), messages
+    assert any(
+        f"early stop at step {STOP_STEP}: 2 validations without a lower validation loss" in m for m in messages
+    ), messages

@@ -9,12 +9,10 @@ import pytest
 from flax import nnx
 from sklearn.utils.class_weight import compute_class_weight
 
-from lungjax.training import loss, optim, step
-
 from lungjax import models
-
-from lungjax.runtime import sharding
 from lungjax.config.base import base_config
+from lungjax.runtime import sharding
+from lungjax.training import loss, optim, step
 from lungjax.training.loss import class_weights
 
 
@@ -36,9 +34,13 @@ def test_loss_matches_float64_reference(smoothing, gamma):
     logits = rng.normal(size=(32, 6)) * 3
     labels = rng.integers(0, 6, size=32)
     weights = rng.uniform(0.5, 3.0, size=6)
-    got = loss.weighted_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
-                                      jnp.asarray(weights, jnp.float32), label_smoothing=smoothing,
-                                      focal_gamma=gamma)
+    got = loss.weighted_cross_entropy(
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(labels),
+        jnp.asarray(weights, jnp.float32),
+        label_smoothing=smoothing,
+        focal_gamma=gamma,
+    )
     np.testing.assert_allclose(float(got), reference_loss(logits, labels, weights, smoothing, gamma), rtol=1e-5)
 
 
@@ -104,15 +106,23 @@ def run_one_step(half_precision):
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     config = base_config()
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 100))
-    state = step.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                            opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
-                            plateau=optim.init_plateau(config))
+    state = step.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+        plateau=optim.init_plateau(config),
+    )
     config.label_smoothing, config.half_precision = 0.1, half_precision
-    train_step = step.make_train_step(config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(6),
-                                      mesh=sharding.make_mesh())
+    train_step = step.make_train_step(
+        config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(6), mesh=sharding.make_mesh()
+    )
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 1)), jnp.uint8),
-             "label": jnp.asarray(rng.integers(0, 6, 8))}
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 1)), jnp.uint8),
+        "label": jnp.asarray(rng.integers(0, 6, 8)),
+    }
     state, metrics = train_step(state, batch)
     return state, float(metrics.compute()["loss"])
 
@@ -123,5 +133,7 @@ def test_bfloat16_step_matches_float32_and_keeps_float32_state():
     state16, loss16 = run_one_step(True)
     assert abs(loss16 - loss32) < 1e-2, (loss16, loss32)
     for tree in (state16.params, state16.batch_stats, state16.opt_state):
-        assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype(np.float32)}
+        assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} == {
+            np.dtype(np.float32)
+        }
     assert int(state16.nonfinite_step) == 0

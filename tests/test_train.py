@@ -3,18 +3,17 @@ non-finite stop, and 4 devices against 1."""
 
 import json
 import re
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import four_device_config, tiny_train_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_resume import saved_params
 
 from lungjax.runtime import checkpoint, logs, run_info
-
-from lungjax.training import step as step_lib, loop as train
-from conftest import four_device_config, tiny_train_config
-from test_resume import saved_params
+from lungjax.training import loop as train
+from lungjax.training import step as step_lib
 
 
 @pytest.mark.slow
@@ -54,8 +53,12 @@ def test_run_compiles_once_and_logs(data_root, built, tmp_path, monkeypatch):
     best = max(validated, key=lambda s: validated[s]["val_macro_auc"])
     assert checkpoint.best_step(manager) == best
     assert best in manager.all_steps() and manager.latest_step() == 9
-    assert manager.restore(9, args=checkpoint.ocp.args.Composite(
-        run=checkpoint.ocp.args.JsonRestore()))["run"]["dataset_fingerprint"] == info["dataset_fingerprint"]
+    assert (
+        manager.restore(9, args=checkpoint.ocp.args.Composite(run=checkpoint.ocp.args.JsonRestore()))["run"][
+            "dataset_fingerprint"
+        ]
+        == info["dataset_fingerprint"]
+    )
 
 
 @pytest.mark.slow

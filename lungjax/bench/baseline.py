@@ -20,8 +20,8 @@ from ml_collections import config_flags
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from lungjax.evaluation import metrics
 from lungjax.data import dataset, labels, records
+from lungjax.evaluation import metrics
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The config the run was trained with.", lock_config=True)
@@ -56,8 +56,12 @@ def main(argv):
     del argv
     builder = dataset.build(FLAGS.config.data, FLAGS.workdir)
     auc = baseline_auc(builder, side=FLAGS.pixels, inverse_regularisation=FLAGS.C)
-    result = {"logistic_regression_macro_auc": auc, "pixels": FLAGS.pixels, "C": FLAGS.C,
-              "classes": list(labels.CLASS_NAMES)}
+    result = {
+        "logistic_regression_macro_auc": auc,
+        "pixels": FLAGS.pixels,
+        "C": FLAGS.C,
+        "classes": list(labels.CLASS_NAMES),
+    }
     report = Path(FLAGS.workdir) / "eval" / "test" / "report.json"
     if report.is_file():
         result["cnn_macro_auc"] = json.loads(report.read_text())["macro_auc"]

@@ -40,8 +40,7 @@ WEIGHT_DECAY = 1e-4
 LABEL_SMOOTHING = 0.1
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("contender", None, "KIND[;NAME=VALUE...]; repeat (default: lungjax, keras-jax, "
-                          "keras-torch).")
+flags.DEFINE_multi_string("contender", None, "KIND[;NAME=VALUE...]; repeat (default: lungjax, keras-jax, keras-torch).")
 flags.DEFINE_string("model", "resnet50", "Model name.")
 flags.DEFINE_float("width", 1.0, "Width multiplier, lungjax only (Keras has no width).")
 flags.DEFINE_integer("batch_size", 16, "Batch size.")
@@ -76,9 +75,14 @@ class LungjaxWorker:
         from lungjax.bench import step_timing
 
         self._timing = step_timing
-        self.compiled = step_timing.compile_step(args.model, batch_size=args.batch_size,
-                                                 image_size=args.image_size, half_precision=half_precision,
-                                                 width=args.width, stride_in_1x1=stride_in_1x1)
+        self.compiled = step_timing.compile_step(
+            args.model,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            half_precision=half_precision,
+            width=args.width,
+            stride_in_1x1=stride_in_1x1,
+        )
         self.compile_seconds = self.compiled.compile_seconds
         start = time.perf_counter()
         self._timing.time_steps(self.compiled, warmup=max(args.warmup - 1, 0), windows=1, steps_per_window=1)
@@ -90,8 +94,11 @@ class LungjaxWorker:
     def describe(self) -> dict:
         import jax
 
-        return {"jax": jax.__version__, "flops_per_step": self.compiled.flops_per_step,
-                "xla_memory_bytes": self.compiled.memory_bytes}
+        return {
+            "jax": jax.__version__,
+            "flops_per_step": self.compiled.flops_per_step,
+            "xla_memory_bytes": self.compiled.memory_bytes,
+        }
 
 
 class KerasWorker:
@@ -100,17 +107,17 @@ class KerasWorker:
         import numpy as np
 
         self._keras = keras
-        model_cls = getattr(keras.applications, {"resnet50": "ResNet50", "resnet101": "ResNet101",
-                                                  "resnet152": "ResNet152"}[args.model])
-        self.model = model_cls(weights=None, input_shape=(args.image_size, args.image_size, 1),
-                               classes=NUM_CLASSES)
+        model_cls = getattr(
+            keras.applications, {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}[args.model]
+        )
+        self.model = model_cls(weights=None, input_shape=(args.image_size, args.image_size, 1), classes=NUM_CLASSES)
         optimizer = keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         optimizer.exclude_from_weight_decay(var_names=["bn", "bias"])  # kernels only, as lungjax
-        self.model.compile(optimizer=optimizer,
-                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
+        self.model.compile(
+            optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
+        )
         rng = np.random.default_rng(0)
-        self.x = (rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 1))
-                  .astype(np.float32) / 255.0)
+        self.x = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 1)).astype(np.float32) / 255.0
         self.y = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, args.batch_size)]
         self.class_weight = {c: 1.0 for c in range(NUM_CLASSES)}
         start = time.perf_counter()
@@ -153,8 +160,14 @@ def worker_main(args) -> None:
         worker = LungjaxWorker(args, half_precision=kind == "lungjax-bf16", stride_in_1x1=kind == "lungjax-v1")
     else:
         worker = KerasWorker(args)
-    workers.emit({"ready": True, "compile_seconds": worker.compile_seconds, "warmup_seconds": worker.warmup_seconds,
-                  **worker.describe()})
+    workers.emit(
+        {
+            "ready": True,
+            "compile_seconds": worker.compile_seconds,
+            "warmup_seconds": worker.warmup_seconds,
+            **worker.describe(),
+        }
+    )
     workers.serve(lambda request: {"step_seconds": worker.steps(int(request.removeprefix("steps ")))})
 
 
@@ -171,9 +184,19 @@ class Contender:
         env = dict(self.extra_env)
         if self.kind.startswith("keras-"):
             env["KERAS_BACKEND"] = self.kind.split("-", 1)[1]
-        self.worker = workers.Worker("lungjax.bench.cpu", {
-            "worker": self.kind, "model": args.model, "width": args.width, "batch_size": args.batch_size,
-            "image_size": args.image_size, "warmup": args.warmup}, env=env, name=spec)
+        self.worker = workers.Worker(
+            "lungjax.bench.cpu",
+            {
+                "worker": self.kind,
+                "model": args.model,
+                "width": args.width,
+                "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "warmup": args.warmup,
+            },
+            env=env,
+            name=spec,
+        )
         self.info: dict = {}
         self.step_seconds: list[float] = []
 
@@ -189,9 +212,13 @@ def summarise(args, contenders: list[Contender], errors: dict) -> dict:
         row = {"contender": contender.spec, "kind": contender.kind, "env": contender.extra_env, **contender.info}
         if contender.step_seconds:
             median = statistics.median(contender.step_seconds)
-            row.update(step_seconds=contender.step_seconds, step_seconds_median=median,
-                       images_per_sec=args.batch_size / median, peak_rss_bytes=contender.worker.peak_rss_bytes,
-                       round_medians=[statistics.median(r) for r in contender.info.get("rounds", [])])
+            row.update(
+                step_seconds=contender.step_seconds,
+                step_seconds_median=median,
+                images_per_sec=args.batch_size / median,
+                peak_rss_bytes=contender.worker.peak_rss_bytes,
+                round_medians=[statistics.median(r) for r in contender.info.get("rounds", [])],
+            )
         if contender.spec in errors:
             row["error"] = errors[contender.spec]
         rows.append(row)
@@ -199,26 +226,42 @@ def summarise(args, contenders: list[Contender], errors: dict) -> dict:
     for row in rows:
         if baseline and "images_per_sec" in row:
             row["ratio_to_first"] = row["images_per_sec"] / baseline["images_per_sec"]
-    return {"benchmark": "cpu_train_step_side_by_side", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "load_average_at_end": os.getloadavg(), "python": platform.python_version()},
-            "model": args.model, "width": args.width, "batch_size": args.batch_size,
-            "image_size": args.image_size, "rounds": args.rounds, "steps_per_round": args.steps,
-            "warmup": args.warmup, "rows": rows}
+    return {
+        "benchmark": "cpu_train_step_side_by_side",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+        },
+        "model": args.model,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup": args.warmup,
+        "rows": rows,
+    }
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['model']} train step, batch {result['batch_size']}, {result['image_size']}² × 1, "
-             f"{result['rounds']} rounds × {result['steps_per_round']} steps, medians of all steps",
-             f"{'contender':<58} {'img/s':>7} {'ratio':>6} {'s/step':>7} {'compile s':>9} {'peak RSS':>9}"]
+    lines = [
+        f"{result['model']} train step, batch {result['batch_size']}, {result['image_size']}² × 1, "
+        f"{result['rounds']} rounds × {result['steps_per_round']} steps, medians of all steps",
+        f"{'contender':<58} {'img/s':>7} {'ratio':>6} {'s/step':>7} {'compile s':>9} {'peak RSS':>9}",
+    ]
     for row in result["rows"]:
         if "images_per_sec" not in row:
             last_line = row.get("error", "no steps").splitlines()[-1]  # a worker's error ends with its stderr
             lines.append(f"{row['contender']:<58} failed: {last_line}")
             continue
-        lines.append(f"{row['contender']:<58} {row['images_per_sec']:7.2f} {row['ratio_to_first']:6.2f} "
-                     f"{row['step_seconds_median']:7.2f} {row.get('compile_seconds', float('nan')):9.1f} "
-                     f"{row['peak_rss_bytes'] / 2**30:8.2f}G")
+        lines.append(
+            f"{row['contender']:<58} {row['images_per_sec']:7.2f} {row['ratio_to_first']:6.2f} "
+            f"{row['step_seconds_median']:7.2f} {row.get('compile_seconds', float('nan')):9.1f} "
+            f"{row['peak_rss_bytes'] / 2**30:8.2f}G"
+        )
     return "\n".join(lines)
 
 
@@ -252,8 +295,11 @@ def main(argv) -> None:
                 try:
                     seconds = contender.request(args.steps, args.timeout)
                     contender.info.setdefault("rounds", []).append(seconds)
-                    print(f"[cpu bench] round {round_index + 1} {contender.spec}: "
-                          f"{args.batch_size / statistics.median(seconds):.2f} img/s", flush=True)
+                    print(
+                        f"[cpu bench] round {round_index + 1} {contender.spec}: "
+                        f"{args.batch_size / statistics.median(seconds):.2f} img/s",
+                        flush=True,
+                    )
                 except (RuntimeError, TimeoutError) as error:
                     errors[contender.spec] = str(error)
     finally:

@@ -34,13 +34,12 @@ import jax
 from absl import app, flags
 
 from lungjax import bench
-
-from lungjax.runtime import sharding
 from lungjax.bench import step_timing
 from lungjax.config.base import base_config
 from lungjax.data import dataset, labels, pipeline, records
 from lungjax.models import flops
 from lungjax.models.resnet import create_model
+from lungjax.runtime import sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet50", "Model name.")
@@ -54,9 +53,12 @@ flags.DEFINE_integer("e2e_batch", 256, "Batch of the end-to-end run (reuses that
 flags.DEFINE_integer("e2e_patients", 1000, "Phantom patients (about 3 films each) for the end-to-end run.")
 flags.DEFINE_integer("e2e_steps", 40, "Timed end-to-end steps.")
 flags.DEFINE_integer("warmup_batches", 5, "Untimed batches before timing (at least one per grain worker).")
-flags.DEFINE_list("workers", [str(max((os.cpu_count() or 2) - 2, 1))],
-                  "grain worker processes (0: in this process); several: one end-to-end run each, to see "
-                  "whether fewer workers leave the step's host thread more room.")
+flags.DEFINE_list(
+    "workers",
+    [str(max((os.cpu_count() or 2) - 2, 1))],
+    "grain worker processes (0: in this process); several: one end-to-end run each, to see "
+    "whether fewer workers leave the step's host thread more room.",
+)
 flags.DEFINE_integer("build_workers", os.cpu_count() or 1, "Processes building the phantom dataset (1: this one).")
 flags.DEFINE_float("budget_seconds", 360.0, "Stop starting new measurements after this long.")
 flags.DEFINE_string("out", "gpu_bench.json", "Where the JSON results go.")
@@ -96,27 +98,37 @@ def step_benchmarks(args, peak: float | None, deadline: float, rows: list[dict],
                 rows.append({"precision": precision, "batch": batch_size, "skipped": "time budget"})
                 continue
             try:
-                compiled = step_timing.compile_step(args.model, batch_size=batch_size, image_size=args.image_size,
-                                                    half_precision=precision == "bfloat16", width=args.width)
+                compiled = step_timing.compile_step(
+                    args.model,
+                    batch_size=batch_size,
+                    image_size=args.image_size,
+                    half_precision=precision == "bfloat16",
+                    width=args.width,
+                )
                 timing = step_timing.time_steps(compiled, windows=args.windows)
             except Exception as err:  # e.g. out of memory: record it and measure the rest
-                rows.append({"precision": precision, "batch": batch_size, "skipped": f"{type(err).__name__}: {err}"[:300]})
+                rows.append(
+                    {"precision": precision, "batch": batch_size, "skipped": f"{type(err).__name__}: {err}"[:300]}
+                )
                 print(json.dumps(rows[-1]), flush=True)
                 save()
                 continue
             achieved = flops_per_image * timing["images_per_sec"]
-            rows.append({
-                "precision": precision, "batch": batch_size,
-                "compile_seconds": compiled.compile_seconds,
-                "images_per_sec": timing["images_per_sec"],
-                "step_ms": 1e3 * timing["step_seconds_median"],
-                "window_seconds": timing["window_seconds"],
-                "train_flops_per_image": flops_per_image,
-                "achieved_tflops": achieved / 1e12,
-                "utilisation_of_bf16_peak": achieved / peak if peak else None,
-                "xla_memory_gib": compiled.memory_bytes / 2**30 if compiled.memory_bytes else None,
-                "process_peak_memory_gib": (step_timing.peak_device_memory() or 0) / 2**30,
-            })
+            rows.append(
+                {
+                    "precision": precision,
+                    "batch": batch_size,
+                    "compile_seconds": compiled.compile_seconds,
+                    "images_per_sec": timing["images_per_sec"],
+                    "step_ms": 1e3 * timing["step_seconds_median"],
+                    "window_seconds": timing["window_seconds"],
+                    "train_flops_per_image": flops_per_image,
+                    "achieved_tflops": achieved / 1e12,
+                    "utilisation_of_bf16_peak": achieved / peak if peak else None,
+                    "xla_memory_gib": compiled.memory_bytes / 2**30 if compiled.memory_bytes else None,
+                    "process_peak_memory_gib": (step_timing.peak_device_memory() or 0) / 2**30,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             save()
             compiled_steps[(precision, batch_size)] = compiled
@@ -150,8 +162,9 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) 
     local_batch = compiled.batch_size // jax.process_count()
 
     def loader():
-        return pipeline.train_loader(source, batch_size=local_batch, image_size=args.image_size,
-                                     augment="light", seed=0, worker_count=workers)
+        return pipeline.train_loader(
+            source, batch_size=local_batch, image_size=args.image_size, augment="light", seed=0, worker_count=workers
+        )
 
     # Workers hand out batches in turn: every worker must have started before the clock does.
     warmup = max(args.warmup_batches, workers)
@@ -182,21 +195,26 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) 
     total = time.perf_counter() - start
     compiled.state = state
     images = args.e2e_steps * compiled.batch_size
-    return {"batch": compiled.batch_size, "workers": workers,
-            "pipeline_only_images_per_sec": pipeline_rate,
-            "pipeline_only_images_per_worker_cpu_s": images / pipeline_cpu if pipeline_cpu else None,
-            "end_to_end_images_per_sec": images / total,
-            "end_to_end_step_ms_median": 1e3 * statistics.median(step_times),
-            # Where the host's cores went while training: the main process (step dispatch, the
-            # transfer thread) and the grain workers, in cores busy on average.
-            "end_to_end_main_process_cores": (time.process_time() - main_cpu) / total,
-            "end_to_end_worker_cores": (bench.children_cpu_s() - workers_cpu) / total}
+    return {
+        "batch": compiled.batch_size,
+        "workers": workers,
+        "pipeline_only_images_per_sec": pipeline_rate,
+        "pipeline_only_images_per_worker_cpu_s": images / pipeline_cpu if pipeline_cpu else None,
+        "end_to_end_images_per_sec": images / total,
+        "end_to_end_step_ms_median": 1e3 * statistics.median(step_times),
+        # Where the host's cores went while training: the main process (step dispatch, the
+        # transfer thread) and the grain workers, in cores busy on average.
+        "end_to_end_main_process_cores": (time.process_time() - main_cpu) / total,
+        "end_to_end_worker_cores": (bench.children_cpu_s() - workers_cpu) / total,
+    }
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['device']}  model={result['model']}@{result['image_size']}",
-             f"{'precision':<10}{'batch':>6}{'img/s':>10}{'step ms':>9}{'compile s':>10}{'TFLOP/s':>9}"
-             f"{'util':>7}{'XLA GiB':>9}"]
+    lines = [
+        f"{result['device']}  model={result['model']}@{result['image_size']}",
+        f"{'precision':<10}{'batch':>6}{'img/s':>10}{'step ms':>9}{'compile s':>10}{'TFLOP/s':>9}"
+        f"{'util':>7}{'XLA GiB':>9}",
+    ]
     for row in result["steps"]:
         if "skipped" in row:
             lines.append(f"{row['precision']:<10}{row['batch']:>6}  skipped ({row['skipped']})")
@@ -204,14 +222,18 @@ def format_table(result: dict) -> str:
         tflops = f"{row['achieved_tflops']:.0f}" if row["achieved_tflops"] else "-"
         util = f"{100 * row['utilisation_of_bf16_peak']:.0f}%" if row["utilisation_of_bf16_peak"] else "-"
         memory = f"{row['xla_memory_gib']:.1f}" if row["xla_memory_gib"] else "-"
-        lines.append(f"{row['precision']:<10}{row['batch']:>6}{row['images_per_sec']:>10.0f}{row['step_ms']:>9.1f}"
-                     f"{row['compile_seconds']:>10.1f}{tflops:>9}{util:>7}{memory:>9}")
+        lines.append(
+            f"{row['precision']:<10}{row['batch']:>6}{row['images_per_sec']:>10.0f}{row['step_ms']:>9.1f}"
+            f"{row['compile_seconds']:>10.1f}{tflops:>9}{util:>7}{memory:>9}"
+        )
     for e2e in result.get("end_to_end", []):
-        lines.append(f"end to end ({e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
-                     f"{e2e['end_to_end_images_per_sec']:.0f} img/s; pipeline alone "
-                     f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; host cores busy: main process "
-                     f"{e2e['end_to_end_main_process_cores']:.1f}, workers {e2e['end_to_end_worker_cores']:.1f}; dataset build "
-                     f"{result['build_seconds']:.0f} s for {result['build_images']} images")
+        lines.append(
+            f"end to end ({e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
+            f"{e2e['end_to_end_images_per_sec']:.0f} img/s; pipeline alone "
+            f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; host cores busy: main process "
+            f"{e2e['end_to_end_main_process_cores']:.1f}, workers {e2e['end_to_end_worker_cores']:.1f}; dataset build "
+            f"{result['build_seconds']:.0f} s for {result['build_images']} images"
+        )
     return "\n".join(lines)
 
 
@@ -225,9 +247,16 @@ def main(argv) -> None:
     begin = time.perf_counter()
     deadline = begin + args.budget_seconds
     device = jax.devices()[0]
-    result = {"device": f"{device.platform}:{device.device_kind}", "jax": jax.__version__,
-              "model": args.model, "width": args.width, "image_size": args.image_size,
-              "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "steps": []}
+    result = {
+        "device": f"{device.platform}:{device.device_kind}",
+        "jax": jax.__version__,
+        "model": args.model,
+        "width": args.width,
+        "image_size": args.image_size,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu_count": os.cpu_count(),
+        "steps": [],
+    }
     print(json.dumps(result), flush=True)
 
     def save():
@@ -246,8 +275,9 @@ def main(argv) -> None:
             result["build_images"] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
             result["end_to_end"] = []
             for workers in map(int, args.workers):
-                result["end_to_end"].append({"precision": e2e_precision,
-                                             **end_to_end(args, e2e_step, builder, workers)})
+                result["end_to_end"].append(
+                    {"precision": e2e_precision, **end_to_end(args, e2e_step, builder, workers)}
+                )
                 print(json.dumps(result["end_to_end"][-1]), flush=True)
                 save()
     save()

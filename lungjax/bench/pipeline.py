@@ -59,16 +59,18 @@ def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
     builder = nih.build_dataset(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
     png = records.data_source(builder, "train")[0]["image"]
     if records._decode_unfiltered_gray_png(png) is None:
-        raise SystemExit(f"{workdir / 'tfds'} holds PNGs with row filters (an older build): delete it or "
-                         "choose another --workdir")
+        raise SystemExit(
+            f"{workdir / 'tfds'} holds PNGs with row filters (an older build): delete it or choose another --workdir"
+        )
     return builder
 
 
 def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> dict[str, float]:
     """A fresh training loader after its first two batches: images/s, images per CPU-second of
     its worker processes (per core), and the CPU share of this (the consuming) process."""
-    loader = pipeline.train_loader(source, batch_size=batch_size, image_size=IMAGE_SIZE, augment=augment,
-                                   seed=0, worker_count=workers)
+    loader = pipeline.train_loader(
+        source, batch_size=batch_size, image_size=IMAGE_SIZE, augment=augment, seed=0, worker_count=workers
+    )
     iterator = iter(loader)
     next(iterator)
     next(iterator)
@@ -77,9 +79,11 @@ def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size:
         next(iterator)
     wall = time.perf_counter() - start
     images = batches * batch_size
-    return {"images_per_s": images / wall,
-            "images_per_worker_cpu_s": images / max(bench.children_cpu_s() - workers_cpu, 1e-9),
-            "main_process_cores": (time.process_time() - main_cpu) / wall}
+    return {
+        "images_per_s": images / wall,
+        "images_per_worker_cpu_s": images / max(bench.children_cpu_s() - workers_cpu, 1e-9),
+        "main_process_cores": (time.process_time() - main_cpu) / wall,
+    }
 
 
 def per_image_us(fn, items) -> float:
@@ -108,13 +112,13 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
         "parse image+label": per_image_us(records.image_and_label, raw),
         "decode PNG": per_image_us(records.decode_png, pngs),
         "draw matrix": per_image_us(lambda _: augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
-        "warp": per_image_us(lambda pair: augmenting.warp(pair[0], pair[1], IMAGE_SIZE),
-                             list(zip(decoded, matrices))),
+        "warp": per_image_us(lambda pair: augmenting.warp(pair[0], pair[1], IMAGE_SIZE), list(zip(decoded, matrices))),
         "batch (stack)": _stack_us(warped),
     }
     if aug.brightness or aug.contrast:
-        stages["intensity"] = per_image_us(lambda image: augmenting.adjust_intensity(image, aug, rng, out=image),
-                                           [image.copy() for image in warped])
+        stages["intensity"] = per_image_us(
+            lambda image: augmenting.adjust_intensity(image, aug, rng, out=image), [image.copy() for image in warped]
+        )
     stages["whole transform"] = per_image_us(lambda record: transform.random_map(record, rng), raw)
     return stages
 
@@ -122,7 +126,7 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
 def _stack_us(images: list[np.ndarray], batch_size: int = 64) -> float:
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        np.stack([image[..., None] for image in images[i:i + batch_size]])
+        np.stack([image[..., None] for image in images[i : i + batch_size]])
     return (time.perf_counter() - start) / len(images) * 1e6
 
 
@@ -131,8 +135,9 @@ def device_warp_fn(out_size: int):
 
     Bilinear (``order=1``) with edge replication (``mode="nearest"``), as the OpenCV path.
     """
-    rows, cols = jnp.meshgrid(jnp.arange(out_size, dtype=jnp.float32), jnp.arange(out_size, dtype=jnp.float32),
-                              indexing="ij")
+    rows, cols = jnp.meshgrid(
+        jnp.arange(out_size, dtype=jnp.float32), jnp.arange(out_size, dtype=jnp.float32), indexing="ij"
+    )
     grid = jnp.stack([cols.ravel(), rows.ravel(), jnp.ones(out_size * out_size)])  # (3, P): x, y, 1
 
     def warp_one(image, matrix):
@@ -163,9 +168,12 @@ def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> d
         start = time.perf_counter()
         on_device(device_images, device_matrices).block_until_ready()
         device_times.append(time.perf_counter() - start)
-    return {"opencv_host_images_per_s": batch_size / statistics.median(host_times),
-            "jax_device_images_per_s": batch_size / statistics.median(device_times),
-            "device": str(jax.devices()[0]), "mean_abs_difference": difference}
+    return {
+        "opencv_host_images_per_s": batch_size / statistics.median(host_times),
+        "jax_device_images_per_s": batch_size / statistics.median(device_times),
+        "device": str(jax.devices()[0]),
+        "mean_abs_difference": difference,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -174,30 +182,51 @@ def main(argv: list[str]) -> None:
 
     workdir = Path(args.workdir)
     source = records.data_source(make_dataset(workdir, args.patients), "train")
-    results: dict = {"records": len(source), "stored_size": STORED_SIZE, "image_size": IMAGE_SIZE,
-                     "batch_size": args.batch_size, "loader": {}, "stages_us": {}}
+    results: dict = {
+        "records": len(source),
+        "stored_size": STORED_SIZE,
+        "image_size": IMAGE_SIZE,
+        "batch_size": args.batch_size,
+        "loader": {},
+        "stages_us": {},
+    }
     rows = []
     for preset in PRESETS:
-        runs = {workers: [loader_rate(source, augment=preset, workers=workers, batches=args.batches,
-                                      batch_size=args.batch_size) for _ in range(args.repeats)]
-                for workers in (1, 2)}
-        median = {workers: {key: statistics.median(run[key] for run in runs[workers]) for key in runs[workers][0]}
-                  for workers in runs}
+        runs = {
+            workers: [
+                loader_rate(source, augment=preset, workers=workers, batches=args.batches, batch_size=args.batch_size)
+                for _ in range(args.repeats)
+            ]
+            for workers in (1, 2)
+        }
+        median = {
+            workers: {key: statistics.median(run[key] for run in runs[workers]) for key in runs[workers][0]}
+            for workers in runs
+        }
         one, two = median[1]["images_per_s"], median[2]["images_per_s"]
         results["loader"][preset] = {"runs": runs, "medians": median, "scaling_1_to_2": two / one}
         results["stages_us"][preset] = stage_breakdown(source, preset, count=4 * len(source))
-        rows.append(f"| {preset} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | "
-                    f"{median[1]['images_per_worker_cpu_s']:,.0f} | {median[2]['images_per_worker_cpu_s']:,.0f} | "
-                    f"{median[1]['main_process_cores']:.2f} / {median[2]['main_process_cores']:.2f} |")
-        print(f"{preset}, per image (us): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()), flush=True)
+        rows.append(
+            f"| {preset} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | "
+            f"{median[1]['images_per_worker_cpu_s']:,.0f} | {median[2]['images_per_worker_cpu_s']:,.0f} | "
+            f"{median[1]['main_process_cores']:.2f} / {median[2]['main_process_cores']:.2f} |"
+        )
+        print(
+            f"{preset}, per image (us): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()),
+            flush=True,
+        )
     results["augment_host_vs_device"] = augment_comparison(source, "seed", args.batch_size, args.repeats)
     print("augment (seed preset):", json.dumps(results["augment_host_vs_device"]))
-    table = "\n".join([
-        f"images/s at {IMAGE_SIZE} from {STORED_SIZE} px records, batch {args.batch_size}, medians of "
-        f"{args.repeats} runs ({os.cpu_count()} CPUs):",
-        "| preset | 1 worker | 2 workers | scaling | per worker CPU-s (1) | per worker CPU-s (2) | main process cores (1 / 2) |",
-        "|---|---:|---:|---:|---:|---:|---:|", *rows])
+    table = "\n".join(
+        [
+            f"images/s at {IMAGE_SIZE} from {STORED_SIZE} px records, batch {args.batch_size}, medians of "
+            f"{args.repeats} runs ({os.cpu_count()} CPUs):",
+            "| preset | 1 worker | 2 workers | scaling | per worker CPU-s (1) | per worker CPU-s (2) "
+            "| main process cores (1 / 2) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
     bench.finish(results, str(workdir / "pipeline_bench.json"), table)
 
 

@@ -55,21 +55,41 @@ def step_point(args) -> dict:
     """One (batch, image size) point, in this process (the worker side)."""
     from lungjax.bench import step_timing
 
-    compiled = step_timing.compile_step(args.model, batch_size=args.point_batch, image_size=args.point_size,
-                                        half_precision=args.half_precision, width=args.width)
+    compiled = step_timing.compile_step(
+        args.model,
+        batch_size=args.point_batch,
+        image_size=args.point_size,
+        half_precision=args.half_precision,
+        width=args.width,
+    )
     timing = step_timing.time_steps(compiled, warmup=args.warmup, windows=args.steps, steps_per_window=1)
-    return {"batch_size": args.point_batch, "image_size": args.point_size,
-            "compile_seconds": compiled.compile_seconds, "step_seconds": timing["window_seconds"],
-            "step_seconds_median": timing["step_seconds_median"], "images_per_sec": timing["images_per_sec"],
-            "xla_memory_bytes": compiled.memory_bytes, "flops_per_step": compiled.flops_per_step}
+    return {
+        "batch_size": args.point_batch,
+        "image_size": args.point_size,
+        "compile_seconds": compiled.compile_seconds,
+        "step_seconds": timing["window_seconds"],
+        "step_seconds_median": timing["step_seconds_median"],
+        "images_per_sec": timing["images_per_sec"],
+        "xla_memory_bytes": compiled.memory_bytes,
+        "flops_per_step": compiled.flops_per_step,
+    }
 
 
 def run_point(args, batch_size: int, image_size: int) -> dict:
     """One point in a fresh worker process, so that its peak memory is its own."""
     start = time.perf_counter()
-    worker = workers.Worker("lungjax.bench.scaling", {
-        "model": args.model, "width": args.width, "half_precision": args.half_precision, "warmup": args.warmup,
-        "steps": args.steps, "point_batch": batch_size, "point_size": image_size})
+    worker = workers.Worker(
+        "lungjax.bench.scaling",
+        {
+            "model": args.model,
+            "width": args.width,
+            "half_precision": args.half_precision,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "point_batch": batch_size,
+            "point_size": image_size,
+        },
+    )
     try:
         return {**worker.read(args.timeout), "process_seconds": time.perf_counter() - start}
     except (RuntimeError, TimeoutError) as error:
@@ -84,32 +104,48 @@ def build_point(patients: int, stored_size: int, build_workers: int) -> dict:
 
     data = base_config().data
     data.source, data.phantom_patients, data.stored_size, data.build_workers = (
-        "phantom", patients, stored_size, build_workers)
+        "phantom",
+        patients,
+        stored_size,
+        build_workers,
+    )
     with tempfile.TemporaryDirectory(prefix="lungjax-scaling-") as workdir:
         start = time.perf_counter()
         builder = dataset.build(data, workdir)
         seconds = time.perf_counter() - start
         images = sum(split.num_examples for split in builder.info.splits.values())
-    return {"patients": patients, "images": images, "seconds": seconds, "images_per_sec": images / seconds,
-            "stored_size": stored_size, "workers": build_workers}
+    return {
+        "patients": patients,
+        "images": images,
+        "seconds": seconds,
+        "images_per_sec": images / seconds,
+        "stored_size": stored_size,
+        "workers": build_workers,
+    }
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['model']} (width {result['width']}, {result['precision']}) train step on the CPU: "
-             f"median of {result['steps']} steps after {result['warmup']}",
-             f"{'batch':>5} {'size':>5} {'img/s':>8} {'s/step':>8} {'compile s':>9} {'XLA mem':>9} {'peak RSS':>9}"]
+    lines = [
+        f"{result['model']} (width {result['width']}, {result['precision']}) train step on the CPU: "
+        f"median of {result['steps']} steps after {result['warmup']}",
+        f"{'batch':>5} {'size':>5} {'img/s':>8} {'s/step':>8} {'compile s':>9} {'XLA mem':>9} {'peak RSS':>9}",
+    ]
     for row in result["steps_table"]:
         if "error" in row:
             last_line = row["error"].splitlines()[-1][-120:]  # a worker's error ends with its stderr
             lines.append(f"{row['batch_size']:>5} {row['image_size']:>5} failed: {last_line}")
             continue
         xla = row["xla_memory_bytes"] / 2**30 if row["xla_memory_bytes"] else float("nan")
-        lines.append(f"{row['batch_size']:>5} {row['image_size']:>5} {row['images_per_sec']:8.2f} "
-                     f"{row['step_seconds_median']:8.2f} {row['compile_seconds']:9.1f} {xla:8.2f}G "
-                     f"{row['peak_rss_bytes'] / 2**30:8.2f}G")
+        lines.append(
+            f"{row['batch_size']:>5} {row['image_size']:>5} {row['images_per_sec']:8.2f} "
+            f"{row['step_seconds_median']:8.2f} {row['compile_seconds']:9.1f} {xla:8.2f}G "
+            f"{row['peak_rss_bytes'] / 2**30:8.2f}G"
+        )
     if result["build_table"]:
-        lines.append(f"dataset build (phantom, stored at {result['build_table'][0]['stored_size']} px, "
-                     f"{result['build_table'][0]['workers']} workers)")
+        lines.append(
+            f"dataset build (phantom, stored at {result['build_table'][0]['stored_size']} px, "
+            f"{result['build_table'][0]['workers']} workers)"
+        )
         lines.append(f"{'patients':>8} {'images':>7} {'seconds':>8} {'img/s':>7}")
         for row in result["build_table"]:
             lines.append(f"{row['patients']:>8} {row['images']:>7} {row['seconds']:8.1f} {row['images_per_sec']:7.1f}")
@@ -128,17 +164,28 @@ def main(argv) -> None:
     for batch_size, image_size in points:
         row = run_point(args, batch_size, image_size)
         steps_table.append(row)
-        print(f"[scaling] batch {batch_size} size {image_size}: "
-              + (f"{row['images_per_sec']:.2f} img/s" if "error" not in row else row["error"][-200:]), flush=True)
+        print(
+            f"[scaling] batch {batch_size} size {image_size}: "
+            + (f"{row['images_per_sec']:.2f} img/s" if "error" not in row else row["error"][-200:]),
+            flush=True,
+        )
     build_table = []
     for patients in ints(args.build_patients):
         row = build_point(patients, args.stored_size, args.build_workers or os.cpu_count() or 1)
         build_table.append(row)
         print(f"[scaling] build {row['images']} images: {row['seconds']:.1f} s", flush=True)
-    result = {"benchmark": "cpu_scaling", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "machine": {"cores": os.cpu_count(), "load_average_at_end": os.getloadavg()},
-              "model": args.model, "width": args.width, "precision": "bfloat16" if args.half_precision else "float32",
-              "warmup": args.warmup, "steps": args.steps, "steps_table": steps_table, "build_table": build_table}
+    result = {
+        "benchmark": "cpu_scaling",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cores": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "model": args.model,
+        "width": args.width,
+        "precision": "bfloat16" if args.half_precision else "float32",
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "steps_table": steps_table,
+        "build_table": build_table,
+    }
     bench.finish(result, args.out, format_table(result))
 
 

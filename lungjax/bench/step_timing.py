@@ -17,11 +17,12 @@ import numpy as np
 from flax import nnx
 
 from lungjax import models
-from lungjax.training import loop as train, optim, step as step_lib
-
-from lungjax.runtime import sharding
 from lungjax.config.base import base_config
 from lungjax.data import labels
+from lungjax.runtime import sharding
+from lungjax.training import loop as train
+from lungjax.training import optim
+from lungjax.training import step as step_lib
 
 
 @dataclasses.dataclass
@@ -37,8 +38,16 @@ class CompiledStep:
     memory_bytes: int | None  # XLA's estimate: arguments + outputs + temporaries, minus aliased
 
 
-def compile_step(model_name: str, *, batch_size: int, image_size: int, half_precision: bool,
-                 width: float = 1.0, seed: int = 0, stride_in_1x1: bool = False) -> CompiledStep:
+def compile_step(
+    model_name: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    half_precision: bool,
+    width: float = 1.0,
+    seed: int = 0,
+    stride_in_1x1: bool = False,
+) -> CompiledStep:
     """Builds the model and the jit-compiled step, compiles it ahead of time, and measures that.
 
     ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5.
@@ -50,26 +59,27 @@ def compile_step(model_name: str, *, batch_size: int, image_size: int, half_prec
     config.model.name, config.model.width, config.model.stride_in_1x1 = model_name, width, stride_in_1x1
     config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
     config.seed, config.half_precision, config.label_smoothing = seed, half_precision, 0.1
-    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=half_precision,
-                               seed=seed)
+    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=half_precision, seed=seed)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, 1))
     replicated = sharding.replicated(mesh)
     state = jax.device_put(train.initial_state(config, params, batch_stats, tx), replicated)
     rng = np.random.default_rng(seed)
-    host_batch = {"image": rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8),
-                  "label": rng.integers(0, labels.NUM_CLASSES, batch_size).astype(np.int32)}
+    host_batch = {
+        "image": rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8),
+        "label": rng.integers(0, labels.NUM_CLASSES, batch_size).astype(np.int32),
+    }
     batch = sharding.to_global(host_batch, sharding.batch_sharding(mesh))
-    step_fn = step_lib.make_train_step(config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES),
-                                       mesh=mesh)
+    step_fn = step_lib.make_train_step(
+        config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES), mesh=mesh
+    )
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     # Timing calls go through the jitted function, as the loop's do (its C++ dispatch path is
     # faster than calling ``compiled``); with the persistent compilation cache enabled its first
     # call loads this compilation instead of compiling again.
-    return CompiledStep(step_fn, state, batch, batch_size, compile_seconds,
-                        _flops(compiled), _memory(compiled))
+    return CompiledStep(step_fn, state, batch, batch_size, compile_seconds, _flops(compiled), _memory(compiled))
 
 
 def _flops(compiled) -> float | None:
@@ -83,12 +93,15 @@ def _memory(compiled) -> int | None:
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return int(
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
 
 
-def time_steps(compiled: CompiledStep, *, warmup: int = 3, windows: int = 5, steps_per_window: int = 10
-               ) -> dict:
+def time_steps(compiled: CompiledStep, *, warmup: int = 3, windows: int = 5, steps_per_window: int = 10) -> dict:
     """Median images/s over ``windows`` timed windows; the state is threaded through (donated)."""
     state = compiled.state
     for _ in range(warmup):
@@ -103,9 +116,11 @@ def time_steps(compiled: CompiledStep, *, warmup: int = 3, windows: int = 5, ste
         window_seconds.append(time.perf_counter() - start)
     compiled.state = state
     step_seconds = statistics.median(window_seconds) / steps_per_window
-    return {"step_seconds_median": step_seconds,
-            "images_per_sec": compiled.batch_size / step_seconds,
-            "window_seconds": window_seconds}
+    return {
+        "step_seconds_median": step_seconds,
+        "images_per_sec": compiled.batch_size / step_seconds,
+        "window_seconds": window_seconds,
+    }
 
 
 def peak_device_memory() -> int | None:

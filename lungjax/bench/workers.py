@@ -54,9 +54,15 @@ class Worker:
         self.peak_rss_bytes = 0
         self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (open while the worker lives; see close)
         command = [sys.executable, "-m", module, *(f"--{flag}={value}" for flag, value in flag_values.items())]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-                                        text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            text=True,
+            bufsize=1,
+        )
         # A thread reads stdout, so a timeout never misses lines already buffered by the pipe.
         self._results: queue.Queue[dict | None] = queue.Queue()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -64,7 +70,7 @@ class Worker:
     def _read_stdout(self) -> None:
         for line in self.process.stdout:
             if line.startswith(RESULT_PREFIX):
-                self._results.put(json.loads(line[len(RESULT_PREFIX):]))
+                self._results.put(json.loads(line[len(RESULT_PREFIX) :]))
         self._results.put(None)  # the worker closed its stdout: it has ended or is ending
 
     def read(self, timeout: float) -> dict:
@@ -76,8 +82,9 @@ class Worker:
         if result is None:
             self._results.put(None)  # later reads fail alike
             self._stderr.seek(0)
-            raise RuntimeError(f"{self.name}: worker exited with {self.process.wait()}: "
-                               f"{self._stderr.read().strip()[-500:]}")
+            raise RuntimeError(
+                f"{self.name}: worker exited with {self.process.wait()}: {self._stderr.read().strip()[-500:]}"
+            )
         self.peak_rss_bytes = max(self.peak_rss_bytes, result["peak_rss_bytes"])
         return result
 

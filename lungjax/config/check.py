@@ -9,8 +9,9 @@ the machine (the batch must split over the devices).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -50,67 +51,78 @@ def at_least(low: float, *, integer: bool = True) -> Rule:
 def interval(low: float, high: float, *, closed_high: bool = False, open_low: bool = False) -> Rule:
     def accepts(v):
         return (v > low if open_low else v >= low) and (v <= high if closed_high else v < high)
+
     return Rule(accepts, f"a number in {'(' if open_low else '['}{low}, {high}{']' if closed_high else ')'}")
 
 
 def _class_weights_ok(value) -> bool:
     if isinstance(value, str):
         return value in ("balanced", "none")
-    return (isinstance(value, (list, tuple)) and len(value) == NUM_CLASSES
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value))
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == NUM_CLASSES
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
+    )
 
 
 def _eval_checkpoint_ok(value) -> bool:
     if isinstance(value, bool):
         return False
-    return value in checkpoint.CHECKPOINT_CHOICES or (isinstance(value, int) and value >= 0) or (
-        isinstance(value, str) and value.isdigit())
+    return (
+        value in checkpoint.CHECKPOINT_CHOICES
+        or (isinstance(value, int) and value >= 0)
+        or (isinstance(value, str) and value.isdigit())
+    )
 
 
 POSITIVE = Rule(lambda v: v > 0, "a number > 0")
-RULES = MappingProxyType({
-    "data.source": one_of(dataset.SOURCES),
-    "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
-    "data.stored_size": at_least(MIN_IMAGE_SIZE),
-    "data.phantom_patients": at_least(NUM_CLASSES),
-    "data.build_workers": at_least(0),
-    "image_size": at_least(MIN_IMAGE_SIZE),
-    "augment": one_of(augment.AUGMENTATIONS),
-    "seed": at_least(0),
-    "data.phantom_seed": at_least(0),
-    "worker_count": at_least(0),
-    "model.name": one_of(resnet.MODEL_NAMES),
-    "model.width": POSITIVE,
-    "model.dropout_rate": interval(0, 1),
-    "batch_size": at_least(1),
-    "num_epochs": at_least(0),
-    "optimizer": one_of(optim.OPTIMIZERS),
-    "learning_rate": POSITIVE,
-    "schedule": one_of(optim.SCHEDULES),
-    "warmup_epochs": at_least(0, integer=False),
-    "plateau.factor": interval(0, 1, open_low=True, closed_high=True),
-    "plateau.patience": at_least(0),
-    "plateau.cooldown": at_least(0),
-    "plateau.min_scale": interval(0, 1, open_low=True, closed_high=True),
-    "weight_decay": at_least(0, integer=False),
-    "grad_clip_norm": at_least(0, integer=False),
-    "class_weights": Rule(_class_weights_ok, f"'balanced', 'none' or a list of {NUM_CLASSES} positive numbers"),
-    "label_smoothing": interval(0, 1),
-    "focal_gamma": at_least(0, integer=False),
-    "ema_decay": interval(0, 1),
-    "checkpoint_every_steps": at_least(1),
-    "keep_checkpoints": at_least(1),
-    "log_every_steps": at_least(1),
-    "eval_every_steps": at_least(0),
-    "early_stop_patience": at_least(0),
-    "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"),
-    "eval.split": one_of(EVAL_SPLITS),
-    "eval.batch_size": at_least(1),
-    "eval.n_bootstrap": at_least(0),
-    "eval.tta_crops": Rule(lambda v: 1 <= v <= inference.MAX_TTA_CROPS, f"an integer in 1..{inference.MAX_TTA_CROPS}"),
-    "eval.explain_examples": at_least(0),
-    "eval.cam_stage": Rule(lambda v: 1 <= v <= resnet.NUM_STAGES, f"an integer in 1..{resnet.NUM_STAGES}"),
-})
+RULES = MappingProxyType(
+    {
+        "data.source": one_of(dataset.SOURCES),
+        "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
+        "data.stored_size": at_least(MIN_IMAGE_SIZE),
+        "data.phantom_patients": at_least(NUM_CLASSES),
+        "data.build_workers": at_least(0),
+        "image_size": at_least(MIN_IMAGE_SIZE),
+        "augment": one_of(augment.AUGMENTATIONS),
+        "seed": at_least(0),
+        "data.phantom_seed": at_least(0),
+        "worker_count": at_least(0),
+        "model.name": one_of(resnet.MODEL_NAMES),
+        "model.width": POSITIVE,
+        "model.dropout_rate": interval(0, 1),
+        "batch_size": at_least(1),
+        "num_epochs": at_least(0),
+        "optimizer": one_of(optim.OPTIMIZERS),
+        "learning_rate": POSITIVE,
+        "schedule": one_of(optim.SCHEDULES),
+        "warmup_epochs": at_least(0, integer=False),
+        "plateau.factor": interval(0, 1, open_low=True, closed_high=True),
+        "plateau.patience": at_least(0),
+        "plateau.cooldown": at_least(0),
+        "plateau.min_scale": interval(0, 1, open_low=True, closed_high=True),
+        "weight_decay": at_least(0, integer=False),
+        "grad_clip_norm": at_least(0, integer=False),
+        "class_weights": Rule(_class_weights_ok, f"'balanced', 'none' or a list of {NUM_CLASSES} positive numbers"),
+        "label_smoothing": interval(0, 1),
+        "focal_gamma": at_least(0, integer=False),
+        "ema_decay": interval(0, 1),
+        "checkpoint_every_steps": at_least(1),
+        "keep_checkpoints": at_least(1),
+        "log_every_steps": at_least(1),
+        "eval_every_steps": at_least(0),
+        "early_stop_patience": at_least(0),
+        "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"),
+        "eval.split": one_of(EVAL_SPLITS),
+        "eval.batch_size": at_least(1),
+        "eval.n_bootstrap": at_least(0),
+        "eval.tta_crops": Rule(
+            lambda v: 1 <= v <= inference.MAX_TTA_CROPS, f"an integer in 1..{inference.MAX_TTA_CROPS}"
+        ),
+        "eval.explain_examples": at_least(0),
+        "eval.cam_stage": Rule(lambda v: 1 <= v <= resnet.NUM_STAGES, f"an integer in 1..{resnet.NUM_STAGES}"),
+    }
+)
 # Keys whose type may differ from the base config's value.
 FREE_TYPES = frozenset({"class_weights", "eval.checkpoint"})
 
@@ -162,16 +174,21 @@ def problems(config) -> list[str]:
     if found:
         return found
     if values["data.source"] == "nih" and not values["data.manual_dir"]:
-        found.append("config.data.manual_dir: '' is not allowed with data.source='nih'; "
-                     "allowed: the folder of your NIH download")
+        found.append(
+            "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
+        )
     if values["num_train_steps"] <= 0 and values["num_epochs"] <= 0:
-        found.append(f"config.num_train_steps: {values['num_train_steps']} with num_epochs "
-                     f"{values['num_epochs']} trains nothing; allowed: num_train_steps > 0 or num_epochs > 0")
+        found.append(
+            f"config.num_train_steps: {values['num_train_steps']} with num_epochs "
+            f"{values['num_epochs']} trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"
+        )
     devices, processes = jax.device_count(), jax.process_count()
     for key in ("batch_size", "eval.batch_size"):
         if values[key] % devices or values[key] % processes:
-            found.append(f"config.{key}: {values[key]} does not split over the {devices} devices of "
-                         f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}")
+            found.append(
+                f"config.{key}: {values[key]} does not split over the {devices} devices of "
+                f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}"
+            )
     return found
 
 
@@ -192,6 +209,6 @@ def check_override_flags(argv: list[str]) -> None:
     sections = {key.rsplit(".", 1)[0] for key in schema if "." in key}
     for arg in argv:
         if arg.startswith("--config."):
-            key = arg[len("--config."):].split("=", 1)[0]
+            key = arg[len("--config.") :].split("=", 1)[0]
             if key not in schema and key not in sections:
                 raise ConfigError(f"invalid config: {unknown_key_problem(key, schema)}")

@@ -45,8 +45,7 @@ def augmentation(name: str) -> Augmentation:
     return AUGMENTATIONS[name]
 
 
-def affine_matrix(aug: Augmentation, in_size: int, out_size: int, rng: np.random.Generator | None
-                  ) -> np.ndarray:
+def affine_matrix(aug: Augmentation, in_size: int, out_size: int, rng: np.random.Generator | None) -> np.ndarray:
     """2x3 matrix mapping output pixel coordinates to input coordinates (resize + random affine).
 
     The linear part is ``scale * rotation @ shearing @ diag(zoom)``; composed in Python floats
@@ -68,18 +67,25 @@ def affine_matrix(aug: Augmentation, in_size: int, out_size: int, rng: np.random
         c, d = scale * r10 * float(zoom_x), scale * r11 * float(zoom_y)
         shift_x, shift_y = (float(v) * in_size for v in rng.uniform(-aug.shift, aug.shift, size=2))
     centre_in, centre_out = (in_size - 1) / 2, (out_size - 1) / 2
-    return np.array([[a, b, centre_in + shift_x - (a + b) * centre_out],
-                     [c, d, centre_in + shift_y - (c + d) * centre_out]])
+    return np.array(
+        [[a, b, centre_in + shift_x - (a + b) * centre_out], [c, d, centre_in + shift_y - (c + d) * centre_out]]
+    )
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
     """Applies an output->input affine ``matrix`` to a 2-D uint8 image."""
-    return cv2.warpAffine(image, matrix, (out_size, out_size),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (out_size, out_size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
-def adjust_intensity(image: np.ndarray, aug: Augmentation, rng: np.random.Generator,
-                     out: np.ndarray | None = None) -> np.ndarray:
+def adjust_intensity(
+    image: np.ndarray, aug: Augmentation, rng: np.random.Generator, out: np.ndarray | None = None
+) -> np.ndarray:
     """Random contrast about the image mean, then brightness; saturates to uint8 (into ``out``)."""
     contrast = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0

@@ -37,11 +37,21 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
     """The built dataset for this config; generates and builds whatever is missing."""
     tree = manual_dir(data_config, workdir)
     if data_config.source == "phantom" and not (tree / "Data_Entry_2017.csv").is_file():
-        phantom.write_nih_tree(tree, data_config.phantom_patients, seed=data_config.phantom_seed,
-                               image_size=data_config.stored_size, num_workers=max(data_config.build_workers, 1),
-                               progress=True)
-    return nih.build_dataset(tree, data_dir(data_config, workdir), builder_config(data_config),
-                       num_workers=data_config.build_workers, skip_bad_images=data_config.skip_bad_images)
+        phantom.write_nih_tree(
+            tree,
+            data_config.phantom_patients,
+            seed=data_config.phantom_seed,
+            image_size=data_config.stored_size,
+            num_workers=max(data_config.build_workers, 1),
+            progress=True,
+        )
+    return nih.build_dataset(
+        tree,
+        data_dir(data_config, workdir),
+        builder_config(data_config),
+        num_workers=data_config.build_workers,
+        skip_bad_images=data_config.skip_bad_images,
+    )
 
 
 def read_build_report(builder: nih.NihChestXray) -> dict:

@@ -114,13 +114,15 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape
     side, top, left = _padding(height, width)
     if height != width:
-        image = cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left,
-                                   cv2.BORDER_CONSTANT, value=0)
+        image = cv2.copyMakeBorder(
+            image, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0
+        )
     return resize(image, size)
 
 
-def scale_box(box: tuple[float, float, float, float], shape: tuple[int, int], size: int
-              ) -> tuple[float, float, float, float]:
+def scale_box(
+    box: tuple[float, float, float, float], shape: tuple[int, int], size: int
+) -> tuple[float, float, float, float]:
     """An (x, y, w, h) box in a film of ``shape`` -> the same box in its ``resize_square`` output.
 
     Box edges are continuous coordinates (pixel ``i`` spans ``[i, i + 1)``), which a resize scales
@@ -138,15 +140,19 @@ def encode_png(image: np.ndarray) -> bytes:
     bounds images/s per core, for ~40% more disk on noisy films. Rows are not filtered either
     (filter type 0), so the pixels are the PNG's bytes as they stand and the pipeline reads them
     without libpng (``records.decode_png``)."""
-    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
-                                              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
+    ok, buffer = cv2.imencode(
+        ".png",
+        image,
+        [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
+    )
     if not ok:
         raise ImageError("PNG encoding failed")
     return buffer.tobytes()
 
 
-def load_for_build(task: tuple[str, int, tuple[float, float, float, float] | None]
-                   ) -> tuple[bytes | None, tuple[float, float, float, float] | str | None]:
+def load_for_build(
+    task: tuple[str, int, tuple[float, float, float, float] | None],
+) -> tuple[bytes | None, tuple[float, float, float, float] | str | None]:
     """The builder's worker: (path, size, box or None) -> (PNG of the square, scaled box or None).
 
     A bad file gives (None, the reason naming it) instead of raising, so the builder can skip it.

@@ -50,7 +50,8 @@ def read_data_entry(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise MetadataError(
-            f"{path} lacks the columns {missing}; an NIH Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)}")
+            f"{path} lacks the columns {missing}; an NIH Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)}"
+        )
     frame = frame[list(REQUIRED_COLUMNS)].copy()
     age = pd.to_numeric(frame["Patient Age"], errors="coerce")
     frame["Patient Age"] = age.where((age >= 0) & (age <= MAX_PLAUSIBLE_AGE), MISSING_AGE).astype(int)
@@ -76,8 +77,9 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
     (missing for findings outside the six classes), so a box is only attached to an example of
     the same class. Coordinates are pixels of the released 1024x1024 films.
     """
-    frame = pd.read_csv(path, header=None, skiprows=1, usecols=range(6),
-                        names=["Image Index", "finding", "x", "y", "w", "h"])
+    frame = pd.read_csv(
+        path, header=None, skiprows=1, usecols=range(6), names=["Image Index", "finding", "x", "y", "w", "h"]
+    )
     frame["label"] = frame["finding"].map(labels.class_index).astype("Int64")
     return frame.drop(columns="finding")
 
@@ -87,8 +89,13 @@ def read_image_list(path: str | os.PathLike) -> set[str]:
     return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
 
 
-def select_subset(data_entry: pd.DataFrame, *, manifest: pd.DataFrame | None = None,
-                  no_finding_count: int = NO_FINDING_SAMPLE, seed: int = 42) -> pd.DataFrame:
+def select_subset(
+    data_entry: pd.DataFrame,
+    *,
+    manifest: pd.DataFrame | None = None,
+    no_finding_count: int = NO_FINDING_SAMPLE,
+    seed: int = 42,
+) -> pd.DataFrame:
     """The six-class single-label subset, with a ``label`` column (index into CLASS_NAMES).
 
     Without a manifest: every row whose ``Finding Labels`` is exactly one of the five findings
@@ -97,12 +104,18 @@ def select_subset(data_entry: pd.DataFrame, *, manifest: pd.DataFrame | None = N
     ``Finding Labels``; every manifest image must exist in the metadata.
     """
     if manifest is not None:
-        chosen = manifest.merge(data_entry.drop(columns="Finding Labels"), on="Image Index", how="left",
-                                validate="one_to_one", indicator=True)
+        chosen = manifest.merge(
+            data_entry.drop(columns="Finding Labels"),
+            on="Image Index",
+            how="left",
+            validate="one_to_one",
+            indicator=True,
+        )
         unknown = chosen.loc[chosen["_merge"] != "both", "Image Index"]
         if len(unknown):
-            raise MetadataError(f"{len(unknown)} manifest images are not in Data_Entry_2017.csv, "
-                                f"e.g. {list(unknown[:5])}")
+            raise MetadataError(
+                f"{len(unknown)} manifest images are not in Data_Entry_2017.csv, e.g. {list(unknown[:5])}"
+            )
         chosen = chosen.drop(columns="_merge")
         chosen["label"] = chosen["Finding Labels"].map(labels.class_index)
         bad = chosen.loc[chosen["label"].isna(), "Finding Labels"]
@@ -135,8 +148,7 @@ def split_by_image(subset: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFra
     return {"train": train, "validation": validation, "test": test}
 
 
-def split_by_patient(subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, seed: int = 42
-                     ) -> dict[str, pd.DataFrame]:
+def split_by_patient(subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, seed: int = 42) -> dict[str, pd.DataFrame]:
     """Patient-disjoint split, stratified by class.
 
     Patients are placed one at a time, largest first (ties in seeded random order), into the

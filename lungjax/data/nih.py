@@ -55,7 +55,8 @@ _LEAKAGE_WARNING = (
     "WARNING: the `seed` split is per image, as the reference project did it: one patient's films "
     "land on both sides (on the full NIH metadata, 1,302 of its 1,957 test images belong to patients "
     "with films in training). Use it only to compare with the reference; the number of patients "
-    "crossing splits for this build is in build_report.json.")
+    "crossing splits for this build is in build_report.json."
+)
 
 
 @dataclasses.dataclass(eq=True)
@@ -72,8 +73,13 @@ class NihConfig(tfds.core.BuilderConfig):
     seed: int = 42
 
 
-def make_config(split_scheme: str = "patient", image_size: int = 256, *,
-                no_finding_count: int = metadata.NO_FINDING_SAMPLE, seed: int = 42) -> NihConfig:
+def make_config(
+    split_scheme: str = "patient",
+    image_size: int = 256,
+    *,
+    no_finding_count: int = metadata.NO_FINDING_SAMPLE,
+    seed: int = 42,
+) -> NihConfig:
     """A config named after what changes the stored bytes, e.g. ``patient_256`` or
     ``patient_256_n500_seed7`` when the No Finding sample or the seed differ from the reference's."""
     if split_scheme not in SPLIT_SCHEMES:
@@ -86,16 +92,21 @@ def make_config(split_scheme: str = "patient", image_size: int = 256, *,
     name = f"{split_scheme}_{int(image_size)}"
     if (no_finding_count, seed) != (metadata.NO_FINDING_SAMPLE, 42):
         name += f"_n{no_finding_count}_seed{seed}"
-    return NihConfig(name=name, description=description, split_scheme=split_scheme, image_size=int(image_size),
-                     no_finding_count=no_finding_count, seed=seed)
+    return NihConfig(
+        name=name,
+        description=description,
+        split_scheme=split_scheme,
+        image_size=int(image_size),
+        no_finding_count=no_finding_count,
+        seed=seed,
+    )
 
 
 def find_data_entry(manual_dir: Path) -> Path:
     for name in DATA_ENTRY_NAMES:
         if (manual_dir / name).is_file():
             return manual_dir / name
-    raise metadata.MetadataError(
-        f"no metadata CSV in {manual_dir}: expected one of {list(DATA_ENTRY_NAMES)}")
+    raise metadata.MetadataError(f"no metadata CSV in {manual_dir}: expected one of {list(DATA_ENTRY_NAMES)}")
 
 
 def index_images(manual_dir: Path) -> dict[str, Path]:
@@ -112,8 +123,10 @@ def index_images(manual_dir: Path) -> dict[str, Path]:
 def attach_boxes(subset: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     """Adds ``bbox`` (x, y, w, h in original pixels, or NO_BOX): the first box of the row's class."""
     first = boxes.dropna(subset=["label"]).astype({"label": int}).drop_duplicates(["Image Index", "label"])
-    keyed = {(row[0], row[1]): tuple(map(float, row[2:]))
-             for row in first[["Image Index", "label", "x", "y", "w", "h"]].itertuples(index=False)}
+    keyed = {
+        (row[0], row[1]): tuple(map(float, row[2:]))
+        for row in first[["Image Index", "label", "x", "y", "w", "h"]].itertuples(index=False)
+    }
     bbox = [keyed.get((name, label), NO_BOX) for name, label in zip(subset["Image Index"], subset["label"])]
     return subset.assign(bbox=bbox)
 
@@ -127,8 +140,7 @@ class BuildPlan:
     summary: dict
 
 
-def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_images: bool = False
-               ) -> BuildPlan:
+def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_images: bool = False) -> BuildPlan:
     """Reads and checks the download; raises (naming what is wrong) before anything is written.
 
     Splits are made on the full selection and missing images dropped afterwards (when skipping),
@@ -136,13 +148,15 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     """
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
-        raise metadata.MetadataError(f"manual_dir {manual_dir} does not exist; "
-                                     + NihChestXray.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        raise metadata.MetadataError(
+            f"manual_dir {manual_dir} does not exist; " + NihChestXray.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
     data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
     manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
     manifest = metadata.read_manifest(manifest_path) if manifest_path else None
-    subset = metadata.select_subset(data_entry, manifest=manifest,
-                                    no_finding_count=config.no_finding_count, seed=config.seed)
+    subset = metadata.select_subset(
+        data_entry, manifest=manifest, no_finding_count=config.no_finding_count, seed=config.seed
+    )
     image_index = index_images(manual_dir)
     subset = subset.assign(path=subset["Image Index"].map(lambda name: image_index.get(name)))
     missing = subset.loc[subset["path"].isna(), "Image Index"].tolist()
@@ -150,7 +164,8 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
         raise FileNotFoundError(
             f"{len(missing)} of {len(subset)} selected images are missing under {manual_dir} "
             f"(looked in images/ and images_NNN/images/), e.g. {missing[:MISSING_NAMES_SHOWN]}; "
-            "pass skip_bad_images=True to build without them")
+            "pass skip_bad_images=True to build without them"
+        )
     if (manual_dir / BBOX_NAME).is_file():
         subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
     else:
@@ -159,16 +174,18 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
         splits = metadata.split_by_image(subset, seed=config.seed)
     else:
         splits = metadata.split_by_patient(subset, seed=config.seed)
-    summary = {"metadata": find_data_entry(manual_dir).name,
-               "manifest": manifest_path.name if manifest_path else None,
-               "patients_crossing_splits": metadata.patients_crossing(splits)}
+    summary = {
+        "metadata": find_data_entry(manual_dir).name,
+        "manifest": manifest_path.name if manifest_path else None,
+        "patients_crossing_splits": metadata.patients_crossing(splits),
+    }
     if (manual_dir / OFFICIAL_TEST_LIST).is_file():
         official_test = metadata.read_image_list(manual_dir / OFFICIAL_TEST_LIST)
         summary["on_official_test_list"] = {
-            name: int(frame["Image Index"].isin(official_test).sum()) for name, frame in splits.items()}
+            name: int(frame["Image Index"].isin(official_test).sum()) for name, frame in splits.items()
+        }
     splits = {name: frame[frame["path"].notna()] for name, frame in splits.items()}
-    return BuildPlan(splits=splits, skipped=[{"image": n, "reason": "missing"} for n in missing],
-                     summary=summary)
+    return BuildPlan(splits=splits, skipped=[{"image": n, "reason": "missing"} for n in missing], summary=summary)
 
 
 @contextlib.contextmanager
@@ -187,8 +204,7 @@ def image_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int
-                ) -> Iterator:
+def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int) -> Iterator:
     """``map(fn, tasks)`` in order, on ``pool`` (or in this process when None).
 
     At most ``window`` tasks are submitted ahead of the consumer: ``Executor.map`` would submit
@@ -224,10 +240,12 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "patient_256"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC or Kaggle's copy) and "
-        "point manual_dir at the folder holding Data_Entry_2017.csv and the images/ or images_NNN/ folders.")
+        "point manual_dir at the folder holding Data_Entry_2017.csv and the images/ or images_NNN/ folders."
+    )
 
-    def __init__(self, *, file_format: str = "array_record", num_workers: int = 0,
-                 skip_bad_images: bool = False, **kwargs):
+    def __init__(
+        self, *, file_format: str = "array_record", num_workers: int = 0, skip_bad_images: bool = False, **kwargs
+    ):
         """``num_workers``: decoding processes (0: one per CPU core; 1: in this process, no pool to
         start). ``skip_bad_images``: build without missing or unreadable images and list them in
         the build report, instead of stopping."""
@@ -243,17 +261,19 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(size, size, 1), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=list(labels.CLASS_NAMES)),
-                "image_name": tfds.features.Text(),
-                "patient_id": np.int64,
-                "age": np.int32,  # metadata.MISSING_AGE when missing or implausible
-                "sex": tfds.features.Text(),
-                "view_position": tfds.features.Text(),
-                "follow_up": np.int32,
-                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # x, y, w, h or NO_BOX
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=list(labels.CLASS_NAMES)),
+                    "image_name": tfds.features.Text(),
+                    "patient_id": np.int64,
+                    "age": np.int32,  # metadata.MISSING_AGE when missing or implausible
+                    "sex": tfds.features.Text(),
+                    "view_position": tfds.features.Text(),
+                    "follow_up": np.int32,
+                    "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # x, y, w, h or NO_BOX
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
         )
@@ -279,22 +299,25 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         with image_pool(self._workers()) as self._pool:
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         plan = self.plan(dl_manager.manual_dir)
-        report = {"config": self.builder_config.name, "class_names": list(labels.CLASS_NAMES),
-                  "class_counts": self._class_counts, **plan.summary,
-                  "images": {name: sum(counts) for name, counts in self._class_counts.items()},
-                  "skipped": plan.skipped}
+        report = {
+            "config": self.builder_config.name,
+            "class_names": list(labels.CLASS_NAMES),
+            "class_counts": self._class_counts,
+            **plan.summary,
+            "images": {name: sum(counts) for name, counts in self._class_counts.items()},
+            "skipped": plan.skipped,
+        }
         (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
     def _generate_examples(self, split: str, frame: pd.DataFrame):
         config = self.builder_config
         counts = self._class_counts[split]
         rows = frame.to_dict("records")
-        tasks = [(str(row["path"]), config.image_size, None if row["bbox"] == NO_BOX else row["bbox"])
-                 for row in rows]
-        results = ordered_map(images.load_for_build, tasks, self._pool,
-                              window=TASKS_IN_FLIGHT_PER_WORKER * self._workers())
-        for row, (png, box) in tqdm(zip(rows, results), total=len(rows), desc=f"{split}: decode+resize",
-                                    unit="img"):
+        tasks = [(str(row["path"]), config.image_size, None if row["bbox"] == NO_BOX else row["bbox"]) for row in rows]
+        results = ordered_map(
+            images.load_for_build, tasks, self._pool, window=TASKS_IN_FLIGHT_PER_WORKER * self._workers()
+        )
+        for row, (png, box) in tqdm(zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"):
             name = row["Image Index"]
             if png is None:
                 if not self.skip_bad_images:
@@ -303,17 +326,20 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                 continue
             counts[int(row["label"])] += 1
             box = NO_BOX if box is None else box
-            yield name, {
-                "image": png,
-                "label": int(row["label"]),
-                "image_name": name,
-                "patient_id": int(row["Patient ID"]),
-                "age": int(row["Patient Age"]),
-                "sex": str(row["Patient Gender"]),
-                "view_position": str(row["View Position"]),
-                "follow_up": int(row["Follow-up #"]),
-                "bbox": np.asarray(box, np.float32),
-            }
+            yield (
+                name,
+                {
+                    "image": png,
+                    "label": int(row["label"]),
+                    "image_name": name,
+                    "patient_id": int(row["Patient ID"]),
+                    "age": int(row["Patient Age"]),
+                    "sex": str(row["Patient Gender"]),
+                    "view_position": str(row["View Position"]),
+                    "follow_up": int(row["Follow-up #"]),
+                    "bbox": np.asarray(box, np.float32),
+                },
+            )
 
 
 def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
@@ -324,24 +350,30 @@ def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
     return created
 
 
-def build_dataset(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, config: NihConfig, *,
-            num_workers: int = 0, skip_bad_images: bool = False) -> NihChestXray:
+def build_dataset(
+    manual_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    config: NihConfig,
+    *,
+    num_workers: int = 0,
+    skip_bad_images: bool = False,
+) -> NihChestXray:
     """Builds the dataset once (no-op when already built), with its build report beside it.
 
     Any failure leaves ``data_dir`` as it was: the plan is checked before TFDS writes, and what
     the build created (TFDS's incomplete folder and the dataset's folders) is removed on error.
     """
     data_dir = Path(data_dir).absolute()
-    builder = NihChestXray(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers,
-                           skip_bad_images=skip_bad_images)
+    builder = NihChestXray(
+        config=config, data_dir=os.fspath(data_dir), num_workers=num_workers, skip_bad_images=skip_bad_images
+    )
     if builder.is_prepared():
         return builder
     builder.plan(manual_dir)
     created = [_created_by_build(data_dir, Path(builder.data_path)), data_dir / "downloads"]
     created = [path for path in created if not path.exists()]
     try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     except BaseException:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)

@@ -239,8 +239,13 @@ def _sample_point_in_lung(lung: _Lung, heart, radius: float, rng: np.random.Gene
     ends (the opacity then overlaps an edge, which is still a visible finding).
     """
     x_lo, x_hi = sorted((lung.side * lung.medial, lung.lateral_edge()))
-    inner = dataclasses.replace(lung, medial=lung.medial + radius, width=lung.width - 2 * radius,
-                                top=lung.top + radius, dome_y=lung.dome_y - radius)
+    inner = dataclasses.replace(
+        lung,
+        medial=lung.medial + radius,
+        width=lung.width - 2 * radius,
+        top=lung.top + radius,
+        dome_y=lung.dome_y - radius,
+    )
     hx, hy, hw, hh = heart
     for _ in range(MAX_PLACEMENT_TRIES):
         x = rng.uniform(x_lo, x_hi)
@@ -566,7 +571,10 @@ class _FilmRecord:
 
 
 def _patient_films(
-    patient_id: int, seed: int, image_size: int, films_per_patient: tuple[int, int],
+    patient_id: int,
+    seed: int,
+    image_size: int,
+    films_per_patient: tuple[int, int],
     image_dir: str,
 ) -> list[_FilmRecord]:
     """Render and write one patient's films; its own seed makes the result worker-independent."""
@@ -585,8 +593,10 @@ def _patient_films(
         name = f"{patient_id:08d}_{follow_up:03d}.png"
         if not cv2.imwrite(os.path.join(image_dir, name), image):
             raise OSError(f"could not write {os.path.join(image_dir, name)}")
-        entry = (f"{name},{finding},{follow_up},{patient_id},{age},{anatomy.sex},{view},"
-                 f"{image_size},{image_size},{spacing!r},{spacing!r}")
+        entry = (
+            f"{name},{finding},{follow_up},{patient_id},{age},{anatomy.sex},{view},"
+            f"{image_size},{image_size},{spacing!r},{spacing!r}"
+        )
         bbox = None if box is None else ",".join([name, finding, *(repr(v) for v in box)])
         records.append(_FilmRecord(entry, bbox))
         age += int(rng.random() < 0.3)  # follow-ups span months to years
@@ -613,13 +623,10 @@ def write_nih_tree(
     if not isinstance(num_patients, int) or num_patients < 1:
         raise ValueError(f"num_patients must be an integer >= 1, got {num_patients!r}")
     if not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(
-            f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], "
-            f"got {image_size!r}")
+        raise ValueError(f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}")
     low, high = films_per_patient
     if not 1 <= low <= high:
-        raise ValueError(
-            f"films_per_patient must be (low, high) with 1 <= low <= high, got {films_per_patient!r}")
+        raise ValueError(f"films_per_patient must be (low, high) with 1 <= low <= high, got {films_per_patient!r}")
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers!r}")
 
@@ -632,11 +639,9 @@ def write_nih_tree(
         results = (_patient_films(pid, *job) for pid in patient_ids)
         executor = None
     else:
-        executor = concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"))
+        executor = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
         chunk = max(1, num_patients // (8 * num_workers))
-        results = executor.map(_patient_films, patient_ids, *([arg] * num_patients for arg in job),
-                               chunksize=chunk)
+        results = executor.map(_patient_films, patient_ids, *([arg] * num_patients for arg in job), chunksize=chunk)
     try:
         if progress:
             from tqdm.auto import tqdm

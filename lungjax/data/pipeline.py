@@ -61,8 +61,9 @@ class EvalExample(grain.MapTransform):
         return out
 
 
-def train_loader(source: records.ExampleSource, *, batch_size: int, image_size: int, augment: str,
-                 seed: int, worker_count: int = 0) -> grain.DataLoader:
+def train_loader(
+    source: records.ExampleSource, *, batch_size: int, image_size: int, augment: str, seed: int, worker_count: int = 0
+) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
 
     Deterministic for a seed and worker count (shuffle order and augmentation draws; each worker
@@ -75,17 +76,23 @@ def train_loader(source: records.ExampleSource, *, batch_size: int, image_size: 
     processes' batches together are, row for row, the batch one process would read, and a position
     in the stream means the same for any process count (``sampling.data_state_for_process``).
     """
-    sampler = sampling.ProcessBatchSampler(sampling.EpochShuffleSampler(len(source), seed),
-                                           local_batch_size=batch_size, process_count=jax.process_count())
-    operations = [TrainExample(augmentation(augment), image_size),
-                  grain.Batch(batch_size, drop_remainder=True)]
-    return grain.DataLoader(data_source=source.records, sampler=sampler, operations=operations,
-                            worker_count=worker_count, shard_options=sampling.shard_options(),
-                            read_options=READ_OPTIONS)
+    sampler = sampling.ProcessBatchSampler(
+        sampling.EpochShuffleSampler(len(source), seed), local_batch_size=batch_size, process_count=jax.process_count()
+    )
+    operations = [TrainExample(augmentation(augment), image_size), grain.Batch(batch_size, drop_remainder=True)]
+    return grain.DataLoader(
+        data_source=source.records,
+        sampler=sampler,
+        operations=operations,
+        worker_count=worker_count,
+        shard_options=sampling.shard_options(),
+        read_options=READ_OPTIONS,
+    )
 
 
-def eval_batches(source: records.ExampleSource, *, batch_size: int, image_size: int, worker_count: int = 0
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source: records.ExampleSource, *, batch_size: int, image_size: int, worker_count: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
     """Every example of this process's shard exactly once, in order, in full batches.
 
     Records are batched here, not in grain: grain's workers each batch their own slice, which
@@ -93,11 +100,17 @@ def eval_batches(source: records.ExampleSource, *, batch_size: int, image_size: 
     ``mask`` marks the real examples. Every process yields the same number of batches (empty,
     fully masked ones where its shard is shorter), so sharded computations stay in lockstep.
     """
-    sampler = grain.IndexSampler(num_records=len(source), shard_options=sampling.shard_options(), shuffle=False,
-                                 num_epochs=1, seed=0)
-    loader = grain.DataLoader(data_source=source.records, sampler=sampler,
-                              operations=[EvalExample(source.specs, image_size)], worker_count=worker_count,
-                              shard_options=sampling.shard_options(), read_options=READ_OPTIONS)
+    sampler = grain.IndexSampler(
+        num_records=len(source), shard_options=sampling.shard_options(), shuffle=False, num_epochs=1, seed=0
+    )
+    loader = grain.DataLoader(
+        data_source=source.records,
+        sampler=sampler,
+        operations=[EvalExample(source.specs, image_size)],
+        worker_count=worker_count,
+        shard_options=sampling.shard_options(),
+        read_options=READ_OPTIONS,
+    )
     per_process = math.ceil(len(source) / jax.process_count())
     examples = iter(loader)
     for _ in range(math.ceil(per_process / batch_size)):
@@ -106,15 +119,20 @@ def eval_batches(source: records.ExampleSource, *, batch_size: int, image_size: 
         yield pad_batch(batch, batch_size, image_size)
 
 
-def pad_batch(batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int
-              ) -> dict[str, np.ndarray]:
+def pad_batch(batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int) -> dict[str, np.ndarray]:
     """Pads a (possibly missing) batch to ``batch_size`` rows and adds the boolean ``mask``."""
     if batch is None:
-        batch = {"image": np.zeros((0, image_size, image_size, 1), np.uint8), "label": np.zeros(0, np.int64),
-                 "image_name": np.zeros(0, object), "patient_id": np.zeros(0, np.int64),
-                 "bbox": np.zeros((0, 4), np.float32)}
+        batch = {
+            "image": np.zeros((0, image_size, image_size, 1), np.uint8),
+            "label": np.zeros(0, np.int64),
+            "image_name": np.zeros(0, object),
+            "patient_id": np.zeros(0, np.int64),
+            "bbox": np.zeros((0, 4), np.float32),
+        }
     real = len(batch["label"])
-    padded = {key: np.concatenate([value, np.zeros((batch_size - real, *value.shape[1:]), value.dtype)])
-              for key, value in batch.items()}
+    padded = {
+        key: np.concatenate([value, np.zeros((batch_size - real, *value.shape[1:]), value.dtype)])
+        for key, value in batch.items()
+    }
     padded["mask"] = np.arange(batch_size) < real
     return padded

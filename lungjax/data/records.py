@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2  # the Example proto, without TensorFlow
 
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -58,7 +57,7 @@ def _decode_unfiltered_gray_png(data: bytes) -> np.ndarray | None:
         if body + length + 4 > len(data):
             return None
         if kind == b"IDAT":
-            idat.append(view[body:body + length])
+            idat.append(view[body : body + length])
         elif kind == b"IEND":
             break
         position = body + length + 4  # skip the chunk's CRC
@@ -88,8 +87,9 @@ def image_and_label(record: bytes) -> tuple[bytes, int]:
     return features["image"].bytes_list.value[0], features["label"].int64_list.value[0]
 
 
-def parse_example(record: bytes, specs: dict[str, tuple[np.dtype, tuple[int, ...]]],
-                  keys: Sequence[str] | None = None) -> dict:
+def parse_example(
+    record: bytes, specs: dict[str, tuple[np.dtype, tuple[int, ...]]], keys: Sequence[str] | None = None
+) -> dict:
     """A serialized Example -> the dict TFDS's NumPy parser gives (images left encoded).
 
     ``specs``: feature name -> (NumPy dtype, shape) as serialized. Scalars come back as Python
@@ -155,5 +155,8 @@ class _Records(Sequence):
 def data_source(builder: tfds.core.DatasetBuilder, split: str) -> ExampleSource:
     """Random-access source over a built split; images stay encoded until a worker decodes them."""
     info = builder.info
-    return ExampleSource(grain.ArrayRecordDataSource(info.splits[split].file_instructions),
-                         serialized_specs(info.features), f"{info.full_name}/{split}")
+    return ExampleSource(
+        grain.ArrayRecordDataSource(info.splits[split].file_instructions),
+        serialized_specs(info.features),
+        f"{info.full_name}/{split}",
+    )

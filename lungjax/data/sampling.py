@@ -50,8 +50,11 @@ class EpochShuffleSampler:
 
     def __getitem__(self, index: int) -> grain.RecordMetadata:
         epoch, position = divmod(index, self._num_records)
-        return grain.RecordMetadata(index=index, record_key=int(self.order(epoch)[position]),
-                                    rng=np.random.Generator(np.random.Philox(key=self._seed + index)))
+        return grain.RecordMetadata(
+            index=index,
+            record_key=int(self.order(epoch)[position]),
+            rng=np.random.Generator(np.random.Philox(key=self._seed + index)),
+        )
 
     def __repr__(self) -> str:
         return f"EpochShuffleSampler(num_records={self._num_records}, seed={self._seed})"
@@ -84,8 +87,7 @@ class ProcessBatchSampler:
 
 
 def shard_options() -> grain.ShardOptions:
-    return grain.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count(),
-                              drop_remainder=False)
+    return grain.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=False)
 
 
 def _next_positions(state: dict, process_count: int) -> list[int]:
@@ -95,8 +97,7 @@ def _next_positions(state: dict, process_count: int) -> list[int]:
     """
     workers = max(state["worker_count"], 1)
     stride = process_count * workers
-    return [(state["last_seen_indices"][str(w)] + stride - w * process_count) // stride
-            for w in range(workers)]
+    return [(state["last_seen_indices"][str(w)] + stride - w * process_count) // stride for w in range(workers)]
 
 
 def _last_seen(next_positions: list[int], process_count: int, process_index: int) -> dict[str, int]:
@@ -104,8 +105,9 @@ def _last_seen(next_positions: list[int], process_count: int, process_index: int
     return {str(w): process_index - stride + w * process_count + n * stride for w, n in enumerate(next_positions)}
 
 
-def data_state_for_process(saved: bytes, *, saved_process_count: int, worker_count: int, global_batch_size: int,
-                           num_records: int) -> bytes:
+def data_state_for_process(
+    saved: bytes, *, saved_process_count: int, worker_count: int, global_batch_size: int, num_records: int
+) -> bytes:
     """Process 0's saved train-loader state -> this process's state in the resuming run.
 
     Exact (the resumed run reads the records the saved one would have read next) when the process
@@ -123,8 +125,9 @@ def data_state_for_process(saved: bytes, *, saved_process_count: int, worker_cou
         positions = done
     elif state["worker_count"] == worker_count == 0 and consumed % global_batch_size == 0:
         positions = [consumed // count]
-        logging.info("resuming a %d-process data stream on %d processes at record %d", saved_process_count,
-                     count, consumed)
+        logging.info(
+            "resuming a %d-process data stream on %d processes at record %d", saved_process_count, count, consumed
+        )
     else:
         epoch = math.ceil(consumed / num_records)
         first_batch = math.ceil(epoch * num_records / global_batch_size)
@@ -135,9 +138,16 @@ def data_state_for_process(saved: bytes, *, saved_process_count: int, worker_cou
         logging.warning(
             "the checkpoint's data position was written by %d process(es) with %d grain worker(s) each and "
             "cannot be mapped onto %d process(es) with %d worker(s): resuming at the start of epoch %d "
-            "(global record %d; records %d to %d are skipped)", saved_process_count, state["worker_count"],
-            count, worker_count, epoch + 1, first_batch * global_batch_size, consumed,
-            first_batch * global_batch_size - 1)
+            "(global record %d; records %d to %d are skipped)",
+            saved_process_count,
+            state["worker_count"],
+            count,
+            worker_count,
+            epoch + 1,
+            first_batch * global_batch_size,
+            consumed,
+            first_batch * global_batch_size - 1,
+        )
     state["worker_count"] = worker_count
     state["last_seen_indices"] = _last_seen(positions, count, index)
     return json.dumps(state).encode()

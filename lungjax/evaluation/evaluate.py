@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 
 from lungjax.data import dataset, labels, metadata, records
-from lungjax.evaluation import explain, inference, metrics, plots, report as report_lib
+from lungjax.evaluation import explain, inference, metrics, plots
+from lungjax.evaluation import report as report_lib
 from lungjax.runtime import distributed, logs, sharding
 
 
@@ -28,8 +29,9 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_name", "patient_id", "true_class", *labels.CLASS_NAMES])
-        for name, pid, label, probs in zip(predictions["image_name"], predictions["patient_id"],
-                                           predictions["label"], predictions["probs"]):
+        for name, pid, label, probs in zip(
+            predictions["image_name"], predictions["patient_id"], predictions["label"], predictions["probs"]
+        ):
             writer.writerow([name, int(pid), labels.CLASS_NAMES[int(label)], *(f"{p:.9g}" for p in probs)])
 
 
@@ -45,8 +47,9 @@ def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, wor
     """ROC, PR, confusion matrix, reliability diagram, and training curves when the run logged them."""
     plots.plot_roc_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "roc.png")
     plots.plot_pr_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "pr.png")
-    plots.plot_confusion_matrix(np.asarray(report["confusion_matrix"]), labels.CLASS_NAMES,
-                                out / "confusion_matrix.png")
+    plots.plot_confusion_matrix(
+        np.asarray(report["confusion_matrix"]), labels.CLASS_NAMES, out / "confusion_matrix.png"
+    )
     plots.plot_reliability_diagram(predictions["label"], predictions["probs"], out / "reliability.png")
     if (workdir / logs.METRICS_FILE).is_file():
         plots.plot_training_curves(workdir / logs.METRICS_FILE, out / "training_curves.png")
@@ -58,8 +61,10 @@ def format_table(report: dict) -> str:
     for name, row in report["per_class"].items():
         auc = "  n/a" if row["auc"] is None else f"{row['auc']:.3f}"
         lines.append(f"{name:<14}{auc:>7}{row['sensitivity']:>7.3f}{row['specificity']:>7.3f}{row['support']:>7d}")
-    lines.append(f"accuracy {report['accuracy']:.3f}   macro ROC-AUC {report['macro_auc']:.3f}   "
-                 f"images {report['n_images']}   checkpoint step {report['checkpoint_step']}")
+    lines.append(
+        f"accuracy {report['accuracy']:.3f}   macro ROC-AUC {report['macro_auc']:.3f}   "
+        f"images {report['n_images']}   checkpoint step {report['checkpoint_step']}"
+    )
     return "\n".join(lines)
 
 
@@ -76,24 +81,40 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     predict_fn = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
 
     def predict(name: str) -> dict[str, np.ndarray]:
-        batches = inference.split_batches(records.data_source(builder, name), global_batch_size=config.eval.batch_size,
-                                          image_size=saved.image_size, worker_count=config.worker_count)
+        batches = inference.split_batches(
+            records.data_source(builder, name),
+            global_batch_size=config.eval.batch_size,
+            image_size=saved.image_size,
+            worker_count=config.worker_count,
+        )
         return inference.predict_split(predict_fn, restored.model_state, batches, mesh)
 
     predictions = predict(split)
     thresholds, threshold_note = validation_thresholds(predictions if split == "validation" else predict("validation"))
-    report = metrics.classification_report(predictions["label"], predictions["probs"], labels.CLASS_NAMES,
-                                           patient_ids=predictions["patient_id"], thresholds=thresholds,
-                                           n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+    report = metrics.classification_report(
+        predictions["label"],
+        predictions["probs"],
+        labels.CLASS_NAMES,
+        patient_ids=predictions["patient_id"],
+        thresholds=thresholds,
+        n_bootstrap=config.eval.n_bootstrap,
+        seed=config.seed,
+    )
     if thresholds is None:
         report["at_thresholds"] = {"note": threshold_note}
     else:
         report["at_thresholds"]["chosen_on"] = "validation"
     crossing = dataset.read_build_report(builder).get("patients_crossing_splits")
-    report.update(split=split, checkpoint_step=restored.step, dataset=builder.builder_config.name,
-                  split_scheme=saved.data.split_scheme, patients_crossing_splits=crossing,
-                  patient_disjoint=crossing == 0, tta_crops=config.eval.tta_crops,
-                  reference=report_lib.reference_figures())
+    report.update(
+        split=split,
+        checkpoint_step=restored.step,
+        dataset=builder.builder_config.name,
+        split_scheme=saved.data.split_scheme,
+        patients_crossing_splits=crossing,
+        patient_disjoint=crossing == 0,
+        tta_crops=config.eval.tta_crops,
+        reference=report_lib.reference_figures(),
+    )
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 
@@ -102,10 +123,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     write_predictions(out / "predictions.csv", predictions)
     cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     report["explain"] = explain.explain_split(
-        cam_fn, sharding.local_copy(restored.model_state), records.data_source(builder, split), predictions, out,
-        image_size=saved.image_size, box_scale=saved.image_size / builder.builder_config.image_size,
+        cam_fn,
+        sharding.local_copy(restored.model_state),
+        records.data_source(builder, split),
+        predictions,
+        out,
+        image_size=saved.image_size,
+        box_scale=saved.image_size / builder.builder_config.image_size,
         n_examples=config.eval.explain_examples,
-        batch_size=inference.process_batch_size(config.eval.batch_size))
+        batch_size=inference.process_batch_size(config.eval.batch_size),
+    )
     write_plots(out, predictions, report, workdir)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_lib.render_markdown(report, sorted(p.name for p in out.glob("*.png"))))

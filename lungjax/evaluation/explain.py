@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from lungjax import models
-from lungjax.models import resnet
 from lungjax.data import labels, pipeline, records
 from lungjax.evaluation import plots
+from lungjax.models import resnet
 
 GRID_COLUMNS = 4
 PANEL_INCHES = 2.6
@@ -69,8 +69,12 @@ def make_grad_cam_fn(graphdef: nnx.GraphDef, dtype, stage: int = LAST_STAGE):
     def cam(model_state, images, classes):
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
         x = models.images_to_input(images, dtype)
-        maps = grad_cam(functools.partial(model.feature_map, stages=stage),
-                        functools.partial(model.logits_from, stage=stage), x, classes)
+        maps = grad_cam(
+            functools.partial(model.feature_map, stages=stage),
+            functools.partial(model.logits_from, stage=stage),
+            x,
+            classes,
+        )
         return upsample(maps, images.shape[1])
 
     return jax.jit(cam)
@@ -80,11 +84,11 @@ def heatmaps_for(cam_fn, model_state, images: np.ndarray, classes: np.ndarray, b
     """Runs ``cam_fn`` in fixed-size (zero-padded) batches, so it compiles once."""
     maps = []
     for start in range(0, len(images), batch_size):
-        chunk, chunk_classes = images[start:start + batch_size], classes[start:start + batch_size]
+        chunk, chunk_classes = images[start : start + batch_size], classes[start : start + batch_size]
         pad = batch_size - len(chunk)
         padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         padded_classes = np.concatenate([chunk_classes, np.zeros(pad, chunk_classes.dtype)])
-        maps.append(np.asarray(cam_fn(model_state, padded, padded_classes))[:len(chunk)])
+        maps.append(np.asarray(cam_fn(model_state, padded, padded_classes))[: len(chunk)])
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
@@ -122,8 +126,9 @@ def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
     return {"n": int(len(boxes)), "hits": hits, "flat": flat, "hit_rate": hits / len(boxes), "chance": chance}
 
 
-def plot_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str], path: str | Path,
-                  boxes: np.ndarray | None = None) -> None:
+def plot_overlays(
+    images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str], path: str | Path, boxes: np.ndarray | None = None
+) -> None:
     """A grid of radiographs with their heatmaps overlaid (and boxes outlined, where given)."""
     count = len(images)
     columns = min(GRID_COLUMNS, count)
@@ -147,8 +152,7 @@ def plot_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str
     plots.save_png(figure, path)
 
 
-def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.ndarray, image_size: int
-                ) -> np.ndarray:
+def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.ndarray, image_size: int) -> np.ndarray:
     """Rows ``indices`` of a split as the model sees them (N, S, S, 1) uint8, checked by name."""
     to_example = pipeline.EvalExample(source.specs, image_size)
     out = np.zeros((len(indices), image_size, image_size, 1), np.uint8)
@@ -162,8 +166,18 @@ def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.nd
     return out
 
 
-def explain_split(cam_fn, model_state, source, predictions: dict[str, np.ndarray], out: Path, *,
-                  image_size: int, box_scale: float, n_examples: int, batch_size: int) -> dict:
+def explain_split(
+    cam_fn,
+    model_state,
+    source,
+    predictions: dict[str, np.ndarray],
+    out: Path,
+    *,
+    image_size: int,
+    box_scale: float,
+    n_examples: int,
+    batch_size: int,
+) -> dict:
     """Grad-CAM for the true class on the boxed and the worst-scored examples of a split.
 
     Writes ``gradcam_worst.png`` (the ``n_examples`` lowest true-class probabilities) and
@@ -181,8 +195,11 @@ def explain_split(cam_fn, model_state, source, predictions: dict[str, np.ndarray
 
     def titles(selected):
         predicted = predictions["probs"][selected].argmax(axis=1)
-        return [f"{predictions['image_name'][r]}\ntrue {labels.CLASS_NAMES[predictions['label'][r]]} "
-                f"p={true_prob[r]:.2f}\npred {labels.CLASS_NAMES[p]}" for r, p in zip(selected, predicted)]
+        return [
+            f"{predictions['image_name'][r]}\ntrue {labels.CLASS_NAMES[predictions['label'][r]]} "
+            f"p={true_prob[r]:.2f}\npred {labels.CLASS_NAMES[p]}"
+            for r, p in zip(selected, predicted)
+        ]
 
     def grid(selected, path):
         at = [position[r] for r in selected]

@@ -54,14 +54,19 @@ def resolve_step(manager, choice) -> int:
     if choice == "best":
         best = checkpoint.best_step(manager)
         if best is None:
-            logging.warning("no checkpoint in %s recorded a validation score: evaluating the latest "
-                            "(step %d) instead of the best", manager.directory, manager.latest_step())
+            logging.warning(
+                "no checkpoint in %s recorded a validation score: evaluating the latest (step %d) instead of the best",
+                manager.directory,
+                manager.latest_step(),
+            )
             return manager.latest_step()
         return best
     if str(choice).isdigit() and int(choice) in steps:
         return int(choice)
-    raise ValueError(f"config.eval.checkpoint must be one of {checkpoint.CHECKPOINT_CHOICES} or a saved step "
-                     f"{sorted(steps)}, got {choice!r}")
+    raise ValueError(
+        f"config.eval.checkpoint must be one of {checkpoint.CHECKPOINT_CHOICES} or a saved step "
+        f"{sorted(steps)}, got {choice!r}"
+    )
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh) -> RestoredModel:
@@ -70,16 +75,19 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh)
     try:
         step = resolve_step(manager, config.eval.checkpoint)
         saved = ml_collections.ConfigDict(checkpoint.restore_config(manager, step))
-        model = models.from_config(saved.model, num_classes=labels.NUM_CLASSES,
-                                   half_precision=saved.half_precision)
+        model = models.from_config(saved.model, num_classes=labels.NUM_CLASSES, half_precision=saved.half_precision)
         graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        model_state = jax.device_put({"params": params, "batch_stats": batch_stats},
-                                     sharding.replicated(mesh))
+        model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
         model_state = checkpoint.restore_model(manager, step, model_state)
     finally:
         manager.close()
-    return RestoredModel(graphdef=graphdef, model_state=model_state, config=saved, step=int(step),
-                         dtype=models.compute_dtype(saved.half_precision))
+    return RestoredModel(
+        graphdef=graphdef,
+        model_state=model_state,
+        config=saved,
+        step=int(step),
+        dtype=models.compute_dtype(saved.half_precision),
+    )
 
 
 def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
@@ -89,8 +97,7 @@ def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
     """
     side = round(size * TTA_CROP_FRACTION)
     far, middle = size - side, (size - side) // 2
-    windows = [(0, 0, size), (middle, middle, side), (0, 0, side), (0, far, side), (far, 0, side),
-               (far, far, side)]
+    windows = [(0, 0, size), (middle, middle, side), (0, 0, side), (0, far, side), (far, 0, side), (far, far, side)]
     if not 1 <= crops <= MAX_TTA_CROPS:
         raise ValueError(f"config.eval.tta_crops must be in 1..{MAX_TTA_CROPS}, got {crops}")
     return windows[:crops]
@@ -108,14 +115,17 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
         probs = jnp.zeros((x.shape[0], labels.NUM_CLASSES), jnp.float32)
         windows = tta_windows(x.shape[1], tta_crops)
         for top, left, side in windows:
-            view = x[:, top:top + side, left:left + side]
+            view = x[:, top : top + side, left : left + side]
             if side != x.shape[1]:
                 view = jax.image.resize(view, x.shape, "linear")
             probs += jax.nn.softmax(model(view, train=False).astype(jnp.float32), axis=-1)
         return probs / len(windows)
 
-    return jax.jit(predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+    return jax.jit(
+        predict,
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
 
 
 def process_batch_size(global_batch_size: int) -> int:
@@ -123,11 +133,11 @@ def process_batch_size(global_batch_size: int) -> int:
     return global_batch_size // jax.process_count()
 
 
-def split_batches(source: records.ExampleSource, *, global_batch_size: int, image_size: int,
-                  worker_count: int):
+def split_batches(source: records.ExampleSource, *, global_batch_size: int, image_size: int, worker_count: int):
     """This process's padded batches of a split: the global evaluation batch split over the processes."""
-    return pipeline.eval_batches(source, batch_size=process_batch_size(global_batch_size),
-                                 image_size=image_size, worker_count=worker_count)
+    return pipeline.eval_batches(
+        source, batch_size=process_batch_size(global_batch_size), image_size=image_size, worker_count=worker_count
+    )
 
 
 def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarray]:
@@ -144,12 +154,11 @@ def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarra
         probs = np.asarray(jax.device_get(predict_fn(model_state, images)))
         rows = len(batch["mask"])
         start = jax.process_index() * rows  # this process's rows of the global batch
-        outputs["probs"].append(probs[start:start + rows])
+        outputs["probs"].append(probs[start : start + rows])
         for key in keys:
             outputs[key].append(batch[key])
     result = {key: np.concatenate(values) for key, values in outputs.items()}
-    result["image_name"] = np.array([n.decode() if isinstance(n, bytes) else str(n)
-                                     for n in result["image_name"]])
+    result["image_name"] = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in result["image_name"]])
     if jax.process_count() > 1:
         result = gather_processes(result)
     mask = result.pop("mask")
@@ -166,14 +175,22 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     names = np.char.encode(rows["image_name"].astype(str), "utf-8")
     width = int(multihost_utils.process_allgather(np.int32(max(names.itemsize, 1))).max())
-    local = {"probs": rows["probs"].astype(np.float32), "bbox": rows["bbox"].astype(np.float32),
-             "label": rows["label"].astype(np.int32), "patient_id": rows["patient_id"].astype(np.int32),
-             "mask": rows["mask"].astype(np.int32),
-             "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width)}
-    gathered = {key: np.concatenate(list(value))
-                for key, value in multihost_utils.process_allgather(local, tiled=False).items()}
-    return {"probs": gathered["probs"], "bbox": gathered["bbox"],
-            "label": gathered["label"].astype(rows["label"].dtype),
-            "patient_id": gathered["patient_id"].astype(rows["patient_id"].dtype),
-            "mask": gathered["mask"].astype(bool),
-            "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8")}
+    local = {
+        "probs": rows["probs"].astype(np.float32),
+        "bbox": rows["bbox"].astype(np.float32),
+        "label": rows["label"].astype(np.int32),
+        "patient_id": rows["patient_id"].astype(np.int32),
+        "mask": rows["mask"].astype(np.int32),
+        "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width),
+    }
+    gathered = {
+        key: np.concatenate(list(value)) for key, value in multihost_utils.process_allgather(local, tiled=False).items()
+    }
+    return {
+        "probs": gathered["probs"],
+        "bbox": gathered["bbox"],
+        "label": gathered["label"].astype(rows["label"].dtype),
+        "patient_id": gathered["patient_id"].astype(rows["patient_id"].dtype),
+        "mask": gathered["mask"].astype(bool),
+        "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8"),
+    }

@@ -51,19 +51,12 @@ def check_predictions(
         raise ValueError(f"probs must be 2-D (N, C), got shape {probs.shape}")
     num_classes = probs.shape[1] if class_names is None else len(class_names)
     if probs.shape[1] != num_classes:
-        raise ValueError(
-            f"probs has {probs.shape[1]} columns but there are {num_classes} class_names"
-        )
+        raise ValueError(f"probs has {probs.shape[1]} columns but there are {num_classes} class_names")
     labels = _check_labels(labels, num_classes)
     if probs.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"length mismatch: {labels.shape[0]} labels but {probs.shape[0]} rows of probs"
-        )
+        raise ValueError(f"length mismatch: {labels.shape[0]} labels but {probs.shape[0]} rows of probs")
     if patient_ids is not None and np.shape(patient_ids) != labels.shape:
-        raise ValueError(
-            f"length mismatch: {labels.shape[0]} labels but patient_ids has shape "
-            f"{np.shape(patient_ids)}"
-        )
+        raise ValueError(f"length mismatch: {labels.shape[0]} labels but patient_ids has shape {np.shape(patient_ids)}")
     probs = probs.astype(np.float64)
     if np.isnan(probs).any():
         raise ValueError(f"probs contains NaN in {int(np.isnan(probs).any(axis=1).sum())} rows")
@@ -89,9 +82,7 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     out_of_range = (labels < 0) | (labels >= num_classes)
     if out_of_range.any():
-        raise ValueError(
-            f"labels out of range [0, {num_classes}): {np.unique(labels[out_of_range]).tolist()}"
-        )
+        raise ValueError(f"labels out of range [0, {num_classes}): {np.unique(labels[out_of_range]).tolist()}")
     return labels.astype(np.int64)
 
 
@@ -108,9 +99,7 @@ def compute_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=num_classes)
     missing = np.flatnonzero(counts == 0)
     if missing.size:
-        raise ValueError(
-            f"class index {int(missing[0])} has no examples; its balanced weight would be infinite"
-        )
+        raise ValueError(f"class index {int(missing[0])} has no examples; its balanced weight would be infinite")
     return labels.shape[0] / (num_classes * counts.astype(np.float64))
 
 
@@ -119,12 +108,8 @@ def compute_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Elementwise ratio that is NaN (not a warning) where the denominator is zero."""
-    numerator, denominator = np.broadcast_arrays(
-        np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
-    )
-    return np.divide(
-        numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0
-    )
+    numerator, denominator = np.broadcast_arrays(np.asarray(numerator, np.float64), np.asarray(denominator, np.float64))
+    return np.divide(numerator, denominator, out=np.full(numerator.shape, np.nan), where=denominator > 0)
 
 
 def _weighted_ovr_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -149,9 +134,7 @@ def _weighted_ovr_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray
     return aucs
 
 
-def _weighted_confusion(
-    labels: np.ndarray, preds: np.ndarray, weights: np.ndarray, num_classes: int
-) -> np.ndarray:
+def _weighted_confusion(labels: np.ndarray, preds: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
     """Confusion matrices (B, C, C), rows true and columns predicted, one per row of ``weights``."""
     cell = np.zeros((labels.shape[0], num_classes * num_classes))
     cell[np.arange(labels.shape[0]), labels * num_classes + preds] = 1.0
@@ -163,9 +146,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return _weighted_confusion(labels, preds, np.ones((1, labels.shape[0])), num_classes)[0].astype(np.int64)
 
 
-def _one_vs_rest_rates(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
-) -> dict[str, np.ndarray]:
+def _one_vs_rest_rates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
     """Sensitivity, specificity, precision and F1 from one-vs-rest counts, NaN where 0/0.
 
     F1 is 2TP / (2TP + FP + FN), which equals sklearn's F1 and stays defined (0) when a class is
@@ -185,9 +166,7 @@ def _confusion_rates(confusion: np.ndarray) -> dict[str, np.ndarray]:
     true_count = confusion.sum(axis=-1)
     predicted_count = confusion.sum(axis=-2)
     total = confusion.sum(axis=(-2, -1))[..., None]
-    return _one_vs_rest_rates(
-        tp, predicted_count - tp, true_count - tp, total - true_count - predicted_count + tp
-    )
+    return _one_vs_rest_rates(tp, predicted_count - tp, true_count - tp, total - true_count - predicted_count + tp)
 
 
 def _replicate_metrics(
@@ -238,9 +217,7 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     return _optional_float(one_vs_rest_auc(labels, probs)[present].mean())
 
 
-def calibration_bins(
-    labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS
-) -> dict[str, np.ndarray]:
+def calibration_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
     """Top-1 confidence reliability table over ``n_bins`` equal-width bins of [0, 1].
 
     Bin i holds confidences in [i/n, (i+1)/n); the last bin also holds 1.0. Returns ``edges``
@@ -261,9 +238,7 @@ def calibration_bins(
     }
 
 
-def expected_calibration_error(
-    labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS
-) -> float:
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """ECE of the top-1 confidence: sum over bins of (n_b / N) |accuracy_b - confidence_b|.
 
     Bins as in ``calibration_bins`` (equal width, 15 by default); empty bins contribute nothing.
@@ -285,9 +260,7 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
 # -------------------------------------------------------------------------------------- thresholds
 
 
-def youden_thresholds(
-    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
-) -> dict[str, float]:
+def youden_thresholds(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """Per-class one-vs-rest threshold maximising Youden's J = sensitivity + specificity - 1.
 
     Class k is called positive iff probs[:, k] >= threshold. Candidates are the distinct scores
@@ -322,9 +295,7 @@ def _check_thresholds(thresholds: Mapping[str, float], class_names: Sequence[str
     return values
 
 
-def _threshold_metrics(
-    labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
-) -> dict[str, np.ndarray]:
+def _threshold_metrics(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
     """One-vs-rest rates (C,) when class k is called iff probs[:, k] >= thresholds[k]."""
     called = probs >= thresholds
     positive = labels[:, None] == np.arange(probs.shape[1])
@@ -382,9 +353,7 @@ def _bootstrap_intervals(
         _replicate_metrics(
             labels,
             probs,
-            _patient_bootstrap_weights(
-                patient_index, n_patients, min(block, n_bootstrap - start), rng
-            ),
+            _patient_bootstrap_weights(patient_index, n_patients, min(block, n_bootstrap - start), rng),
             macro_classes,
         )
         for start in range(0, n_bootstrap, block)
@@ -395,15 +364,9 @@ def _bootstrap_intervals(
         "method": "percentile bootstrap over patients",
         "n_bootstrap": n_bootstrap,
         "seed": seed,
-        **{
-            key: _interval(replicates[key])
-            for key in ("accuracy", "balanced_accuracy", "macro_auc")
-        },
+        **{key: _interval(replicates[key]) for key in ("accuracy", "balanced_accuracy", "macro_auc")},
         "per_class": {
-            name: {
-                key: _interval(replicates[key][:, k])
-                for key in ("auc", "sensitivity", "specificity")
-            }
+            name: {key: _interval(replicates[key][:, k]) for key in ("auc", "sensitivity", "specificity")}
             for k, name in enumerate(class_names)
         },
     }
@@ -455,9 +418,7 @@ def classification_report(
             "support": int(support[k]),
         }
         if support[k] == 0:
-            per_class[name]["note"] = (
-                "no positive examples: auc, pr_auc and sensitivity are undefined"
-            )
+            per_class[name]["note"] = "no positive examples: auc, pr_auc and sensitivity are undefined"
         elif support[k] == n_images:
             per_class[name]["note"] = "no negative examples: auc and specificity are undefined"
 
@@ -474,9 +435,7 @@ def classification_report(
         "per_class": per_class,
         "confidence_intervals": None
         if n_bootstrap == 0
-        else _bootstrap_intervals(
-            labels, probs, patient_ids, class_names, macro_classes, n_bootstrap, seed
-        ),
+        else _bootstrap_intervals(labels, probs, patient_ids, class_names, macro_classes, n_bootstrap, seed),
     }
     if threshold_values is not None:
         at_threshold = _threshold_metrics(labels, probs, threshold_values)

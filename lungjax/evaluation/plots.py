@@ -66,9 +66,7 @@ def _roc(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return fpr, tpr, float(roc_auc_score(positive, scores))
 
 
-def _precision_recall(
-    positive: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, float]:
+def _precision_recall(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     precision, recall, _ = precision_recall_curve(positive, scores)
     return recall, precision, float(average_precision_score(positive, scores))
 
@@ -105,13 +103,9 @@ def _one_vs_rest_figure(
     return figure, axes
 
 
-def plot_roc_curves(
-    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path
-) -> None:
+def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
     """One-vs-rest ROC per class with its AUC, the chance diagonal and macro AUC in the title."""
-    figure, axes = _one_vs_rest_figure(
-        labels, probs, class_names, _roc, "AUC", prevalence_baselines=False
-    )
+    figure, axes = _one_vs_rest_figure(labels, probs, class_names, _roc, "AUC", prevalence_baselines=False)
     axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", label="chance", **BASELINE_STYLE)
     macro = macro_auc(labels, probs)
     axes.set_title(f"ROC curves (one-vs-rest), macro AUC = {_format_optional(macro)}")
@@ -121,17 +115,13 @@ def plot_roc_curves(
     save_png(figure, path)
 
 
-def plot_pr_curves(
-    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path
-) -> None:
+def plot_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
     """Precision-recall per class with average precision; dashed lines mark each prevalence.
 
     The prevalence is what a random classifier's precision would be, so it is the honest baseline
     for rare classes where a PR curve says more than ROC.
     """
-    figure, axes = _one_vs_rest_figure(
-        labels, probs, class_names, _precision_recall, "AP", prevalence_baselines=True
-    )
+    figure, axes = _one_vs_rest_figure(labels, probs, class_names, _precision_recall, "AP", prevalence_baselines=True)
     axes.set_title("Precision-recall curves (one-vs-rest); dashed = class prevalence")
     axes.set_xlabel("Recall (sensitivity)")
     axes.set_ylabel("Precision")
@@ -163,15 +153,11 @@ def confusion_matrix_figure(cm: np.ndarray | Sequence[Sequence[int]], class_name
     counts = np.asarray(cm)
     num_classes = len(class_names)
     if counts.shape != (num_classes, num_classes):
-        raise ValueError(
-            f"cm must be ({num_classes}, {num_classes}) to match class_names, got {counts.shape}"
-        )
+        raise ValueError(f"cm must be ({num_classes}, {num_classes}) to match class_names, got {counts.shape}")
     if (counts < 0).any():
         raise ValueError("cm must contain non-negative counts")
     row_totals = counts.sum(axis=1, keepdims=True)
-    fractions = np.divide(
-        counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0
-    )
+    fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
     figure = Figure(figsize=CONFUSION_FIGSIZE, layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(fractions, cmap=CONFUSION_CMAP, vmin=0.0, vmax=1.0)
@@ -195,9 +181,7 @@ def confusion_matrix_figure(cm: np.ndarray | Sequence[Sequence[int]], class_name
     return figure
 
 
-def plot_reliability_diagram(
-    labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS
-) -> None:
+def plot_reliability_diagram(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS) -> None:
     """Top-1 accuracy against confidence per equal-width bin, with counts and ECE in the title.
 
     Bars below the diagonal mean over-confidence; the count above each bar shows how much each
@@ -267,7 +251,11 @@ def _plot_series(axes: Axes, records: list[dict], keys: Sequence[str], ylabel: s
         axes.legend(fontsize="small")
     else:
         axes.text(
-            0.5, 0.5, f"no {', '.join(keys)} recorded", ha="center", va="center",
+            0.5,
+            0.5,
+            f"no {', '.join(keys)} recorded",
+            ha="center",
+            va="center",
             transform=axes.transAxes,
         )
     axes.set_ylabel(ylabel)

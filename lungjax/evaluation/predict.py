@@ -17,10 +17,9 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax.evaluation import explain, inference
-
-from lungjax.runtime import sharding
 from lungjax.data import images, labels
+from lungjax.evaluation import explain, inference
+from lungjax.runtime import sharding
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files: a 128-byte preamble, then b"DICM"
@@ -54,11 +53,14 @@ def read_dicom(path: Path) -> np.ndarray:
         frames = int(header.get("NumberOfFrames", 1) or 1)
         photometric = str(header.get("PhotometricInterpretation", ""))
         if rows * columns * frames > images.MAX_PIXELS:
-            raise images.ImageError(f"{path}: {columns}x{rows}x{frames} pixels exceeds the limit of "
-                                    f"{images.MAX_PIXELS}")
+            raise images.ImageError(
+                f"{path}: {columns}x{rows}x{frames} pixels exceeds the limit of {images.MAX_PIXELS}"
+            )
         if frames != 1 or photometric not in MONOCHROME:
-            raise images.ImageError(f"{path}: only single-frame grayscale DICOM is supported "
-                                    f"({frames} frames, {photometric or 'no PhotometricInterpretation'})")
+            raise images.ImageError(
+                f"{path}: only single-frame grayscale DICOM is supported "
+                f"({frames} frames, {photometric or 'no PhotometricInterpretation'})"
+            )
         pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
     except images.ImageError:
         raise
@@ -113,7 +115,11 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         predicted = int(probs.argmax())
         heatmap = explain.heatmaps_for(cam_fn, restored.model_state, image[None], np.array([predicted]), 1)
         heatmap_path = out / f"{number}_{Path(path).stem}.png"
-        explain.plot_overlays(image[None], heatmap, [f"{Path(path).name}\n{labels.CLASS_NAMES[predicted]} "
-                                                     f"p={probs[predicted]:.2f}"], heatmap_path)
+        explain.plot_overlays(
+            image[None],
+            heatmap,
+            [f"{Path(path).name}\n{labels.CLASS_NAMES[predicted]} p={probs[predicted]:.2f}"],
+            heatmap_path,
+        )
         print(f"{path}: {format_probabilities(probs)}  -> {labels.CLASS_NAMES[predicted]} (heatmap {heatmap_path})")
     return failures

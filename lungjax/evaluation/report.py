@@ -10,19 +10,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import MappingProxyType
 
-FIGURE_TITLES = MappingProxyType({
-    "roc.png": "ROC curves", "pr.png": "Precision-recall curves",
-    "confusion_matrix.png": "Confusion matrix (row-normalised)", "reliability.png": "Reliability diagram",
-    "training_curves.png": "Training curves", "gradcam_worst.png": "Grad-CAM, worst-scored examples",
-    "gradcam_boxed.png": "Grad-CAM, examples with a box",
-})
+FIGURE_TITLES = MappingProxyType(
+    {
+        "roc.png": "ROC curves",
+        "pr.png": "Precision-recall curves",
+        "confusion_matrix.png": "Confusion matrix (row-normalised)",
+        "reliability.png": "Reliability diagram",
+        "training_curves.png": "Training curves",
+        "gradcam_worst.png": "Grad-CAM, worst-scored examples",
+        "gradcam_boxed.png": "Grad-CAM, examples with a box",
+    }
+)
 
 
 def reference_figures() -> dict:
     """The reference Keras ResNet50's published test figures (per-image split, argmax decisions)."""
-    return {"accuracy": 0.55, "macro_auc": 0.87,
-            "per_class": {"Cardiomegaly": {"sensitivity": 0.85, "specificity": 0.96},
-                          "Pneumothorax": {"sensitivity": 0.77, "specificity": 0.86}}}
+    return {
+        "accuracy": 0.55,
+        "macro_auc": 0.87,
+        "per_class": {
+            "Cardiomegaly": {"sensitivity": 0.85, "specificity": 0.96},
+            "Pneumothorax": {"sensitivity": 0.77, "specificity": 0.86},
+        },
+    }
 
 
 def _number(value: float | None) -> str:
@@ -37,29 +47,39 @@ def _with_interval(value: float | None, interval: dict | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def _split_line(report: dict) -> str:
     crossing = report.get("patients_crossing_splits")
     if report.get("patient_disjoint"):
-        return ("**Split: patient-disjoint** — no patient has films in more than one split, so these figures "
-                "are not inflated by patient leakage.")
-    return (f"**Split: NOT patient-disjoint** ({report.get('split_scheme')} split; {crossing} patients have "
-            "films in more than one split) — like the reference's, these figures are inflated by patient leakage.")
+        return (
+            "**Split: patient-disjoint** — no patient has films in more than one split, so these figures "
+            "are not inflated by patient leakage."
+        )
+    return (
+        f"**Split: NOT patient-disjoint** ({report.get('split_scheme')} split; {crossing} patients have "
+        "films in more than one split) — like the reference's, these figures are inflated by patient leakage."
+    )
 
 
 def _comparison(report: dict) -> list[str]:
     intervals = report.get("confidence_intervals") or {}
     thresholded = report.get("at_thresholds", {}).get("per_class")
     reference = reference_figures()
-    rows = [[label, _number(reference[key]), _with_interval(report[key], intervals.get(key)), "—"]
-            for key, label in (("accuracy", "Accuracy"), ("macro_auc", "Macro ROC-AUC"))]
+    rows = [
+        [label, _number(reference[key]), _with_interval(report[key], intervals.get(key)), "—"]
+        for key, label in (("accuracy", "Accuracy"), ("macro_auc", "Macro ROC-AUC"))
+    ]
     for name, figures in reference["per_class"].items():
         for metric, published in figures.items():
-            ours = _with_interval(report["per_class"][name][metric],
-                                  intervals.get("per_class", {}).get(name, {}).get(metric))
+            ours = _with_interval(
+                report["per_class"][name][metric], intervals.get("per_class", {}).get(name, {}).get(metric)
+            )
             at_threshold = _number(thresholded[name][metric]) if thresholded else "n/a"
             rows.append([f"{name} {metric}", _number(published), ours, at_threshold])
     return _table(["Metric", "Reference (published)", "Ours, argmax [95% CI]", "Ours, Youden threshold"], rows)
@@ -73,13 +93,37 @@ def _per_class(report: dict) -> list[str]:
         ci = intervals.get(name, {})
         threshold = at.get("thresholds", {}).get(name)
         at_row = at.get("per_class", {}).get(name, {})
-        rows.append([name, str(row["support"]), _with_interval(row["auc"], ci.get("auc")), _number(row["pr_auc"]),
-                     _with_interval(row["sensitivity"], ci.get("sensitivity")),
-                     _with_interval(row["specificity"], ci.get("specificity")), _number(row["precision"]),
-                     _number(row["f1"]), _number(threshold), _number(at_row.get("sensitivity")),
-                     _number(at_row.get("specificity"))])
-    return _table(["Class", "n", "ROC-AUC", "PR-AUC", "Sensitivity", "Specificity", "Precision", "F1",
-                   "Threshold", "Sens. @thr", "Spec. @thr"], rows)
+        rows.append(
+            [
+                name,
+                str(row["support"]),
+                _with_interval(row["auc"], ci.get("auc")),
+                _number(row["pr_auc"]),
+                _with_interval(row["sensitivity"], ci.get("sensitivity")),
+                _with_interval(row["specificity"], ci.get("specificity")),
+                _number(row["precision"]),
+                _number(row["f1"]),
+                _number(threshold),
+                _number(at_row.get("sensitivity")),
+                _number(at_row.get("specificity")),
+            ]
+        )
+    return _table(
+        [
+            "Class",
+            "n",
+            "ROC-AUC",
+            "PR-AUC",
+            "Sensitivity",
+            "Specificity",
+            "Precision",
+            "F1",
+            "Threshold",
+            "Sens. @thr",
+            "Spec. @thr",
+        ],
+        rows,
+    )
 
 
 def _confusion(report: dict) -> list[str]:
@@ -92,11 +136,16 @@ def _pointing_game(report: dict) -> list[str]:
     game = report.get("explain", {}).get("pointing_game")
     if not game or not game["n"]:
         return ["No example of this split has a box, so there is no pointing game."]
-    lines = [f"Share of boxed findings whose Grad-CAM maximum falls inside the box: **{game['hits']}/{game['n']} "
-             f"= {game['hit_rate']:.3f}**; chance (mean share of the image a box covers) {game['chance']:.3f}. "
-             f"Flat heatmaps (no maximum; counted as misses): {game['flat']}.", ""]
-    rows = [[name, f"{g['hits']}/{g['n']}", _number(g["hit_rate"]), _number(g["chance"])]
-            for name, g in game["per_class"].items()]
+    lines = [
+        f"Share of boxed findings whose Grad-CAM maximum falls inside the box: **{game['hits']}/{game['n']} "
+        f"= {game['hit_rate']:.3f}**; chance (mean share of the image a box covers) {game['chance']:.3f}. "
+        f"Flat heatmaps (no maximum; counted as misses): {game['flat']}.",
+        "",
+    ]
+    rows = [
+        [name, f"{g['hits']}/{g['n']}", _number(g["hit_rate"]), _number(g["chance"])]
+        for name, g in game["per_class"].items()
+    ]
     return lines + _table(["Class", "Hits", "Hit rate", "Chance"], rows)
 
 
@@ -104,23 +153,60 @@ def render_markdown(report: dict, figures: Sequence[str] = ()) -> str:
     """The whole report as Markdown; ``figures`` are file names beside ``report.md`` to link."""
     intervals = report.get("confidence_intervals") or {}
     at = report.get("at_thresholds", {})
-    threshold_line = (f"Per-class thresholds maximise Youden's J on the {at['chosen_on']} split and are "
-                      "applied unchanged here." if "chosen_on" in at else at.get("note", ""))
-    ci_line = (f"Intervals: {intervals['level']:.0%} {intervals['method']}, {intervals['n_bootstrap']} replicates."
-               if intervals else "No confidence intervals (n_bootstrap = 0).")
-    headline = [["Accuracy", _with_interval(report["accuracy"], intervals.get("accuracy"))],
-                ["Balanced accuracy", _with_interval(report["balanced_accuracy"], intervals.get("balanced_accuracy"))],
-                ["Macro ROC-AUC", _with_interval(report["macro_auc"], intervals.get("macro_auc"))],
-                ["Macro PR-AUC", _number(report["macro_pr_auc"])], ["Log-loss", _number(report["log_loss"])],
-                ["Expected calibration error", _number(report["ece"])]]
-    lines = [f"# Evaluation: {report['split']} split, checkpoint step {report['checkpoint_step']}", "",
-             f"Dataset `{report['dataset']}`: {report['n_images']} images of {report['n_patients']} patients; "
-             f"test-time crops: {report['tta_crops']}.", "", _split_line(report), "",
-             "## Side by side with the reference", "", *_comparison(report), "",
-             "The reference split per image (patients leak across splits) and decided by argmax.", "",
-             "## Headline metrics", "", *_table(["Metric", "Value [95% CI]"], headline), "", ci_line, "",
-             "## Per class", "", "One-vs-rest; sensitivity to F1 at the argmax decision. " + threshold_line, "",
-             *_per_class(report), "", "## Confusion matrix", "", *_confusion(report), "",
-             "## Explanations: pointing game", "", *_pointing_game(report), "", "## Figures", ""]
+    threshold_line = (
+        f"Per-class thresholds maximise Youden's J on the {at['chosen_on']} split and are applied unchanged here."
+        if "chosen_on" in at
+        else at.get("note", "")
+    )
+    ci_line = (
+        f"Intervals: {intervals['level']:.0%} {intervals['method']}, {intervals['n_bootstrap']} replicates."
+        if intervals
+        else "No confidence intervals (n_bootstrap = 0)."
+    )
+    headline = [
+        ["Accuracy", _with_interval(report["accuracy"], intervals.get("accuracy"))],
+        ["Balanced accuracy", _with_interval(report["balanced_accuracy"], intervals.get("balanced_accuracy"))],
+        ["Macro ROC-AUC", _with_interval(report["macro_auc"], intervals.get("macro_auc"))],
+        ["Macro PR-AUC", _number(report["macro_pr_auc"])],
+        ["Log-loss", _number(report["log_loss"])],
+        ["Expected calibration error", _number(report["ece"])],
+    ]
+    lines = [
+        f"# Evaluation: {report['split']} split, checkpoint step {report['checkpoint_step']}",
+        "",
+        f"Dataset `{report['dataset']}`: {report['n_images']} images of {report['n_patients']} patients; "
+        f"test-time crops: {report['tta_crops']}.",
+        "",
+        _split_line(report),
+        "",
+        "## Side by side with the reference",
+        "",
+        *_comparison(report),
+        "",
+        "The reference split per image (patients leak across splits) and decided by argmax.",
+        "",
+        "## Headline metrics",
+        "",
+        *_table(["Metric", "Value [95% CI]"], headline),
+        "",
+        ci_line,
+        "",
+        "## Per class",
+        "",
+        "One-vs-rest; sensitivity to F1 at the argmax decision. " + threshold_line,
+        "",
+        *_per_class(report),
+        "",
+        "## Confusion matrix",
+        "",
+        *_confusion(report),
+        "",
+        "## Explanations: pointing game",
+        "",
+        *_pointing_game(report),
+        "",
+        "## Figures",
+        "",
+    ]
     lines += [f"- [{FIGURE_TITLES.get(name, name)}]({name})" for name in figures]
     return "\n".join(lines) + "\n"

@@ -12,9 +12,15 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
     """The model a config names, in the compute dtype of ``half_precision``."""
     from lungjax.models.resnet import create_model
 
-    return create_model(model_config.name, num_classes=num_classes, width=model_config.width,
-                        dropout_rate=model_config.dropout_rate, stride_in_1x1=model_config.stride_in_1x1,
-                        dtype=compute_dtype(half_precision), seed=seed)
+    return create_model(
+        model_config.name,
+        num_classes=num_classes,
+        width=model_config.width,
+        dropout_rate=model_config.dropout_rate,
+        stride_in_1x1=model_config.stride_in_1x1,
+        dtype=compute_dtype(half_precision),
+        seed=seed,
+    )
 
 
 def images_to_input(images, dtype):

@@ -28,4 +28,4 @@ def flops_per_image(model: ResNet, image_size: int, *, train: bool) -> float:
 
     step = jax.value_and_grad(loss) if train else loss
     compiled = jax.jit(step).lower(params, rest, images, labels).compile()
-    return float(compiled.cost_analysis()['flops']) / FLOPS_BATCH
+    return float(compiled.cost_analysis()["flops"]) / FLOPS_BATCH

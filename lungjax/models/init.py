@@ -32,8 +32,10 @@ def initialize(model: ResNet, init_from: str | os.PathLike) -> list[str]:
         return [HEAD]
     if path.is_dir():
         return copy_from_checkpoint(model, path)
-    raise FileNotFoundError(f"config.model.init_from={str(init_from)!r} is neither a Keras ResNet50 weights "
-                            "file (.h5) nor a lungjax workdir or checkpoints folder")
+    raise FileNotFoundError(
+        f"config.model.init_from={str(init_from)!r} is neither a Keras ResNet50 weights "
+        "file (.h5) nor a lungjax workdir or checkpoints folder"
+    )
 
 
 def _checkpoint_root(path: Path) -> Path:
@@ -43,8 +45,9 @@ def _checkpoint_root(path: Path) -> Path:
 def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
     """Copies the latest checkpoint's ``model`` item into ``model``; returns the skipped names."""
     root = _checkpoint_root(path)
-    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(create=False),
-                               item_names=("model",)) as manager:
+    with ocp.CheckpointManager(
+        root, options=ocp.CheckpointManagerOptions(create=False), item_names=("model",)
+    ) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"config.model.init_from: no checkpoint in {root}")
@@ -59,13 +62,16 @@ def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
             name = "/".join(map(str, path))
             key, current = f"{group}/{name}", variable.value
             if key not in source:
-                raise ValueError(f"config.model.init_from: {key} is missing from {root} (step {step}); "
-                                 "the architectures differ")
+                raise ValueError(
+                    f"config.model.init_from: {key} is missing from {root} (step {step}); the architectures differ"
+                )
             value = np.asarray(source[key])
             if value.shape != current.shape:
                 if not name.startswith(HEAD):
-                    raise ValueError(f"config.model.init_from: {key} has shape {value.shape} in {root} "
-                                     f"but {current.shape} in this model")
+                    raise ValueError(
+                        f"config.model.init_from: {key} has shape {value.shape} in {root} "
+                        f"but {current.shape} in this model"
+                    )
                 skipped.append(key)
                 continue
             variable.value = value.astype(current.dtype)

@@ -34,74 +34,76 @@ KERAS_INPUT_CHANNELS = 3
 # reordered to BGR, then this per-channel mean subtracted.
 CAFFE_PIXEL_SCALE = 255.0
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-CONV_VARS = ('kernel', 'bias')
-BN_VARS = ('gamma', 'beta', 'moving_mean', 'moving_variance')
-HEAD_LAYERS = frozenset({'predictions'})
-_KERAS3_CONV = re.compile(r'conv2d(?:_(\d+))?')
-_KERAS3_BN = re.compile(r'batch_normalization(?:_(\d+))?')
+CONV_VARS = ("kernel", "bias")
+BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
+HEAD_LAYERS = frozenset({"predictions"})
+_KERAS3_CONV = re.compile(r"conv2d(?:_(\d+))?")
+_KERAS3_BN = re.compile(r"batch_normalization(?:_(\d+))?")
 
 
 def _keras_units() -> list[str]:
     """Conv+BN unit names of Keras' ResNet50 in ``model.layers`` order (``conv1``, ``conv2_block1_1``, ...)."""
-    units = ['conv1']
+    units = ["conv1"]
     for stage, n_blocks in enumerate(BLOCKS_PER_STAGE[KERAS_DEPTH], start=2):
         for block in range(1, n_blocks + 1):
-            parts = ('1', '2', '0', '3') if block == 1 else ('1', '2', '3')
-            units += [f'conv{stage}_block{block}_{part}' for part in parts]
+            parts = ("1", "2", "0", "3") if block == 1 else ("1", "2", "3")
+            units += [f"conv{stage}_block{block}_{part}" for part in parts]
     return units
 
 
 def _model_unit(model: ResNet, unit: str):
     """The (conv, bn) modules of ``model`` that Keras unit ``conv{s}_block{b}_{i}`` maps to."""
-    stage, block, part = re.fullmatch(r'conv(\d)_block(\d+)_(\d)', unit).groups()
+    stage, block, part = re.fullmatch(r"conv(\d)_block(\d+)_(\d)", unit).groups()
     module = model.stages[int(stage) - 2][int(block) - 1]
-    if part == '0':
+    if part == "0":
         return module.shortcut.conv, module.shortcut.bn
-    return getattr(module, f'conv{part}'), getattr(module, f'bn{part}')
+    return getattr(module, f"conv{part}"), getattr(module, f"bn{part}")
 
 
 def _short_list(names) -> str:
     names = sorted(names)
-    return ', '.join(names[:5]) + (f' ... ({len(names)} in all)' if len(names) > 5 else '')
+    return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
 def _numeric(dataset: h5py.Dataset) -> np.ndarray:
     """A dataset's values, refused unless they are numbers: a weights file is untrusted input, and
     strings, objects or opaque blobs (e.g. a pickle) have no place where a kernel should be."""
-    if dataset.dtype.kind not in 'fiu':
-        raise ValueError(f'{dataset.name}: dataset of type {dataset.dtype} where numbers were expected; '
-                         'not a weights file this loader accepts')
+    if dataset.dtype.kind not in "fiu":
+        raise ValueError(
+            f"{dataset.name}: dataset of type {dataset.dtype} where numbers were expected; "
+            "not a weights file this loader accepts"
+        )
     return dataset[()]
 
 
 def _read_legacy(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    layer_names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs['layer_names']]
-    weighted = {n for n in layer_names if len(f[n].attrs.get('weight_names', ())) > 0}
-    expected = {f'{u}_{kind}' for u in units for kind in ('conv', 'bn')}
+    layer_names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+    weighted = {n for n in layer_names if len(f[n].attrs.get("weight_names", ())) > 0}
+    expected = {f"{u}_{kind}" for u in units for kind in ("conv", "bn")}
     missing, extra = expected - weighted, weighted - expected - HEAD_LAYERS
     if missing or extra:
         raise ValueError(
-            'not a Keras ResNet50 weights file: '
-            + (f'missing layers {_short_list(missing)}; ' if missing else '')
-            + (f'unexpected layers {_short_list(extra)}; ' if extra else '')
-            + f'expected the {len(expected)} conv/bn layers of blocks per stage {BLOCKS_PER_STAGE[KERAS_DEPTH]}'
+            "not a Keras ResNet50 weights file: "
+            + (f"missing layers {_short_list(missing)}; " if missing else "")
+            + (f"unexpected layers {_short_list(extra)}; " if extra else "")
+            + f"expected the {len(expected)} conv/bn layers of blocks per stage {BLOCKS_PER_STAGE[KERAS_DEPTH]}"
         )
 
     def layer(name, var_names):
         group = f[name]
         arrays = {}
-        for weight_name in group.attrs['weight_names']:
+        for weight_name in group.attrs["weight_names"]:
             weight_name = weight_name.decode() if isinstance(weight_name, bytes) else str(weight_name)
-            arrays[weight_name.split('/')[-1].split(':')[0]] = _numeric(group[weight_name])
+            arrays[weight_name.split("/")[-1].split(":")[0]] = _numeric(group[weight_name])
         if set(arrays) != set(var_names):
-            raise ValueError(f'layer {name}: expected weights {var_names}, found {sorted(arrays)}')
+            raise ValueError(f"layer {name}: expected weights {var_names}, found {sorted(arrays)}")
         return arrays
 
-    return {u: {**layer(f'{u}_conv', CONV_VARS), **layer(f'{u}_bn', BN_VARS)} for u in units}
+    return {u: {**layer(f"{u}_conv", CONV_VARS), **layer(f"{u}_bn", BN_VARS)} for u in units}
 
 
 def _read_keras3(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    layers = f['layers']
+    layers = f["layers"]
 
     def numbered(pattern):
         found = [(m.group(1), name) for name in layers if (m := pattern.fullmatch(name))]
@@ -110,14 +112,14 @@ def _read_keras3(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarr
     convs, bns = numbered(_KERAS3_CONV), numbered(_KERAS3_BN)
     if len(convs) != len(units) or len(bns) != len(units):
         raise ValueError(
-            f'not a Keras ResNet50 weights file: expected {len(units)} Conv2D and {len(units)} '
-            f'BatchNormalization layers, found {len(convs)} and {len(bns)}'
+            f"not a Keras ResNet50 weights file: expected {len(units)} Conv2D and {len(units)} "
+            f"BatchNormalization layers, found {len(convs)} and {len(bns)}"
         )
 
     def layer(name, var_names):
-        variables = layers[name]['vars']
+        variables = layers[name]["vars"]
         if len(variables) != len(var_names):
-            raise ValueError(f'layer {name}: expected {len(var_names)} vars {var_names}, found {len(variables)}')
+            raise ValueError(f"layer {name}: expected {len(var_names)} vars {var_names}, found {len(variables)}")
         return {var: _numeric(variables[str(i)]) for i, var in enumerate(var_names)}
 
     return {u: {**layer(c, CONV_VARS), **layer(b, BN_VARS)} for u, c, b in zip(units, convs, bns)}
@@ -138,22 +140,22 @@ def _gray_stem(kernel_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _assignments(model: ResNet, unit: str, weights: dict[str, np.ndarray]) -> list:
     """(variable, value) pairs for one Keras conv+bn unit, shape-checked; nothing is written yet."""
-    if unit == 'conv1':
+    if unit == "conv1":
         conv, bn = model.stem.conv, model.stem.bn
-        file_kernel = weights['kernel'].astype(np.float64)
+        file_kernel = weights["kernel"].astype(np.float64)
         expected = conv.kernel.shape[:2] + (KERAS_INPUT_CHANNELS,) + conv.kernel.shape[3:]
-        _check_shape('conv1_conv kernel', file_kernel.shape, expected)
+        _check_shape("conv1_conv kernel", file_kernel.shape, expected)
         kernel, border = _gray_stem(file_kernel)
         pairs = [(conv.kernel, kernel), (model.stem.border_conv.kernel, border)]
     else:
         conv, bn = _model_unit(model, unit)
-        pairs = [(conv.kernel, weights['kernel'])]
-    moving_mean = weights['moving_mean'].astype(np.float64) - weights['bias']
+        pairs = [(conv.kernel, weights["kernel"])]
+    moving_mean = weights["moving_mean"].astype(np.float64) - weights["bias"]
     pairs += [
-        (bn.scale, weights['gamma']),
-        (bn.bias, weights['beta']),
+        (bn.scale, weights["gamma"]),
+        (bn.bias, weights["beta"]),
         (bn.mean, moving_mean),
-        (bn.var, weights['moving_variance']),
+        (bn.var, weights["moving_variance"]),
     ]
     for variable, value in pairs:
         _check_shape(unit, np.shape(value), variable.shape)
@@ -162,7 +164,7 @@ def _assignments(model: ResNet, unit: str, weights: dict[str, np.ndarray]) -> li
 
 def _check_shape(what: str, found: tuple, expected: tuple) -> None:
     if tuple(found) != tuple(expected):
-        raise ValueError(f'{what}: file has shape {tuple(found)}, model expects {tuple(expected)}')
+        raise ValueError(f"{what}: file has shape {tuple(found)}, model expects {tuple(expected)}")
 
 
 def load_keras_resnet50(model: ResNet, path: str | PathLike) -> ResNet:
@@ -174,15 +176,15 @@ def load_keras_resnet50(model: ResNet, path: str | PathLike) -> ResNet:
     """
     if model.depth != KERAS_DEPTH or not model.stride_in_1x1:
         raise ValueError(
-            'Keras ResNet50 weights need a ResNet-50 with stride_in_1x1=True (ResNet v1), got '
-            f'depth={model.depth}, stride_in_1x1={model.stride_in_1x1}; build it with '
+            "Keras ResNet50 weights need a ResNet-50 with stride_in_1x1=True (ResNet v1), got "
+            f"depth={model.depth}, stride_in_1x1={model.stride_in_1x1}; build it with "
             "create_model('resnet50', ..., stride_in_1x1=True)"
         )
     units = _keras_units()
-    with h5py.File(path, 'r') as f:
-        if 'layer_names' in f.attrs:
+    with h5py.File(path, "r") as f:
+        if "layer_names" in f.attrs:
             weights = _read_legacy(f, units)
-        elif 'layers' in f:
+        elif "layers" in f:
             weights = _read_keras3(f, units)
         else:
             raise ValueError(

@@ -47,11 +47,11 @@ BLOCKS_PER_STAGE = MappingProxyType(
 )
 BOTTLENECK_DEPTHS = frozenset({50, 101, 152})
 # The classifier's attribute name: fine-tuning and weight transfer treat it apart from the backbone.
-HEAD = 'head'
-MODEL_NAMES = MappingProxyType({f'resnet{depth}': depth for depth in BLOCKS_PER_STAGE})
+HEAD = "head"
+MODEL_NAMES = MappingProxyType({f"resnet{depth}": depth for depth in BLOCKS_PER_STAGE})
 
 # He init on fan-out (torchvision's kaiming_normal_), the usual choice for ReLU nets from scratch.
-_conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -91,7 +91,7 @@ def _same3x3(in_ch, out_ch, stride, **kw):
 
 
 def _pointwise(in_ch, out_ch, stride, **kw):
-    return _conv(in_ch, out_ch, 1, stride, 'VALID', **kw)
+    return _conv(in_ch, out_ch, 1, stride, "VALID", **kw)
 
 
 class GrayStem(nnx.Module):
@@ -109,9 +109,7 @@ class GrayStem(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         padding = ((STEM_PADDING, STEM_PADDING),) * 2
         self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
-        self.border_conv = _conv(
-            1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw
-        )
+        self.border_conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw)
         self.bn = _batch_norm(out_ch, **kw)
 
     def __call__(self, x, *, train: bool):
@@ -203,7 +201,7 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if depth not in BLOCKS_PER_STAGE:
-            raise ValueError(f'depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}')
+            raise ValueError(f"depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
         self.depth = depth
         self.width = width
         self.stride_in_1x1 = stride_in_1x1
@@ -265,7 +263,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
         if train and self.dropout_rate > 0 and rngs is None:
-            raise ValueError('train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)')
+            raise ValueError("train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)")
         x = self.features(x, train=train)
         x = self.dropout(x, deterministic=not train, rngs=rngs)
         return self.head(x)
@@ -287,7 +285,7 @@ def create_model(
     Pass ``stride_in_1x1=True`` for a ResNet-50 that will receive Keras ImageNet weights.
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f'unknown model {name!r}; expected one of {", ".join(MODEL_NAMES)}')
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     return ResNet(
         depth=MODEL_NAMES[name],
         num_classes=num_classes,

@@ -48,9 +48,20 @@ CHECKPOINT_CHOICES = ("best", "latest")
 # Config keys that may differ between a checkpoint and the run resuming from it: they change how
 # long the run goes, what it logs or how often it saves, not what a step computes. A key ending
 # in "." is a prefix.
-SAFE_KEYS = ("num_train_steps", "num_epochs", "log_every_steps", "checkpoint_every_steps",
-             "keep_checkpoints", "eval_every_steps", "early_stop_patience", "worker_count",
-             "eval.", "data.build_workers", "data.data_dir", "data.manual_dir")
+SAFE_KEYS = (
+    "num_train_steps",
+    "num_epochs",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_steps",
+    "early_stop_patience",
+    "worker_count",
+    "eval.",
+    "data.build_workers",
+    "data.data_dir",
+    "data.manual_dir",
+)
 
 
 class CheckpointError(ValueError):
@@ -67,19 +78,24 @@ def _best_metric(metrics: dict) -> float:
     return metrics.get(BEST_METRIC, -math.inf)
 
 
-def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False
-                 ) -> ocp.CheckpointManager:
+def make_manager(workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """Keeps the latest ``max_to_keep`` checkpoints and the best by ``BEST_METRIC``."""
-    policy = policies.AnyPreservationPolicy([
-        policies.LatestN(max_to_keep),
-        policies.BestN(get_metric_fn=_best_metric, reverse=False, n=1, keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_best_metric, best_mode="max",
-                                           create=not read_only, read_only=read_only,
-                                           cleanup_tmp_directories=not read_only,
-                                           enable_async_checkpointing=True)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 item_names=(MODEL, TRAIN, DATA, CONFIG, RUN))
+    policy = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(max_to_keep),
+            policies.BestN(get_metric_fn=_best_metric, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=_best_metric,
+        best_mode="max",
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=True,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=(MODEL, TRAIN, DATA, CONFIG, RUN))
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
@@ -90,19 +106,34 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
     return step
 
 
-def save(manager: ocp.CheckpointManager, step: int, *, model_state: Any, train_state: Any,
-         data_state: bytes, config: dict, run: dict, metrics: dict) -> None:
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    *,
+    model_state: Any,
+    train_state: Any,
+    data_state: bytes,
+    config: dict,
+    run: dict,
+    metrics: dict,
+) -> None:
     """Starts an asynchronous save of one step (``manager.wait_until_finished()`` to block).
 
     ``metrics`` with ``BEST_METRIC`` makes a validated step a candidate for ``best``.
     """
-    manager.save(step, args=ocp.args.Composite(**{
-        MODEL: ocp.args.StandardSave(model_state),
-        TRAIN: ocp.args.StandardSave(train_state),
-        DATA: ocp.args.JsonSave(json.loads(data_state)),
-        CONFIG: ocp.args.JsonSave(config),
-        RUN: ocp.args.JsonSave(run),
-    }), metrics=metrics)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            **{
+                MODEL: ocp.args.StandardSave(model_state),
+                TRAIN: ocp.args.StandardSave(train_state),
+                DATA: ocp.args.JsonSave(json.loads(data_state)),
+                CONFIG: ocp.args.JsonSave(config),
+                RUN: ocp.args.JsonSave(run),
+            }
+        ),
+        metrics=metrics,
+    )
 
 
 def abstract(tree: Any) -> Any:
@@ -110,15 +141,21 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def restore_training(manager: ocp.CheckpointManager, step: int, *, model_state: Any, train_state: Any
-                     ) -> tuple[Any, Any, bytes, dict]:
+def restore_training(
+    manager: ocp.CheckpointManager, step: int, *, model_state: Any, train_state: Any
+) -> tuple[Any, Any, bytes, dict]:
     """Restores a run to continue training: model, train item, data iterator state and run facts."""
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        MODEL: ocp.args.StandardRestore(abstract(model_state)),
-        TRAIN: ocp.args.StandardRestore(abstract(train_state)),
-        DATA: ocp.args.JsonRestore(),
-        RUN: ocp.args.JsonRestore(),
-    }))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                MODEL: ocp.args.StandardRestore(abstract(model_state)),
+                TRAIN: ocp.args.StandardRestore(abstract(train_state)),
+                DATA: ocp.args.JsonRestore(),
+                RUN: ocp.args.JsonRestore(),
+            }
+        ),
+    )
     return restored[MODEL], restored[TRAIN], json.dumps(restored[DATA]).encode(), restored[RUN]
 
 
@@ -128,8 +165,9 @@ def restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 def restore_model(manager: ocp.CheckpointManager, step: int, model_state: Any) -> Any:
     """Restores parameters and BatchNorm statistics only (no optimizer state): for inference."""
-    return manager.restore(step, args=ocp.args.Composite(**{
-        MODEL: ocp.args.StandardRestore(abstract(model_state))}))[MODEL]
+    return manager.restore(step, args=ocp.args.Composite(**{MODEL: ocp.args.StandardRestore(abstract(model_state))}))[
+        MODEL
+    ]
 
 
 def _is_safe(key: str) -> bool:
@@ -142,22 +180,26 @@ def check_resumable(saved_config: dict, config: dict) -> None:
     JSON turns tuples into lists, so values are compared after the same round trip.
     """
     saved, current = trees.flatten(saved_config), trees.flatten(json.loads(json.dumps(config)))
-    differing = sorted(key for key in saved.keys() | current.keys()
-                       if saved.get(key) != current.get(key) and not _is_safe(key))
+    differing = sorted(
+        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
+    )
     if differing:
-        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}"
-                            for key in differing)
-        raise CheckpointError(f"the config does not fit the checkpoint in this workdir ({details}); use a new "
-                         f"workdir, or change only {', '.join(SAFE_KEYS)}")
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}" for key in differing)
+        raise CheckpointError(
+            f"the config does not fit the checkpoint in this workdir ({details}); use a new "
+            f"workdir, or change only {', '.join(SAFE_KEYS)}"
+        )
 
 
 def check_same_dataset(run: dict, fingerprint: str, step: int) -> None:
     """Refuses to resume on data other than the checkpoint was trained on: its batches would differ."""
     saved = run.get("dataset_fingerprint")
     if saved != fingerprint:
-        raise CheckpointError(f"the dataset changed under this run: checkpoint step {step} was trained on "
-                              f"dataset fingerprint {saved}, the dataset on disk has {fingerprint}; rebuild "
-                              f"the original dataset or start a new workdir")
+        raise CheckpointError(
+            f"the dataset changed under this run: checkpoint step {step} was trained on "
+            f"dataset fingerprint {saved}, the dataset on disk has {fingerprint}; rebuild "
+            f"the original dataset or start a new workdir"
+        )
 
 
 class _Damaged(Exception):
@@ -182,8 +224,9 @@ def _short(reason: str) -> str:
     return line if len(line) <= 300 else line[:300] + "..."
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, workdir: str | os.PathLike, *, config: dict,
-                        model_state: Any, train_state: Any) -> tuple[int, tuple] | None:
+def restore_latest_good(
+    manager: ocp.CheckpointManager, workdir: str | os.PathLike, *, config: dict, model_state: Any, train_state: Any
+) -> tuple[int, tuple] | None:
     """``(step, restore_training(...))`` of the newest checkpoint that restores; None without any.
 
     Damaged steps newer than it are moved aside (see the module docstring) with a warning naming
@@ -202,8 +245,10 @@ def restore_latest_good(manager: ocp.CheckpointManager, workdir: str | os.PathLi
         return step, restored
     if failures:
         details = "; ".join(f"step {step}: {reason}" for step, reason in failures.items())
-        raise CheckpointError(f"no checkpoint in {manager.directory} can be restored ({details}); nothing was "
-                              f"deleted: repair or move them, or use a new workdir")
+        raise CheckpointError(
+            f"no checkpoint in {manager.directory} can be restored ({details}); nothing was "
+            f"deleted: repair or move them, or use a new workdir"
+        )
     return None
 
 
@@ -214,6 +259,11 @@ def _set_aside(manager: ocp.CheckpointManager, workdir: str | os.PathLike, failu
         if jax.process_index() == 0:
             damaged_root.mkdir(exist_ok=True)
             os.rename(manager.directory / str(step), target)
-        logging.warning("checkpoint step %d is damaged (%s): resuming from step %d instead; the damaged "
-                        "checkpoint was moved to %s", step, reason, good, target)
+        logging.warning(
+            "checkpoint step %d is damaged (%s): resuming from step %d instead; the damaged checkpoint was moved to %s",
+            step,
+            reason,
+            good,
+            target,
+        )
     manager.reload()

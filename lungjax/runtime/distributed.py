@@ -40,11 +40,16 @@ def launched_as_several() -> bool:
     return False
 
 
-def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids: Sequence[int] | None = None,
-               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-               initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> bool:
+def initialize(
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+    initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
+    shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
+) -> bool:
     """Joins the other processes of this run; returns whether the run is distributed.
 
     Explicit when any of ``coordinator_address``, ``num_processes``, ``process_id`` is given;
@@ -56,13 +61,22 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
     if not explicit and not launched_as_several():
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids,
-                               initialization_timeout=initialization_timeout_s,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s,
-                               shutdown_timeout_seconds=shutdown_timeout_s)
-    logging.info("process %d of %d: %d local of %d devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        local_device_ids=local_device_ids,
+        initialization_timeout=initialization_timeout_s,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
+        shutdown_timeout_seconds=shutdown_timeout_s,
+    )
+    logging.info(
+        "process %d of %d: %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -74,5 +88,3 @@ def process_zero_first(fn: Callable[[], T]) -> T:
     result = fn() if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("lungjax.process_zero_first")
     return result if jax.process_index() == 0 else fn()
-
-

@@ -55,8 +55,9 @@ def _image_summary(tag: str, image: np.ndarray) -> summary_pb2.Summary.Value:
     ok, png = cv2.imencode(".png", np.ascontiguousarray(bgr))
     if not ok:
         raise ValueError(f"could not encode image {tag!r} of shape {image.shape}")
-    encoded = summary_pb2.Summary.Image(height=image.shape[0], width=image.shape[1],
-                                        colorspace=image.shape[-1], encoded_image_string=png.tobytes())
+    encoded = summary_pb2.Summary.Image(
+        height=image.shape[0], width=image.shape[1], colorspace=image.shape[-1], encoded_image_string=png.tobytes()
+    )
     return summary_pb2.Summary.Value(tag=tag, image=encoded)
 
 
@@ -68,12 +69,14 @@ class TensorBoardWriter:
         self._writer = EventFileWriter(str(logdir))
 
     def _add(self, step: int, values: list) -> None:
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
-                                               summary=summary_pb2.Summary(value=values)))
+        self._writer.add_event(
+            event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        )
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self._add(step, [summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-                         for tag, value in scalars.items()])
+        self._add(
+            step, [summary_pb2.Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+        )
         self._writer.flush()
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:

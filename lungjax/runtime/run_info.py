@@ -33,18 +33,32 @@ def dataset_fingerprint(builder) -> str:
     return digest.hexdigest()
 
 
-def write(workdir: Path, *, config, builder, fingerprint: str, train_counts: list[int],
-          class_weights: np.ndarray, steps_per_epoch: int, num_train_steps: int) -> None:
+def write(
+    workdir: Path,
+    *,
+    config,
+    builder,
+    fingerprint: str,
+    train_counts: list[int],
+    class_weights: np.ndarray,
+    steps_per_epoch: int,
+    num_train_steps: int,
+) -> None:
     if jax.process_index() != 0:
         return
-    (workdir / RUN_INFO_FILE).write_text(json.dumps({
-        "dataset": builder.builder_config.name,
-        "dataset_fingerprint": fingerprint,
-        "train_class_counts": dict(zip(labels.CLASS_NAMES, train_counts)),
-        "class_weights": dict(zip(labels.CLASS_NAMES, class_weights.tolist())),
-        "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(),
-        "steps_per_epoch": steps_per_epoch,
-        "num_train_steps": num_train_steps,
-        "config": config.to_dict(),
-    }, indent=2))
+    (workdir / RUN_INFO_FILE).write_text(
+        json.dumps(
+            {
+                "dataset": builder.builder_config.name,
+                "dataset_fingerprint": fingerprint,
+                "train_class_counts": dict(zip(labels.CLASS_NAMES, train_counts)),
+                "class_weights": dict(zip(labels.CLASS_NAMES, class_weights.tolist())),
+                "devices": [str(d) for d in jax.devices()],
+                "process_count": jax.process_count(),
+                "steps_per_epoch": steps_per_epoch,
+                "num_train_steps": num_train_steps,
+                "config": config.to_dict(),
+            },
+            indent=2,
+        )
+    )

@@ -34,8 +34,9 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """The per-process batch size; the global batch must split evenly over devices."""
     devices = mesh.devices.size
     if global_batch_size % devices:
-        raise ValueError(f"batch_size {global_batch_size} is not divisible by the {devices} devices; "
-                         f"use a multiple of {devices}")
+        raise ValueError(
+            f"batch_size {global_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}"
+        )
     return global_batch_size // jax.process_count()
 
 
@@ -53,8 +54,9 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
 
 
-def prefetch_to_device(items: Iterator[tuple[dict[str, np.ndarray], object]], sharding: NamedSharding,
-                       size: int = 2) -> Iterator[tuple[dict[str, jax.Array], object]]:
+def prefetch_to_device(
+    items: Iterator[tuple[dict[str, np.ndarray], object]], sharding: NamedSharding, size: int = 2
+) -> Iterator[tuple[dict[str, jax.Array], object]]:
     """Transfers ``size`` batches ahead in a background thread so the step never waits on a copy.
 
     Items are ``(batch, tag)`` pairs; the tag (e.g. the data iterator's state after that batch)

@@ -16,8 +16,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 from absl import logging
@@ -40,8 +41,10 @@ def check_writable(workdir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise WorkdirError(f"workdir {workdir} is not writable ({err.strerror or err}); choose another "
-                           f"--workdir or fix its permissions") from err
+        raise WorkdirError(
+            f"workdir {workdir} is not writable ({err.strerror or err}); choose another "
+            f"--workdir or fix its permissions"
+        ) from err
 
 
 def free_bytes(path: Path) -> int:
@@ -57,9 +60,11 @@ def check_free_space(workdir: Path, state_bytes: int) -> None:
     """Refuses to start when the workdir's filesystem cannot hold the next checkpoint."""
     needed, free = CHECKPOINT_SPACE_FACTOR * state_bytes, free_bytes(workdir)
     if free < needed:
-        raise WorkdirError(f"workdir {workdir} has {free / 2**20:.1f} MiB free, a checkpoint of this run needs "
-                           f"about {needed / 2**20:.1f} MiB ({CHECKPOINT_SPACE_FACTOR} x the "
-                           f"{state_bytes / 2**20:.1f} MiB state); free some space or use another --workdir")
+        raise WorkdirError(
+            f"workdir {workdir} has {free / 2**20:.1f} MiB free, a checkpoint of this run needs "
+            f"about {needed / 2**20:.1f} MiB ({CHECKPOINT_SPACE_FACTOR} x the "
+            f"{state_bytes / 2**20:.1f} MiB state); free some space or use another --workdir"
+        )
 
 
 def _start_time(pid: int) -> str | None:
@@ -110,8 +115,12 @@ def lock(workdir: Path) -> Iterator[None]:
         yield
         return
     path = workdir / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid()),
-          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start_time": _start_time(os.getpid()),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     draft = workdir / f".{LOCK_FILE}.{os.getpid()}"
     draft.write_text(json.dumps(me))
     try:
@@ -141,11 +150,15 @@ def _take(path: Path, draft: Path, me: dict) -> None:
             return
     owner = _read_owner(path)
     if owner is not None and owner.get("host") != me["host"]:
-        raise WorkdirError(f"workdir {path.parent} is locked by {_owner_text(owner)}, which cannot be checked "
-                           f"from host {me['host']!r}; if no run uses this workdir, delete {path}")
+        raise WorkdirError(
+            f"workdir {path.parent} is locked by {_owner_text(owner)}, which cannot be checked "
+            f"from host {me['host']!r}; if no run uses this workdir, delete {path}"
+        )
     if owner is not None and isinstance(owner.get("pid"), int) and _alive(owner):
-        raise WorkdirError(f"workdir {path.parent} is in use by another run ({_owner_text(owner)}); "
-                           f"wait for it to finish or use another --workdir")
+        raise WorkdirError(
+            f"workdir {path.parent} is in use by another run ({_owner_text(owner)}); "
+            f"wait for it to finish or use another --workdir"
+        )
     if owner is not None:
         logging.warning("taking over the stale lock of %s: that process is gone", _owner_text(owner))
     os.replace(draft, path)

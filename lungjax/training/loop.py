@@ -23,18 +23,16 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
-
-from lungjax.evaluation import evaluate
-
-from lungjax.training import loss, optim, validation as validate
-
 from lungjax import models
 from lungjax.config import check as config_check
-from lungjax.runtime import workdir as workdir_lib
-from lungjax.training import step as step_lib
-from lungjax.models import init as model_init
 from lungjax.data import dataset, labels, nih, pipeline, records, sampling
+from lungjax.evaluation import evaluate
+from lungjax.models import init as model_init
+from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
+from lungjax.runtime import workdir as workdir_lib
+from lungjax.training import loss, optim
+from lungjax.training import step as step_lib
+from lungjax.training import validation as validate
 
 
 class PreemptionFlag:
@@ -64,9 +62,15 @@ def batches_with_state(loader_iterator):
 
 def initial_state(config, params, batch_stats, tx) -> step_lib.TrainState:
     ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None  # its own buffers: donated
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                               opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(config.seed)),
-                               plateau=optim.init_plateau(config), ema_params=ema)
+    return step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(config.seed)),
+        plateau=optim.init_plateau(config),
+        ema_params=ema,
+    )
 
 
 def model_variables(state: step_lib.TrainState) -> dict:
@@ -95,8 +99,10 @@ def check_finite(state: step_lib.TrainState, manager) -> None:
     """Stops the run before a non-finite state is logged or saved; the last good checkpoint stays latest."""
     bad = int(state.nonfinite_step)
     if bad:
-        raise FloatingPointError(f"non-finite loss, gradients or parameters at step {bad}; stopping. "
-                                 f"The last good checkpoint is step {manager.latest_step()}")
+        raise FloatingPointError(
+            f"non-finite loss, gradients or parameters at step {bad}; stopping. "
+            f"The last good checkpoint is step {manager.latest_step()}"
+        )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -141,11 +147,20 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     fingerprint = run_info.dataset_fingerprint(builder)
-    run_info.write(workdir, config=config, builder=builder, fingerprint=fingerprint, train_counts=train_counts,
-                   class_weights=weights, steps_per_epoch=steps_per_epoch, num_train_steps=num_steps)
+    run_info.write(
+        workdir,
+        config=config,
+        builder=builder,
+        fingerprint=fingerprint,
+        train_counts=train_counts,
+        class_weights=weights,
+        steps_per_epoch=steps_per_epoch,
+        num_train_steps=num_steps,
+    )
 
-    model = models.from_config(config.model, num_classes=labels.NUM_CLASSES,
-                               half_precision=config.half_precision, seed=config.seed)
+    model = models.from_config(
+        config.model, num_classes=labels.NUM_CLASSES, half_precision=config.half_precision, seed=config.seed
+    )
     if config.model.init_from:  # a resumed run's checkpoint overrides this below
         kept = model_init.initialize(model, config.model.init_from)
         logging.info("initialised from %s (kept freshly initialised: %s)", config.model.init_from, kept)
@@ -154,41 +169,80 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     tx = optim.make_optimizer(config, schedule)
     state = jax.device_put(initial_state(config, params, batch_stats, tx), sharding.replicated(mesh))
 
-    loader = pipeline.train_loader(records.data_source(builder, "train"), batch_size=local_batch,
-                                   image_size=config.image_size, augment=config.augment, seed=config.seed,
-                                   worker_count=config.worker_count)
+    loader = pipeline.train_loader(
+        records.data_source(builder, "train"),
+        batch_size=local_batch,
+        image_size=config.image_size,
+        augment=config.augment,
+        seed=config.seed,
+        worker_count=config.worker_count,
+    )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
     early_stopping = validate.EarlyStopping(config.early_stop_patience)
-    resumed = checkpoint.restore_latest_good(manager, workdir, config=config.to_dict(),
-                                             model_state=model_variables(state), train_state=resume_variables(state))
+    resumed = checkpoint.restore_latest_good(
+        manager,
+        workdir,
+        config=config.to_dict(),
+        model_state=model_variables(state),
+        train_state=resume_variables(state),
+    )
     start = 0
     if resumed:
         start, (model_state, train_state, data_state, run) = resumed
         checkpoint.check_same_dataset(run, fingerprint, start)
         state = from_saved(state, model_state, train_state)
-        data_iterator.set_state(sampling.data_state_for_process(
-            data_state, saved_process_count=run.get("process_count", 1), worker_count=config.worker_count,
-            global_batch_size=config.batch_size, num_records=sum(train_counts)))
+        data_iterator.set_state(
+            sampling.data_state_for_process(
+                data_state,
+                saved_process_count=run.get("process_count", 1),
+                worker_count=config.worker_count,
+                global_batch_size=config.batch_size,
+                num_records=sum(train_counts),
+            )
+        )
         early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
         logging.info("resumed from checkpoint step %d", start)
-    train_step = step_lib.make_train_step(config, graphdef=graphdef, tx=tx,
-                                          class_weights=jnp.asarray(weights, jnp.float32), mesh=mesh)
-    return Run(mesh=mesh, builder=builder, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-               fingerprint=fingerprint, schedule=schedule, train_step=train_step,
-               validator=validate.Validator(builder, config, graphdef, mesh), state=state,
-               data_iterator=data_iterator, manager=manager, early_stopping=early_stopping, start=start)
+    train_step = step_lib.make_train_step(
+        config, graphdef=graphdef, tx=tx, class_weights=jnp.asarray(weights, jnp.float32), mesh=mesh
+    )
+    return Run(
+        mesh=mesh,
+        builder=builder,
+        steps_per_epoch=steps_per_epoch,
+        num_steps=num_steps,
+        fingerprint=fingerprint,
+        schedule=schedule,
+        train_step=train_step,
+        validator=validate.Validator(builder, config, graphdef, mesh),
+        state=state,
+        data_iterator=data_iterator,
+        manager=manager,
+        early_stopping=early_stopping,
+        start=start,
+    )
 
 
-def _save(run: Run, config: ml_collections.ConfigDict, step: int, state: step_lib.TrainState, data_state: bytes,
-          metrics: dict) -> None:
+def _save(
+    run: Run, config: ml_collections.ConfigDict, step: int, state: step_lib.TrainState, data_state: bytes, metrics: dict
+) -> None:
     """Starts saving ``step`` (never a non-finite state), with what a resume needs besides the state."""
     check_finite(state, run.manager)
-    checkpoint.save(run.manager, step, model_state=model_variables(state), train_state=resume_variables(state),
-                    data_state=data_state, config=config.to_dict(), metrics=metrics,
-                    run={"dataset_fingerprint": run.fingerprint, "process_count": jax.process_count(),
-                         "early_stopping": run.early_stopping.to_dict()})
+    checkpoint.save(
+        run.manager,
+        step,
+        model_state=model_variables(state),
+        train_state=resume_variables(state),
+        data_state=data_state,
+        config=config.to_dict(),
+        metrics=metrics,
+        run={
+            "dataset_fingerprint": run.fingerprint,
+            "process_count": jax.process_count(),
+            "early_stopping": run.early_stopping.to_dict(),
+        },
+    )
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
@@ -202,10 +256,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
     batches = sharding.prefetch_to_device(batches_with_state(run.data_iterator), sharding.batch_sharding(run.mesh))
     accumulated, window_start, window_steps = None, time.perf_counter(), 0
     step = run.start
-    with PreemptionFlag() as preempted, contextlib.closing(manager), \
-            contextlib.closing(logs.make_writer(workdir)) as writer, \
-            tqdm(total=num_steps, initial=run.start, desc="train", unit="step",
-                 disable=jax.process_index() != 0) as progress:
+    with (
+        PreemptionFlag() as preempted,
+        contextlib.closing(manager),
+        contextlib.closing(logs.make_writer(workdir)) as writer,
+        tqdm(
+            total=num_steps, initial=run.start, desc="train", unit="step", disable=jax.process_index() != 0
+        ) as progress,
+    ):
         for step in range(run.start + 1, num_steps + 1):
             batch, data_state = next(batches)
             state, step_metrics = run.train_step(state, batch)
@@ -216,18 +274,24 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
             saved_metrics = {}
             if validating or step % config.log_every_steps == 0:
                 check_finite(state, manager)
-                record = {"epoch": step / steps_per_epoch,
-                          **{name: float(value) for name, value in accumulated.compute().items()},
-                          "learning_rate": float(schedule(step - 1) * state.plateau.scale),
-                          "images_per_sec": window_steps * config.batch_size / (time.perf_counter() - window_start)}
-                progress.set_postfix(epoch=f"{record['epoch']:.2f}", loss=f"{record['loss']:.3f}",
-                                     img_s=f"{record['images_per_sec']:.0f}")
+                record = {
+                    "epoch": step / steps_per_epoch,
+                    **{name: float(value) for name, value in accumulated.compute().items()},
+                    "learning_rate": float(schedule(step - 1) * state.plateau.scale),
+                    "images_per_sec": window_steps * config.batch_size / (time.perf_counter() - window_start),
+                }
+                progress.set_postfix(
+                    epoch=f"{record['epoch']:.2f}",
+                    loss=f"{record['loss']:.3f}",
+                    img_s=f"{record['images_per_sec']:.0f}",
+                )
                 if validating:
                     result = run.validator(model_variables(state))
                     record.update(result.scalars)
                     writer.write_images(step, result.images)
-                    state = state.replace(plateau=optim.observe_validation_loss(
-                        config, state.plateau, result.scalars["val_loss"]))
+                    state = state.replace(
+                        plateau=optim.observe_validation_loss(config, state.plateau, result.scalars["val_loss"])
+                    )
                     early_stopping.update(result.scalars["val_loss"])
                     saved_metrics = result.scalars
                 writer.write_scalars(step, record)
@@ -241,8 +305,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
                 break
         manager.wait_until_finished()
     if early_stopping.should_stop:
-        logging.warning("early stop at step %d: %d validations without a lower validation loss",
-                        step, early_stopping.evals_without_improvement)
+        logging.warning(
+            "early stop at step %d: %d validations without a lower validation loss",
+            step,
+            early_stopping.evals_without_improvement,
+        )
     return step >= num_steps or early_stopping.should_stop
 
 

@@ -22,13 +22,21 @@ def class_weights(config, train_counts: list[int]) -> np.ndarray:
         return np.ones(len(train_counts))
     weights = np.asarray(config.class_weights, dtype=np.float64)
     if weights.shape != (len(train_counts),) or (weights <= 0).any():
-        raise ValueError(f"config.class_weights must be 'balanced', 'none' or {len(train_counts)} "
-                         f"positive numbers, got {config.class_weights!r}")
+        raise ValueError(
+            f"config.class_weights must be 'balanced', 'none' or {len(train_counts)} "
+            f"positive numbers, got {config.class_weights!r}"
+        )
     return weights
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array, *,
-                           label_smoothing: float = 0.0, focal_gamma: float = 0.0) -> jax.Array:
+def weighted_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    class_weights: jax.Array,
+    *,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 0.0,
+) -> jax.Array:
     """Class-weighted cross-entropy, as Keras computes it with ``class_weight``.
 
     Per example: ``w[y] * -sum_c q_c (1 - p_c)^gamma log p_c`` with smoothed targets

@@ -16,14 +16,16 @@ from optax import contrib
 
 from lungjax.models.resnet import HEAD
 
+
 def _constant(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     return optax.constant_schedule(config.learning_rate)
 
 
 def _warmup_cosine(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=warmup,
-                                              decay_steps=max(total_steps, warmup + 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1)
+    )
 
 
 # config.schedule -> its base schedule; "plateau" scales a constant one (see the module docstring).
@@ -41,12 +43,16 @@ def decay_mask(params):
 
 
 # config.optimizer -> (config, schedule) -> the optimizer, before clipping and freezing.
-OPTIMIZERS = MappingProxyType({
-    "adam": lambda config, schedule: optax.adam(schedule),
-    "adamw": lambda config, schedule: optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
-    "sgd": lambda config, schedule: optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                                                optax.sgd(schedule, momentum=0.9, nesterov=True)),
-})
+OPTIMIZERS = MappingProxyType(
+    {
+        "adam": lambda config, schedule: optax.adam(schedule),
+        "adamw": lambda config, schedule: optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
+        "sgd": lambda config, schedule: optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.sgd(schedule, momentum=0.9, nesterov=True),
+        ),
+    }
+)
 
 
 def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -77,7 +83,8 @@ def freeze_backbone(num_steps: int) -> optax.GradientTransformation:
         del params
         frozen = state.count < num_steps
         updates = jax.tree_util.tree_map_with_path(
-            lambda path, u: u if is_head(path) else jnp.where(frozen, jnp.zeros_like(u), u), updates)
+            lambda path, u: u if is_head(path) else jnp.where(frozen, jnp.zeros_like(u), u), updates
+        )
         return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init, update)
@@ -85,8 +92,12 @@ def freeze_backbone(num_steps: int) -> optax.GradientTransformation:
 
 def make_plateau(config) -> optax.GradientTransformationExtraArgs:
     """optax's reduce-on-plateau, fed one validation loss per validation (see the module docstring)."""
-    return contrib.reduce_on_plateau(factor=config.plateau.factor, patience=config.plateau.patience,
-                                     cooldown=config.plateau.cooldown, min_scale=config.plateau.min_scale)
+    return contrib.reduce_on_plateau(
+        factor=config.plateau.factor,
+        patience=config.plateau.patience,
+        cooldown=config.plateau.cooldown,
+        min_scale=config.plateau.min_scale,
+    )
 
 
 def init_plateau(config) -> contrib.ReduceLROnPlateauState:
@@ -100,5 +111,4 @@ def observe_validation_loss(config, plateau_state, val_loss: float):
     if config.schedule != "plateau":
         return plateau_state
     _, new_state = make_plateau(config).update({}, plateau_state, value=jnp.float32(val_loss))
-    return jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
-                        new_state, plateau_state)
+    return jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), new_state, plateau_state)

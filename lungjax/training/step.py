@@ -15,10 +15,9 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
+from lungjax import models
 from lungjax.runtime import sharding
 from lungjax.training import loss as loss_lib
-
-from lungjax import models
 
 
 @flax.struct.dataclass
@@ -51,9 +50,18 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, class_weights: jax.Array, label_smoothing: float,
-               focal_gamma: float, dtype, ema_decay: float) -> tuple[TrainState, TrainMetrics]:
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    class_weights: jax.Array,
+    label_smoothing: float,
+    focal_gamma: float,
+    dtype,
+    ema_decay: float,
+) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on one global batch. Pure: jit it with ``make_train_step``."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     images = models.images_to_input(batch["image"], dtype)
@@ -61,12 +69,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        loss = loss_lib.weighted_cross_entropy(logits, batch["label"], class_weights,
-                                               label_smoothing=label_smoothing, focal_gamma=focal_gamma)
+        loss = loss_lib.weighted_cross_entropy(
+            logits, batch["label"], class_weights, label_smoothing=label_smoothing, focal_gamma=focal_gamma
+        )
         return loss, (logits, nnx.state(model, nnx.BatchStat))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
@@ -76,19 +84,42 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
     step = state.step + 1
     finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
     nonfinite_step = jnp.where((state.nonfinite_step == 0) & ~finite, step, state.nonfinite_step)
-    new_state = state.replace(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              ema_params=ema_params, nonfinite_step=nonfinite_step)
+    new_state = state.replace(
+        step=step,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=ema_params,
+        nonfinite_step=nonfinite_step,
+    )
     metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
     return new_state, metrics
 
 
-def make_train_step(config, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    class_weights: jax.Array, mesh: jax.sharding.Mesh):
+def make_train_step(
+    config,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    class_weights: jax.Array,
+    mesh: jax.sharding.Mesh,
+):
     """``train_step`` for ``config``'s loss and precision, compiled once: the state replicated over
     ``mesh`` and donated, the batch sharded along its data axis."""
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, class_weights=class_weights,
-                             label_smoothing=config.label_smoothing, focal_gamma=config.focal_gamma,
-                             dtype=models.compute_dtype(config.half_precision), ema_decay=config.ema_decay)
+    step = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        tx=tx,
+        class_weights=class_weights,
+        label_smoothing=config.label_smoothing,
+        focal_gamma=config.focal_gamma,
+        dtype=models.compute_dtype(config.half_precision),
+        ema_decay=config.ema_decay,
+    )
     replicated = sharding.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    return jax.jit(
+        step,
+        in_shardings=(replicated, sharding.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )

@@ -39,8 +39,12 @@ class Validator:
 
     def __call__(self, model_state) -> Validation:
         config = self._config
-        batches = inference.split_batches(self._source, global_batch_size=config.eval.batch_size,
-                                          image_size=config.image_size, worker_count=config.worker_count)
+        batches = inference.split_batches(
+            self._source,
+            global_batch_size=config.eval.batch_size,
+            image_size=config.image_size,
+            worker_count=config.worker_count,
+        )
         first: list[np.ndarray] = []
 
         def keep_first(batches):
@@ -51,8 +55,10 @@ class Validator:
 
         predictions = inference.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
         true, probs = predictions["label"].astype(np.int64), predictions["probs"]
-        scalars = {"val_loss": metrics.log_loss(true, probs),
-                   "val_accuracy": float((probs.argmax(axis=1) == true).mean())}
+        scalars = {
+            "val_loss": metrics.log_loss(true, probs),
+            "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
+        }
         auc = metrics.macro_auc(true, probs)
         if auc is not None:
             scalars["val_macro_auc"] = auc
