@@ -63,6 +63,9 @@ def main(argv):
         local_device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
     )
     config, workdir = FLAGS.config, FLAGS.workdir
+    from lungjax.config import check as config_check  # after initialize: it counts the devices
+
+    config_check.validate(config, reads_data=FLAGS.mode in ("train", "prepare"))
     if FLAGS.mode == "predict":
         from lungjax.evaluation import predict  # imports no training code
 
@@ -85,7 +88,8 @@ def main(argv):
     else:
         from lungjax.training import loop as train
 
-        train.train_and_evaluate(config, workdir)
+        if train.train_and_evaluate(config, workdir) is None:
+            return PREEMPTED_EXIT_CODE
 
 
 # The engine's deliberate refusals, by module: each message already says what is wrong and what to
@@ -99,6 +103,9 @@ EXPECTED_ERRORS = (
     ("lungjax.data.metadata", "MetadataError"),
 )
 ERROR_EXIT_CODE = 2
+# A run stopped by SIGTERM or SIGINT saved a checkpoint and must be run again: EX_TEMPFAIL, distinct
+# from success (0) and from errors, so a scheduler can requeue it (README, "Several hosts under SLURM").
+PREEMPTED_EXIT_CODE = 75
 
 
 def _is_expected(err: BaseException) -> bool:
@@ -112,9 +119,12 @@ def _fail(err: BaseException) -> None:
 
 
 def parse_flags(argv):
-    """absl's parser; an override of a key the config lacks gets one line naming it and the allowed keys."""
+    """absl's parser, with every bad flag as one line and exit status 2 (absl's own exits 1 after its usage
+    text); an override of a key the config lacks names it and the allowed keys."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return FLAGS(argv)
+    except flags.Error as err:  # a missing flag, a value of the wrong type, an unknown flag
+        _fail(err)
     except AttributeError as err:  # how ml_collections reports ``--config.<unknown key>``
         from lungjax.config import check as config_check
 

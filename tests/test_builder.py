@@ -1,5 +1,6 @@
 """The TFDS builder on small hand-made NIH-format trees: forms, images, boxes, bad input."""
 
+import errno
 import io
 import json
 import re
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungjax.data import images, labels, metadata, nih, phantom, records
+from lungjax.config.base import base_config
+from lungjax.data import dataset, images, labels, metadata, nih, phantom, records
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -66,7 +68,9 @@ def all_examples(builder) -> dict[str, dict]:
 
 
 def assert_nothing_built(data_dir: Path) -> None:
-    leftovers = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) if data_dir.exists() else []
+    """Nothing but the build lock's guard file (kept: removing it would race with a waiting build)."""
+    files = data_dir.rglob("*") if data_dir.exists() else []
+    leftovers = sorted(str(p.relative_to(data_dir)) for p in files if not p.name.endswith(".lock.guard"))
     assert leftovers == []
 
 
@@ -263,3 +267,58 @@ def test_registered_configs_are_accepted_by_value(tmp_path):
     builder = nih.NihChestXray(config=nih.make_config("seed", 256), data_dir=tmp_path)
     assert builder.builder_config is nih.NihChestXray.BUILDER_CONFIGS[1]
     assert nih.make_config("patient", 256, seed=7).name == "patient_256_n3260_seed7"
+
+
+# --- a shared data_dir: what a build was made from, dead builds, concurrent builds ----------------------
+
+
+def test_a_build_from_other_files_is_refused_naming_both(tmp_path):
+    root, data_dir, config = tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 32)
+    write_tree(root)
+    built = nih.build_dataset(root, data_dir, config, num_workers=1)
+    report = json.loads((Path(built.data_dir) / nih.BUILD_REPORT).read_text())
+    assert report["built_from"]["images_found"] == 18 and report["built_from"]["skip_bad_images"] is False
+    assert nih.build_dataset(root, data_dir, config, num_workers=1).data_dir == built.data_dir  # same files: reused
+    with pytest.raises(nih.DatasetMismatchError, match=r"skip_bad_images: built from False, now True"):
+        nih.build_dataset(root, data_dir, config, num_workers=1, skip_bad_images=True)
+    entry = root / "Data_Entry_2017.csv"
+    entry.write_text("".join(entry.read_text().splitlines(keepends=True)[:-2]))  # two rows fewer
+    with pytest.raises(
+        nih.DatasetMismatchError,
+        match=rf"the dataset in {re.escape(built.data_dir)} was not built from what the config names "
+        r"\(files.Data_Entry_2017.csv: built from '[0-9a-f]{64}', now '[0-9a-f]{64}'\); use another "
+        r"config.data.data_dir, or delete that folder",
+    ):
+        nih.build_dataset(root, data_dir, config, num_workers=1)
+
+
+def test_a_build_removes_what_a_killed_build_left(tmp_path, caplog):
+    root, data_dir, config = tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 32)
+    write_tree(root)
+    dead = data_dir / "nih_chest_xray" / config.name / "incomplete.ABC123_1.0.0"
+    dead.mkdir(parents=True)
+    (dead / "nih_chest_xray-train.array_record-00000-of-00001").write_bytes(b"half")
+    with caplog.at_level("WARNING"):
+        nih.build_dataset(root, data_dir, config, num_workers=1)
+    assert not dead.exists() and f"removing {dead}" in caplog.text
+
+
+def test_a_phantom_tree_that_fails_halfway_leaves_nothing_behind(tmp_path, monkeypatch):
+    data_config = base_config().data
+    data_config.phantom_patients, data_config.stored_size, data_config.build_workers = 6, 32, 1
+    write_whole_tree = phantom.write_nih_tree
+
+    def disk_full_at_the_box_list(root, *args, **kwargs):
+        write_whole_tree(root, *args, **kwargs)
+        (Path(root) / "BBox_List_2017.csv").write_text("Image Index,Fin")  # cut short
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(phantom, "write_nih_tree", disk_full_at_the_box_list)
+    with pytest.raises(OSError, match="No space left on device"):
+        dataset.build(data_config, tmp_path)
+    tree = dataset.manual_dir(data_config, tmp_path)
+    assert not tree.exists() and list(tree.parent.iterdir()) == []
+    monkeypatch.undo()
+    built = dataset.build(data_config, tmp_path)  # a later run writes the whole tree and builds it
+    assert (tree / "BBox_List_2017.csv").read_text().startswith("Image Index,Finding Label,Bbox")
+    assert sum(dataset.read_build_report(built)["images"].values()) > 0

@@ -1,6 +1,7 @@
 """Evaluation of the shared tiny workdir: predictions, the report against scikit-learn, isolation."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -197,3 +198,42 @@ def test_tta_windows_and_constant_image(tiny_workdir, tiny_config):
     probs = np.asarray(jax.device_get(multi(restored.model_state, noise)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(probs, single(restored.model_state, noise), atol=1e-7)
+
+
+def _cli(args, cwd=REPO) -> subprocess.CompletedProcess:
+    """``python -m lungjax.main ARGS`` on 2 CPU devices."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run(
+        [sys.executable, "-m", "lungjax.main", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lungjax: error")]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and message in errors[0], result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.eval.split=val", "config.eval.split: 'val' is not allowed; allowed: one of 'test'"),
+        ("--config.eval.checkpoint=99", "config.eval.checkpoint must be one of ('best', 'latest') or a saved step"),
+        ("--config.eval.batch_size=3", "config.eval.batch_size: 3 does not split over the 2 devices"),
+    ],
+)
+def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_overrides, override, message):
+    config = f"--config={REPO / 'configs' / 'tiny.py'}"
+    _assert_one_line_error(
+        _cli([config, f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides, override]), message
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workdir", ["missing", "empty"])
+def test_evaluate_mode_without_a_checkpoint_is_one_line(tmp_path, workdir):
+    (tmp_path / "empty").mkdir()
+    result = _cli([f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / workdir}", "--mode=evaluate"])
+    _assert_one_line_error(result, "no checkpoint in")

@@ -24,6 +24,7 @@ from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check as config_check
 from lungjax.data import images
+from lungjax.evaluation import evaluate
 from lungjax.models import pretrained, resnet
 from lungjax.runtime import checkpoint, run_info
 from lungjax.runtime import workdir as workdir_lib
@@ -210,6 +211,25 @@ def test_damaged_latest_falls_back_to_previous_and_keeps_it(base_run, data_root,
     assert_bitwise_equal(saved_params(base_run), saved_params(workdir))
 
 
+def test_evaluation_falls_back_past_a_damaged_latest_and_says_so(base_run, data_root, tmp_path, caplog):
+    workdir = copy_run(base_run, tmp_path)
+    remove_model_manifest(workdir / checkpoint.CHECKPOINT_DIR / "6")
+    before = listing(workdir / checkpoint.CHECKPOINT_DIR)
+    config = checkpoint_config(data_root, 6)
+    config.eval.checkpoint, config.eval.n_bootstrap, config.eval.explain_examples = "latest", 0, 0
+    with caplog.at_level(logging.WARNING):
+        report = evaluate.evaluate(config, workdir)
+    assert report["checkpoint_step"] == 4
+    assert "checkpoint step(s) 6 in" in caplog.text and "evaluating step 4 instead" in caplog.text
+    assert listing(workdir / checkpoint.CHECKPOINT_DIR) == before  # evaluation only reads
+    for step in (2, 4):
+        remove_model_manifest(workdir / checkpoint.CHECKPOINT_DIR / str(step))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"can be read for evaluation \(step 6: .*; step 4: .*; step 2"
+    ):
+        evaluate.evaluate(config, workdir)
+
+
 def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(base_run, data_root, tmp_path):
     workdir = copy_run(base_run, tmp_path)
     for step in (2, 4, 6):
@@ -322,6 +342,11 @@ def test_lock_from_another_host_is_refused(tmp_path):
         ({"data.split_scheme": "random"}, r"config.data.split_scheme: 'random' .* one of 'patient', 'seed'"),
         ({"eval.split": "val"}, r"config.eval.split: 'val' .* one of 'test', 'validation', 'train'"),
         ({"image_size": 16}, r"config.image_size: 16 is not allowed; allowed: an integer >= 32"),
+        ({"image_size": 10000}, r"config.image_size: 10000 is larger than data.stored_size 32; allowed: at most"),
+        (
+            {"data.stored_size": 10000},
+            r"config.data.stored_size: 10000 is not allowed; allowed: an integer in 32..4096",
+        ),
         ({"batch_size": 0}, r"config.batch_size: 0 is not allowed; allowed: an integer >= 1"),
         ({"seed": -1}, r"config.seed: -1 is not allowed; allowed: an integer >= 0"),
         ({"label_smoothing": 1.0}, r"config.label_smoothing: 1.0 is not allowed; allowed: a number in \[0, 1\)"),
@@ -372,6 +397,7 @@ def test_shipped_configs_are_valid(data_root):
             "lungjax: error: invalid config: config.model.name: 'resnet19' is not "
             "allowed; allowed: one of 'resnet18', 'resnet34'",
         ),
+        ("--config.num_epochs=abc", "lungjax: error: "),  # absl's own type check: exit 2 as well, not 1
     ],
 )
 def test_command_line_prints_one_line_and_exits_non_zero(data_root, tmp_path, override, message):

@@ -94,3 +94,36 @@ def test_missing_columns_are_named(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(metadata.MetadataError, match="Data_Entry_2017.csv"):
         metadata.read_data_entry(tmp_path / "nope.csv")
+
+
+def _write_rows(path: Path, rows: list[str], encoding: str = "utf-8") -> Path:
+    header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"
+    path.write_text("\n".join([header, *rows]) + "\n", encoding=encoding)
+    return path
+
+
+GOOD_ROWS = ["00000001_000.png,Effusion,0,1,45,M,PA", "00000002_000.png,No Finding,0,2,51,F,AP"]
+
+
+@pytest.mark.parametrize(
+    "rows, encoding, message",
+    [
+        (GOOD_ROWS, "utf-16", r"Data_Entry_2017.csv is not UTF-8 text \(byte 0: .*\); save it as UTF-8 CSV"),
+        (
+            [*GOOD_ROWS, "00000003_000.png,Effusion,0,P3,45,M,PA"],
+            "utf-8",
+            r"column 'Patient ID' must hold whole numbers; 1 rows do not, e.g. line 4 \(00000003_000.png\)",
+        ),
+        (
+            [*GOOD_ROWS, "00000001_000.png,Effusion,0,1,45,M,PA"],
+            "utf-8",
+            r"2 rows share an Image Index with another row, e.g. line 2 \(00000001_000.png\), line 4 "
+            r"\(00000001_000.png\); each image must be listed once",
+        ),
+    ],
+)
+def test_bad_metadata_is_one_message_naming_the_rows(tmp_path, rows, encoding, message):
+    path = _write_rows(tmp_path / "Data_Entry_2017.csv", rows, encoding)
+    with pytest.raises(metadata.MetadataError, match=message):
+        metadata.read_data_entry(path)
+    assert len(metadata.read_data_entry(_write_rows(tmp_path / "good.csv", GOOD_ROWS))) == 2

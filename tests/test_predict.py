@@ -34,6 +34,19 @@ def write_dicom(path, pixels: np.ndarray, photometric: str, slope: float = 1.0, 
     return path
 
 
+def write_compressed_dicom(path):
+    """A DICOM whose pixel data claim JPEG 2000 but are not: no installed decoder can read them."""
+    from pydicom.encaps import encapsulate
+
+    write_dicom(path, np.zeros((8, 8)), "MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
+    ds.PixelData = encapsulate([b"\x00" * 40])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -52,6 +65,9 @@ def files(tmp_path_factory):
     huge = root / "huge.png"  # a valid header that claims 100,000 x 100,000 pixels
     header = (100_000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
     huge.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b""))
+    huge_jpeg = root / "huge.jpg"  # a baseline JPEG header that claims 60,000 x 60,000 pixels
+    size = (60_000).to_bytes(2, "big")
+    huge_jpeg.write_bytes(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc0\x00\x0b\x08" + size + size + b"\x01\x01\x11\x00")
     fake_dicom = root / "fake.dcm"
     fake_dicom.write_text("not DICOM either")
     return {
@@ -59,6 +75,8 @@ def files(tmp_path_factory):
         "text": text,
         "truncated": truncated,
         "huge": huge,
+        "huge_jpeg": huge_jpeg,
+        "compressed_dicom": write_compressed_dicom(root / "compressed.dcm"),
         "fake_dicom": fake_dicom,
         "missing": root / "missing.png",
         "gradient": gradient,
@@ -83,6 +101,8 @@ def test_dicom_rescale_and_monochrome1_inversion(files):
         ("text", "not a PNG or JPEG"),
         ("truncated", "corrupt or unreadable"),
         ("huge", "exceeds the limit"),
+        ("huge_jpeg", "60000x60000 pixels exceeds the limit"),
+        ("compressed_dicom", "cannot decode the DICOM pixel data"),
         ("fake_dicom", "not a readable DICOM"),
         ("missing", "cannot read"),
     ],

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,9 @@ import pytest
 from conftest import command_line_overrides, tiny_train_config
 from flax import nnx
 
-from lungjax import models
+from lungjax import main, models
 from lungjax.data import labels
-from lungjax.runtime import checkpoint
+from lungjax.runtime import checkpoint, logs, run_info
 from lungjax.training import loop as train
 
 ROOT = Path(__file__).parent.parent
@@ -72,7 +73,7 @@ def test_config_that_does_not_fit_is_refused(straight_run, data_root):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, compilation_cache, tmp_path):
+def test_sigterm_saves_exits_for_a_requeue_and_the_next_run_continues(data_root, built, compilation_cache, tmp_path):
     env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
     command = [
         sys.executable,
@@ -96,14 +97,40 @@ def test_sigterm_saves_exits_zero_and_the_next_run_continues(data_root, built, c
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0].decode()
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == main.PREEMPTED_EXIT_CODE == 75, output[-3000:]
     # No save or validation is due for 100000 steps: the only checkpoint is the one at the signal.
     saved = checkpoint.make_manager(tmp_path, read_only=True).all_steps()
     logged = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
     assert len(saved) == 1 and saved[0] >= logged[-1] >= 4, (saved, logged)
+    assert f"lungjax: stopped at step {saved[0]} by a signal; rerun the same command to resume" in output
     config = tiny_train_config(data_root)
     config.num_train_steps = saved[0] + 2
     assert train.train(config, tmp_path)
     assert checkpoint.make_manager(tmp_path, read_only=True).latest_step() == saved[0] + 2
     resumed = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()][len(logged) :]
     assert resumed and resumed[-1] == saved[0] + 2 and min(resumed) > saved[0]
+
+
+def test_refused_resume_leaves_run_info_as_it_was(straight_run, data_root):
+    before = (straight_run / run_info.RUN_INFO_FILE).read_bytes()
+    config = tiny_train_config(data_root)
+    config.learning_rate = 0.5
+    with pytest.raises(ValueError, match="does not fit the checkpoint"):
+        train.train(config, straight_run)
+    assert (straight_run / run_info.RUN_INFO_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_resume_logs_each_replayed_step_once(data_root, built, tmp_path):
+    """A kill after logging steps 4..6 but before the checkpoint of step 6 landed: the resumed run
+    replays them, and metrics.jsonl keeps one record per step."""
+    config = tiny_train_config(data_root)
+    config.num_train_steps = 6  # logs at 2, 4, 6; saves at 3 and 6
+    assert train.train(config, tmp_path)
+    logged = [json.loads(line)["step"] for line in (tmp_path / logs.METRICS_FILE).read_text().splitlines()]
+    shutil.rmtree(tmp_path / checkpoint.CHECKPOINT_DIR / "6")
+    with (tmp_path / logs.METRICS_FILE).open("a") as handle:
+        handle.write('{"step": 7, "loss"')  # a record the kill cut short
+    assert train.train(config, tmp_path)
+    steps = [json.loads(line)["step"] for line in (tmp_path / logs.METRICS_FILE).read_text().splitlines()]
+    assert logged == steps == [2, 4, 6]

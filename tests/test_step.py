@@ -10,6 +10,7 @@ from flax import nnx
 from sklearn.utils.class_weight import compute_class_weight
 
 from lungjax import models
+from lungjax.config import base
 from lungjax.config.base import base_config
 from lungjax.runtime import sharding
 from lungjax.training import loss, optim, step
@@ -137,3 +138,7 @@ def test_bfloat16_step_matches_float32_and_keeps_float32_state():
             np.dtype(np.float32)
         }
     assert int(state16.nonfinite_step) == 0
+
+
+def test_optimizer_and_schedule_tables_are_the_configs_choices():
+    assert tuple(optim.OPTIMIZERS) == base.OPTIMIZERS and tuple(optim.SCHEDULES) == base.SCHEDULES

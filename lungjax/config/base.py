@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
+# The values of the two keys that choose training code. Here, not with that code (training.optim,
+# whose tables have exactly these keys), so that validating a config imports no training code: every
+# mode validates the whole config before any work, and evaluation must not load training.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "plateau")
+
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()

@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 import jax
 
 from lungjax import trees
+from lungjax.config import base
 from lungjax.config.base import base_config
 from lungjax.data import augment, dataset, labels, metadata, nih
 from lungjax.evaluation import inference
 from lungjax.models import resnet
 from lungjax.runtime import checkpoint
-from lungjax.training import optim
 
 # Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
 MIN_IMAGE_SIZE = 32
@@ -80,7 +80,10 @@ RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
-        "data.stored_size": at_least(MIN_IMAGE_SIZE),
+        "data.stored_size": Rule(
+            lambda v: max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE) <= v <= nih.MAX_STORED_SIZE,
+            f"an integer in {max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE)}..{nih.MAX_STORED_SIZE}",
+        ),
         "data.phantom_patients": at_least(NUM_CLASSES),
         "data.build_workers": at_least(0),
         "image_size": at_least(MIN_IMAGE_SIZE),
@@ -93,9 +96,9 @@ RULES = MappingProxyType(
         "model.dropout_rate": interval(0, 1),
         "batch_size": at_least(1),
         "num_epochs": at_least(0),
-        "optimizer": one_of(optim.OPTIMIZERS),
+        "optimizer": one_of(base.OPTIMIZERS),
         "learning_rate": POSITIVE,
-        "schedule": one_of(optim.SCHEDULES),
+        "schedule": one_of(base.SCHEDULES),
         "warmup_epochs": at_least(0, integer=False),
         "plateau.factor": interval(0, 1, open_low=True, closed_high=True),
         "plateau.patience": at_least(0),
@@ -157,8 +160,12 @@ def _type_problem(key: str, value, expected) -> str | None:
     return None
 
 
-def problems(config) -> list[str]:
-    """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine."""
+def problems(config, *, reads_data: bool = True) -> list[str]:
+    """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine.
+
+    ``reads_data=False`` for the modes that take the data section from the checkpoint's saved config
+    (evaluate, predict): the config's own download folder is then not needed.
+    """
     schema = trees.flatten(base_config())
     values = trees.flatten(config)
     found = [unknown_key_problem(key, schema) for key in values if key not in schema]
@@ -173,7 +180,13 @@ def problems(config) -> list[str]:
             found.append(problem)
     if found:
         return found
-    if values["data.source"] == "nih" and not values["data.manual_dir"]:
+    if values["image_size"] > values["data.stored_size"]:
+        found.append(
+            f"config.image_size: {values['image_size']} is larger than data.stored_size "
+            f"{values['data.stored_size']}; allowed: at most the stored size (more pixels than are stored "
+            "would only be interpolated, and cost memory)"
+        )
+    if reads_data and values["data.source"] == "nih" and not values["data.manual_dir"]:
         found.append(
             "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
         )
@@ -192,9 +205,9 @@ def problems(config) -> list[str]:
     return found
 
 
-def validate(config) -> None:
+def validate(config, *, reads_data: bool = True) -> None:
     """Raises one ``ConfigError`` listing every problem, or returns when the config can run."""
-    found = problems(config)
+    found = problems(config, reads_data=reads_data)
     if found:
         raise ConfigError("invalid config: " + "; ".join(found))
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 from pathlib import Path
+
+from absl import logging
 
 from lungjax.data import nih, phantom
 
@@ -26,7 +30,8 @@ def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
         if not data_config.manual_dir:
             raise ValueError("config.data.manual_dir must name your NIH download when data.source='nih'")
         return Path(data_config.manual_dir).absolute()
-    return data_dir(data_config, workdir) / f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}"
+    name = f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}_{data_config.stored_size}"
+    return data_dir(data_config, workdir) / name
 
 
 def builder_config(data_config) -> nih.NihConfig:
@@ -36,15 +41,8 @@ def builder_config(data_config) -> nih.NihConfig:
 def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
     """The built dataset for this config; generates and builds whatever is missing."""
     tree = manual_dir(data_config, workdir)
-    if data_config.source == "phantom" and not (tree / "Data_Entry_2017.csv").is_file():
-        phantom.write_nih_tree(
-            tree,
-            data_config.phantom_patients,
-            seed=data_config.phantom_seed,
-            image_size=data_config.stored_size,
-            num_workers=max(data_config.build_workers, 1),
-            progress=True,
-        )
+    if data_config.source == "phantom" and not tree.is_dir():
+        _write_phantom_tree(tree, data_config)
     return nih.build_dataset(
         tree,
         data_dir(data_config, workdir),
@@ -52,6 +50,29 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
         num_workers=data_config.build_workers,
         skip_bad_images=data_config.skip_bad_images,
     )
+
+
+def _write_phantom_tree(tree: Path, data_config) -> None:
+    """Writes the phantom tree into a folder of this process's own, then renames it into place: the
+    tree is whole or absent, whatever stops the writer (a full disk, a kill), and two runs writing it
+    at once never read each other's half-written files (the first rename wins; the other's copy goes)."""
+    draft = tree.with_name(f".{tree.name}.{socket.gethostname()}-{os.getpid()}")
+    try:
+        phantom.write_nih_tree(
+            draft,
+            data_config.phantom_patients,
+            seed=data_config.phantom_seed,
+            image_size=data_config.stored_size,
+            num_workers=max(data_config.build_workers, 1),
+            progress=True,
+        )
+        os.rename(draft, tree)
+    except OSError as err:
+        if not tree.is_dir():
+            raise
+        logging.info("another run wrote %s first (%s)", tree, err.strerror)
+    finally:
+        shutil.rmtree(draft, ignore_errors=True)
 
 
 def read_build_report(builder: nih.NihChestXray) -> dict:

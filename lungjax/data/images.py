@@ -20,6 +20,8 @@ MAX_PIXELS = 64 * 1024 * 1024  # NIH films are 1024x1024 (originals up to ~3,000
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_COMPRESSION = 0  # see encode_png
+# Start-of-frame markers (baseline, progressive, lossless, ...): all but DHT, JPG and DAC in C0..CF.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ImageError(ValueError):
@@ -27,9 +29,27 @@ class ImageError(ValueError):
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG header, or None when the format keeps it elsewhere."""
+    """(width, height) from a PNG or JPEG header, or None when the header does not say."""
     if data.startswith(_PNG_MAGIC) and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(_JPEG_MAGIC):
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame segment, walking the segments from the start."""
+    position = 2
+    while position + 9 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in _JPEG_SOF_MARKERS:
+            return int.from_bytes(data[position + 7 : position + 9], "big"), int.from_bytes(
+                data[position + 5 : position + 7], "big"
+            )
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None
 
 

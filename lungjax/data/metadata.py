@@ -27,6 +27,7 @@ REQUIRED_COLUMNS = (
 MANIFEST_COLUMNS = ("Image Index", "Finding Labels")
 MAX_PLAUSIBLE_AGE = 120  # Kaggle's copy has uncorrected ages such as 414: kept as missing.
 MISSING_AGE = -1
+NAMES_SHOWN = 5  # offending rows or names an error message lists
 NO_FINDING_SAMPLE = 3260  # the reference's number of "No Finding" images
 SPLIT_NAMES = ("train", "validation", "test")
 PATIENT_SPLIT_SHARES = (0.7, 0.1, 0.2)
@@ -34,6 +35,10 @@ PATIENT_SPLIT_SHARES = (0.7, 0.1, 0.2)
 
 class MetadataError(ValueError):
     """The metadata files are missing or malformed; the message says what was expected."""
+
+
+class MissingImagesError(MetadataError, FileNotFoundError):
+    """The metadata lists images the download does not have."""
 
 
 def read_data_entry(path: str | os.PathLike) -> pd.DataFrame:
@@ -46,23 +51,62 @@ def read_data_entry(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MetadataError(f"metadata file not found: {path} (expected NIH's Data_Entry_2017.csv)")
-    frame = pd.read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
+    frame = _read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise MetadataError(
             f"{path} lacks the columns {missing}; an NIH Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)}"
         )
     frame = frame[list(REQUIRED_COLUMNS)].copy()
+    _refuse_duplicates(frame, path)
     age = pd.to_numeric(frame["Patient Age"], errors="coerce")
     frame["Patient Age"] = age.where((age >= 0) & (age <= MAX_PLAUSIBLE_AGE), MISSING_AGE).astype(int)
-    frame["Patient ID"] = frame["Patient ID"].astype(int)
-    frame["Follow-up #"] = frame["Follow-up #"].astype(int)
+    frame["Patient ID"] = _integers(frame, "Patient ID", path)
+    frame["Follow-up #"] = _integers(frame, "Follow-up #", path)
     return frame.reset_index(drop=True)
+
+
+def _read_csv(path: Path, **options) -> pd.DataFrame:
+    """``pd.read_csv`` with a file that is not readable CSV text as one ``MetadataError`` naming it."""
+    try:
+        return pd.read_csv(path, **options)
+    except UnicodeDecodeError as err:
+        raise MetadataError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 CSV, as NIH ships it"
+        ) from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise MetadataError(f"{path} is not a readable CSV file ({' '.join(str(err).split())})") from err
+
+
+def _rows(frame: pd.DataFrame, which: pd.Series) -> str:
+    """The first few flagged rows as ``line N (Image Index)``: line numbers of the file, header = 1."""
+    shown = frame.index[which][:NAMES_SHOWN]
+    return ", ".join(f"line {i + 2} ({frame.at[i, 'Image Index']})" for i in shown)
+
+
+def _refuse_duplicates(frame: pd.DataFrame, path: Path) -> None:
+    """One image on two rows would be two examples with one key: refused before any image is read."""
+    repeated = frame["Image Index"].duplicated(keep=False)
+    if repeated.any():
+        raise MetadataError(
+            f"{path}: {int(repeated.sum())} rows share an Image Index with another row, e.g. {_rows(frame, repeated)}; "
+            "each image must be listed once"
+        )
+
+
+def _integers(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        raise MetadataError(
+            f"{path}: column {column!r} must hold whole numbers; {int(bad.sum())} rows do not, e.g. {_rows(frame, bad)}"
+        )
+    return values.astype(np.int64)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Reads a manifest CSV (``Image Index``, ``Finding Labels``) that pins the exact image list."""
-    frame = pd.read_csv(path, index_col=False, dtype=str)
+    frame = _read_csv(Path(path), index_col=False, dtype=str)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise MetadataError(f"manifest {path} lacks the columns {missing}; expected {list(MANIFEST_COLUMNS)}")
@@ -77,8 +121,8 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
     (missing for findings outside the six classes), so a box is only attached to an example of
     the same class. Coordinates are pixels of the released 1024x1024 films.
     """
-    frame = pd.read_csv(
-        path, header=None, skiprows=1, usecols=range(6), names=["Image Index", "finding", "x", "y", "w", "h"]
+    frame = _read_csv(
+        Path(path), header=None, skiprows=1, usecols=range(6), names=["Image Index", "finding", "x", "y", "w", "h"]
     )
     frame["label"] = frame["finding"].map(labels.class_index).astype("Int64")
     return frame.drop(columns="finding")

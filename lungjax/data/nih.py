@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
+import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -38,18 +37,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
+from absl import logging
 from tqdm.auto import tqdm
 
-from lungjax.data import images, labels, metadata
+from lungjax import locking
+from lungjax.data import images, labels, metadata, workers
 
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 BBOX_NAME = "BBox_List_2017.csv"
 OFFICIAL_TEST_LIST = "test_list.txt"
+OFFICIAL_LISTS = ("train_val_list.txt", OFFICIAL_TEST_LIST)
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")
+# Stored image sides: NIH films are 1024 px; past 4096 a split of the 112,120 films would not fit a disk.
+MIN_STORED_SIZE, MAX_STORED_SIZE = 32, 4096
 BUILD_REPORT = "build_report.json"
-MISSING_NAMES_SHOWN = 5
 TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 _LEAKAGE_WARNING = (
     "WARNING: the `seed` split is per image, as the reference project did it: one patient's films "
@@ -84,8 +87,8 @@ def make_config(
     ``patient_256_n500_seed7`` when the No Finding sample or the seed differ from the reference's."""
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
-    if not 32 <= int(image_size) <= 4096:
-        raise ValueError(f"image_size must be in 32..4096, got {image_size}")
+    if not MIN_STORED_SIZE <= int(image_size) <= MAX_STORED_SIZE:
+        raise ValueError(f"image_size must be in {MIN_STORED_SIZE}..{MAX_STORED_SIZE}, got {image_size}")
     description = f"Six-class NIH subset, {split_scheme} split, {image_size}px grayscale PNG."
     if split_scheme == "seed":
         description += " " + _LEAKAGE_WARNING
@@ -100,6 +103,19 @@ def make_config(
         no_finding_count=no_finding_count,
         seed=seed,
     )
+
+
+class DatasetMismatchError(metadata.MetadataError):
+    """The dataset in ``data_dir`` was built from other files (or with another policy) than the config names."""
+
+
+def _existing(manual_dir: str | os.PathLike) -> Path:
+    manual_dir = Path(manual_dir)
+    if not manual_dir.is_dir():
+        raise metadata.MetadataError(
+            f"manual_dir {manual_dir} does not exist; " + NihChestXray.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
+    return manual_dir
 
 
 def find_data_entry(manual_dir: Path) -> Path:
@@ -146,11 +162,7 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     Splits are made on the full selection and missing images dropped afterwards (when skipping),
     so a few missing files do not move other images between splits.
     """
-    manual_dir = Path(manual_dir)
-    if not manual_dir.is_dir():
-        raise metadata.MetadataError(
-            f"manual_dir {manual_dir} does not exist; " + NihChestXray.MANUAL_DOWNLOAD_INSTRUCTIONS
-        )
+    manual_dir = _existing(manual_dir)
     data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
     manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
     manifest = metadata.read_manifest(manifest_path) if manifest_path else None
@@ -161,10 +173,10 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     subset = subset.assign(path=subset["Image Index"].map(lambda name: image_index.get(name)))
     missing = subset.loc[subset["path"].isna(), "Image Index"].tolist()
     if missing and not skip_bad_images:
-        raise FileNotFoundError(
+        raise metadata.MissingImagesError(
             f"{len(missing)} of {len(subset)} selected images are missing under {manual_dir} "
-            f"(looked in images/ and images_NNN/images/), e.g. {missing[:MISSING_NAMES_SHOWN]}; "
-            "pass skip_bad_images=True to build without them"
+            f"(looked in images/ and images_NNN/images/), e.g. {missing[: metadata.NAMES_SHOWN]}; "
+            "set config.data.skip_bad_images=True to build without them"
         )
     if (manual_dir / BBOX_NAME).is_file():
         subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
@@ -186,22 +198,6 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
         }
     splits = {name: frame[frame["path"].notna()] for name, frame in splits.items()}
     return BuildPlan(splits=splits, skipped=[{"image": n, "reason": "missing"} for n in missing], summary=summary)
-
-
-@contextlib.contextmanager
-def image_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
-    """Worker processes for the whole build (None: decode in this process, for ``workers <= 1``).
-
-    Spawned, never forked: JAX may already be running threads in this process.
-    """
-    if workers <= 1:
-        yield None
-        return
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int) -> Iterator:
@@ -255,6 +251,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format=file_format, config=config, **kwargs)
         self.num_workers, self.skip_bad_images = num_workers, skip_bad_images
         self._plan: BuildPlan | None = None
+        self.built_from: dict | None = None  # what build_dataset checked this build against
         self._pool: concurrent.futures.Executor | None = None
         self._class_counts: dict[str, list[int]] = {}
 
@@ -296,7 +293,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
         directory, so it lands atomically with the data."""
         self._class_counts = {name: [0] * labels.NUM_CLASSES for name in self.plan(dl_manager.manual_dir).splits}
-        with image_pool(self._workers()) as self._pool:
+        with workers.process_pool(self._workers()) as self._pool:
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         plan = self.plan(dl_manager.manual_dir)
         report = {
@@ -306,6 +303,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
             **plan.summary,
             "images": {name: sum(counts) for name, counts in self._class_counts.items()},
             "skipped": plan.skipped,
+            "built_from": self.built_from,
         }
         (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
@@ -350,6 +348,72 @@ def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
     return created
 
 
+def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
+    """What defines a dataset's content besides its builder config: the digests of the metadata, box,
+    manifest and split-list files, how many images the download holds, and the skip policy. Recorded
+    in the build report; a later build into the same ``data_dir`` must match it."""
+    manual_dir = _existing(manual_dir)
+    files = [find_data_entry(manual_dir).name, BBOX_NAME, *MANIFEST_NAMES, *OFFICIAL_LISTS]
+    digests = {name: _sha256(manual_dir / name) for name in files if (manual_dir / name).is_file()}
+    return {"files": digests, "images_found": len(index_images(manual_dir)), "skip_bad_images": skip_bad_images}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_built_from(builder: NihChestXray, wanted: dict) -> None:
+    """Refuses a built dataset that was made from other files or another policy than ``wanted``."""
+    recorded = json.loads((Path(builder.data_dir) / BUILD_REPORT).read_text()).get("built_from")
+    if recorded == wanted:
+        return
+    if recorded is None:
+        difference = "it records no source (built by an earlier lungjax)"
+    else:
+        keys = sorted(set(_flat(recorded)) | set(_flat(wanted)))
+        difference = "; ".join(
+            f"{key}: built from {_flat(recorded).get(key)!r}, now {_flat(wanted).get(key)!r}"
+            for key in keys
+            if _flat(recorded).get(key) != _flat(wanted).get(key)
+        )
+    raise DatasetMismatchError(
+        f"the dataset in {builder.data_dir} was not built from what the config names ({difference}); "
+        "use another config.data.data_dir, or delete that folder to rebuild it"
+    )
+
+
+def _flat(record: dict) -> dict:
+    return {
+        **{f"files.{k}": v for k, v in record.get("files", {}).items()},
+        **{k: v for k, v in record.items() if k != "files"},
+    }
+
+
+def _say_waiting(held: locking.LockHeld) -> None:
+    logging.warning(
+        "another build of this dataset is running (%s): waiting for it to finish; if none runs there, delete %s",
+        locking.owner_text(held.owner),
+        held.path,
+    )
+
+
+def _remove_dead_builds(builder: NihChestXray) -> None:
+    """TFDS's ``incomplete.*`` folders of this dataset: builds of it hold the build lock, so under it
+    every such folder is what a killed build left."""
+    for folder in Path(builder.data_path).parent.glob("incomplete.*"):
+        logging.warning("removing %s, left by a build that was stopped", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_lock_path(data_dir: Path, config: NihConfig) -> Path:
+    """The lock file that builds of this dataset into ``data_dir`` hold."""
+    return data_dir / f".{NihChestXray.name}-{config.name}.lock"
+
+
 def build_dataset(
     manual_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -358,24 +422,40 @@ def build_dataset(
     num_workers: int = 0,
     skip_bad_images: bool = False,
 ) -> NihChestXray:
-    """Builds the dataset once (no-op when already built), with its build report beside it.
+    """Builds the dataset once (no-op when already built from the same files), with its build report.
 
-    Any failure leaves ``data_dir`` as it was: the plan is checked before TFDS writes, and what
-    the build created (TFDS's incomplete folder and the dataset's folders) is removed on error.
+    Builds of one dataset into one ``data_dir`` serialise on a lock file beside it (it names its
+    owner and works on a shared filesystem): a second build waits, then finds the first one's
+    dataset. Any failure leaves ``data_dir`` as it was: the plan is checked before TFDS writes, and
+    what this build created (TFDS's incomplete folder and the dataset's folders) is removed on error.
     """
     data_dir = Path(data_dir).absolute()
-    builder = NihChestXray(
-        config=config, data_dir=os.fspath(data_dir), num_workers=num_workers, skip_bad_images=skip_bad_images
-    )
+    wanted = built_from(manual_dir, skip_bad_images)
+
+    def make_builder() -> NihChestXray:
+        return NihChestXray(
+            config=config, data_dir=os.fspath(data_dir), num_workers=num_workers, skip_bad_images=skip_bad_images
+        )
+
+    builder = make_builder()
     if builder.is_prepared():
+        _check_built_from(builder, wanted)
         return builder
-    builder.plan(manual_dir)
-    created = [_created_by_build(data_dir, Path(builder.data_path)), data_dir / "downloads"]
-    created = [path for path in created if not path.exists()]
-    try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-    except BaseException:
-        for path in created:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with locking.hold(build_lock_path(data_dir, config), wait=_say_waiting):
+        builder = make_builder()  # another build may have finished while this one waited
+        if builder.is_prepared():
+            _check_built_from(builder, wanted)
+            return builder
+        _remove_dead_builds(builder)
+        builder.plan(manual_dir)
+        builder.built_from = wanted
+        created = [_created_by_build(data_dir, Path(builder.data_path)), data_dir / "downloads"]
+        created = [path for path in created if not path.exists()]
+        try:
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+        except BaseException:
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
     return builder

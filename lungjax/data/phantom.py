@@ -14,15 +14,14 @@ that are blurred, windowed and quantised to 8 bits at the end.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
 import os
 import pathlib
 
 import cv2
 import numpy as np
 
+from lungjax.data import workers
 from lungjax.data.labels import CLASS_NAMES
 
 # --- NIH file format -------------------------------------------------------------------------
@@ -635,22 +634,17 @@ def write_nih_tree(
     image_dir.mkdir(parents=True, exist_ok=True)
     patient_ids = range(1, num_patients + 1)
     job = (seed, image_size, (low, high), str(image_dir))
-    if num_workers == 1:
-        results = (_patient_films(pid, *job) for pid in patient_ids)
-        executor = None
-    else:
-        executor = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-        chunk = max(1, num_patients // (8 * num_workers))
-        results = executor.map(_patient_films, patient_ids, *([arg] * num_patients for arg in job), chunksize=chunk)
-    try:
+    with workers.process_pool(num_workers) as executor:
+        if executor is None:
+            results = (_patient_films(pid, *job) for pid in patient_ids)
+        else:
+            chunk = max(1, num_patients // (8 * num_workers))
+            results = executor.map(_patient_films, patient_ids, *([arg] * num_patients for arg in job), chunksize=chunk)
         if progress:
             from tqdm.auto import tqdm
 
             results = tqdm(results, total=num_patients, desc="phantom patients", unit="patient")
         records = [record for patient in results for record in patient]
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
 
     entries = [DATA_ENTRY_HEADER, *(r.entry for r in records)]
     boxes = [BBOX_HEADER, *(r.bbox for r in records if r.bbox is not None)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -118,8 +119,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 
-    out = workdir / "eval" / split
-    out.mkdir(parents=True, exist_ok=True)
+    final = workdir / "eval" / split
+    out = final.with_name(f".{split}.{os.getpid()}")  # the report is written aside, then swapped in
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     write_predictions(out / "predictions.csv", predictions)
     cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     report["explain"] = explain.explain_split(
@@ -136,4 +139,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     write_plots(out, predictions, report, workdir)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_lib.render_markdown(report, sorted(p.name for p in out.glob("*.png"))))
+    _swap_in(out, final)
     return report
+
+
+def _swap_in(draft: Path, final: Path) -> None:
+    """Replaces ``final`` by the complete ``draft``: a report directory is complete or absent, never one
+    checkpoint's predictions beside another's report (a signal can stop evaluation anywhere)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.rename(final, old)
+        os.rename(draft, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(draft, final)

@@ -48,7 +48,9 @@ def resolve_step(manager, choice) -> int:
     """
     steps = manager.all_steps()
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first")
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {manager.directory}: train first, or name the workdir of a run"
+        )
     if choice == "latest":
         return manager.latest_step()
     if choice == "best":
@@ -63,27 +65,53 @@ def resolve_step(manager, choice) -> int:
         return best
     if str(choice).isdigit() and int(choice) in steps:
         return int(choice)
-    raise ValueError(
+    raise checkpoint.CheckpointError(
         f"config.eval.checkpoint must be one of {checkpoint.CHECKPOINT_CHOICES} or a saved step "
         f"{sorted(steps)}, got {choice!r}"
     )
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh) -> RestoredModel:
-    """Restores the model item of the checkpoint ``config.eval.checkpoint`` names."""
+    """Restores the model item of the checkpoint ``config.eval.checkpoint`` names.
+
+    A damaged ``best`` or ``latest`` checkpoint (complete on disk but unreadable) falls back to the
+    newest older step that reads, with a warning naming both, as training does; nothing is moved
+    (evaluation only reads). A step named by number is that step or an error.
+    """
     manager = checkpoint.make_manager(workdir, read_only=True)
     try:
-        step = resolve_step(manager, config.eval.checkpoint)
-        saved = ml_collections.ConfigDict(checkpoint.restore_config(manager, step))
-        model = models.from_config(saved.model, num_classes=labels.NUM_CLASSES, half_precision=saved.half_precision)
-        graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
-        model_state = checkpoint.restore_model(manager, step, model_state)
+        chosen = resolve_step(manager, config.eval.checkpoint)
+        older = [] if str(config.eval.checkpoint).isdigit() else [s for s in manager.all_steps() if s < chosen]
+        failures = {}
+        for step in [chosen, *sorted(older, reverse=True)]:
+            try:
+                restored = _restore_model(manager, step, mesh)
+            except Exception as err:  # Orbax raises many types for unreadable files
+                failures[step] = checkpoint.short_reason(f"{type(err).__name__}: {err}")
+                continue
+            if failures:
+                logging.warning(
+                    "checkpoint step(s) %s in %s damaged (%s): evaluating step %d instead",
+                    ", ".join(map(str, failures)),
+                    manager.directory,
+                    "; ".join(failures.values()),
+                    step,
+                )
+            return restored
     finally:
         manager.close()
+    details = "; ".join(f"step {step}: {reason}" for step, reason in failures.items())
+    raise checkpoint.CheckpointError(f"no checkpoint in {manager.directory} can be read for evaluation ({details})")
+
+
+def _restore_model(manager, step: int, mesh) -> RestoredModel:
+    saved = ml_collections.ConfigDict(checkpoint.restore_config(manager, step))
+    model = models.from_config(saved.model, num_classes=labels.NUM_CLASSES, half_precision=saved.half_precision)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
     return RestoredModel(
         graphdef=graphdef,
-        model_state=model_state,
+        model_state=checkpoint.restore_model(manager, step, model_state),
         config=saved,
         step=int(step),
         dtype=models.compute_dtype(saved.half_precision),

@@ -9,6 +9,7 @@ theirs: padded to a square, resized to the stored size, then to the model's inpu
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -61,11 +62,20 @@ def read_dicom(path: Path) -> np.ndarray:
                 f"{path}: only single-frame grayscale DICOM is supported "
                 f"({frames} frames, {photometric or 'no PhotometricInterpretation'})"
             )
-        pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
     except images.ImageError:
         raise
     except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as err:
         raise images.ImageError(f"{path}: not a readable DICOM image ({err})") from err
+    decoder_log = logging.getLogger("pydicom")  # it logs each failed decoder's traceback: our line says it
+    previous_level = decoder_log.level
+    decoder_log.setLevel(logging.CRITICAL)
+    try:
+        pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    except Exception as err:  # pydicom's decoders raise many types: a missing codec, damaged pixel data
+        reason = " ".join(str(err).split())[:300]
+        raise images.ImageError(f"{path}: cannot decode the DICOM pixel data ({type(err).__name__}: {reason})") from err
+    finally:
+        decoder_log.setLevel(previous_level)
     pixels = pixels * float(header.get("RescaleSlope", 1) or 1) + float(header.get("RescaleIntercept", 0) or 0)
     if photometric == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels

@@ -219,7 +219,8 @@ def _restore_step(manager, step: int, config: dict, model_state: Any, train_stat
         raise _Damaged(f"{type(err).__name__}: {err}") from err
 
 
-def _short(reason: str) -> str:
+def short_reason(reason: str) -> str:
+    """The first line of a failure, at most 300 characters: Orbax's messages run to pages."""
     line = reason.splitlines()[0] if reason else reason
     return line if len(line) <= 300 else line[:300] + "..."
 
@@ -238,7 +239,7 @@ def restore_latest_good(
         try:
             restored = _restore_step(manager, step, config, model_state, train_state)
         except _Damaged as err:
-            failures[step] = _short(str(err))
+            failures[step] = short_reason(str(err))
             continue
         if failures:
             _set_aside(manager, workdir, failures, step)

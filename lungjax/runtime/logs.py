@@ -7,6 +7,7 @@ no TensorFlow is needed (``clu.metric_writers`` would import it). Only process 0
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -31,9 +32,15 @@ class Writer(Protocol):
 
 
 class JsonlWriter:
-    """One JSON object per logged step: ``{"step": ..., **scalars}``, appended (resumes keep history)."""
+    """One JSON object per logged step: ``{"step": ..., **scalars}``, appended (resumes keep history).
 
-    def __init__(self, path: Path):
+    A resumed run replays the steps after its checkpoint, so opening drops the records of steps
+    after ``resumed_at`` (and a line a kill cut short): each step is in the file once.
+    """
+
+    def __init__(self, path: Path, resumed_at: int = 0):
+        if path.is_file():
+            _keep_records_through(path, resumed_at)
         self._file = path.open("a")
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
@@ -45,6 +52,21 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _keep_records_through(path: Path, step: int) -> None:
+    """Rewrites ``path`` (to a temporary name, then renamed) with its whole records of steps <= ``step``."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft.write_text("".join(kept))
+    os.replace(draft, path)
 
 
 def _image_summary(tag: str, image: np.ndarray) -> summary_pb2.Summary.Value:
@@ -106,8 +128,9 @@ class MultiWriter:
             writer.close()
 
 
-def make_writer(workdir: Path) -> MultiWriter:
-    """``<workdir>/metrics.jsonl`` and ``<workdir>/tensorboard/`` on process 0."""
+def make_writer(workdir: Path, resumed_at: int = 0) -> MultiWriter:
+    """``<workdir>/metrics.jsonl`` and ``<workdir>/tensorboard/`` on process 0, for a run that resumed
+    from the checkpoint of step ``resumed_at`` (0: from scratch)."""
     if jax.process_index() != 0:
         return MultiWriter([])
-    return MultiWriter([JsonlWriter(workdir / METRICS_FILE), TensorBoardWriter(workdir / TENSORBOARD_DIR)])
+    return MultiWriter([JsonlWriter(workdir / METRICS_FILE, resumed_at), TensorBoardWriter(workdir / TENSORBOARD_DIR)])

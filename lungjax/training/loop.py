@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,16 +148,6 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     fingerprint = run_info.dataset_fingerprint(builder)
-    run_info.write(
-        workdir,
-        config=config,
-        builder=builder,
-        fingerprint=fingerprint,
-        train_counts=train_counts,
-        class_weights=weights,
-        steps_per_epoch=steps_per_epoch,
-        num_train_steps=num_steps,
-    )
 
     model = models.from_config(
         config.model, num_classes=labels.NUM_CLASSES, half_precision=config.half_precision, seed=config.seed
@@ -204,6 +195,16 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         )
         early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
         logging.info("resumed from checkpoint step %d", start)
+    run_info.write(  # only now: a run refused above leaves the accepted run's record as it was
+        workdir,
+        config=config,
+        builder=builder,
+        fingerprint=fingerprint,
+        train_counts=train_counts,
+        class_weights=weights,
+        steps_per_epoch=steps_per_epoch,
+        num_train_steps=num_steps,
+    )
     train_step = step_lib.make_train_step(
         config, graphdef=graphdef, tx=tx, class_weights=jnp.asarray(weights, jnp.float32), mesh=mesh
     )
@@ -259,7 +260,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
     with (
         PreemptionFlag() as preempted,
         contextlib.closing(manager),
-        contextlib.closing(logs.make_writer(workdir)) as writer,
+        contextlib.closing(logs.make_writer(workdir, resumed_at=run.start)) as writer,
         tqdm(
             total=num_steps, initial=run.start, desc="train", unit="step", disable=jax.process_index() != 0
         ) as progress,
@@ -310,14 +311,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
             step,
             early_stopping.evals_without_improvement,
         )
-    return step >= num_steps or early_stopping.should_stop
+    finished = step >= num_steps or early_stopping.should_stop
+    if not finished and jax.process_index() == 0:
+        print(f"lungjax: stopped at step {step} by a signal; rerun the same command to resume", file=sys.stderr)
+    return finished
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming if possible), then evaluates ``config.eval.checkpoint`` on ``config.eval.split``."""
-    if train(config, workdir):
-        report = evaluate.evaluate(config, workdir)
-        if jax.process_index() == 0:
-            print(evaluate.format_table(report))
-        return report
-    return {}
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """Trains (resuming if possible), then evaluates ``config.eval.checkpoint`` on ``config.eval.split``;
+    None when a signal stopped the training (a checkpoint of where it stopped is saved)."""
+    if not train(config, workdir):
+        return None
+    report = evaluate.evaluate(config, workdir)
+    if jax.process_index() == 0:
+        print(evaluate.format_table(report))
+    return report
