@@ -11,7 +11,9 @@ or nothing under SLURM / Open MPI; see ``lungjax.runtime.distributed``.
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,6 +57,7 @@ def main(argv):
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {extra}")
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_keep_lungjax_warnings)
     distributed.initialize(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
@@ -80,6 +83,7 @@ def main(argv):
         from lungjax.evaluation import evaluate  # imports no training code
 
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
+        _print_outputs(workdir, config.eval.split)
     elif FLAGS.mode == "prepare":
         from lungjax.data import dataset
 
@@ -90,6 +94,23 @@ def main(argv):
 
         if train.train_and_evaluate(config, workdir) is None:
             return PREEMPTED_EXIT_CODE
+        _print_outputs(workdir, config.eval.split)
+
+
+def _print_outputs(workdir: str, split: str) -> None:
+    """The last lines of a run: where its report, plots, checkpoints and logs are."""
+    import jax
+
+    if jax.process_index() == 0:
+        root = Path(workdir).absolute()
+        print(f"report: {root / 'eval' / split / 'report.md'} (plots and predictions.csv beside it)")
+        print(f"checkpoints: {root / 'checkpoints'}; logs: {root / 'metrics.jsonl'}, tensorboard --logdir {root}")
+
+
+def _keep_lungjax_warnings(record: std_logging.LogRecord) -> bool:
+    """absl's log carries lungjax's own warnings and those of TFDS, Orbax and grain, which a user cannot
+    act on ("Using custom data configuration", read-only managers): of the others, errors only."""
+    return record.levelno >= std_logging.ERROR or record.pathname.startswith(PACKAGE_DIR)
 
 
 # The engine's deliberate refusals, by module: each message already says what is wrong and what to
@@ -103,6 +124,7 @@ EXPECTED_ERRORS = (
     ("lungjax.data.metadata", "MetadataError"),
 )
 ERROR_EXIT_CODE = 2
+PACKAGE_DIR = str(Path(__file__).parent)
 # A run stopped by SIGTERM or SIGINT saved a checkpoint and must be run again: EX_TEMPFAIL, distinct
 # from success (0) and from errors, so a scheduler can requeue it (README, "Several hosts under SLURM").
 PREEMPTED_EXIT_CODE = 75

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
 
-from lungjax.data import dataset, labels, records  # noqa: E402
+from lungjax.data import dataset, labels, phantom, records  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -41,10 +41,6 @@ TREE_PATIENTS = 60  # 10 per class: every class reaches every split of the patie
 TREE_FILMS_PER_PATIENT = 2
 TREE_IMAGE_SIZE = 32
 TREE_BOX_SIZE = 10
-DATA_ENTRY_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
 # NIH spells the merged class as its two findings.
 FINDING_OF_CLASS = {name: "Nodule" if name == "Nodule/Mass" else name for name in labels.CLASS_NAMES}
 
@@ -97,7 +93,7 @@ def write_nih_tree(
             if box is not None and finding != "No Finding":
                 boxes.append([name, finding, *box])
     with (root / "Data_Entry_2017.csv").open("w", newline="") as handle:
-        handle.write(DATA_ENTRY_HEADER + "\n")
+        handle.write(phantom.DATA_ENTRY_HEADER + "\n")
         csv.writer(handle).writerows(entries)
     if boxes:
         with (root / "BBox_List_2017.csv").open("w", newline="") as handle:

@@ -16,8 +16,6 @@ import pytest
 
 from lungjax.bench import cpu
 
-pytestmark = pytest.mark.slow  # every test here starts processes or trains
-
 TINY = ["--model", "resnet18", "--width", "0.0625", "--warmup", "1"]
 
 
@@ -43,6 +41,7 @@ def test_parse_contender():
     )
 
 
+@pytest.mark.slow  # runs the benchmark in a process of its own
 def test_scaling_output(tmp_path):
     out = tmp_path / "scaling.json"
     process = run_bench(
@@ -76,6 +75,7 @@ def test_scaling_output(tmp_path):
     assert "img/s" in table and "[scaling]" not in table  # the table comes last
 
 
+@pytest.mark.slow  # runs the benchmark in a process of its own
 def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     out = tmp_path / "gpu_bench.json"
     result = run_bench(

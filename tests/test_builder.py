@@ -14,10 +14,7 @@ from PIL import Image
 from lungjax.config.base import base_config
 from lungjax.data import dataset, images, labels, metadata, nih, phantom, records
 
-HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
+HEADER = phantom.DATA_ENTRY_HEADER
 FINDINGS = (
     "Atelectasis",
     "Cardiomegaly",

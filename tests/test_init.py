@@ -16,7 +16,7 @@ from lungjax.training import optim
 
 def _pure(model):
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return trees.flatten({"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}, "/")
+    return trees.flatten({"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}, "/")
 
 
 def test_initialize_from_a_workdir_copies_every_weight(tiny_workdir):

@@ -1,4 +1,4 @@
-"""lungjax.metrics against scikit-learn and brute force, plus the patient-level bootstrap."""
+"""lungjax.evaluation.metrics against scikit-learn and brute force, plus the patient-level bootstrap."""
 
 from __future__ import annotations
 

@@ -12,10 +12,7 @@ import pytest
 from lungjax.data import phantom
 from lungjax.data.labels import CLASS_NAMES, class_index
 
-NIH_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
+NIH_HEADER = phantom.DATA_ENTRY_HEADER
 NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 ALLOWED_FINDINGS = {"Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Mass", "Pneumothorax", "No Finding"}
 SIZE = 64

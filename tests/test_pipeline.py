@@ -24,7 +24,7 @@ def parsed_flags():
 
 
 def make_source(count: int, size: int = SIZE) -> records.ExampleSource:
-    """Records shaped like a built split's: label ``i`` and an image whose pixels are all ``i``."""
+    """Records shaped like a nih_tree_built split's: label ``i`` and an image whose pixels are all ``i``."""
     return example_source(
         [
             {
@@ -161,8 +161,8 @@ def test_worker_processes_start_after_jax_has_run():
 
 
 @pytest.fixture(scope="module")
-def built(nih_tree, tmp_path_factory):
-    """The conftest tree, built (one process) as the NIH builder stores it: ArrayRecord, gray PNG."""
+def nih_tree_built(nih_tree, tmp_path_factory):
+    """The conftest tree, nih_tree_built (one process) as the NIH builder stores it: ArrayRecord, gray PNG."""
     from lungjax.data import nih
 
     return nih.build_dataset(
@@ -170,11 +170,11 @@ def built(nih_tree, tmp_path_factory):
     )
 
 
-def test_example_source_equals_tfds_decoding(built):
+def test_example_source_equals_tfds_decoding(nih_tree_built):
     """The fast protobuf parse gives, record for record, what TFDS's own data source gives."""
-    for split in built.info.splits:
-        ours = records.data_source(built, split)
-        theirs = built.as_data_source(split, decoders={"image": records.tfds.decode.SkipDecoding()})
+    for split in nih_tree_built.info.splits:
+        ours = records.data_source(nih_tree_built, split)
+        theirs = nih_tree_built.as_data_source(split, decoders={"image": records.tfds.decode.SkipDecoding()})
         assert isinstance(ours, records.ExampleSource) and len(ours) == len(theirs) > 0
         for i in range(len(ours)):
             got, want = ours[i], theirs[i]
@@ -193,8 +193,8 @@ def test_example_source_equals_tfds_decoding(built):
             )
 
 
-def test_loaders_read_built_records(built):
-    source = records.data_source(built, "test")
+def test_loaders_read_built_records(nih_tree_built):
+    source = records.data_source(nih_tree_built, "test")
     batch = next(iter(pipeline.train_loader(source, batch_size=2, image_size=24, augment="light", seed=0)))
     assert batch["image"].shape == (2, 24, 24, 1) and batch["image"].dtype == np.uint8
     assert set(batch) == {"image", "label"}

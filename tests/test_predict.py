@@ -113,7 +113,7 @@ def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
     assert str(files[name]) in str(error.value)
 
 
-def test_prepare_matches_the_dataset_geometry(files):
+def test_model_input_matches_the_dataset_geometry(files):
     gray = predict.read_radiograph(files["good"])
     prepared = predict.to_model_input(gray, stored_size=64, image_size=32)
     assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8

@@ -21,8 +21,7 @@ from lungjax import models
 from lungjax.data import labels
 from lungjax.runtime import checkpoint, logs
 from lungjax.training import loop as train
-from lungjax.training import optim
-from lungjax.training import validation as validate
+from lungjax.training import optim, validation
 
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
@@ -55,7 +54,7 @@ def run_config(data_root):
 def run(data_root, built, compilation_cache, tmp_path_factory):
     """The shared run: ``(config, workdir, train()'s return value, absl warnings, val losses seen)``."""
     config, workdir = run_config(data_root), tmp_path_factory.mktemp("schedules")
-    real_call, seen = validate.Validator.__call__, []
+    real_call, seen = validation.Validator.__call__, []
 
     def scripted(self, model_state):
         result = real_call(self, model_state)  # the real validation, then the scripted loss
@@ -68,7 +67,7 @@ def run(data_root, built, compilation_cache, tmp_path_factory):
     absl_logger.addHandler(handler)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(validate.Validator, "__call__", scripted)
+            patch.setattr(validation.Validator, "__call__", scripted)
             finished = train.train(config, workdir)
     finally:
         absl_logger.removeHandler(handler)

@@ -159,7 +159,7 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) 
     """grain (``workers`` processes) -> prefetch_to_device -> the compiled step; and the pipeline
     alone on the host."""
     source = records.data_source(builder, "train")
-    local_batch = compiled.batch_size // jax.process_count()
+    local_batch = sharding.process_batch_size(compiled.batch_size)
 
     def loader():
         return pipeline.train_loader(

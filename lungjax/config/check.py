@@ -18,16 +18,13 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, labels, metadata, nih
+from lungjax.data import augment, dataset, labels, nih
 from lungjax.evaluation import inference
 from lungjax.models import resnet
 from lungjax.runtime import checkpoint
 
 # Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
 MIN_IMAGE_SIZE = 32
-NUM_CLASSES = labels.NUM_CLASSES
-# The built splits, test first: what evaluation is for.
-EVAL_SPLITS = metadata.SPLIT_NAMES[::-1]
 
 
 class ConfigError(ValueError):
@@ -60,7 +57,7 @@ def _class_weights_ok(value) -> bool:
         return value in ("balanced", "none")
     return (
         isinstance(value, (list, tuple))
-        and len(value) == NUM_CLASSES
+        and len(value) == labels.NUM_CLASSES
         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
     )
 
@@ -84,7 +81,7 @@ RULES = MappingProxyType(
             lambda v: max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE) <= v <= nih.MAX_STORED_SIZE,
             f"an integer in {max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE)}..{nih.MAX_STORED_SIZE}",
         ),
-        "data.phantom_patients": at_least(NUM_CLASSES),
+        "data.phantom_patients": at_least(labels.NUM_CLASSES),
         "data.build_workers": at_least(0),
         "image_size": at_least(MIN_IMAGE_SIZE),
         "augment": one_of(augment.AUGMENTATIONS),
@@ -106,7 +103,9 @@ RULES = MappingProxyType(
         "plateau.min_scale": interval(0, 1, open_low=True, closed_high=True),
         "weight_decay": at_least(0, integer=False),
         "grad_clip_norm": at_least(0, integer=False),
-        "class_weights": Rule(_class_weights_ok, f"'balanced', 'none' or a list of {NUM_CLASSES} positive numbers"),
+        "class_weights": Rule(
+            _class_weights_ok, f"'balanced', 'none' or a list of {labels.NUM_CLASSES} positive numbers"
+        ),
         "label_smoothing": interval(0, 1),
         "focal_gamma": at_least(0, integer=False),
         "ema_decay": interval(0, 1),
@@ -116,7 +115,7 @@ RULES = MappingProxyType(
         "eval_every_steps": at_least(0),
         "early_stop_patience": at_least(0),
         "eval.checkpoint": Rule(_eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"),
-        "eval.split": one_of(EVAL_SPLITS),
+        "eval.split": one_of(inference.EVAL_SPLITS),
         "eval.batch_size": at_least(1),
         "eval.n_bootstrap": at_least(0),
         "eval.tta_crops": Rule(

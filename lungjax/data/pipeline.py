@@ -20,8 +20,7 @@ import numpy as np
 from lungjax.data import images, records, sampling
 from lungjax.data.augment import Augmentation, augment_image, augmentation
 
-# Keys a training batch carries to the device; evaluation also keeps the identifying ones on host.
-TRAIN_KEYS = ("image", "label")
+# Keys an evaluation batch carries: the image and label, and the identifying ones (kept on the host).
 EVAL_KEYS = ("image", "label", "image_name", "patient_id", "bbox")
 # Workers read their records themselves, one at a time: grain's default (16 reader threads with
 # a 500-record buffer per process) cost about twice the CPU per record of this (BENCHMARKS.md),

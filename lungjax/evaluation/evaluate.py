@@ -19,10 +19,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, labels, metadata, records
+from lungjax.data import dataset, labels, records
 from lungjax.evaluation import explain, inference, metrics, plots
 from lungjax.evaluation import report as report_lib
-from lungjax.runtime import distributed, logs, sharding
+from lungjax.runtime import distributed, sharding
+from lungjax.runtime import workdir as workdir_lib
 
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
@@ -52,8 +53,8 @@ def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, wor
         np.asarray(report["confusion_matrix"]), labels.CLASS_NAMES, out / "confusion_matrix.png"
     )
     plots.plot_reliability_diagram(predictions["label"], predictions["probs"], out / "reliability.png")
-    if (workdir / logs.METRICS_FILE).is_file():
-        plots.plot_training_curves(workdir / logs.METRICS_FILE, out / "training_curves.png")
+    if (workdir / workdir_lib.METRICS_FILE).is_file():
+        plots.plot_training_curves(workdir / workdir_lib.METRICS_FILE, out / "training_curves.png")
 
 
 def format_table(report: dict) -> str:
@@ -72,8 +73,8 @@ def format_table(report: dict) -> str:
 def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Evaluates ``config.eval.checkpoint`` on ``config.eval.split``; writes ``<workdir>/eval/<split>/``."""
     split = config.eval.split
-    if split not in metadata.SPLIT_NAMES:
-        raise ValueError(f"config.eval.split must be one of {metadata.SPLIT_NAMES}, got {split!r}")
+    if split not in inference.EVAL_SPLITS:
+        raise ValueError(f"config.eval.split must be one of {inference.EVAL_SPLITS}, got {split!r}")
     workdir = Path(workdir)
     mesh = sharding.make_mesh()
     restored = inference.restore(config, workdir, mesh)
@@ -134,7 +135,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         image_size=saved.image_size,
         box_scale=saved.image_size / builder.builder_config.image_size,
         n_examples=config.eval.explain_examples,
-        batch_size=inference.process_batch_size(config.eval.batch_size),
+        batch_size=sharding.process_batch_size(config.eval.batch_size),
     )
     write_plots(out, predictions, report, workdir)
     (out / "report.json").write_text(json.dumps(report, indent=2))

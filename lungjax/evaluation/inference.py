@@ -22,11 +22,13 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from lungjax import models
-from lungjax.data import labels, pipeline, records
+from lungjax.data import labels, metadata, pipeline, records
 from lungjax.runtime import checkpoint, sharding
 
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
 TTA_CROP_FRACTION = 0.875
+# The splits evaluation can score, test first: what it is for.
+EVAL_SPLITS = metadata.SPLIT_NAMES[::-1]
 MAX_TTA_CROPS = 6  # the whole image, the centre and the four corners
 
 
@@ -156,15 +158,13 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
     )
 
 
-def process_batch_size(global_batch_size: int) -> int:
-    """This process's rows of a global evaluation batch."""
-    return global_batch_size // jax.process_count()
-
-
 def split_batches(source: records.ExampleSource, *, global_batch_size: int, image_size: int, worker_count: int):
     """This process's padded batches of a split: the global evaluation batch split over the processes."""
     return pipeline.eval_batches(
-        source, batch_size=process_batch_size(global_batch_size), image_size=image_size, worker_count=worker_count
+        source,
+        batch_size=sharding.process_batch_size(global_batch_size),
+        image_size=image_size,
+        worker_count=worker_count,
     )
 
 

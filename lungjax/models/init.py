@@ -60,7 +60,7 @@ def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
         flat = nnx.to_flat_state(state)
         for path, variable in flat:
             name = "/".join(map(str, path))
-            key, current = f"{group}/{name}", variable.value
+            key, current = f"{group}/{name}", variable[...]
             if key not in source:
                 raise ValueError(
                     f"config.model.init_from: {key} is missing from {root} (step {step}); the architectures differ"
@@ -74,6 +74,6 @@ def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
                     )
                 skipped.append(key)
                 continue
-            variable.value = value.astype(current.dtype)
+            variable[...] = value.astype(current.dtype)
         nnx.update(model, nnx.from_flat_state(flat))
     return skipped

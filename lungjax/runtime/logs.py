@@ -18,8 +18,7 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from lungjax.runtime.workdir import METRICS_FILE, TENSORBOARD_DIR
 
 
 class Writer(Protocol):

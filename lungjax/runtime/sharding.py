@@ -30,6 +30,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def process_batch_size(global_batch_size: int) -> int:
+    """This process's rows of a global batch (every process reads as many)."""
+    return global_batch_size // jax.process_count()
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """The per-process batch size; the global batch must split evenly over devices."""
     devices = mesh.devices.size
@@ -37,7 +42,7 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
         raise ValueError(
             f"batch_size {global_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}"
         )
-    return global_batch_size // jax.process_count()
+    return process_batch_size(global_batch_size)
 
 
 def local_copy(tree):

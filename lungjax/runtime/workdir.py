@@ -21,6 +21,10 @@ import jax
 from lungjax import locking
 
 LOCK_FILE = "lock.json"
+# What the training loop logs into the workdir (lungjax.runtime.logs); named here, where evaluation can
+# read them without loading TensorBoard.
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 # Orbax writes a step into a temporary directory before renaming it, while the previous step may
 # still be on disk and the state is held in host memory: ask for twice the state's bytes.
 CHECKPOINT_SPACE_FACTOR = 2

@@ -26,14 +26,13 @@ from tqdm.auto import tqdm
 
 from lungjax import models
 from lungjax.config import check as config_check
-from lungjax.data import dataset, labels, nih, pipeline, records, sampling
+from lungjax.data import dataset, labels, pipeline, records, sampling
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
-from lungjax.training import loss, optim
+from lungjax.training import loss, optim, validation
 from lungjax.training import step as step_lib
-from lungjax.training import validation as validate
 
 
 class PreemptionFlag:
@@ -121,21 +120,49 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 @dataclasses.dataclass
 class Run:
-    """A run set up and ready to step: everything ``_loop`` reads, resumed where a checkpoint says."""
+    """A run set up and ready to step: everything ``_train`` reads, resumed where a checkpoint says."""
 
     mesh: jax.sharding.Mesh
-    builder: nih.NihChestXray
     steps_per_epoch: int
     num_steps: int
     fingerprint: str
     schedule: optax.Schedule
     train_step: Callable
-    validator: validate.Validator
+    validator: validation.Validator
     state: step_lib.TrainState
     data_iterator: Iterator
     manager: ocp.CheckpointManager
-    early_stopping: validate.EarlyStopping
+    early_stopping: validation.EarlyStopping
     start: int
+
+
+def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: str, train_counts: list[int]):
+    """``(state, start step, early stopping)`` from the latest good checkpoint, the data iterator moved
+    to where it stopped; a fresh start (step 0) without one."""
+    early_stopping = validation.EarlyStopping(config.early_stop_patience)
+    resumed = checkpoint.restore_latest_good(
+        manager,
+        workdir,
+        config=config.to_dict(),
+        model_state=model_variables(state),
+        train_state=resume_variables(state),
+    )
+    if not resumed:
+        return state, 0, early_stopping
+    start, (model_state, train_state, data_state, saved_run) = resumed
+    checkpoint.check_same_dataset(saved_run, fingerprint, start)
+    data_iterator.set_state(
+        sampling.data_state_for_process(
+            data_state,
+            saved_process_count=saved_run.get("process_count", 1),
+            worker_count=config.worker_count,
+            global_batch_size=config.batch_size,
+            num_records=sum(train_counts),
+        )
+    )
+    logging.info("resumed from checkpoint step %d", start)
+    early_stopping = validation.EarlyStopping(config.early_stop_patience, **saved_run["early_stopping"])
+    return from_saved(state, model_state, train_state), start, early_stopping
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
@@ -171,30 +198,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
-    early_stopping = validate.EarlyStopping(config.early_stop_patience)
-    resumed = checkpoint.restore_latest_good(
-        manager,
-        workdir,
-        config=config.to_dict(),
-        model_state=model_variables(state),
-        train_state=resume_variables(state),
-    )
-    start = 0
-    if resumed:
-        start, (model_state, train_state, data_state, run) = resumed
-        checkpoint.check_same_dataset(run, fingerprint, start)
-        state = from_saved(state, model_state, train_state)
-        data_iterator.set_state(
-            sampling.data_state_for_process(
-                data_state,
-                saved_process_count=run.get("process_count", 1),
-                worker_count=config.worker_count,
-                global_batch_size=config.batch_size,
-                num_records=sum(train_counts),
-            )
-        )
-        early_stopping = validate.EarlyStopping(config.early_stop_patience, **run["early_stopping"])
-        logging.info("resumed from checkpoint step %d", start)
+    state, start, early_stopping = _resume(config, workdir, manager, state, data_iterator, fingerprint, train_counts)
     run_info.write(  # only now: a run refused above leaves the accepted run's record as it was
         workdir,
         config=config,
@@ -210,13 +214,12 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     )
     return Run(
         mesh=mesh,
-        builder=builder,
         steps_per_epoch=steps_per_epoch,
         num_steps=num_steps,
         fingerprint=fingerprint,
         schedule=schedule,
         train_step=train_step,
-        validator=validate.Validator(builder, config, graphdef, mesh),
+        validator=validation.Validator(builder, config, graphdef, mesh),
         state=state,
         data_iterator=data_iterator,
         manager=manager,
