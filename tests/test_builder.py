@@ -318,4 +318,4 @@ def test_a_phantom_tree_that_fails_halfway_leaves_nothing_behind(tmp_path, monke
     monkeypatch.undo()
     built = dataset.build(data_config, tmp_path)  # a later run writes the whole tree and builds it
     assert (tree / "BBox_List_2017.csv").read_text().startswith("Image Index,Finding Label,Bbox")
-    assert sum(dataset.read_build_report(built)["images"].values()) > 0
+    assert sum(nih.read_build_report(built)["images"].values()) > 0

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -73,8 +72,3 @@ def _write_phantom_tree(tree: Path, data_config) -> None:
         logging.info("another run wrote %s first (%s)", tree, err.strerror)
     finally:
         shutil.rmtree(draft, ignore_errors=True)
-
-
-def read_build_report(builder: nih.NihChestXray) -> dict:
-    """The ``build_report.json`` the builder wrote beside the dataset."""
-    return json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())

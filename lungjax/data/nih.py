@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm.auto import tqdm
 
-from lungjax import locking
+from lungjax import locking, trees
 from lungjax.data import images, labels, metadata, workers
 
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -368,17 +368,17 @@ def _sha256(path: Path) -> str:
 
 def _check_built_from(builder: NihChestXray, wanted: dict) -> None:
     """Refuses a built dataset that was made from other files or another policy than ``wanted``."""
-    recorded = json.loads((Path(builder.data_dir) / BUILD_REPORT).read_text()).get("built_from")
+    recorded = read_build_report(builder).get("built_from")
     if recorded == wanted:
         return
     if recorded is None:
         difference = "it records no source (built by an earlier lungjax)"
     else:
-        keys = sorted(set(_flat(recorded)) | set(_flat(wanted)))
+        before, now = trees.flatten(recorded), trees.flatten(wanted)
         difference = "; ".join(
-            f"{key}: built from {_flat(recorded).get(key)!r}, now {_flat(wanted).get(key)!r}"
-            for key in keys
-            if _flat(recorded).get(key) != _flat(wanted).get(key)
+            f"{key}: built from {before.get(key)!r}, now {now.get(key)!r}"
+            for key in sorted(before.keys() | now.keys())
+            if before.get(key) != now.get(key)
         )
     raise DatasetMismatchError(
         f"the dataset in {builder.data_dir} was not built from what the config names ({difference}); "
@@ -386,11 +386,9 @@ def _check_built_from(builder: NihChestXray, wanted: dict) -> None:
     )
 
 
-def _flat(record: dict) -> dict:
-    return {
-        **{f"files.{k}": v for k, v in record.get("files", {}).items()},
-        **{k: v for k, v in record.items() if k != "files"},
-    }
+def read_build_report(builder: NihChestXray) -> dict:
+    """The ``build_report.json`` the build wrote beside the dataset."""
+    return json.loads((Path(builder.data_dir) / BUILD_REPORT).read_text())
 
 
 def _say_waiting(held: locking.LockHeld) -> None:

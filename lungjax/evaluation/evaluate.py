@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, labels, records
+from lungjax.data import dataset, labels, nih, records
 from lungjax.evaluation import explain, inference, metrics, plots
 from lungjax.evaluation import report as report_lib
 from lungjax.runtime import distributed, sharding
@@ -106,7 +106,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         report["at_thresholds"] = {"note": threshold_note}
     else:
         report["at_thresholds"]["chosen_on"] = "validation"
-    crossing = dataset.read_build_report(builder).get("patients_crossing_splits")
+    crossing = nih.read_build_report(builder).get("patients_crossing_splits")
     report.update(
         split=split,
         checkpoint_step=restored.step,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lungjax import models
 from lungjax.config import check as config_check
-from lungjax.data import dataset, labels, pipeline, records, sampling
+from lungjax.data import dataset, labels, nih, pipeline, records, sampling
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -170,7 +170,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
-    train_counts = dataset.read_build_report(builder)["class_counts"]["train"]
+    train_counts = nih.read_build_report(builder)["class_counts"]["train"]
     weights = loss.class_weights(config, train_counts)
     steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
