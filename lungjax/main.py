@@ -12,13 +12,15 @@ or nothing under SLURM / Open MPI; see ``lungjax.runtime.distributed``.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lungjax.runtime import distributed
+from lungjax.runtime import distributed, storage
 
 MODES = ("train", "evaluate", "prepare", "predict")
 
@@ -58,6 +60,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {extra}")
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_keep_lungjax_warnings)
+    threading.excepthook = _quiet_write_failures(threading.excepthook)
+    sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
     distributed.initialize(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
@@ -109,8 +113,37 @@ def _print_outputs(workdir: str, split: str) -> None:
 
 def _keep_lungjax_warnings(record: std_logging.LogRecord) -> bool:
     """absl's log carries lungjax's own warnings and those of TFDS, Orbax and grain, which a user cannot
-    act on ("Using custom data configuration", read-only managers): of the others, errors only."""
+    act on ("Using custom data configuration", read-only managers): of the others, errors only, and
+    not Orbax's copies of a failed write for lack of space (the command line says it once)."""
+    if storage.no_space_errno(record.getMessage()) is not None:
+        return False
+    if record.exc_info and storage.write_failure(record.exc_info[1]) is not None:
+        return False
     return record.levelno >= std_logging.ERROR or record.pathname.startswith(PACKAGE_DIR)
+
+
+def _without_closed_loop_callbacks(hook):
+    """A ``sys.unraisablehook`` without tensorstore's late callbacks into an event loop that Orbax
+    already closed after a failed save: one "Event loop is closed" traceback per pending write, after
+    the failure that is reported itself."""
+
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    return unraisablehook
+
+
+def _quiet_write_failures(hook):
+    """A ``threading.excepthook`` that leaves a writer thread's failed write for lack of space to the
+    main thread, which meets it again (TensorBoard's writer re-raises it there) and says it once."""
+
+    def excepthook(args):
+        if storage.write_failure(args.exc_value) is None:
+            hook(args)
+
+    return excepthook
 
 
 # The engine's deliberate refusals, by module: each message already says what is wrong and what to
@@ -135,7 +168,7 @@ def _is_expected(err: BaseException) -> bool:
     return isinstance(err, (FloatingPointError, *classes))
 
 
-def _fail(err: BaseException) -> None:
+def _fail(err: BaseException | str) -> None:
     print(f"lungjax: error: {' '.join(str(err).split())}", file=sys.stderr)
     sys.exit(ERROR_EXIT_CODE)
 
@@ -162,6 +195,13 @@ def run_reporting_errors(argv):
     try:
         return main(argv)
     except Exception as err:
+        no_space = storage.write_failure(err)
+        if no_space is not None:
+            print(f"lungjax: error: {no_space}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            # Not sys.exit: at interpreter shutdown every write Orbax abandoned prints its traceback.
+            # The workdir lock and writers were released while the error unwound to here.
+            os._exit(ERROR_EXIT_CODE)
         if not _is_expected(err):
             raise
         _fail(err)

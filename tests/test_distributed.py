@@ -127,8 +127,37 @@ def assert_same_model(a: dict, b: dict, rtol: float = 1e-5) -> None:
         assert np.linalg.norm(x - y) <= rtol * np.linalg.norm(y), part
 
 
+def same_number(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+
+
+def without_flipped_operating_points(a: dict, b: dict) -> tuple[dict, dict]:
+    """The two reports' ``at_thresholds`` without the classes whose validation-chosen thresholds differ.
+
+    A Youden threshold is a discontinuous function of the scores: rounding-level differences between
+    topologies can move its maximum to a distant threshold when two regions of the ROC curve nearly
+    tie (seen: 0.1653 vs 0.1729 with test scores equal to 5e-8). What must agree then is the J
+    reached on validation, to within one example crossing; the rates at two different thresholds
+    need not.
+    """
+    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+    for name in list(a.get("thresholds", {})):
+        if same_number(a["thresholds"][name], b["thresholds"][name]):
+            continue
+        reached_a, reached_b = a["on_validation"].pop(name), b["on_validation"].pop(name)
+        counts = (reached_a["positives"], reached_a["negatives"])
+        assert counts == (reached_b["positives"], reached_b["negatives"]), name
+        assert abs(reached_a["youden_j"] - reached_b["youden_j"]) <= 1 / min(counts) + 1e-12, (name, a, b)
+        for part in (a, b):
+            del part["thresholds"][name], part["per_class"][name]
+    return a, b
+
+
 def assert_same_report(a, b, path: str = "report") -> None:
-    """Counts, names and structure equal; real numbers equal to 1e-5 relative (1e-7 absolute)."""
+    """Counts, names and structure equal; real numbers equal to 1e-5 relative (1e-7 absolute); see
+    ``without_flipped_operating_points`` for the one exception."""
+    if path == "report.at_thresholds" and "thresholds" in a:
+        a, b = without_flipped_operating_points(a, b)
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for key in a:
@@ -138,7 +167,7 @@ def assert_same_report(a, b, path: str = "report") -> None:
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same_report(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7), f"{path}: {a} != {b}"
+        assert same_number(a, b), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
 

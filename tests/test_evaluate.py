@@ -96,6 +96,7 @@ def test_thresholds_are_chosen_on_validation(tiny_workdir, tiny_config, test_rep
     assert report["at_thresholds"]["chosen_on"] == "validation"
     assert report["at_thresholds"]["thresholds"] == expected
     assert validation["at_thresholds"]["thresholds"] == expected
+    assert report["at_thresholds"]["on_validation"] == metrics.youden_j(y, probs, expected, labels.CLASS_NAMES)
 
 
 def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_report):

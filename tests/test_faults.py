@@ -19,14 +19,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import load_config, tiny_train_config
+from conftest import command_line_overrides, load_config, tiny_train_config
 from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check as config_check
 from lungjax.data import images
 from lungjax.evaluation import evaluate
 from lungjax.models import pretrained, resnet
-from lungjax.runtime import checkpoint, run_info
+from lungjax.runtime import checkpoint, distributed, run_info
 from lungjax.runtime import workdir as workdir_lib
 from lungjax.training import loop as train
 
@@ -230,6 +230,40 @@ def test_evaluation_falls_back_past_a_damaged_latest_and_says_so(base_run, data_
         evaluate.evaluate(config, workdir)
 
 
+def peer_cannot_read_the_first_step(monkeypatch) -> None:
+    """Another process (simulated) fails to read the first step tried and reads the rest: a node
+    whose view of the shared filesystem differs. This one reads every step."""
+    answers = iter([False])
+    monkeypatch.setattr(distributed, "everywhere", lambda ok: ok and next(answers, True))
+
+
+def test_a_step_another_process_cannot_read_is_damaged_for_every_process(
+    base_run, data_root, tmp_path, caplog, monkeypatch
+):
+    workdir = copy_run(base_run, tmp_path)
+    peer_cannot_read_the_first_step(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        assert train.train(checkpoint_config(data_root, 6), workdir)
+    assert "step 6 is damaged (unreadable on another process): resuming from step 4" in caplog.text
+    assert [p.name[:2] for p in (workdir / checkpoint.DAMAGED_DIR).iterdir()] == ["6-"]
+    assert_bitwise_equal(saved_params(base_run), saved_params(workdir))  # resumed at 4, trained 4 -> 6 again
+
+    config = checkpoint_config(data_root, 6)
+    config.eval.checkpoint, config.eval.n_bootstrap, config.eval.explain_examples = "latest", 0, 0
+    peer_cannot_read_the_first_step(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        assert evaluate.evaluate(config, workdir)["checkpoint_step"] == 4
+    assert "step(s) 6 in" in caplog.text and "(unreadable on another process): evaluating step 4" in caplog.text
+
+
+@pytest.mark.parametrize("peer, agreed", [(True, True), (False, False)])
+def test_everywhere_holds_only_when_every_process_agrees(monkeypatch, peer, agreed):
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed.multihost_utils, "process_allgather", lambda flag: np.array([flag, peer]))
+    assert distributed.everywhere(True) is agreed
+    assert distributed.everywhere(False) is False
+
+
 def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(base_run, data_root, tmp_path):
     workdir = copy_run(base_run, tmp_path)
     for step in (2, 4, 6):
@@ -254,6 +288,55 @@ def test_changed_dataset_refuses_to_resume_naming_both_fingerprints(base_run, bu
     ):
         train.train(checkpoint_config(data_root, 8), workdir)
     assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+# Below the tiny model's largest checkpoint file (~600 KB), above every other file a run writes: the
+# disk "fills up" in the middle of an Orbax save.
+FILE_SIZE_LIMIT = 400_000
+
+
+# The command line with writes past FILE_SIZE_LIMIT failing with EFBIG, as writes to a full disk fail
+# with ENOSPC (SIGXFSZ ignored: it would kill the process instead).
+LIMITED_MAIN = (
+    "import resource, runpy, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT}))\n"
+    "sys.argv[0] = 'lungjax.main'\n"
+    "runpy.run_module('lungjax.main', run_name='__main__')\n"
+)
+
+
+@pytest.mark.slow
+def test_a_save_that_fills_the_disk_is_one_line_and_the_run_resumes(base_run, data_root, tmp_path, compilation_cache):
+    workdir = copy_run(base_run, tmp_path)
+    assert max(listing(workdir / checkpoint.CHECKPOINT_DIR).values()) > FILE_SIZE_LIMIT
+    flags = [
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        *command_line_overrides(data_root),
+        "--config.num_train_steps=10",
+        "--config.checkpoint_every_steps=2",
+    ]
+    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
+    full = subprocess.run(
+        [sys.executable, "-c", LIMITED_MAIN, *flags], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr and "Error" not in full.stderr, full.stderr[-3000:]
+    (line,) = [line for line in full.stderr.splitlines() if "lungjax: error" in line]
+    assert f"could not write {workdir / checkpoint.CHECKPOINT_DIR}" in line and "File too large (EFBIG)" in line
+    assert "rerun the same command" in line and line == full.stderr.strip().splitlines()[-1]
+    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]  # complete ones kept
+    assert not (workdir / workdir_lib.LOCK_FILE).exists()
+
+    again = subprocess.run(
+        [sys.executable, "-m", "lungjax.main", *flags], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 10
+    assert not tmp_dirs(workdir / checkpoint.CHECKPOINT_DIR)
 
 
 # --- workdir ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from lungjax.evaluation.metrics import (
     classification_report,
     compute_class_weights,
     expected_calibration_error,
+    youden_j,
     youden_thresholds,
 )
 
@@ -163,6 +164,18 @@ def test_youden_thresholds_equal_brute_force(name):
     assert list(thresholds) == list(CLASS_NAMES)
     for k, class_name in enumerate(CLASS_NAMES):
         assert thresholds[class_name] == brute_force_youden(labels == k, probs[:, k])
+
+
+@pytest.mark.parametrize("name", ["random", "ties"])
+def test_youden_j_is_the_brute_force_maximum(name):
+    labels, probs = PREDICTIONS[name]
+    reached = youden_j(labels, probs, youden_thresholds(labels, probs, CLASS_NAMES), CLASS_NAMES)
+    for k, class_name in enumerate(CLASS_NAMES):
+        positive = labels == k
+        called = probs[:, k][:, None] >= np.unique(probs[:, k])[None, :]
+        best = np.max(called[positive].mean(axis=0) - called[~positive].mean(axis=0))
+        expected = {"youden_j": pytest.approx(best), "positives": positive.sum(), "negatives": (~positive).sum()}
+        assert reached[class_name] == expected
 
 
 def test_youden_rejects_class_without_positives():

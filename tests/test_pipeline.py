@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -79,6 +80,21 @@ def test_eval_batches_cover_every_example_once_in_order(workers):
     images = np.concatenate([b["image"] for b in batches])[mask]
     assert np.all(images == np.arange(10)[:, None, None, None])  # images stay with their labels
     assert batches[-1]["image_name"][1] == b"00000009_000.png"
+
+
+@pytest.mark.parametrize("num_records, processes", [(9, 2), (10, 3), (2, 3)])
+def test_processes_evaluate_every_example_once_in_order(monkeypatch, num_records, processes):
+    """Each process's batches concatenated in process order are the split (grain's sharding lost one
+    record per shard boundary here), and every process yields as many batches."""
+    source = make_source(num_records)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    read, batch_counts = [], set()
+    for index in range(processes):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        batches = list(pipeline.eval_batches(source, batch_size=2, image_size=16))
+        batch_counts.add(len(batches))
+        read += np.concatenate([b["label"][b["mask"]] for b in batches]).tolist()
+    assert read == list(range(num_records)) and len(batch_counts) == 1
 
 
 def test_no_augmentation_is_a_plain_resize():

@@ -75,7 +75,8 @@ def test_weight_decay_skips_batchnorm_and_biases():
     config.optimizer, config.weight_decay, config.learning_rate = "adamw", 0.1, 1.0
     tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
     zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)  # zero gradients: only decay moves weights
+    # zero gradients: only decay moves weights (jitted: op by op, every leaf shape compiles apart)
+    updates, _ = jax.jit(tx.update)(zeros, jax.jit(tx.init)(params), params)
     kinds = set()
     for (path, p), u in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(updates)):
         name = jax.tree_util.keystr(path).removesuffix(".value")
@@ -87,6 +88,30 @@ def test_weight_decay_skips_batchnorm_and_biases():
             kinds.add(name.rsplit("[", 1)[-1])
             assert not decayed, name
     assert kinds == {"kernel", "'scale']", "'bias']"}
+
+
+@pytest.mark.parametrize("optimizer", base.OPTIMIZERS)
+@pytest.mark.parametrize("init_from", ["", "resnet50_imagenet.h5"])
+def test_stem_border_kernel_trains_only_from_keras_weights(optimizer, init_from):
+    """From scratch the border kernel lies along BatchNorm's invisible direction: frozen, decay included."""
+    _, params, _ = nnx.split(tiny_model(), nnx.Param, ...)
+    params = jax.tree.map(lambda p: p + 0.5, params)  # non-zero, as imported weights leave the border
+    config = base_config()
+    config.optimizer, config.weight_decay, config.model.init_from = optimizer, 0.1, init_from
+    tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
+    state, update = jax.jit(tx.init)(params), jax.jit(tx.update)
+    leaves = jax.tree.leaves(params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    grads = jax.tree.unflatten(
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+    )
+    trained = params
+    for _ in range(3):
+        updates, state = update(grads, state, trained)
+        trained = optax.apply_updates(trained, updates)
+    for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(trained)):
+        moved = bool(np.any(np.asarray(before) != np.asarray(after)))
+        assert moved == (not optim.is_stem_border(path) or bool(init_from)), jax.tree_util.keystr(path)
 
 
 def test_plateau_scale_drops_after_patience_validations():

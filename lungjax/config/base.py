@@ -40,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.0
     # Keras' ResNet50 is v1 (stride in the first 1x1 of a block); ImageNet weights need it True.
     config.model.stride_in_1x1 = False
-    config.model.init_from = ""  # a Keras ResNet50 .h5 weights file, or an earlier lungjax workdir
+    # A Keras .h5 weights file (the stem's border kernel trains only then), or an earlier lungjax workdir.
+    config.model.init_from = ""
     config.model.freeze_backbone_steps = 0  # train only the head for this many steps first
 
     config.batch_size = 64  # global, over all devices

@@ -89,29 +89,56 @@ def train_loader(
     )
 
 
+class _Range:
+    """Records ``[start, stop)`` of a data source, as a data source of their own."""
+
+    def __init__(self, records, start: int, stop: int):
+        self.records, self.start, self.stop = records, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int):
+        return self.records[self.start + index]
+
+
+def process_range(num_records: int) -> tuple[int, int]:
+    """This process's contiguous share ``[start, stop)`` of an evaluation split: process p reads the
+    p-th block of ``ceil(n / processes)`` records (the last ones may be shorter or empty), so that
+    concatenating the processes' predictions in process order gives the split's order. Our own
+    arithmetic: grain's sharding of an unshuffled sampler skipped a record at each shard boundary
+    (grain 0.2.18: 9 records over 2 processes read 0-3 and 5-8)."""
+    per_process = math.ceil(num_records / jax.process_count())
+    start = min(jax.process_index() * per_process, num_records)
+    return start, min(start + per_process, num_records)
+
+
 def eval_batches(
     source: records.ExampleSource, *, batch_size: int, image_size: int, worker_count: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of this process's shard exactly once, in order, in full batches.
+    """Every example of this process's range (``process_range``) exactly once, in order, in full batches.
 
     Records are batched here, not in grain: grain's workers each batch their own slice, which
     would reorder examples and leave one short batch per worker. The last batch is padded and
     ``mask`` marks the real examples. Every process yields the same number of batches (empty,
-    fully masked ones where its shard is shorter), so sharded computations stay in lockstep.
+    fully masked ones where its range is shorter), so sharded computations stay in lockstep.
     """
-    sampler = grain.IndexSampler(
-        num_records=len(source), shard_options=sampling.shard_options(), shuffle=False, num_epochs=1, seed=0
-    )
-    loader = grain.DataLoader(
-        data_source=source.records,
-        sampler=sampler,
-        operations=[EvalExample(source.specs, image_size)],
-        worker_count=worker_count,
-        shard_options=sampling.shard_options(),
-        read_options=READ_OPTIONS,
-    )
+    start, stop = process_range(len(source))
+    examples = iter(())  # grain refuses an empty sampler; a process may have no records left
+    if stop > start:
+        examples = iter(
+            grain.DataLoader(
+                data_source=_Range(source.records, start, stop),
+                sampler=grain.IndexSampler(
+                    num_records=stop - start, shard_options=grain.NoSharding(), shuffle=False, num_epochs=1, seed=0
+                ),
+                operations=[EvalExample(source.specs, image_size)],
+                worker_count=worker_count,
+                shard_options=grain.NoSharding(),
+                read_options=READ_OPTIONS,
+            )
+        )
     per_process = math.ceil(len(source) / jax.process_count())
-    examples = iter(loader)
     for _ in range(math.ceil(per_process / batch_size)):
         chunk = list(itertools.islice(examples, batch_size))
         batch = {key: np.stack([r[key] for r in chunk]) for key in chunk[0]} if chunk else None

@@ -37,12 +37,15 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
             writer.writerow([name, int(pid), labels.CLASS_NAMES[int(label)], *(f"{p:.9g}" for p in probs)])
 
 
-def validation_thresholds(validation: dict[str, np.ndarray]) -> tuple[dict[str, float] | None, str | None]:
-    """Per-class Youden thresholds on the validation predictions, or None and the reason."""
+def validation_thresholds(validation: dict[str, np.ndarray]) -> tuple[dict[str, float] | None, dict]:
+    """Per-class Youden thresholds on the validation predictions and what they reach there, or None
+    and the reason."""
     try:
-        return metrics.youden_thresholds(validation["label"], validation["probs"], labels.CLASS_NAMES), None
+        thresholds = metrics.youden_thresholds(validation["label"], validation["probs"], labels.CLASS_NAMES)
     except ValueError as err:
-        return None, f"no thresholds: {err} on the validation split"
+        return None, {"note": f"no thresholds: {err} on the validation split"}
+    reached = metrics.youden_j(validation["label"], validation["probs"], thresholds, labels.CLASS_NAMES)
+    return thresholds, {"chosen_on": "validation", "on_validation": reached}
 
 
 def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, workdir: Path) -> None:
@@ -92,7 +95,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         return inference.predict_split(predict_fn, restored.model_state, batches, mesh)
 
     predictions = predict(split)
-    thresholds, threshold_note = validation_thresholds(predictions if split == "validation" else predict("validation"))
+    thresholds, threshold_record = validation_thresholds(
+        predictions if split == "validation" else predict("validation")
+    )
     report = metrics.classification_report(
         predictions["label"],
         predictions["probs"],
@@ -102,10 +107,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         n_bootstrap=config.eval.n_bootstrap,
         seed=config.seed,
     )
-    if thresholds is None:
-        report["at_thresholds"] = {"note": threshold_note}
-    else:
-        report["at_thresholds"]["chosen_on"] = "validation"
+    report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
     crossing = nih.read_build_report(builder).get("patients_crossing_splits")
     report.update(
         split=split,

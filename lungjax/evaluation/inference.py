@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from lungjax import models
 from lungjax.data import labels, metadata, pipeline, records
-from lungjax.runtime import checkpoint, sharding
+from lungjax.runtime import checkpoint, distributed, sharding
 
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
 TTA_CROP_FRACTION = 0.875
@@ -87,9 +87,11 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh)
         failures = {}
         for step in [chosen, *sorted(older, reverse=True)]:
             try:
-                restored = _restore_model(manager, step, mesh)
+                restored, reason = _restore_model(manager, step, mesh), None
             except Exception as err:  # Orbax raises many types for unreadable files
-                failures[step] = checkpoint.short_reason(f"{type(err).__name__}: {err}")
+                restored, reason = None, checkpoint.short_reason(f"{type(err).__name__}: {err}")
+            if not distributed.everywhere(reason is None):  # every process evaluates the same step
+                failures[step] = reason or "unreadable on another process"
                 continue
             if failures:
                 logging.warning(

@@ -283,6 +283,28 @@ def youden_thresholds(labels: np.ndarray, probs: np.ndarray, class_names: Sequen
     return thresholds
 
 
+def youden_j(
+    labels: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float], class_names: Sequence[str]
+) -> dict[str, dict[str, float | int]]:
+    """Per class: Youden's J reached at its threshold, with the positive and negative counts.
+
+    J says how good an operating point is independently of where it sits: two near-equal score sets
+    can put J's maximum at distant thresholds, but never at J values further apart than one example
+    moving across (1 / min(positives, negatives)).
+    """
+    labels, probs = check_predictions(labels, probs, class_names)
+    rates = _threshold_metrics(labels, probs, _check_thresholds(thresholds, class_names))
+    positives = np.bincount(labels, minlength=len(class_names))
+    return {
+        name: {
+            "youden_j": float(rates["sensitivity"][k] + rates["specificity"][k] - 1),
+            "positives": int(positives[k]),
+            "negatives": int(len(labels) - positives[k]),
+        }
+        for k, name in enumerate(class_names)
+    }
+
+
 def _check_thresholds(thresholds: Mapping[str, float], class_names: Sequence[str]) -> np.ndarray:
     """Thresholds dict -> array in class order; every class exactly once, finite values."""
     missing = [name for name in class_names if name not in thresholds]

@@ -24,10 +24,15 @@ from lungjax.models.resnet import HEAD, ResNet
 KERAS_SUFFIXES = (".h5",)
 
 
+def is_keras_weights(init_from: str | os.PathLike) -> bool:
+    """Whether ``init_from`` names a Keras weights file (by its suffix: the file may be gone at evaluation)."""
+    return Path(init_from).suffix in KERAS_SUFFIXES
+
+
 def initialize(model: ResNet, init_from: str | os.PathLike) -> list[str]:
     """Overwrites ``model``'s weights from ``init_from``; returns the names of variables left as they were."""
     path = Path(init_from)
-    if path.suffix in KERAS_SUFFIXES and path.is_file():
+    if is_keras_weights(path) and path.is_file():
         pretrained.load_keras_resnet50(model, path)
         return [HEAD]
     if path.is_dir():

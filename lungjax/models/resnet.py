@@ -48,6 +48,8 @@ BLOCKS_PER_STAGE = MappingProxyType(
 BOTTLENECK_DEPTHS = frozenset({50, 101, 152})
 # The classifier's attribute name: fine-tuning and weight transfer treat it apart from the backbone.
 HEAD = "head"
+# Where GrayStem's border kernel sits in the parameter tree: frozen unless Keras weights set it.
+STEM_BORDER = ("stem", "border_conv")
 MODEL_NAMES = MappingProxyType({f"resnet{depth}": depth for depth in BLOCKS_PER_STAGE})
 
 # He init on fan-out (torchvision's kaiming_normal_), the usual choice for ReLU nets from scratch.
@@ -102,7 +104,9 @@ class GrayStem(nnx.Module):
     zero padding is: it is what makes Keras' "subtract the per-channel ImageNet mean, *then*
     zero-pad" exactly expressible with a single input channel (the mean-subtracted border pixels
     see fewer mean terms than interior ones). It is zero-initialised (plain conv) and costs one
-    batch-1 conv per call.
+    batch-1 conv per call. Trained from scratch it would lie along BatchNorm's invisible direction
+    (a constant shift the stem's BatchNorm removes), where Adam moves it by rounding noise alone, so
+    the optimizer freezes it (``STEM_BORDER``) unless Keras weights were imported.
     """
 
     def __init__(self, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs):

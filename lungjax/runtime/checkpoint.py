@@ -19,7 +19,9 @@ selected; a writable manager removes the temporary directories a killed run left
 A checkpoint that is complete but unreadable (a file truncated or removed since) is not trusted
 either: ``restore_latest_good`` falls back to the newest step that restores, and moves the damaged
 ones to ``<workdir>/damaged_checkpoints/`` (never deleting them) so that the run can save those
-steps again. Nothing here unpickles: items are Orbax array or JSON items only.
+steps again. With several processes a step one of them cannot read is damaged for all: they agree
+on each step before going on, so every process resumes from the same one. Nothing here unpickles:
+items are Orbax array or JSON items only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from lungjax import trees
+from lungjax.runtime import distributed
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
@@ -237,9 +240,11 @@ def restore_latest_good(
     failures = {}
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            restored = _restore_step(manager, step, config, model_state, train_state)
+            restored, reason = _restore_step(manager, step, config, model_state, train_state), None
         except _Damaged as err:
-            failures[step] = short_reason(str(err))
+            restored, reason = None, short_reason(str(err))
+        if not distributed.everywhere(reason is None):
+            failures[step] = reason or "unreadable on another process"
             continue
         if failures:
             _set_aside(manager, workdir, failures, step)
@@ -260,6 +265,7 @@ def _set_aside(manager: ocp.CheckpointManager, workdir: str | os.PathLike, failu
         if jax.process_index() == 0:
             damaged_root.mkdir(exist_ok=True)
             os.rename(manager.directory / str(step), target)
+        distributed.barrier("lungjax.checkpoint.set_aside")  # no process reloads before the move
         logging.warning(
             "checkpoint step %d is damaged (%s): resuming from step %d instead; the damaged checkpoint was moved to %s",
             step,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -86,5 +87,20 @@ def process_zero_first(fn: Callable[[], T]) -> T:
     if jax.process_count() == 1:
         return fn()
     result = fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("lungjax.process_zero_first")
+    barrier("lungjax.process_zero_first")
     return result if jax.process_index() == 0 else fn()
+
+
+def everywhere(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process. A choice that changes what each process does next
+    (which checkpoint step to restore) must be the same everywhere: a step that one process cannot
+    read is damaged for all of them."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.all(multihost_utils.process_allgather(np.bool_(flag))))
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

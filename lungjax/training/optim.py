@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from optax import contrib
 
-from lungjax.models.resnet import HEAD
+from lungjax.models import init as model_init
+from lungjax.models.resnet import HEAD, STEM_BORDER
 
 
 def _constant(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -62,11 +63,33 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.model.freeze_backbone_steps:
         optimizer = optax.chain(optimizer, freeze_backbone(config.model.freeze_backbone_steps))
+    if not model_init.is_keras_weights(config.model.init_from):
+        optimizer = frozen(optimizer, is_stem_border)
     return optimizer
 
 
+def _keys(path) -> tuple:
+    return tuple(getattr(entry, "key", None) for entry in path)
+
+
 def is_head(path) -> bool:
-    return getattr(path[0], "key", None) == HEAD
+    return _keys(path)[:1] == (HEAD,)
+
+
+def is_stem_border(path) -> bool:
+    return _keys(path)[: len(STEM_BORDER)] == STEM_BORDER
+
+
+def frozen(optimizer: optax.GradientTransformation, is_frozen) -> optax.GradientTransformation:
+    """``optimizer`` with the updates of parameters at paths where ``is_frozen`` holds zeroed after it
+    (so weight decay cannot move them either). The state is the optimizer's own: checkpoints written
+    before a parameter was frozen still resume."""
+
+    def update(updates, state, params=None):
+        updates, state = optimizer.update(updates, state, params)
+        return jax.tree_util.tree_map_with_path(lambda p, u: jnp.zeros_like(u) if is_frozen(p) else u, updates), state
+
+    return optax.GradientTransformation(optimizer.init, update)
 
 
 def freeze_backbone(num_steps: int) -> optax.GradientTransformation:
