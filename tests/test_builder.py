@@ -319,3 +319,39 @@ def test_a_phantom_tree_that_fails_halfway_leaves_nothing_behind(tmp_path, monke
     built = dataset.build(data_config, tmp_path)  # a later run writes the whole tree and builds it
     assert (tree / "BBox_List_2017.csv").read_text().startswith("Image Index,Finding Label,Bbox")
     assert sum(nih.read_build_report(built)["images"].values()) > 0
+
+
+def test_full14_builds_nih_split_with_finding_vectors_and_boxes(tmp_path):
+    """Every film, labelled by a 0/1 vector over the 14 findings; the official lists split it; each
+    finding keeps its own box (NIH's "Infiltrate" is Infiltration)."""
+    names = write_tree(tmp_path / "nih", num_films=24)
+    (tmp_path / "nih" / "test_list.txt").write_text("\n".join(names[:8]) + "\n")
+    (tmp_path / "nih" / "train_val_list.txt").write_text("\n".join(names[8:]) + "\n")
+    (tmp_path / "nih" / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        f"{names[8]},Atelectasis,4,8,12,16\n{names[8]},Effusion,0,0,8,8\n{names[7]},Infiltrate,1,2,3,4\n"
+        f"{names[0]},Pneumothorax,1,1,1,1\n"  # names[0] shows Atelectasis only: not attached
+    )
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "tfds", nih.make_config(task="full14", image_size=32))
+    assert builder.builder_config.name == "full14_32"
+    examples = all_examples(builder)
+    assert sorted(examples) == sorted(names)  # every film, No Finding and multi-finding ones too
+    for name, example in examples.items():
+        finding = FINDINGS[names.index(name) % len(FINDINGS)]
+        assert example["label"].tolist() == labels.multi_hot(finding).tolist(), name
+    assert sorted(e["image_name"].decode() for e in read_split(builder, "test")) == sorted(names[:8])
+    report = nih.read_build_report(builder)
+    assert report["split"].startswith("official: NIH's test_list.txt is the test split")
+    assert report["class_names"] == list(labels.FINDINGS14) and report["task"]["multi_label"]
+    assert report["boxes"] == {
+        "attached": {"Atelectasis": 1, "Effusion": 1, "Infiltration": 1},
+        "dropped": {"Pneumothorax": 1},
+    }
+    scale = 32 / 48  # 40 x 48 films padded to 48 x 48, then resized to 32
+    boxed = examples[names[8]]["bbox"]  # "Atelectasis|Effusion"
+    np.testing.assert_allclose(boxed[0], np.array([4, 8 + 4, 12, 16]) * scale, rtol=1e-6)
+    np.testing.assert_allclose(boxed[2], np.array([0, 4, 8, 8]) * scale, rtol=1e-6)
+    assert (np.delete(boxed, [0, 2], axis=0) == nih.NO_BOX).all()
+    assert report["images"]["test"] == 8 and sum(report["class_counts"]["test"]) == sum(
+        int(labels.multi_hot(FINDINGS[i % len(FINDINGS)]).sum()) for i in range(8)
+    )

@@ -45,7 +45,7 @@ def test_other_mismatches_name_the_variable_and_shapes(tiny_workdir):
 
 
 def test_unknown_source_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a Keras ResNet50 weights file"):
+    with pytest.raises(FileNotFoundError, match="neither a Keras weights file"):
         init.initialize(create_model("resnet18", num_classes=6, width=0.125), tmp_path / "weights.pt")
 
 

@@ -97,6 +97,16 @@ def test_processes_evaluate_every_example_once_in_order(monkeypatch, num_records
     assert read == list(range(num_records)) and len(batch_counts) == 1
 
 
+def test_chexnet_preset_mirrors_about_half_of_the_images_and_nothing_else():
+    image = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    rng, flips = np.random.default_rng(1), 0
+    for _ in range(200):
+        out = augment.warp(image, augment.affine_matrix(augment.augmentation("chexnet"), 64, 64, rng), 64)
+        assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+        flips += int(np.array_equal(out, image[:, ::-1]))
+    assert 70 <= flips <= 130  # binomial(200, 1/2): 5 sigma either side
+
+
 def test_no_augmentation_is_a_plain_resize():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64), dtype=np.uint8)

@@ -21,9 +21,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "phantom"  # "phantom" (embedded, generated) | "nih" (your download)
+    # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
+    config.data.task = "six_class"
+    config.data.views = "both"  # full14 only: "both" | "PA" | "AP"
     config.data.manual_dir = ""  # NIH download folder, for source="nih"
     config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds
-    config.data.split_scheme = "patient"  # "patient" (disjoint, default) | "seed" (the reference's)
+    # "patient" (disjoint, default; full14: NIH's official lists when in manual_dir) | "seed" (the reference's)
+    config.data.split_scheme = "patient"
     config.data.stored_size = 256  # image size stored at build time
     config.data.phantom_patients = 700
     config.data.phantom_seed = 0
@@ -60,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.plateau.min_scale = 1e-3
     config.weight_decay = 1e-4
     config.grad_clip_norm = 0.0  # 0: no clipping
-    config.class_weights = "balanced"  # "balanced" | "none" | a list of six numbers
+    # "balanced" | "none" | one number per class; full14: positive weights per finding ("balanced": negatives/positives)
+    config.class_weights = "balanced"
     config.label_smoothing = 0.0
     config.focal_gamma = 0.0  # > 0: focal loss
     config.half_precision = False  # bfloat16 compute, float32 parameters

@@ -18,9 +18,9 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, labels, nih
+from lungjax.data import augment, dataset, labels, metadata, nih, tasks
 from lungjax.evaluation import inference
-from lungjax.models import resnet
+from lungjax.models import MODEL_NAMES, resnet
 from lungjax.runtime import checkpoint
 
 # Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
@@ -57,7 +57,7 @@ def _class_weights_ok(value) -> bool:
         return value in ("balanced", "none")
     return (
         isinstance(value, (list, tuple))
-        and len(value) == labels.NUM_CLASSES
+        and len(value) > 0
         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
     )
 
@@ -76,6 +76,8 @@ POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
+        "data.task": one_of(tasks.TASKS),
+        "data.views": one_of(metadata.VIEWS),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
         "data.stored_size": Rule(
             lambda v: max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE) <= v <= nih.MAX_STORED_SIZE,
@@ -88,7 +90,7 @@ RULES = MappingProxyType(
         "seed": at_least(0),
         "data.phantom_seed": at_least(0),
         "worker_count": at_least(0),
-        "model.name": one_of(resnet.MODEL_NAMES),
+        "model.name": one_of(MODEL_NAMES),
         "model.width": POSITIVE,
         "model.dropout_rate": interval(0, 1),
         "batch_size": at_least(1),
@@ -104,7 +106,7 @@ RULES = MappingProxyType(
         "weight_decay": at_least(0, integer=False),
         "grad_clip_norm": at_least(0, integer=False),
         "class_weights": Rule(
-            _class_weights_ok, f"'balanced', 'none' or a list of {labels.NUM_CLASSES} positive numbers"
+            _class_weights_ok, "'balanced', 'none' or a list of positive numbers, one per class of data.task"
         ),
         "label_smoothing": interval(0, 1),
         "focal_gamma": at_least(0, integer=False),
@@ -184,6 +186,22 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             f"config.image_size: {values['image_size']} is larger than data.stored_size "
             f"{values['data.stored_size']}; allowed: at most the stored size (more pixels than are stored "
             "would only be interpolated, and cost memory)"
+        )
+    task = tasks.get(values["data.task"])
+    weights = values["class_weights"]
+    if isinstance(weights, (list, tuple)) and len(weights) != task.num_classes:
+        found.append(
+            f"config.class_weights: {len(weights)} numbers for the {task.num_classes} classes of data.task="
+            f"{task.name!r}; allowed: one per class ({', '.join(task.class_names)})"
+        )
+    if task.multi_label and values["data.split_scheme"] == "seed":
+        found.append(
+            f"config.data.split_scheme: 'seed' is not allowed with data.task={task.name!r}; allowed: 'patient' "
+            "(NIH's official lists when they are in manual_dir, else a patient-disjoint split)"
+        )
+    if not task.multi_label and values["data.views"] != "both":
+        found.append(
+            f"config.data.views: {values['data.views']!r} is not allowed with data.task={task.name!r}; allowed: 'both'"
         )
     if reads_data and values["data.source"] == "nih" and not values["data.manual_dir"]:
         found.append(

@@ -19,7 +19,9 @@ class Augmentation:
     rotation in degrees (uniform ±), shift as a fraction of the size (±), shear angle in degrees
     (±; Keras' ``shear_range`` is in degrees), zoom factor range 1±zoom drawn per axis, brightness
     as a fraction of full scale (±), contrast as a factor range 1±contrast. Borders repeat the edge
-    pixel (Keras' ``fill_mode="nearest"``). No horizontal flip: the heart is on the left.
+    pixel (Keras' ``fill_mode="nearest"``). ``horizontal_flip`` mirrors half of the images; only the
+    ``chexnet`` preset does, because its paper did: a mirrored chest puts the heart on the right,
+    which is itself a finding (dextrocardia), so lungjax's own presets never flip.
     """
 
     rotation: float = 0.0
@@ -28,6 +30,7 @@ class Augmentation:
     zoom: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    horizontal_flip: bool = False
 
 
 AUGMENTATIONS = {
@@ -36,6 +39,8 @@ AUGMENTATIONS = {
     # The reference's ImageDataGenerator(rotation_range=30, width/height_shift_range=0.2,
     # shear_range=0.2, zoom_range=0.3).
     "seed": Augmentation(rotation=30.0, shift=0.2, shear=0.2, zoom=0.3),
+    # CheXNet (Rajpurkar et al. 2017): "random horizontal flipping", nothing else.
+    "chexnet": Augmentation(horizontal_flip=True),
 }
 
 
@@ -66,6 +71,8 @@ def affine_matrix(aug: Augmentation, in_size: int, out_size: int, rng: np.random
         a, b = scale * r00 * float(zoom_x), scale * r01 * float(zoom_y)
         c, d = scale * r10 * float(zoom_x), scale * r11 * float(zoom_y)
         shift_x, shift_y = (float(v) * in_size for v in rng.uniform(-aug.shift, aug.shift, size=2))
+        if aug.horizontal_flip and rng.random() < 0.5:  # drawn last: the other presets' draws are unchanged
+            a, c = -a, -c  # output x about the centre -> -x
     centre_in, centre_out = (in_size - 1) / 2, (out_size - 1) / 2
     return np.array(
         [[a, b, centre_in + shift_x - (a + b) * centre_out], [c, d, centre_in + shift_y - (c + d) * centre_out]]

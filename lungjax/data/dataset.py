@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import logging
 
-from lungjax.data import nih, phantom
+from lungjax.data import nih, phantom, tasks
 
 SOURCES = ("phantom", "nih")
 PHANTOM_DIR = "phantom_nih_tree"
@@ -34,7 +34,13 @@ def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
 
 
 def builder_config(data_config) -> nih.NihConfig:
-    return nih.make_config(data_config.split_scheme, data_config.stored_size)
+    """The builder config of a config's ``data`` section (one saved before tasks existed is six-class)."""
+    return nih.make_config(
+        data_config.split_scheme,
+        data_config.stored_size,
+        task=data_config.get("task", tasks.SIX_CLASS.name),
+        views=data_config.get("views", "both"),
+    )
 
 
 def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:

@@ -175,6 +175,8 @@ def load_for_build(
 ) -> tuple[bytes | None, tuple[float, float, float, float] | str | None]:
     """The builder's worker: (path, size, box or None) -> (PNG of the square, scaled box or None).
 
+    ``box`` may also be a (k, 4) array of boxes (the 14-finding task's): each is scaled.
+
     A bad file gives (None, the reason naming it) instead of raising, so the builder can skip it.
     """
     path, size, box = task
@@ -183,5 +185,5 @@ def load_for_build(
     except ImageError as err:
         return None, str(err)
     if box is not None:
-        box = scale_box(box, gray.shape, size)
+        box = scale_box(box, gray.shape, size) if np.ndim(box) == 1 else [scale_box(b, gray.shape, size) for b in box]
     return encode_png(resize_square(gray, size)[..., None]), box

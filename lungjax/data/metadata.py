@@ -1,4 +1,4 @@
-"""NIH metadata: read ``Data_Entry_2017.csv``, select the six-class subset, split it.
+"""NIH metadata: read ``Data_Entry_2017.csv``, select a task's rows (six classes or 14 findings), split them.
 
 Pure pandas/NumPy, no pixels: everything about *which* images form the dataset and *where* each
 one goes is decided here, so it can be tested on the real 112,120-row metadata without images.
@@ -31,6 +31,11 @@ NAMES_SHOWN = 5  # offending rows or names an error message lists
 NO_FINDING_SAMPLE = 3260  # the reference's number of "No Finding" images
 SPLIT_NAMES = ("train", "validation", "test")
 PATIENT_SPLIT_SHARES = (0.7, 0.1, 0.2)
+# With NIH's official lists, validation is this share of the train_val patients (chosen like the patient
+# split, so each finding keeps its prevalence): ~8,600 images, enough that Hernia (0.2%) still has
+# about 14 positives for choosing the best checkpoint, and ~78,000 left to train on.
+OFFICIAL_VALIDATION_SHARE = 0.1
+VIEWS = ("both", "PA", "AP")
 
 
 class MetadataError(ValueError):
@@ -114,7 +119,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
-    """NIH's ``BBox_List_2017.csv`` -> ``Image Index``, ``label``, ``x``, ``y``, ``w``, ``h``.
+    """NIH's ``BBox_List_2017.csv`` -> ``Image Index``, ``finding``, ``label``, ``x``, ``y``, ``w``, ``h``.
 
     The header names four box columns with one unquoted ``Bbox [x,y,w,h]`` and some copies carry
     trailing empty columns, so columns are read by position. ``label`` is the box's class index
@@ -125,12 +130,12 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
         Path(path), header=None, skiprows=1, usecols=range(6), names=["Image Index", "finding", "x", "y", "w", "h"]
     )
     frame["label"] = frame["finding"].map(labels.class_index).astype("Int64")
-    return frame.drop(columns="finding")
+    return frame
 
 
-def read_image_list(path: str | os.PathLike) -> set[str]:
-    """NIH's official ``train_val_list.txt`` / ``test_list.txt``: one image name per line."""
-    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+def read_image_list(path: str | os.PathLike) -> list[str]:
+    """NIH's official ``train_val_list.txt`` / ``test_list.txt``: one image name per line, in order."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def select_subset(
@@ -192,8 +197,19 @@ def split_by_image(subset: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFra
     return {"train": train, "validation": validation, "test": test}
 
 
-def split_by_patient(subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Patient-disjoint split, stratified by class.
+def finding_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """(N, K) per-image counts the patient split balances: one-hot classes for the six-class
+    ``label``, the 14 findings plus a "No Finding" column for the multi-label ``findings``."""
+    if "findings" in frame:
+        findings = np.stack(frame["findings"].to_numpy()) if len(frame) else np.zeros((0, len(labels.FINDINGS14)))
+        return np.column_stack([findings, findings.sum(axis=1) == 0]).astype(np.float64)
+    return np.eye(labels.NUM_CLASSES)[frame["label"].to_numpy(dtype=np.int64)]
+
+
+def split_by_patient(
+    subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, names=SPLIT_NAMES, seed: int = 42
+) -> dict[str, pd.DataFrame]:
+    """Patient-disjoint split, stratified by class (by finding, for the 14 findings).
 
     Patients are placed one at a time, largest first (ties in seeded random order), into the
     split whose per-class targets they fill best: the score of a split is how much of its
@@ -201,23 +217,94 @@ def split_by_patient(subset: pd.DataFrame, *, shares=PATIENT_SPLIT_SHARES, seed:
     each class's share per split close to its overall share with no patient on two sides.
     """
     rng = np.random.default_rng(seed)
-    num_classes = labels.NUM_CLASSES
-    counts = pd.crosstab(subset["Patient ID"], subset["label"]).reindex(columns=range(num_classes), fill_value=0)
-    patient_ids = counts.index.to_numpy()
-    per_patient = counts.to_numpy(dtype=np.float64)
-    order = np.lexsort((rng.permutation(len(patient_ids)), -per_patient.sum(axis=1)))
+    patient_ids, patient_index = np.unique(subset["Patient ID"].to_numpy(), return_inverse=True)
+    per_image = finding_matrix(subset)
+    per_patient = np.zeros((len(patient_ids), per_image.shape[1]))
+    np.add.at(per_patient, patient_index, per_image)
+    films = np.bincount(patient_index, minlength=len(patient_ids))
+    order = np.lexsort((rng.permutation(len(patient_ids)), -films))
     targets = np.outer(np.asarray(shares, dtype=np.float64), per_patient.sum(axis=0))  # (splits, classes)
     filled = np.zeros_like(targets)
     assignment = np.empty(len(patient_ids), dtype=np.int64)
     for p in order:
         deficit = (targets - filled) / np.maximum(targets, 1.0)
-        score = deficit @ per_patient[p]
-        best = int(np.argmax(score))
+        best = int(np.argmax(deficit @ per_patient[p]))
         assignment[p] = best
         filled[best] += per_patient[p]
-    split_of_patient = dict(zip(patient_ids, assignment))
-    which = subset["Patient ID"].map(split_of_patient).to_numpy()
-    return {name: subset[which == i] for i, name in enumerate(SPLIT_NAMES)}
+    which = assignment[patient_index]
+    return {name: subset[which == i] for i, name in enumerate(names)}
+
+
+def select_findings14(data_entry: pd.DataFrame, *, views: str = "both") -> pd.DataFrame:
+    """Every row (of the chosen view positions), with ``findings``: its 0/1 vector over FINDINGS14.
+
+    A ``Finding Labels`` value naming anything but NIH's 14 findings or a lone "No Finding" stops
+    the build, naming the rows: a misspelt label must not silently become a negative.
+    """
+    if views not in VIEWS:
+        raise MetadataError(f"views must be one of {VIEWS}, got {views!r}")
+    vectors = data_entry["Finding Labels"].map(labels.multi_hot)
+    bad = vectors.isna()
+    if bad.any():
+        raise MetadataError(
+            f"{int(bad.sum())} rows have Finding Labels outside NIH's 14 findings and 'No Finding', e.g. "
+            + ", ".join(
+                f"{r['Image Index']}: {r['Finding Labels']!r}" for _, r in data_entry[bad].head(NAMES_SHOWN).iterrows()
+            )
+        )
+    chosen = data_entry.assign(findings=vectors)
+    if views != "both":
+        chosen = chosen[chosen["View Position"] == views]
+    return chosen.reset_index(drop=True)
+
+
+def split_official(
+    chosen: pd.DataFrame,
+    train_val: list[str],
+    test: list[str],
+    *,
+    all_names: pd.Series,
+    all_patients: pd.Series,
+    seed: int = 42,
+) -> dict[str, pd.DataFrame]:
+    """NIH's official split: ``test`` is ``test_list.txt``; validation is a seeded, stratified,
+    patient-disjoint ``OFFICIAL_VALIDATION_SHARE`` of the train_val patients (see the constant).
+
+    ``all_names`` / ``all_patients`` are every metadata row's (before any view filter): the lists
+    must name only those, not overlap, cover every row, and keep each patient on one side; the first
+    offenders are named otherwise.
+    """
+    known = set(all_names)
+    problems = []
+    for list_name, names in (("train_val_list.txt", train_val), ("test_list.txt", test)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            problems.append(
+                f"{list_name} names {len(unknown)} images missing from the metadata, e.g. {unknown[:NAMES_SHOWN]}"
+            )
+    train_val_set, test_set = set(train_val), set(test)
+    both = sorted(train_val_set & test_set)
+    if both:
+        problems.append(f"{len(both)} images are on both lists, e.g. {both[:NAMES_SHOWN]}")
+    neither = [n for n in all_names if n not in train_val_set and n not in test_set]
+    if neither:
+        problems.append(f"{len(neither)} metadata rows are on neither list, e.g. {neither[:NAMES_SHOWN]}")
+    patient_of = dict(zip(all_names, all_patients))
+    crossing = sorted(
+        {patient_of[n] for n in test_set if n in patient_of} & {patient_of[n] for n in train_val_set if n in patient_of}
+    )
+    if crossing:
+        problems.append(f"{len(crossing)} patients have images on both lists, e.g. patients {crossing[:NAMES_SHOWN]}")
+    if problems:
+        raise MetadataError("NIH's split lists do not fit the metadata: " + "; ".join(problems))
+    in_test = chosen["Image Index"].isin(test_set).to_numpy()
+    development = split_by_patient(
+        chosen[~in_test],
+        shares=(1 - OFFICIAL_VALIDATION_SHARE, OFFICIAL_VALIDATION_SHARE),
+        names=("train", "validation"),
+        seed=seed,
+    )
+    return {**development, "test": chosen[in_test]}
 
 
 def patients_crossing(splits: dict[str, pd.DataFrame]) -> int:

@@ -1,4 +1,8 @@
-"""TFDS builder ``nih_chest_xray``: the NIH six-class subset from the user's download, as ArrayRecord.
+"""TFDS builder ``nih_chest_xray``: a task's NIH images from the user's download, as ArrayRecord.
+
+Two tasks (:mod:`lungjax.data.tasks`): the six-class single-label subset (configs ``patient_<size>``
+and ``seed_<size>``) and all images with NIH's 14 findings as a 0/1 vector (``full14_<size>``, and
+``full14_<size>_pa`` / ``_ap`` for one view position).
 
 The user points ``manual_dir`` at their NIH download (or at a phantom tree with the same layout):
 ``Data_Entry_2017.csv`` (NIH's ``_v2020`` or Kaggle's copy), images flat in ``images/`` or in
@@ -6,12 +10,13 @@ The user points ``manual_dir`` at their NIH download (or at a phantom tree with 
 
 * ``manifest.csv`` or the reference's ``Balanced_Chest_Xray_Data.csv`` (``Image Index``,
   ``Finding Labels``): pins the exact image list and, for the ``seed`` split, its row order;
-* ``BBox_List_2017.csv``: an example gets the box of its own finding (first one listed), scaled
-  like its pixels; others get ``NO_BOX``;
-* ``train_val_list.txt``/``test_list.txt`` (NIH's official split): the six-class configs do not
-  split by them (the official test list is not stratified over our classes); the build report
-  records how many images of each split are on the official test list. A future ``full14`` config
-  will use them as its split.
+* ``BBox_List_2017.csv``: a six-class example gets the box of its own finding (first one listed),
+  a 14-finding example one box per finding (``NO_BOX`` where none), scaled like its pixels;
+* ``train_val_list.txt``/``test_list.txt`` (NIH's official split): the 14-finding configs split by
+  them (validation: ``metadata.OFFICIAL_VALIDATION_SHARE`` of the train_val patients), and without
+  them make a patient-disjoint 70/10/20 split stratified by finding; the build report says which.
+  The six-class configs do not split by them (the official test list is not stratified over their
+  classes); the build report records how many images of each split are on the official test list.
 
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
@@ -41,15 +46,17 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lungjax import locking, trees
-from lungjax.data import images, labels, metadata, workers
+from lungjax.data import images, labels, metadata, tasks, workers
 
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 BBOX_NAME = "BBox_List_2017.csv"
-OFFICIAL_TEST_LIST = "test_list.txt"
-OFFICIAL_LISTS = ("train_val_list.txt", OFFICIAL_TEST_LIST)
+OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST = "train_val_list.txt", "test_list.txt"
+OFFICIAL_LISTS = (OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST)
+# NIH's box list names some findings otherwise than its labels do.
+BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
-SPLIT_SCHEMES = ("patient", "seed")
+SPLIT_SCHEMES = ("patient", "seed")  # six-class; the 14-finding configs split as the module docstring says
 # Stored image sides: NIH films are 1024 px; past 4096 a split of the 112,120 films would not fit a disk.
 MIN_STORED_SIZE, MAX_STORED_SIZE = 32, 4096
 BUILD_REPORT = "build_report.json"
@@ -64,7 +71,7 @@ _LEAKAGE_WARNING = (
 
 @dataclasses.dataclass(eq=True)
 class NihConfig(tfds.core.BuilderConfig):
-    """One way of packaging the subset: split scheme and image size.
+    """One way of packaging NIH: task, split scheme, views and image size.
 
     How to build (worker count, skipping bad files) is an argument of the builder, not of the
     config: TFDS refuses a config named like a registered one but differing in any field.
@@ -74,6 +81,8 @@ class NihConfig(tfds.core.BuilderConfig):
     image_size: int = 256
     no_finding_count: int = metadata.NO_FINDING_SAMPLE
     seed: int = 42
+    task: str = tasks.SIX_CLASS.name
+    views: str = "both"
 
 
 def make_config(
@@ -82,19 +91,34 @@ def make_config(
     *,
     no_finding_count: int = metadata.NO_FINDING_SAMPLE,
     seed: int = 42,
+    task: str = tasks.SIX_CLASS.name,
+    views: str = "both",
 ) -> NihConfig:
-    """A config named after what changes the stored bytes, e.g. ``patient_256`` or
+    """A config named after what changes the stored bytes, e.g. ``patient_256``, ``full14_256_pa``, or
     ``patient_256_n500_seed7`` when the No Finding sample or the seed differ from the reference's."""
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
     if not MIN_STORED_SIZE <= int(image_size) <= MAX_STORED_SIZE:
         raise ValueError(f"image_size must be in {MIN_STORED_SIZE}..{MAX_STORED_SIZE}, got {image_size}")
-    description = f"Six-class NIH subset, {split_scheme} split, {image_size}px grayscale PNG."
-    if split_scheme == "seed":
-        description += " " + _LEAKAGE_WARNING
-    name = f"{split_scheme}_{int(image_size)}"
+    task = tasks.get(task).name
+    if views not in metadata.VIEWS:
+        raise ValueError(f"views must be one of {metadata.VIEWS}, got {views!r}")
+    if task == tasks.FULL14.name:
+        if split_scheme != "patient":
+            raise ValueError(
+                "the 14-finding task splits by NIH's lists or by patient, not by image (split_scheme='seed')"
+            )
+        name = f"full14_{int(image_size)}" + ("" if views == "both" else f"_{views.lower()}")
+        description = f"All NIH images ({views} views), 14 findings as a 0/1 vector, {image_size}px grayscale PNG."
+    else:
+        if views != "both":
+            raise ValueError("the six-class task keeps both view positions (views='both')")
+        name = f"{split_scheme}_{int(image_size)}"
+        description = f"Six-class NIH subset, {split_scheme} split, {image_size}px grayscale PNG."
+        if split_scheme == "seed":
+            description += " " + _LEAKAGE_WARNING
     if (no_finding_count, seed) != (metadata.NO_FINDING_SAMPLE, 42):
-        name += f"_n{no_finding_count}_seed{seed}"
+        name += f"_n{no_finding_count}_seed{seed}" if task == tasks.SIX_CLASS.name else f"_seed{seed}"
     return NihConfig(
         name=name,
         description=description,
@@ -102,6 +126,8 @@ def make_config(
         image_size=int(image_size),
         no_finding_count=no_finding_count,
         seed=seed,
+        task=task,
+        views=views,
     )
 
 
@@ -147,6 +173,27 @@ def attach_boxes(subset: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     return subset.assign(bbox=bbox)
 
 
+def attach_finding_boxes(chosen: pd.DataFrame, boxes: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Adds ``bbox``: a (14, 4) array per row, each finding's first box or NO_BOX. Returns the count of
+    boxes attached per finding, and of those dropped (a second box of one finding on one film, or a
+    box whose finding the row's labels do not carry)."""
+    finding_names = boxes["finding"].map(lambda name: BOX_FINDING_NAMES.get(name, name))
+    index = {name: i for i, name in enumerate(labels.FINDINGS14)}
+    row_of = {name: i for i, name in enumerate(chosen["Image Index"])}
+    bbox = np.tile(np.asarray(NO_BOX, np.float32), (len(chosen), len(labels.FINDINGS14), 1))
+    attached, dropped = collections.Counter(), collections.Counter()
+    for name, finding, *box in zip(boxes["Image Index"], finding_names, boxes["x"], boxes["y"], boxes["w"], boxes["h"]):
+        row, k = row_of.get(name), index.get(finding)
+        if row is None:
+            continue  # an image this build does not hold (another view)
+        if k is None or not chosen["findings"].iat[row][k] or bbox[row, k, 0] != NO_BOX[0]:
+            dropped[str(finding)] += 1
+            continue
+        bbox[row, k] = box
+        attached[labels.FINDINGS14[k]] += 1
+    return chosen.assign(bbox=list(bbox)), {"attached": dict(attached), "dropped": dict(dropped)}
+
+
 @dataclasses.dataclass
 class BuildPlan:
     """Everything decided before any pixel is touched: the rows of each split, with their files."""
@@ -164,11 +211,10 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     """
     manual_dir = _existing(manual_dir)
     data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
-    manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
-    manifest = metadata.read_manifest(manifest_path) if manifest_path else None
-    subset = metadata.select_subset(
-        data_entry, manifest=manifest, no_finding_count=config.no_finding_count, seed=config.seed
-    )
+    if config.task == tasks.FULL14.name:
+        subset, summary = _select_findings14(manual_dir, data_entry, config)
+    else:
+        subset, summary = _select_six_class(manual_dir, data_entry, config)
     image_index = index_images(manual_dir)
     subset = subset.assign(path=subset["Image Index"].map(lambda name: image_index.get(name)))
     missing = subset.loc[subset["path"].isna(), "Image Index"].tolist()
@@ -178,26 +224,89 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
             f"(looked in images/ and images_NNN/images/), e.g. {missing[: metadata.NAMES_SHOWN]}; "
             "set config.data.skip_bad_images=True to build without them"
         )
-    if (manual_dir / BBOX_NAME).is_file():
-        subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
-    else:
-        subset = subset.assign(bbox=[NO_BOX] * len(subset))
-    if config.split_scheme == "seed":
+    if config.task == tasks.FULL14.name:
+        splits = _split_findings14(manual_dir, subset, data_entry, config, summary)
+    elif config.split_scheme == "seed":
         splits = metadata.split_by_image(subset, seed=config.seed)
     else:
         splits = metadata.split_by_patient(subset, seed=config.seed)
     summary = {
         "metadata": find_data_entry(manual_dir).name,
-        "manifest": manifest_path.name if manifest_path else None,
+        "task": tasks.get(config.task).describe(),
+        **summary,
         "patients_crossing_splits": metadata.patients_crossing(splits),
     }
-    if (manual_dir / OFFICIAL_TEST_LIST).is_file():
-        official_test = metadata.read_image_list(manual_dir / OFFICIAL_TEST_LIST)
+    if config.task == tasks.SIX_CLASS.name and (manual_dir / OFFICIAL_TEST_LIST).is_file():
+        official_test = set(metadata.read_image_list(manual_dir / OFFICIAL_TEST_LIST))
         summary["on_official_test_list"] = {
             name: int(frame["Image Index"].isin(official_test).sum()) for name, frame in splits.items()
         }
     splits = {name: frame[frame["path"].notna()] for name, frame in splits.items()}
     return BuildPlan(splits=splits, skipped=[{"image": n, "reason": "missing"} for n in missing], summary=summary)
+
+
+def _select_six_class(manual_dir: Path, data_entry: pd.DataFrame, config: NihConfig) -> tuple[pd.DataFrame, dict]:
+    manifest_path = next((manual_dir / n for n in MANIFEST_NAMES if (manual_dir / n).is_file()), None)
+    manifest = metadata.read_manifest(manifest_path) if manifest_path else None
+    subset = metadata.select_subset(
+        data_entry, manifest=manifest, no_finding_count=config.no_finding_count, seed=config.seed
+    )
+    if (manual_dir / BBOX_NAME).is_file():
+        subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
+    else:
+        subset = subset.assign(bbox=[NO_BOX] * len(subset))
+    return subset, {"manifest": manifest_path.name if manifest_path else None}
+
+
+def _select_findings14(manual_dir: Path, data_entry: pd.DataFrame, config: NihConfig) -> tuple[pd.DataFrame, dict]:
+    chosen = metadata.select_findings14(data_entry, views=config.views)
+    summary = {
+        "views": config.views,
+        "view_counts": {str(k): int(v) for k, v in data_entry["View Position"].value_counts().sort_index().items()},
+    }
+    if (manual_dir / BBOX_NAME).is_file():
+        chosen, summary["boxes"] = attach_finding_boxes(chosen, metadata.read_boxes(manual_dir / BBOX_NAME))
+    else:
+        no_box = np.tile(np.asarray(NO_BOX, np.float32), (len(labels.FINDINGS14), 1))
+        chosen = chosen.assign(bbox=[no_box] * len(chosen))
+    return chosen, summary
+
+
+def _split_findings14(
+    manual_dir: Path, chosen: pd.DataFrame, data_entry: pd.DataFrame, config: NihConfig, summary: dict
+) -> dict[str, pd.DataFrame]:
+    """NIH's official split when both lists are in ``manual_dir``, else a stratified patient split;
+    records which in ``summary``, with each split's images per view position."""
+    lists = [manual_dir / name for name in OFFICIAL_LISTS]
+    if all(path.is_file() for path in lists):
+        splits = metadata.split_official(
+            chosen,
+            *(metadata.read_image_list(path) for path in lists),
+            all_names=data_entry["Image Index"],
+            all_patients=data_entry["Patient ID"],
+            seed=config.seed,
+        )
+        summary["split"] = (
+            f"official: NIH's {OFFICIAL_TEST_LIST} is the test split; validation is a patient-disjoint, "
+            f"finding-stratified {metadata.OFFICIAL_VALIDATION_SHARE:.0%} of the {OFFICIAL_TRAIN_VAL_LIST} "
+            f"patients (seed {config.seed}), the rest is train"
+        )
+    else:
+        if any(path.is_file() for path in lists):
+            raise metadata.MetadataError(
+                f"{manual_dir} holds one of NIH's split lists but not the other ({', '.join(OFFICIAL_LISTS)}): "
+                "add the missing one, or remove both to split by patient"
+            )
+        splits = metadata.split_by_patient(chosen, seed=config.seed)
+        summary["split"] = (
+            "patient: no NIH split lists in manual_dir; a patient-disjoint 70/10/20 split stratified by "
+            f"finding (seed {config.seed})"
+        )
+    summary["views_per_split"] = {
+        name: {str(k): int(v) for k, v in frame["View Position"].value_counts().sort_index().items()}
+        for name, frame in splits.items()
+    }
+    return splits
 
 
 def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int) -> Iterator:
@@ -228,11 +337,11 @@ def _cpu_count() -> int:
 
 
 class NihChestXray(tfds.core.GeneratorBasedBuilder):
-    """NIH ChestX-ray14, six single-label classes, from a manual download."""
+    """NIH ChestX-ray14 from a manual download: six single-label classes, or the 14 findings."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Six-class subset; patient and seed splits; grayscale PNG."}
-    BUILDER_CONFIGS = [make_config("patient", 256), make_config("seed", 256)]
+    RELEASE_NOTES = {"1.0.0": "Six-class subset (patient and seed splits) and 14 findings; grayscale PNG."}
+    BUILDER_CONFIGS = [make_config("patient", 256), make_config("seed", 256), make_config(task="full14")]
     DEFAULT_CONFIG_NAME = "patient_256"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC or Kaggle's copy) and "
@@ -255,20 +364,30 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         self._pool: concurrent.futures.Executor | None = None
         self._class_counts: dict[str, list[int]] = {}
 
+    @property
+    def task(self) -> tasks.Task:
+        return tasks.get(self.builder_config.task)
+
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
+        size, task = self.builder_config.image_size, self.task
+        if task.multi_label:  # a 0/1 vector over the findings, and one box per finding
+            label = tfds.features.Tensor(shape=(task.num_classes,), dtype=np.int64)
+            bbox = tfds.features.Tensor(shape=(task.num_classes, 4), dtype=np.float32)
+        else:
+            label = tfds.features.ClassLabel(names=list(task.class_names))
+            bbox = tfds.features.Tensor(shape=(4,), dtype=np.float32)
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(size, size, 1), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=list(labels.CLASS_NAMES)),
+                    "label": label,
                     "image_name": tfds.features.Text(),
                     "patient_id": np.int64,
                     "age": np.int32,  # metadata.MISSING_AGE when missing or implausible
                     "sex": tfds.features.Text(),
                     "view_position": tfds.features.Text(),
                     "follow_up": np.int32,
-                    "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),  # x, y, w, h or NO_BOX
+                    "bbox": bbox,  # x, y, w, h or NO_BOX (per finding for the 14 findings)
                 }
             ),
             supervised_keys=("image", "label"),
@@ -292,16 +411,18 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config):
         """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
         directory, so it lands atomically with the data."""
-        self._class_counts = {name: [0] * labels.NUM_CLASSES for name in self.plan(dl_manager.manual_dir).splits}
+        self._class_counts = {name: [0] * self.task.num_classes for name in self.plan(dl_manager.manual_dir).splits}
+        self._images = dict.fromkeys(self._class_counts, 0)
         with workers.process_pool(self._workers()) as self._pool:
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         plan = self.plan(dl_manager.manual_dir)
         report = {
             "config": self.builder_config.name,
-            "class_names": list(labels.CLASS_NAMES),
+            "class_names": list(self.task.class_names),
+            # images per class; for the 14 findings, positives per finding (an image counts once per finding)
             "class_counts": self._class_counts,
             **plan.summary,
-            "images": {name: sum(counts) for name, counts in self._class_counts.items()},
+            "images": self._images,
             "skipped": plan.skipped,
             "built_from": self.built_from,
         }
@@ -311,9 +432,10 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         counts = self._class_counts[split]
         rows = frame.to_dict("records")
-        tasks = [(str(row["path"]), config.image_size, None if row["bbox"] == NO_BOX else row["bbox"]) for row in rows]
+        multi_label = self.task.multi_label
+        jobs = [(str(row["path"]), config.image_size, _boxes_to_scale(row["bbox"])) for row in rows]
         results = ordered_map(
-            images.load_for_build, tasks, self._pool, window=TASKS_IN_FLIGHT_PER_WORKER * self._workers()
+            images.load_for_build, jobs, self._pool, window=TASKS_IN_FLIGHT_PER_WORKER * self._workers()
         )
         for row, (png, box) in tqdm(zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"):
             name = row["Image Index"]
@@ -322,13 +444,20 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                     raise images.ImageError(f"{box} (pass skip_bad_images=True to skip bad images)")
                 self._plan.skipped.append({"image": name, "reason": box})
                 continue
-            counts[int(row["label"])] += 1
-            box = NO_BOX if box is None else box
+            if multi_label:
+                label = np.asarray(row["findings"], np.int64)
+                counts[:] = np.add(counts, label).tolist()
+                box = _scaled_back(row["bbox"], box)
+            else:
+                label = int(row["label"])
+                counts[label] += 1
+                box = NO_BOX if box is None else box
+            self._images[split] += 1
             yield (
                 name,
                 {
                     "image": png,
-                    "label": int(row["label"]),
+                    "label": label,
                     "image_name": name,
                     "patient_id": int(row["Patient ID"]),
                     "age": int(row["Patient Age"]),
@@ -338,6 +467,23 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                     "bbox": np.asarray(box, np.float32),
                 },
             )
+
+
+def _boxes_to_scale(bbox) -> tuple | np.ndarray | None:
+    """What ``images.load_for_build`` scales with the pixels: the six-class box, or the real boxes of
+    a 14-finding row stacked (None when there are none)."""
+    if isinstance(bbox, tuple):
+        return None if bbox == NO_BOX else bbox
+    real = np.asarray(bbox)[np.asarray(bbox)[:, 0] != NO_BOX[0]]
+    return real if len(real) else None
+
+
+def _scaled_back(bbox: np.ndarray, scaled) -> np.ndarray:
+    """The (14, 4) boxes of a 14-finding row with the real ones replaced by their scaled versions."""
+    out = np.asarray(bbox, np.float32).copy()
+    if scaled is not None:
+        out[out[:, 0] != NO_BOX[0]] = np.asarray(scaled, np.float32).reshape(-1, 4)
+    return out
 
 
 def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:

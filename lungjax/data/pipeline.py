@@ -36,14 +36,14 @@ def _one_opencv_thread() -> None:
 
 
 class TrainExample(grain.RandomMapTransform):
-    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int}``, randomly augmented."""
+    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int or (C,) uint8}``, randomly augmented."""
 
-    def __init__(self, aug: Augmentation, out_size: int):
-        self.aug, self.out_size = aug, out_size
+    def __init__(self, aug: Augmentation, out_size: int, multi_label: bool = False):
+        self.aug, self.out_size, self.multi_label = aug, out_size, multi_label
 
     def random_map(self, record, rng: np.random.Generator):
         _one_opencv_thread()
-        png, label = records.image_and_label(record)
+        png, label = records.image_and_label(record, multi_label=self.multi_label)
         return {"image": augment_image(records.decode_png(png), self.aug, self.out_size, rng), "label": label}
 
 
@@ -61,7 +61,14 @@ class EvalExample(grain.MapTransform):
 
 
 def train_loader(
-    source: records.ExampleSource, *, batch_size: int, image_size: int, augment: str, seed: int, worker_count: int = 0
+    source: records.ExampleSource,
+    *,
+    batch_size: int,
+    image_size: int,
+    augment: str,
+    seed: int,
+    worker_count: int = 0,
+    multi_label: bool = False,
 ) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
 
@@ -78,7 +85,10 @@ def train_loader(
     sampler = sampling.ProcessBatchSampler(
         sampling.EpochShuffleSampler(len(source), seed), local_batch_size=batch_size, process_count=jax.process_count()
     )
-    operations = [TrainExample(augmentation(augment), image_size), grain.Batch(batch_size, drop_remainder=True)]
+    operations = [
+        TrainExample(augmentation(augment), image_size, multi_label),
+        grain.Batch(batch_size, drop_remainder=True),
+    ]
     return grain.DataLoader(
         data_source=source.records,
         sampler=sampler,
@@ -142,18 +152,21 @@ def eval_batches(
     for _ in range(math.ceil(per_process / batch_size)):
         chunk = list(itertools.islice(examples, batch_size))
         batch = {key: np.stack([r[key] for r in chunk]) for key in chunk[0]} if chunk else None
-        yield pad_batch(batch, batch_size, image_size)
+        yield pad_batch(batch, batch_size, image_size, source.specs["label"][1])
 
 
-def pad_batch(batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int) -> dict[str, np.ndarray]:
-    """Pads a (possibly missing) batch to ``batch_size`` rows and adds the boolean ``mask``."""
+def pad_batch(
+    batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int, label_shape: tuple[int, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Pads a (possibly missing) batch to ``batch_size`` rows and adds the boolean ``mask``.
+    ``label_shape``: one label's shape, ``(C,)`` for a multi-label task (its boxes are then ``(C, 4)``)."""
     if batch is None:
         batch = {
             "image": np.zeros((0, image_size, image_size, 1), np.uint8),
-            "label": np.zeros(0, np.int64),
+            "label": np.zeros((0, *label_shape), np.int64),
             "image_name": np.zeros(0, object),
             "patient_id": np.zeros(0, np.int64),
-            "bbox": np.zeros((0, 4), np.float32),
+            "bbox": np.zeros((0, *label_shape, 4), np.float32),
         }
     real = len(batch["label"])
     padded = {

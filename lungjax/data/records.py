@@ -81,10 +81,12 @@ def _features(record):
     return tf_example_pb2.Example.FromString(record).features.feature
 
 
-def image_and_label(record: bytes) -> tuple[bytes, int]:
-    """(PNG bytes, label) of a serialized Example: all that a training batch reads from it."""
+def image_and_label(record: bytes, *, multi_label: bool = False) -> tuple[bytes, int | np.ndarray]:
+    """(PNG bytes, label) of a serialized Example: all that a training batch reads from it. The label
+    is a class index, or for a multi-label task the 0/1 vector over its findings (uint8)."""
     features = _features(record)
-    return features["image"].bytes_list.value[0], features["label"].int64_list.value[0]
+    label = features["label"].int64_list.value
+    return features["image"].bytes_list.value[0], np.array(label, np.uint8) if multi_label else label[0]
 
 
 def parse_example(

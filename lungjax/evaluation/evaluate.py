@@ -19,49 +19,77 @@ import jax
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, labels, nih, records
-from lungjax.evaluation import explain, inference, metrics, plots
+from lungjax.data import dataset, labels, nih, records, tasks
+from lungjax.evaluation import explain, inference, metrics, multilabel, plots, published
 from lungjax.evaluation import report as report_lib
 from lungjax.runtime import distributed, sharding
 from lungjax.runtime import workdir as workdir_lib
 
 
-def write_predictions(path: Path, predictions: dict[str, np.ndarray]) -> None:
-    """One row per example; probabilities with 9 significant digits: read back as float32, exact."""
+def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: tasks.Task) -> None:
+    """One row per example; probabilities with 9 significant digits: read back as float32, exact.
+    The truth is the class name, or for a multi-label task the findings joined with ``|`` (NIH's
+    form; "No Finding" for none)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_name", "patient_id", "true_class", *labels.CLASS_NAMES])
+        writer.writerow(
+            ["image_name", "patient_id", "true_findings" if task.multi_label else "true_class", *task.class_names]
+        )
         for name, pid, label, probs in zip(
             predictions["image_name"], predictions["patient_id"], predictions["label"], predictions["probs"]
         ):
-            writer.writerow([name, int(pid), labels.CLASS_NAMES[int(label)], *(f"{p:.9g}" for p in probs)])
+            if task.multi_label:
+                truth = "|".join(n for n, y in zip(task.class_names, label) if y) or labels.NO_FINDING
+            else:
+                truth = task.class_names[int(label)]
+            writer.writerow([name, int(pid), truth, *(f"{p:.9g}" for p in probs)])
 
 
-def validation_thresholds(validation: dict[str, np.ndarray]) -> tuple[dict[str, float] | None, dict]:
+def validation_thresholds(validation: dict[str, np.ndarray], task: tasks.Task) -> tuple[dict[str, float] | None, dict]:
     """Per-class Youden thresholds on the validation predictions and what they reach there, or None
     and the reason."""
+    choose, reached = (
+        (multilabel.youden_thresholds_multilabel, multilabel.youden_j_multilabel)
+        if task.multi_label
+        else (metrics.youden_thresholds, metrics.youden_j)
+    )
     try:
-        thresholds = metrics.youden_thresholds(validation["label"], validation["probs"], labels.CLASS_NAMES)
+        thresholds = choose(validation["label"], validation["probs"], task.class_names)
     except ValueError as err:
         return None, {"note": f"no thresholds: {err} on the validation split"}
-    reached = metrics.youden_j(validation["label"], validation["probs"], thresholds, labels.CLASS_NAMES)
-    return thresholds, {"chosen_on": "validation", "on_validation": reached}
+    on_validation = reached(validation["label"], validation["probs"], thresholds, task.class_names)
+    return thresholds, {"chosen_on": "validation", "on_validation": on_validation}
 
 
-def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, workdir: Path) -> None:
-    """ROC, PR, confusion matrix, reliability diagram, and training curves when the run logged them."""
-    plots.plot_roc_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "roc.png")
-    plots.plot_pr_curves(predictions["label"], predictions["probs"], labels.CLASS_NAMES, out / "pr.png")
-    plots.plot_confusion_matrix(
-        np.asarray(report["confusion_matrix"]), labels.CLASS_NAMES, out / "confusion_matrix.png"
-    )
-    plots.plot_reliability_diagram(predictions["label"], predictions["probs"], out / "reliability.png")
+def write_plots(out: Path, predictions: dict[str, np.ndarray], report: dict, workdir: Path, task: tasks.Task) -> None:
+    """ROC, PR, confusion matrix and reliability diagram (for the 14 findings: one ROC and one
+    reliability panel per finding), and training curves when the run logged them."""
+    true, probs = predictions["label"], predictions["probs"]
+    if task.multi_label:
+        plots.plot_roc_grid(true, probs, task.class_names, out / "roc.png")
+        plots.plot_reliability_grid(true, probs, task.class_names, out / "reliability.png")
+    else:
+        plots.plot_roc_curves(true, probs, task.class_names, out / "roc.png")
+        plots.plot_pr_curves(true, probs, task.class_names, out / "pr.png")
+        plots.plot_confusion_matrix(
+            np.asarray(report["confusion_matrix"]), task.class_names, out / "confusion_matrix.png"
+        )
+        plots.plot_reliability_diagram(true, probs, out / "reliability.png")
     if (workdir / workdir_lib.METRICS_FILE).is_file():
         plots.plot_training_curves(workdir / workdir_lib.METRICS_FILE, out / "training_curves.png")
 
 
 def format_table(report: dict) -> str:
     """A plain-text metrics table for the console."""
+    if "per_finding" in report:
+        lines = [f"{'finding':<20}{'AUROC':>7}{'PR-AUC':>8}{'n':>7}"]
+        for name, row in report["per_finding"].items():
+            auroc = "  n/a" if row["auroc"] is None else f"{row['auroc']:.3f}"
+            pr_auc = "   n/a" if row["pr_auc"] is None else f"{row['pr_auc']:.3f}"
+            lines.append(f"{name:<20}{auroc:>7}{pr_auc:>8}{row['support']:>7d}")
+        mean = "n/a" if report["mean_auroc"] is None else f"{report['mean_auroc']:.3f}"
+        lines.append(f"mean AUROC {mean}   images {report['n_images']}   checkpoint step {report['checkpoint_step']}")
+        return "\n".join(lines)
     lines = [f"{'class':<14}{'AUC':>7}{'sens':>7}{'spec':>7}{'n':>7}"]
     for name, row in report["per_class"].items():
         auc = "  n/a" if row["auc"] is None else f"{row['auc']:.3f}"
@@ -73,6 +101,33 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _metrics_report(config, task: tasks.Task, predictions: dict, thresholds: dict | None) -> dict:
+    """The task's metrics: the six-class report, or the 14 findings' with the published tables."""
+    if task.multi_label:
+        report = multilabel.multilabel_report(
+            predictions["label"],
+            predictions["probs"],
+            task.class_names,
+            patient_ids=predictions["patient_id"],
+            thresholds=thresholds,
+            n_bootstrap=config.eval.n_bootstrap,
+            seed=config.seed,
+        )
+        report["published"] = published.tables()
+        return report
+    report = metrics.classification_report(
+        predictions["label"],
+        predictions["probs"],
+        task.class_names,
+        patient_ids=predictions["patient_id"],
+        thresholds=thresholds,
+        n_bootstrap=config.eval.n_bootstrap,
+        seed=config.seed,
+    )
+    report["reference"] = report_lib.reference_figures()
+    return report
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Evaluates ``config.eval.checkpoint`` on ``config.eval.split``; writes ``<workdir>/eval/<split>/``."""
     split = config.eval.split
@@ -81,9 +136,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     workdir = Path(workdir)
     mesh = sharding.make_mesh()
     restored = inference.restore(config, workdir, mesh)
-    saved = restored.config
+    saved, task = restored.config, restored.task
     builder = distributed.process_zero_first(lambda: dataset.build(saved.data, workdir))
-    predict_fn = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
+    predict_fn = inference.make_predict_fn(
+        restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=task.multi_label
+    )
 
     def predict(name: str) -> dict[str, np.ndarray]:
         batches = inference.split_batches(
@@ -96,28 +153,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     predictions = predict(split)
     thresholds, threshold_record = validation_thresholds(
-        predictions if split == "validation" else predict("validation")
+        predictions if split == "validation" else predict("validation"), task
     )
-    report = metrics.classification_report(
-        predictions["label"],
-        predictions["probs"],
-        labels.CLASS_NAMES,
-        patient_ids=predictions["patient_id"],
-        thresholds=thresholds,
-        n_bootstrap=config.eval.n_bootstrap,
-        seed=config.seed,
-    )
+    report = _metrics_report(config, task, predictions, thresholds)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
-    crossing = nih.read_build_report(builder).get("patients_crossing_splits")
+    build_report = nih.read_build_report(builder)
+    crossing = build_report.get("patients_crossing_splits")
     report.update(
+        task=task.name,
         split=split,
         checkpoint_step=restored.step,
         dataset=builder.builder_config.name,
-        split_scheme=saved.data.split_scheme,
+        split_scheme=build_report.get("split", saved.data.split_scheme),
         patients_crossing_splits=crossing,
         patient_disjoint=crossing == 0,
         tta_crops=config.eval.tta_crops,
-        reference=report_lib.reference_figures(),
     )
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
@@ -126,22 +176,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     out = final.with_name(f".{split}.{os.getpid()}")  # the report is written aside, then swapped in
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    write_predictions(out / "predictions.csv", predictions)
+    write_predictions(out / "predictions.csv", predictions, task)
     cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    report["explain"] = explain.explain_split(
-        cam_fn,
-        sharding.local_copy(restored.model_state),
-        records.data_source(builder, split),
-        predictions,
-        out,
+    explain_args = dict(
         image_size=saved.image_size,
         box_scale=saved.image_size / builder.builder_config.image_size,
         n_examples=config.eval.explain_examples,
         batch_size=sharding.process_batch_size(config.eval.batch_size),
     )
-    write_plots(out, predictions, report, workdir)
+    source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
+    if task.multi_label:
+        report["explain"] = explain.explain_findings(
+            cam_fn, model_state, source, predictions, out, class_names=task.class_names, **explain_args
+        )
+    else:
+        report["explain"] = explain.explain_split(cam_fn, model_state, source, predictions, out, **explain_args)
+    write_plots(out, predictions, report, workdir, task)
+    figures = sorted(p.name for p in out.glob("*.png"))
+    render = report_lib.render_multilabel_markdown if task.multi_label else report_lib.render_markdown
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_lib.render_markdown(report, sorted(p.name for p in out.glob("*.png"))))
+    (out / "report.md").write_text(render(report, figures))
     _swap_in(out, final)
     return report
 

@@ -6,7 +6,8 @@ positive part. Our ResNet ends in global average pooling and one linear layer, s
 stage this equals CAM: ``relu(sum_k W[k, c] A_k) / (h w)``; the tests hold it to that formula.
 
 The pointing game (Zhang et al., 2016) asks whether the heatmap's maximum falls inside the box
-drawn around the finding. A point dropped uniformly at random hits a box with probability equal to
+drawn around the finding; for the 14 findings, every (film, finding) box is a game of its own,
+played with that finding's heatmap. A point dropped uniformly at random hits a box with probability equal to
 the box's share of the image, so the mean of those shares is the chance level to beat.
 """
 
@@ -217,3 +218,67 @@ def explain_split(
         if of_class.any():
             result["per_class"][name] = pointing_game(boxed_maps[of_class], boxes[boxed][of_class])
     return {"method": "Grad-CAM of the true class, last ResNet stage", "pointing_game": result}
+
+
+def explain_findings(
+    cam_fn,
+    model_state,
+    source,
+    predictions: dict[str, np.ndarray],
+    out: Path,
+    *,
+    class_names: Sequence[str],
+    image_size: int,
+    box_scale: float,
+    n_examples: int,
+    batch_size: int,
+) -> dict:
+    """Multi-label Grad-CAM: each boxed (film, finding) pair explained by that finding's logit.
+
+    ``predictions["bbox"]`` is (N, C, 4) with one box (or NO_BOX) per finding. Writes
+    ``gradcam_boxed.png`` (the first boxed pairs) and ``gradcam_worst.png`` (the ``n_examples``
+    positive pairs with the lowest probability); returns the pointing game over every boxed pair,
+    overall and per finding.
+    """
+    probs, truth = predictions["probs"], predictions["label"].astype(bool)
+    boxed_rows, boxed_findings = np.nonzero(predictions["bbox"][:, :, 2] > 0)
+    positive_rows, positive_findings = np.nonzero(truth)
+    worst = np.argsort(probs[positive_rows, positive_findings], kind="stable")[:n_examples]
+    pairs = np.concatenate(
+        [np.stack([boxed_rows, boxed_findings], 1), np.stack([positive_rows[worst], positive_findings[worst]], 1)]
+    ).astype(np.int64)
+    rows = np.unique(pairs[:, 0])
+    images = load_images(source, rows, predictions["image_name"][rows], image_size)
+    at = np.searchsorted(rows, pairs[:, 0])
+    heatmaps = heatmaps_for(cam_fn, model_state, images[at], pairs[:, 1].astype(np.int32), batch_size)
+    boxes = predictions["bbox"][pairs[:, 0], pairs[:, 1]] * box_scale
+    titles = [
+        f"{predictions['image_name'][r]}\n{class_names[k]} p={probs[r, k]:.2f}"
+        + ("" if truth[r, k] else " (not labelled)")
+        for r, k in pairs
+    ]
+    n_boxed = len(boxed_rows)
+    shown = np.arange(min(n_examples, n_boxed))
+    if len(shown):
+        plot_overlays(
+            images[at[shown]],
+            heatmaps[shown],
+            [titles[i] for i in shown],
+            out / "gradcam_boxed.png",
+            boxes=boxes[shown],
+        )
+    worst_shown = np.arange(n_boxed, len(pairs))
+    if len(worst_shown):
+        plot_overlays(
+            images[at[worst_shown]],
+            heatmaps[worst_shown],
+            [titles[i] for i in worst_shown],
+            out / "gradcam_worst.png",
+            boxes=boxes[worst_shown],
+        )
+    result = pointing_game(heatmaps[:n_boxed], boxes[:n_boxed])
+    result["per_class"] = {
+        class_names[k]: pointing_game(heatmaps[:n_boxed][boxed_findings == k], boxes[:n_boxed][boxed_findings == k])
+        for k in np.unique(boxed_findings)
+    }
+    return {"method": "Grad-CAM of each boxed finding's logit", "pointing_game": result}

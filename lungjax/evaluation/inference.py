@@ -10,6 +10,7 @@ predictions are gathered, so every process holds the whole split, each example o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -22,7 +23,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from lungjax import models
-from lungjax.data import labels, metadata, pipeline, records
+from lungjax.data import metadata, pipeline, records, tasks
 from lungjax.runtime import checkpoint, distributed, sharding
 
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
@@ -41,6 +42,7 @@ class RestoredModel:
     config: ml_collections.ConfigDict  # the config saved with the checkpoint
     step: int
     dtype: Any  # compute dtype
+    task: tasks.Task  # what the checkpoint's saved config trained
 
 
 def resolve_step(manager, choice) -> int:
@@ -110,7 +112,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh)
 
 def _restore_model(manager, step: int, mesh) -> RestoredModel:
     saved = ml_collections.ConfigDict(checkpoint.restore_config(manager, step))
-    model = models.from_config(saved.model, num_classes=labels.NUM_CLASSES, half_precision=saved.half_precision)
+    task = tasks.of_config(saved)
+    model = models.from_config(saved.model, num_classes=task.num_classes, half_precision=saved.half_precision)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
     return RestoredModel(
@@ -119,6 +122,7 @@ def _restore_model(manager, step: int, mesh) -> RestoredModel:
         config=saved,
         step=int(step),
         dtype=models.compute_dtype(saved.half_precision),
+        task=task,
     )
 
 
@@ -135,22 +139,24 @@ def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
     return windows[:crops]
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1):
-    """jit-compiled ``(model_state, uint8 images) -> class probabilities (float32)``.
+def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1, multi_label: bool = False):
+    """jit-compiled ``(model_state, uint8 images) -> probabilities (float32)``: softmax over the
+    classes, or for a multi-label task a sigmoid per finding.
 
     With ``tta_crops > 1`` the probabilities are the mean over ``tta_windows`` views.
     """
+    to_probabilities = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
 
     def predict(model_state, images):
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
         x = models.images_to_input(images, dtype)
-        probs = jnp.zeros((x.shape[0], labels.NUM_CLASSES), jnp.float32)
         windows = tta_windows(x.shape[1], tta_crops)
+        probs = 0.0
         for top, left, side in windows:
             view = x[:, top : top + side, left : left + side]
             if side != x.shape[1]:
                 view = jax.image.resize(view, x.shape, "linear")
-            probs += jax.nn.softmax(model(view, train=False).astype(jnp.float32), axis=-1)
+            probs += to_probabilities(model(view, train=False).astype(jnp.float32))
         return probs / len(windows)
 
     return jax.jit(

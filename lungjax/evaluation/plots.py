@@ -8,6 +8,7 @@ safe to call from training loops, tests and headless machines alike.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -31,12 +32,16 @@ from lungjax.evaluation.metrics import (
     expected_calibration_error,
     macro_auc,
 )
+from lungjax.evaluation.multilabel import ECE_BINS as FINDING_ECE_BINS
+from lungjax.evaluation.multilabel import check_multilabel_predictions, finding_calibration_bins, finding_ece
 
 DPI = 120
 CURVE_FIGSIZE = (7.0, 6.0)
 CONFUSION_FIGSIZE = (8.0, 7.0)
 RELIABILITY_FIGSIZE = (7.0, 7.0)
 TRAINING_FIGSIZE = (9.0, 7.0)
+# One panel per finding in the multi-label grids: square panels, as many columns as rows (4 x 4 for 14).
+PANEL_INCHES = 3.0
 CONFUSION_CMAP = "Blues"
 # Cells darker than this (row fraction) get white text so annotations stay legible.
 DARK_CELL_FRACTION = 0.5
@@ -273,4 +278,72 @@ def plot_training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> No
     _plot_series(validation_axes, records, VALIDATION_SERIES, "Validation metric")
     validation_axes.set_xlabel("Step")
     validation_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save_png(figure, path)
+
+
+def _finding_grid(num_findings: int) -> tuple[Figure, list[Axes]]:
+    """A near-square grid of PANEL_INCHES panels, one per finding; the panels left over are hidden."""
+    ncols = math.ceil(math.sqrt(num_findings))
+    nrows = math.ceil(num_findings / ncols)
+    figure = Figure(figsize=(PANEL_INCHES * ncols, PANEL_INCHES * nrows), layout="constrained")
+    panels = list(figure.subplots(nrows, ncols, squeeze=False).ravel())
+    for spare in panels[num_findings:]:
+        spare.set_visible(False)
+    return figure, panels[:num_findings]
+
+
+def plot_roc_grid(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
+    """Multi-label ROC: one panel per finding with its AUROC in the title and the chance diagonal.
+
+    Fourteen curves on one axes are unreadable; separate panels with shared axes keep each legible
+    and comparable. A finding without positives or negatives gets an empty panel saying so.
+    """
+    labels, probs = check_multilabel_predictions(labels, probs, class_names)
+    figure, panels = _finding_grid(len(class_names))
+    for axes, name, positive, scores in zip(panels, class_names, labels.T, probs.T):
+        axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
+        if positive.all() or not positive.any():
+            axes.set_title(f"{name}\nAUROC undefined (one class only)", fontsize="small")
+        else:
+            fpr, tpr, value = _roc(positive, scores)
+            axes.plot(fpr, tpr, linewidth=1.5)
+            axes.set_title(f"{name}\nAUROC {value:.3f} (n+ = {int(positive.sum())})", fontsize="small")
+        axes.set_xlim(0.0, 1.0)
+        axes.set_ylim(0.0, 1.02)
+        axes.grid(alpha=0.3)
+    figure.supxlabel("False positive rate (1 - specificity)")
+    figure.supylabel("True positive rate (sensitivity)")
+    save_png(figure, path)
+
+
+def plot_reliability_grid(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path, n_bins: int = FINDING_ECE_BINS
+) -> None:
+    """Per-finding reliability: observed frequency against predicted probability per equal-width bin.
+
+    The bins and ECE in each title are the report's (:func:`multilabel.finding_calibration_bins`).
+    Most films of a rare finding sit in the lowest bin, so the counts above the bars matter.
+    """
+    labels, probs = check_multilabel_predictions(labels, probs, class_names)
+    figure, panels = _finding_grid(len(class_names))
+    for axes, name, positive, scores in zip(panels, class_names, labels.T, probs.T):
+        bins = finding_calibration_bins(positive, scores, n_bins)
+        edges, counts = bins["edges"], bins["counts"]
+        filled = counts > 0
+        bars = axes.bar(
+            edges[:-1][filled],
+            bins["frequency"][filled],
+            width=np.diff(edges)[filled],
+            align="edge",
+            edgecolor="black",
+            alpha=0.8,
+        )
+        axes.bar_label(bars, labels=[str(n) for n in counts[filled]], fontsize="xx-small")
+        axes.plot(bins["probability"][filled], bins["frequency"][filled], "o", color="tab:red", markersize=3)
+        axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
+        axes.set_xlim(0.0, 1.0)
+        axes.set_ylim(0.0, 1.1)
+        axes.set_title(f"{name}\nECE {finding_ece(positive, scores, n_bins):.3f}", fontsize="small")
+    figure.supxlabel(f"Predicted probability ({n_bins} bins; red: mean in bin)")
+    figure.supylabel("Observed frequency")
     save_png(figure, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax.data import images, labels
+from lungjax.data import images
 from lungjax.evaluation import explain, inference
 from lungjax.runtime import sharding
 
@@ -97,19 +97,26 @@ def to_model_input(gray: np.ndarray, stored_size: int, image_size: int) -> np.nd
     return images.resize(images.resize_square(gray, stored_size), image_size)[..., None]
 
 
-def format_probabilities(probs: np.ndarray) -> str:
-    return "  ".join(f"{name} {p:.3f}" for name, p in zip(labels.CLASS_NAMES, probs))
+def format_probabilities(probs: np.ndarray, class_names) -> str:
+    return "  ".join(f"{name} {p:.3f}" for name, p in zip(class_names, probs))
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike, paths: Sequence[str]) -> int:
     """Prints the probabilities for each readable file and writes its heatmap; returns the failure count.
 
-    Heatmaps (Grad-CAM of the predicted class) go to ``<workdir>/predict/<n>_<file stem>.png``.
+    One probability per class (per finding, each on its own, for a multi-label task). Heatmaps
+    (Grad-CAM of the most probable class) go to ``<workdir>/predict/<n>_<file stem>.png``.
     """
     mesh = sharding.make_mesh()
     restored = inference.restore(config, workdir, mesh)
-    saved = restored.config
-    predict_fn = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops)
+    saved, class_names = restored.config, restored.task.class_names
+    predict_fn = inference.make_predict_fn(
+        restored.graphdef,
+        mesh,
+        restored.dtype,
+        tta_crops=config.eval.tta_crops,
+        multi_label=restored.task.multi_label,
+    )
     cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
@@ -128,8 +135,10 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         explain.plot_overlays(
             image[None],
             heatmap,
-            [f"{Path(path).name}\n{labels.CLASS_NAMES[predicted]} p={probs[predicted]:.2f}"],
+            [f"{Path(path).name}\n{class_names[predicted]} p={probs[predicted]:.2f}"],
             heatmap_path,
         )
-        print(f"{path}: {format_probabilities(probs)}  -> {labels.CLASS_NAMES[predicted]} (heatmap {heatmap_path})")
+        print(
+            f"{path}: {format_probabilities(probs, class_names)}  -> {class_names[predicted]} (heatmap {heatmap_path})"
+        )
     return failures

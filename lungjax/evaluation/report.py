@@ -210,3 +210,157 @@ def render_markdown(report: dict, figures: Sequence[str] = ()) -> str:
     ]
     lines += [f"- [{FIGURE_TITLES.get(name, name)}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------- multi-label report
+
+MULTILABEL_FIGURE_TITLES = MappingProxyType(
+    {
+        **FIGURE_TITLES,
+        "roc.png": "ROC curves, one panel per finding",
+        "reliability.png": "Reliability diagrams, one panel per finding",
+    }
+)
+
+
+def _published_columns(report: dict) -> list[dict]:
+    return list((report.get("published") or {}).values())
+
+
+def _per_finding(report: dict) -> list[str]:
+    """Our figures per finding, then each published AUROC; a last row holds the means."""
+    intervals = report.get("confidence_intervals") or {}
+    per_finding_ci = intervals.get("per_finding", {})
+    at = report.get("at_thresholds", {})
+    published = _published_columns(report)
+    rows = []
+    for name, row in report["per_finding"].items():
+        ci = per_finding_ci.get(name, {})
+        at_row = at.get("per_finding", {}).get(name, {})
+        rows.append(
+            [
+                name,
+                str(row["support"]),
+                _with_interval(row["auroc"], ci.get("auroc")),
+                _with_interval(row["pr_auc"], ci.get("pr_auc")),
+                _number(row["ece"]),
+                _number(at.get("thresholds", {}).get(name)),
+                _number(at_row.get("sensitivity")),
+                _number(at_row.get("specificity")),
+                _number(at_row.get("f1")),
+                *(_number(table["auroc"].get(name)) for table in published),
+            ]
+        )
+    rows.append(
+        [
+            f"**Mean** ({len(report['means_over'])} findings)",
+            "",
+            _with_interval(report["mean_auroc"], intervals.get("mean_auroc")),
+            _with_interval(report["mean_pr_auc"], intervals.get("mean_pr_auc")),
+            *[""] * 5,
+            *(_number(table["mean_auroc"]) for table in published),
+        ]
+    )
+    header = ["Finding", "n+", "AUROC [95% CI]", "PR-AUC [95% CI]", "ECE", "Threshold", "Sens.", "Spec.", "F1"]
+    return _table(header + [table["column"] for table in published], rows)
+
+
+def _published_sources(report: dict) -> list[str]:
+    """Each published column's citation, model and split: a reader must see which test set it scored."""
+    lines = []
+    for table in _published_columns(report):
+        lines.append(
+            f"- **{table['column']}**: {table['citation']}. arXiv:{table['arxiv']}, {table['table']}. "
+            f"Model: {table['model']}. Split: {table['split']}."
+        )
+    if lines:
+        lines += [
+            "",
+            "Only a column measured on NIH's official split can be compared with ours, and only when our test "
+            "split is NIH's official test list; CheXNet's own split is not public, so its figures are context, "
+            "not a head-to-head. A published mean is over that table's own findings.",
+        ]
+    return lines
+
+
+def _expert_labels(report: dict) -> list[str]:
+    """Optional: AUROC against NIH's text-mined labels and against expert labels on the same images.
+
+    Expected shape: ``{finding: {"images": n, "auroc_nih_labels": x, "auroc_expert_labels": y,
+    "agreement": z}}`` with ``agreement`` the share of those images where the two labels agree.
+    """
+    expert = report.get("expert_labels")
+    if not expert:
+        return []
+    rows = [
+        [
+            name,
+            str(row["images"]),
+            _number(row["auroc_nih_labels"]),
+            _number(row["auroc_expert_labels"]),
+            _number(row["agreement"]),
+        ]
+        for name, row in expert.items()
+    ]
+    return [
+        "## NIH labels against expert labels",
+        "",
+        *_table(["Finding", "Images", "AUROC (NIH labels)", "AUROC (expert labels)", "Label agreement"], rows),
+        "",
+    ]
+
+
+def render_multilabel_markdown(report: dict, figures: Sequence[str] = ()) -> str:
+    """The 14-finding (multi-label) report as Markdown; ``figures`` are file names beside it to link."""
+    intervals = report.get("confidence_intervals") or {}
+    at = report.get("at_thresholds", {})
+    threshold_line = (
+        f"Per-finding thresholds maximise Youden's J on the {at['chosen_on']} split and are applied unchanged "
+        "here; a finding is called when its probability is at least its threshold."
+        if "chosen_on" in at
+        else at.get("note", "No thresholds were given, so there are no operating points.")
+    )
+    ci_line = (
+        f"Intervals: {intervals['level']:.0%} {intervals['method']}, {intervals['n_bootstrap']} replicates."
+        if intervals
+        else "No confidence intervals (n_bootstrap = 0)."
+    )
+    split_line = _split_line(report) if "patient_disjoint" in report else f"Split scheme: `{report['split_scheme']}`."
+    undefined = [name for name, row in report["per_finding"].items() if "note" in row]
+    lines = [
+        f"# Evaluation: {report['split']} split, checkpoint step {report['checkpoint_step']} "
+        f"({len(report['per_finding'])} findings, multi-label)",
+        "",
+        f"Dataset `{report['dataset']}`: {report['n_images']} images of {report['n_patients']} patients.",
+        "",
+        split_line,
+        "",
+        f"**Mean AUROC {_with_interval(report['mean_auroc'], intervals.get('mean_auroc'))}** over "
+        f"{len(report['means_over'])} findings; mean PR-AUC "
+        f"{_with_interval(report['mean_pr_auc'], intervals.get('mean_pr_auc'))}. {ci_line}",
+        "",
+    ]
+    if undefined:
+        lines += [
+            "Undefined on this split: "
+            + "; ".join(f"{name} ({report['per_finding'][name]['note']})" for name in undefined)
+            + ".",
+            "",
+        ]
+    lines += [
+        "## Per finding",
+        "",
+        f"n+ is the number of positive images. ECE: equal-width, {report['ece_bins']}-bin expected calibration "
+        "error of each finding's probability against its own label. " + threshold_line,
+        "",
+        *_per_finding(report),
+        "",
+        *_published_sources(report),
+        "",
+        *_expert_labels(report),
+        *(["## Explanations: pointing game", "", *_pointing_game(report), ""] if "explain" in report else []),
+        "## Figures",
+        "",
+    ]
+    lines += [f"- [{MULTILABEL_FIGURE_TITLES.get(name, name)}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,10 @@
-"""Models: the Flax NNX ResNet family with a grayscale stem, and ImageNet weight import."""
+"""Models: the Flax NNX ResNet family and DenseNet-121 with a grayscale stem, and ImageNet weight import."""
 
 import jax.numpy as jnp
+
+from lungjax.models import densenet, resnet
+
+MODEL_NAMES = (*resnet.MODEL_NAMES, *densenet.MODEL_NAMES)
 
 
 def compute_dtype(half_precision: bool):
@@ -10,9 +14,16 @@ def compute_dtype(half_precision: bool):
 
 def from_config(model_config, *, num_classes: int, half_precision: bool, seed: int = 0):
     """The model a config names, in the compute dtype of ``half_precision``."""
-    from lungjax.models.resnet import create_model
-
-    return create_model(
+    if model_config.name in densenet.MODEL_NAMES:
+        return densenet.create_densenet(
+            model_config.name,
+            num_classes=num_classes,
+            width=model_config.width,
+            dropout_rate=model_config.dropout_rate,
+            dtype=compute_dtype(half_precision),
+            seed=seed,
+        )
+    return resnet.create_model(
         model_config.name,
         num_classes=num_classes,
         width=model_config.width,

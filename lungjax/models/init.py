@@ -1,7 +1,8 @@
 """Starting a model from weights the user names: a Keras ImageNet ResNet50 file or an earlier run.
 
 ``config.model.init_from`` is a path: a ``.h5`` file is read as Keras ResNet50 weights
-(:mod:`lungjax.models.pretrained`); a directory is an earlier lungjax workdir (or its
+(:mod:`lungjax.models.pretrained`) or, for a DenseNet-121, as Keras DenseNet121 weights
+(:mod:`lungjax.models.pretrained_densenet`); a directory is an earlier lungjax workdir (or its
 ``checkpoints`` folder), whose latest checkpoint's model item is copied in. Every parameter and
 BatchNorm statistic is copied by name; the head is skipped when its shape differs (another class
 count), and any other mismatch is an error that names the variable and both shapes. Nothing is
@@ -18,7 +19,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from lungjax import trees
-from lungjax.models import pretrained
+from lungjax.models import pretrained, pretrained_densenet
+from lungjax.models.densenet import DenseNet
 from lungjax.models.resnet import HEAD, ResNet
 
 KERAS_SUFFIXES = (".h5",)
@@ -29,16 +31,19 @@ def is_keras_weights(init_from: str | os.PathLike) -> bool:
     return Path(init_from).suffix in KERAS_SUFFIXES
 
 
-def initialize(model: ResNet, init_from: str | os.PathLike) -> list[str]:
+def initialize(model: ResNet | DenseNet, init_from: str | os.PathLike) -> list[str]:
     """Overwrites ``model``'s weights from ``init_from``; returns the names of variables left as they were."""
     path = Path(init_from)
     if is_keras_weights(path) and path.is_file():
-        pretrained.load_keras_resnet50(model, path)
+        if isinstance(model, DenseNet):
+            pretrained_densenet.load_keras_densenet121(model, path)
+        else:
+            pretrained.load_keras_resnet50(model, path)
         return [HEAD]
     if path.is_dir():
         return copy_from_checkpoint(model, path)
     raise FileNotFoundError(
-        f"config.model.init_from={str(init_from)!r} is neither a Keras ResNet50 weights "
+        f"config.model.init_from={str(init_from)!r} is neither a Keras weights "
         "file (.h5) nor a lungjax workdir or checkpoints folder"
     )
 
@@ -47,7 +52,7 @@ def _checkpoint_root(path: Path) -> Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
-def copy_from_checkpoint(model: ResNet, path: Path) -> list[str]:
+def copy_from_checkpoint(model: ResNet | DenseNet, path: Path) -> list[str]:
     """Copies the latest checkpoint's ``model`` item into ``model``; returns the skipped names."""
     root = _checkpoint_root(path)
     with ocp.CheckpointManager(

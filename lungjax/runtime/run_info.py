@@ -14,8 +14,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lungjax.data import labels
-
 RUN_INFO_FILE = "run_info.json"
 DATASET_INFO = "dataset_info.json"
 
@@ -39,6 +37,7 @@ def write(
     config,
     builder,
     fingerprint: str,
+    task,
     train_counts: list[int],
     class_weights: np.ndarray,
     steps_per_epoch: int,
@@ -51,8 +50,9 @@ def write(
             {
                 "dataset": builder.builder_config.name,
                 "dataset_fingerprint": fingerprint,
-                "train_class_counts": dict(zip(labels.CLASS_NAMES, train_counts)),
-                "class_weights": dict(zip(labels.CLASS_NAMES, class_weights.tolist())),
+                "task": task.name,
+                "train_class_counts": dict(zip(task.class_names, train_counts)),
+                "class_weights": dict(zip(task.class_names, class_weights.tolist())),
                 "devices": [str(d) for d in jax.devices()],
                 "process_count": jax.process_count(),
                 "steps_per_epoch": steps_per_epoch,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lungjax import models
 from lungjax.config import check as config_check
-from lungjax.data import dataset, labels, nih, pipeline, records, sampling
+from lungjax.data import dataset, nih, pipeline, records, sampling, tasks
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -136,7 +136,7 @@ class Run:
     start: int
 
 
-def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: str, train_counts: list[int]):
+def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: str, train_images: int):
     """``(state, start step, early stopping)`` from the latest good checkpoint, the data iterator moved
     to where it stopped; a fresh start (step 0) without one."""
     early_stopping = validation.EarlyStopping(config.early_stop_patience)
@@ -157,7 +157,7 @@ def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: s
             saved_process_count=saved_run.get("process_count", 1),
             worker_count=config.worker_count,
             global_batch_size=config.batch_size,
-            num_records=sum(train_counts),
+            num_records=train_images,
         )
     )
     logging.info("resumed from checkpoint step %d", start)
@@ -170,14 +170,16 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
-    train_counts = nih.read_build_report(builder)["class_counts"]["train"]
-    weights = loss.class_weights(config, train_counts)
-    steps_per_epoch = max(sum(train_counts) // config.batch_size, 1)
+    task = tasks.get(config.data.task)
+    build_report = nih.read_build_report(builder)
+    train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
+    weights = loss.class_weights(config, train_counts, images=train_images, multi_label=task.multi_label)
+    steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     fingerprint = run_info.dataset_fingerprint(builder)
 
     model = models.from_config(
-        config.model, num_classes=labels.NUM_CLASSES, half_precision=config.half_precision, seed=config.seed
+        config.model, num_classes=task.num_classes, half_precision=config.half_precision, seed=config.seed
     )
     if config.model.init_from:  # a resumed run's checkpoint overrides this below
         kept = model_init.initialize(model, config.model.init_from)
@@ -194,23 +196,30 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         augment=config.augment,
         seed=config.seed,
         worker_count=config.worker_count,
+        multi_label=task.multi_label,
     )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
     manager = checkpoint.make_manager(workdir, max_to_keep=config.keep_checkpoints)
-    state, start, early_stopping = _resume(config, workdir, manager, state, data_iterator, fingerprint, train_counts)
+    state, start, early_stopping = _resume(config, workdir, manager, state, data_iterator, fingerprint, train_images)
     run_info.write(  # only now: a run refused above leaves the accepted run's record as it was
         workdir,
         config=config,
         builder=builder,
         fingerprint=fingerprint,
+        task=task,
         train_counts=train_counts,
         class_weights=weights,
         steps_per_epoch=steps_per_epoch,
         num_train_steps=num_steps,
     )
     train_step = step_lib.make_train_step(
-        config, graphdef=graphdef, tx=tx, class_weights=jnp.asarray(weights, jnp.float32), mesh=mesh
+        config,
+        graphdef=graphdef,
+        tx=tx,
+        class_weights=jnp.asarray(weights, jnp.float32),
+        mesh=mesh,
+        multi_label=task.multi_label,
     )
     return Run(
         mesh=mesh,

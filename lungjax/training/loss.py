@@ -1,4 +1,5 @@
-"""The training loss: class-weighted cross-entropy with label smoothing and an optional focal term.
+"""The training losses: class-weighted cross-entropy (one class per image) and positive-weighted
+binary cross-entropy per finding (multi-label), each with label smoothing and an optional focal term.
 
 Separate from the step so it can be checked against a NumPy float64 reference on its own.
 """
@@ -13,10 +14,18 @@ import optax
 from lungjax.evaluation import metrics
 
 
-def class_weights(config, train_counts: list[int]) -> np.ndarray:
-    """``balanced`` (scikit-learn's formula on the training split), ``none``, or an explicit list."""
+def class_weights(config, train_counts: list[int], *, images: int = 0, multi_label: bool = False) -> np.ndarray:
+    """``balanced``, ``none``, or an explicit list, one number per class.
+
+    Single-label: per-class weights, ``balanced`` being scikit-learn's formula on the training split
+    (``train_counts`` images per class). Multi-label: per-finding weights of the positive term,
+    ``balanced`` being negatives / positives on the training split (``train_counts`` positives per
+    finding of ``images``; a finding without positives gets 1), as in CheXNet's weighted loss.
+    """
     if config.class_weights == "balanced":
         counts = np.asarray(train_counts)
+        if multi_label:
+            return np.where(counts > 0, (images - counts) / np.maximum(counts, 1), 1.0).astype(np.float64)
         return metrics.compute_class_weights(np.repeat(np.arange(len(counts)), counts), len(counts))
     if config.class_weights == "none":
         return np.ones(len(train_counts))
@@ -51,3 +60,28 @@ def weighted_cross_entropy(
         log_probs = log_probs * (1.0 - jnp.exp(log_probs)) ** focal_gamma
     per_example = -jnp.sum(targets * log_probs, axis=-1) * class_weights[labels]
     return per_example.mean()
+
+
+def weighted_binary_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    positive_weights: jax.Array,
+    *,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 0.0,
+) -> jax.Array:
+    """Per finding, sigmoid binary cross-entropy with a weighted positive term, averaged over examples
+    and findings (PyTorch's ``BCEWithLogitsLoss(pos_weight=w)``).
+
+    Per element: ``-(w_c q (1 - p)^gamma log p + (1 - q) p^gamma log(1 - p))`` with ``p = sigmoid(z)``
+    and smoothed targets ``q = (1 - eps) y + eps / 2`` (each finding is a two-class problem).
+    ``gamma = 0`` is plain cross-entropy; ``gamma > 0`` the focal loss. Always float32.
+    """
+    logits = logits.astype(jnp.float32)
+    targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + label_smoothing / 2
+    log_p, log_not_p = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+    positive, negative = targets * log_p, (1.0 - targets) * log_not_p
+    if focal_gamma:
+        positive = positive * (-jnp.expm1(log_p)) ** focal_gamma
+        negative = negative * jnp.exp(log_p) ** focal_gamma
+    return -(positive_weights * positive + negative).mean()

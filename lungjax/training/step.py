@@ -46,6 +46,13 @@ class TrainMetrics(clu_metrics.Collection):  # clu reads these annotations: no p
     accuracy: clu_metrics.Accuracy
 
 
+@flax.struct.dataclass
+class MultiLabelTrainMetrics(clu_metrics.Collection):
+    """Multi-label: the loss only (an argmax accuracy means nothing when an image has several findings)."""
+
+    loss: clu_metrics.Average.from_output("loss")
+
+
 def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
@@ -61,7 +68,8 @@ def train_step(
     focal_gamma: float,
     dtype,
     ema_decay: float,
-) -> tuple[TrainState, TrainMetrics]:
+    multi_label: bool = False,
+) -> tuple[TrainState, TrainMetrics | MultiLabelTrainMetrics]:
     """One optimizer step on one global batch. Pure: jit it with ``make_train_step``."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     images = models.images_to_input(batch["image"], dtype)
@@ -69,7 +77,7 @@ def train_step(
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        loss = loss_lib.weighted_cross_entropy(
+        loss = (loss_lib.weighted_binary_cross_entropy if multi_label else loss_lib.weighted_cross_entropy)(
             logits, batch["label"], class_weights, label_smoothing=label_smoothing, focal_gamma=focal_gamma
         )
         return loss, (logits, nnx.state(model, nnx.BatchStat))
@@ -92,8 +100,9 @@ def train_step(
         ema_params=ema_params,
         nonfinite_step=nonfinite_step,
     )
-    metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
-    return new_state, metrics
+    if multi_label:
+        return new_state, MultiLabelTrainMetrics.single_from_model_output(loss=loss)
+    return new_state, TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
 
 
 def make_train_step(
@@ -103,9 +112,10 @@ def make_train_step(
     tx: optax.GradientTransformation,
     class_weights: jax.Array,
     mesh: jax.sharding.Mesh,
+    multi_label: bool = False,
 ):
-    """``train_step`` for ``config``'s loss and precision, compiled once: the state replicated over
-    ``mesh`` and donated, the batch sharded along its data axis."""
+    """``train_step`` for ``config``'s loss and precision (``multi_label``: a sigmoid per finding),
+    compiled once: the state replicated over ``mesh`` and donated, the batch sharded along its data axis."""
     step = functools.partial(
         train_step,
         graphdef=graphdef,
@@ -115,6 +125,7 @@ def make_train_step(
         focal_gamma=config.focal_gamma,
         dtype=models.compute_dtype(config.half_precision),
         ema_decay=config.ema_decay,
+        multi_label=multi_label,
     )
     replicated = sharding.replicated(mesh)
     return jax.jit(

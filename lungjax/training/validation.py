@@ -1,5 +1,7 @@
-"""Validation during training: loss, accuracy and macro ROC-AUC on the validation split, and the
-early-stopping rule that watches the validation loss.
+"""Validation during training: loss, accuracy and macro ROC-AUC on the validation split (for the 14
+findings: mean binary cross-entropy and mean AUROC over the findings, under the same names, so the
+best checkpoint is the one with the best mean AUROC), and the early-stopping rule that watches the
+validation loss.
 
 Predictions reuse inference's jit-compiled predictor (compiled once per run, here), so training
 and evaluation score a model the same way. With several processes ``predict_split`` gathers the
@@ -14,8 +16,8 @@ import dataclasses
 import numpy as np
 
 from lungjax import models
-from lungjax.data import labels, records
-from lungjax.evaluation import inference, metrics, plots
+from lungjax.data import records, tasks
+from lungjax.evaluation import inference, metrics, multilabel, plots
 
 NUM_SAMPLE_IMAGES = 4
 
@@ -26,16 +28,18 @@ class Validation:
     images: dict[str, np.ndarray]  # a strip of input images and the confusion matrix, uint8
 
 
-def confusion_image(confusion: np.ndarray) -> np.ndarray:
+def confusion_image(confusion: np.ndarray, class_names) -> np.ndarray:
     """The evaluation report's confusion-matrix plot, as an RGB array for TensorBoard."""
-    return plots.figure_rgb(plots.confusion_matrix_figure(confusion, labels.CLASS_NAMES))
+    return plots.figure_rgb(plots.confusion_matrix_figure(confusion, class_names))
 
 
 class Validator:
     def __init__(self, builder, config, graphdef, mesh):
         self._source = records.data_source(builder, "validation")
-        self._config, self._mesh = config, mesh
-        self._predict = inference.make_predict_fn(graphdef, mesh, models.compute_dtype(config.half_precision))
+        self._config, self._mesh, self._task = config, mesh, tasks.get(config.data.task)
+        self._predict = inference.make_predict_fn(
+            graphdef, mesh, models.compute_dtype(config.half_precision), multi_label=self._task.multi_label
+        )
 
     def __call__(self, model_state) -> Validation:
         config = self._config
@@ -55,18 +59,32 @@ class Validator:
 
         predictions = inference.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
         true, probs = predictions["label"].astype(np.int64), predictions["probs"]
-        scalars = {
-            "val_loss": metrics.log_loss(true, probs),
-            "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
-        }
-        auc = metrics.macro_auc(true, probs)
-        if auc is not None:
-            scalars["val_macro_auc"] = auc
-        confusion = metrics.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
-        images = {"validation/confusion_matrix": confusion_image(confusion)}
+        if self._task.multi_label:
+            scalars, images = self._multi_label_scalars(true, probs, predictions["patient_id"]), {}
+        else:
+            scalars = {
+                "val_loss": metrics.log_loss(true, probs),
+                "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
+            }
+            auc = metrics.macro_auc(true, probs)
+            if auc is not None:
+                scalars["val_macro_auc"] = auc
+            confusion = metrics.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
+            images = {"validation/confusion_matrix": confusion_image(confusion, self._task.class_names)}
         if first and len(first[0]):
             images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)
         return Validation(scalars, images)
+
+    def _multi_label_scalars(self, true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray) -> dict[str, float]:
+        """Mean binary cross-entropy (unweighted) and mean AUROC over the findings where it is defined."""
+        report = multilabel.multilabel_report(
+            true, probs, self._task.class_names, patient_ids=patient_ids, n_bootstrap=0
+        )
+        losses = [row["log_loss"] for row in report["per_finding"].values()]
+        scalars = {"val_loss": float(np.mean(losses))}
+        if report["mean_auroc"] is not None:
+            scalars["val_macro_auc"] = report["mean_auroc"]
+        return scalars
 
 
 @dataclasses.dataclass
