@@ -155,6 +155,7 @@ EXPECTED_ERRORS = (
     ("lungjax.runtime.checkpoint", "CheckpointError"),
     ("lungjax.data.images", "ImageError"),
     ("lungjax.data.metadata", "MetadataError"),
+    ("lungjax.evaluation.expert", "ExpertLabelsError"),
 )
 ERROR_EXIT_CODE = 2
 PACKAGE_DIR = str(Path(__file__).parent)

@@ -331,10 +331,9 @@ def test_a_save_that_fills_the_disk_is_one_line_and_the_run_resumes(base_run, da
     assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]  # complete ones kept
     assert not (workdir / workdir_lib.LOCK_FILE).exists()
 
-    again = subprocess.run(
-        [sys.executable, "-m", "lungjax.main", *flags], cwd=ROOT, capture_output=True, text=True, env=env
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    config = tiny_train_config(data_root)  # the command line's config, rerun in this process
+    config.num_train_steps, config.checkpoint_every_steps = 10, 2
+    assert train.train(config, workdir)
     assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 10
     assert not tmp_dirs(workdir / checkpoint.CHECKPOINT_DIR)
 

@@ -220,3 +220,40 @@ def test_full14_predict_prints_fourteen_probabilities(full14_run, nih_tree, caps
     line = capsys.readouterr().out.strip().splitlines()[-1]
     probabilities = {name: float(line.split(f" {name} ")[1].split()[0]) for name in labels.FINDINGS14}
     assert len(probabilities) == 14 and all(0 <= p <= 1 for p in probabilities.values())
+
+
+def test_expert_labels_compare_with_sklearn_on_the_same_images(data_entry):
+    from sklearn.metrics import roc_auc_score
+
+    from lungjax.evaluation import expert
+
+    google = pd.read_csv(
+        DATA / "google2019_nih-chest-xray-labels.csv.gz",
+        usecols=["Image Index", "Pneumothorax", "Nodule or mass"],
+        dtype=str,
+    )
+    rows = data_entry.set_index("Image Index").loc[
+        google["Image Index"][::3]
+    ]  # a third, plus images without expert labels
+    unlabelled = data_entry[~data_entry["Image Index"].isin(google["Image Index"])].head(50)
+    rows = pd.concat([rows, unlabelled.set_index("Image Index")])
+    truth = np.stack(rows["Finding Labels"].map(labels.multi_hot).to_numpy())
+    probs = np.random.default_rng(0).random(truth.shape) * 0.5 + truth * 0.3
+    predictions = {"image_name": rows.index.to_numpy(), "label": truth, "probs": probs}
+    path = DATA / "google2019_nih-chest-xray-labels.csv.gz"
+    result = expert.compare(predictions, labels.FINDINGS14, path)
+    radiologists = google.set_index("Image Index").loc[rows.index.intersection(google["Image Index"])]
+    kept = rows.index.isin(radiologists.index)
+    mass_or_nodule = [labels.FINDINGS14.index("Mass"), labels.FINDINGS14.index("Nodule")]
+    for name, column, findings in (
+        ("Pneumothorax", "Pneumothorax", [labels.FINDINGS14.index("Pneumothorax")]),
+        ("Nodule/Mass", "Nodule or mass", mass_or_nodule),
+    ):
+        scores, nih = probs[kept][:, findings].max(axis=1), truth[kept][:, findings].any(axis=1)
+        experts = (radiologists.loc[rows.index[kept], column] == "YES").to_numpy()
+        row = result[name]
+        assert row["images"] == int(kept.sum()) == len(google["Image Index"][::3])
+        assert row["auroc_nih_labels"] == pytest.approx(roc_auc_score(nih, scores), abs=1e-12)
+        assert row["auroc_expert_labels"] == pytest.approx(roc_auc_score(experts, scores), abs=1e-12)
+        assert row["agreement"] == pytest.approx((nih == experts).mean())
+        assert (row["nih_positives"], row["expert_positives"]) == (int(nih.sum()), int(experts.sum()))

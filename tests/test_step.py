@@ -1,6 +1,8 @@
 """The loss against a NumPy float64 reference, class weights against scikit-learn, the weight-decay
 mask, the plateau scale, and a bfloat16 step against a float32 one."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,8 +71,14 @@ def tiny_model(half_precision=False, dropout_rate=0.5):
     return models.from_config(config.model, num_classes=6, half_precision=half_precision, seed=0)
 
 
+@functools.cache
+def tiny_params():
+    """The tiny model's parameters, built once: eager initialisation compiles per parameter shape."""
+    return nnx.split(tiny_model(), nnx.Param, ...)[1]
+
+
 def test_weight_decay_skips_batchnorm_and_biases():
-    _, params, _ = nnx.split(tiny_model(), nnx.Param, ...)
+    params = tiny_params()
     config = base_config()
     config.optimizer, config.weight_decay, config.learning_rate = "adamw", 0.1, 1.0
     tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
@@ -94,8 +102,7 @@ def test_weight_decay_skips_batchnorm_and_biases():
 @pytest.mark.parametrize("init_from", ["", "resnet50_imagenet.h5"])
 def test_stem_border_kernel_trains_only_from_keras_weights(optimizer, init_from):
     """From scratch the border kernel lies along BatchNorm's invisible direction: frozen, decay included."""
-    _, params, _ = nnx.split(tiny_model(), nnx.Param, ...)
-    params = jax.tree.map(lambda p: p + 0.5, params)  # non-zero, as imported weights leave the border
+    params = jax.tree.map(lambda p: p + 0.5, tiny_params())  # non-zero, as imported weights leave the border
     config = base_config()
     config.optimizer, config.weight_decay, config.model.init_from = optimizer, 0.1, init_from
     tx = optim.make_optimizer(config, optax.constant_schedule(0.1))

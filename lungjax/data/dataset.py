@@ -30,7 +30,8 @@ def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
             raise ValueError("config.data.manual_dir must name your NIH download when data.source='nih'")
         return Path(data_config.manual_dir).absolute()
     name = f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}_{data_config.stored_size}"
-    return data_dir(data_config, workdir) / name
+    task = data_config.get("task", tasks.SIX_CLASS.name)
+    return data_dir(data_config, workdir) / (name if task == tasks.SIX_CLASS.name else f"{name}_{task}")
 
 
 def builder_config(data_config) -> nih.NihConfig:
@@ -68,6 +69,7 @@ def _write_phantom_tree(tree: Path, data_config) -> None:
             data_config.phantom_patients,
             seed=data_config.phantom_seed,
             image_size=data_config.stored_size,
+            task=data_config.get("task", tasks.SIX_CLASS.name),
             num_workers=max(data_config.build_workers, 1),
             progress=True,
         )

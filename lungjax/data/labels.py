@@ -41,6 +41,10 @@ FINDINGS14: tuple[str, ...] = (
     "Hernia",
 )
 NO_FINDING = "No Finding"
+# The findings NIH's BBox_List_2017.csv draws boxes for (the first eight, in the same order), and the
+# one it names otherwise than the labels do.
+BOXED_FINDINGS: tuple[str, ...] = FINDINGS14[:8]
+BOX_LIST_NAMES = {"Infiltration": "Infiltrate"}
 
 # NIH finding name -> class name. Nodule and Mass merge into one class, as in the reference.
 _FINDING_TO_CLASS = {

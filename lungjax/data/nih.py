@@ -53,8 +53,8 @@ MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 BBOX_NAME = "BBox_List_2017.csv"
 OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST = "train_val_list.txt", "test_list.txt"
 OFFICIAL_LISTS = (OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST)
-# NIH's box list names some findings otherwise than its labels do.
-BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
+# NIH's box list name -> its label name, where they differ.
+BOX_FINDING_NAMES = {box_name: name for name, box_name in labels.BOX_LIST_NAMES.items()}
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")  # six-class; the 14-finding configs split as the module docstring says
 # Stored image sides: NIH films are 1024 px; past 4096 a split of the 112,120 films would not fit a disk.

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from lungjax.data import dataset, labels, nih, records, tasks
-from lungjax.evaluation import explain, inference, metrics, multilabel, plots, published
+from lungjax.evaluation import expert, explain, inference, metrics, multilabel, plots, published
 from lungjax.evaluation import report as report_lib
 from lungjax.runtime import distributed, sharding
 from lungjax.runtime import workdir as workdir_lib
@@ -156,6 +156,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         predictions if split == "validation" else predict("validation"), task
     )
     report = _metrics_report(config, task, predictions, thresholds)
+    expert_file = expert.find(dataset.manual_dir(saved.data, workdir)) if task.multi_label else None
+    if expert_file is not None:
+        report["expert_labels"] = expert.compare(predictions, task.class_names, expert_file)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
     build_report = nih.read_build_report(builder)
     crossing = build_report.get("patients_crossing_splits")
