@@ -292,9 +292,9 @@ def test_changed_dataset_refuses_to_resume_naming_both_fingerprints(base_run, bu
 
 # --- a full disk ---------------------------------------------------------------------------------
 
-# Below the tiny model's largest checkpoint file (~600 KB), above every other file a run writes: the
-# disk "fills up" in the middle of an Orbax save.
-FILE_SIZE_LIMIT = 400_000
+# Below the tiny model's larger checkpoint files (180-660 KB; several of each save are above it): the
+# disk "fills up" in the middle of an Orbax save (or, as may happen first, of a TensorBoard write).
+FILE_SIZE_LIMIT = 300_000
 
 
 # The command line with writes past FILE_SIZE_LIMIT failing with EFBIG, as writes to a full disk fail
@@ -326,9 +326,10 @@ def test_a_save_that_fills_the_disk_is_one_line_and_the_run_resumes(base_run, da
     assert full.returncode == 2, full.stderr[-3000:]
     assert "Traceback" not in full.stderr and "Error" not in full.stderr, full.stderr[-3000:]
     (line,) = [line for line in full.stderr.splitlines() if "lungjax: error" in line]
-    assert f"could not write {workdir / checkpoint.CHECKPOINT_DIR}" in line and "File too large (EFBIG)" in line
+    assert f"could not write {workdir}" in line and "File too large (EFBIG)" in line
     assert "rerun the same command" in line and line == full.stderr.strip().splitlines()[-1]
-    assert checkpoint.make_manager(workdir, read_only=True).all_steps() == [2, 4, 6]  # complete ones kept
+    kept = checkpoint.make_manager(workdir, read_only=True).all_steps()
+    assert 6 <= max(kept) < 10  # nothing complete was lost, and the run did not finish
     assert not (workdir / workdir_lib.LOCK_FILE).exists()
 
     config = tiny_train_config(data_root)  # the command line's config, rerun in this process
