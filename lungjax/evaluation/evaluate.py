@@ -102,20 +102,10 @@ def format_table(report: dict) -> str:
 
 
 def _metrics_report(config, task: tasks.Task, predictions: dict, thresholds: dict | None) -> dict:
-    """The task's metrics: the six-class report, or the 14 findings' with the published tables."""
-    if task.multi_label:
-        report = multilabel.multilabel_report(
-            predictions["label"],
-            predictions["probs"],
-            task.class_names,
-            patient_ids=predictions["patient_id"],
-            thresholds=thresholds,
-            n_bootstrap=config.eval.n_bootstrap,
-            seed=config.seed,
-        )
-        report["published"] = published.tables()
-        return report
-    report = metrics.classification_report(
+    """The task's metrics: the six-class report beside the reference's figures, or the 14 findings'
+    beside the published tables."""
+    report_fn = multilabel.multilabel_report if task.multi_label else metrics.classification_report
+    report = report_fn(
         predictions["label"],
         predictions["probs"],
         task.class_names,
@@ -124,7 +114,10 @@ def _metrics_report(config, task: tasks.Task, predictions: dict, thresholds: dic
         n_bootstrap=config.eval.n_bootstrap,
         seed=config.seed,
     )
-    report["reference"] = report_lib.reference_figures()
+    if task.multi_label:
+        report["published"] = published.tables()
+    else:
+        report["reference"] = report_lib.reference_figures()
     return report
 
 

@@ -258,24 +258,14 @@ def explain_findings(
         for r, k in pairs
     ]
     n_boxed = len(boxed_rows)
-    shown = np.arange(min(n_examples, n_boxed))
-    if len(shown):
-        plot_overlays(
-            images[at[shown]],
-            heatmaps[shown],
-            [titles[i] for i in shown],
-            out / "gradcam_boxed.png",
-            boxes=boxes[shown],
-        )
-    worst_shown = np.arange(n_boxed, len(pairs))
-    if len(worst_shown):
-        plot_overlays(
-            images[at[worst_shown]],
-            heatmaps[worst_shown],
-            [titles[i] for i in worst_shown],
-            out / "gradcam_worst.png",
-            boxes=boxes[worst_shown],
-        )
+    galleries = {
+        "gradcam_boxed.png": np.arange(min(n_examples, n_boxed)),
+        "gradcam_worst.png": np.arange(n_boxed, len(pairs)),
+    }
+    for name, shown in galleries.items():
+        if len(shown):
+            titled = [titles[i] for i in shown]
+            plot_overlays(images[at[shown]], heatmaps[shown], titled, out / name, boxes=boxes[shown])
     result = pointing_game(heatmaps[:n_boxed], boxes[:n_boxed])
     result["per_class"] = {
         class_names[k]: pointing_game(heatmaps[:n_boxed][boxed_findings == k], boxes[:n_boxed][boxed_findings == k])

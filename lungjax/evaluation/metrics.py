@@ -17,7 +17,7 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_curve
@@ -357,6 +357,26 @@ def _interval(values: np.ndarray) -> dict[str, float | int | None]:
     return {"low": float(low), "high": float(high), "n_used": int(used.size)}
 
 
+def bootstrap_replicates(
+    replicate: Callable[[np.ndarray], dict[str, np.ndarray]], patient_ids: np.ndarray, n_bootstrap: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``replicate(weights)`` over ``n_bootstrap`` patient resamples, each key's values stacked.
+
+    ``weights`` is a (B, N) block of image weights (``_patient_bootstrap_weights``); blocks hold at
+    most ``BOOTSTRAP_BLOCK_ELEMENTS`` weights, which bounds memory, and draw from one generator in
+    order, so the replicates do not depend on the block size.
+    """
+    _, patient_index = np.unique(patient_ids, return_inverse=True)
+    n_patients = int(patient_index.max()) + 1
+    rng = np.random.default_rng(seed)
+    block = max(1, BOOTSTRAP_BLOCK_ELEMENTS // len(patient_index))
+    blocks = [
+        replicate(_patient_bootstrap_weights(patient_index, n_patients, min(block, n_bootstrap - start), rng))
+        for start in range(0, n_bootstrap, block)
+    ]
+    return {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
+
+
 def _bootstrap_intervals(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -367,20 +387,9 @@ def _bootstrap_intervals(
     seed: int,
 ) -> dict:
     """95% percentile intervals from ``n_bootstrap`` patient-level resamples (see module doc)."""
-    _, patient_index = np.unique(patient_ids, return_inverse=True)
-    n_patients = int(patient_index.max()) + 1
-    rng = np.random.default_rng(seed)
-    block = max(1, BOOTSTRAP_BLOCK_ELEMENTS // labels.shape[0])
-    blocks = [
-        _replicate_metrics(
-            labels,
-            probs,
-            _patient_bootstrap_weights(patient_index, n_patients, min(block, n_bootstrap - start), rng),
-            macro_classes,
-        )
-        for start in range(0, n_bootstrap, block)
-    ]
-    replicates = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
+    replicates = bootstrap_replicates(
+        lambda weights: _replicate_metrics(labels, probs, weights, macro_classes), patient_ids, n_bootstrap, seed
+    )
     return {
         "level": CI_LEVEL,
         "method": "percentile bootstrap over patients",

@@ -27,15 +27,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lungjax.evaluation.metrics import (
-    BOOTSTRAP_BLOCK_ELEMENTS,
     CI_LEVEL,
     _check_thresholds,
     _divide,
     _interval,
     _one_vs_rest_rates,
     _optional_float,
-    _patient_bootstrap_weights,
     _weighted_ovr_auc,
+    bootstrap_replicates,
     log_loss,
     youden_thresholds,
 )
@@ -162,20 +161,9 @@ def _bootstrap_intervals(
     seed: int,
 ) -> dict:
     """95% percentile intervals from ``n_bootstrap`` patient-level resamples, drawn as metrics draws them."""
-    _, patient_index = np.unique(patient_ids, return_inverse=True)
-    n_patients = int(patient_index.max()) + 1
-    rng = np.random.default_rng(seed)
-    block = max(1, BOOTSTRAP_BLOCK_ELEMENTS // labels.shape[0])
-    blocks = [
-        _replicate_metrics(
-            labels,
-            probs,
-            _patient_bootstrap_weights(patient_index, n_patients, min(block, n_bootstrap - start), rng),
-            mean_over,
-        )
-        for start in range(0, n_bootstrap, block)
-    ]
-    replicates = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
+    replicates = bootstrap_replicates(
+        lambda weights: _replicate_metrics(labels, probs, weights, mean_over), patient_ids, n_bootstrap, seed
+    )
     return {
         "level": CI_LEVEL,
         "method": "percentile bootstrap over patients",

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lungjax.models.resnet import STEM_WIDTH, GrayStem, _batch_norm, _pointwise, _same3x3, _scaled
+from lungjax.models.resnet import STEM_WIDTH, GrayStem, PooledClassifier, _batch_norm, _pointwise, _same3x3, _scaled
 
 BLOCKS_121 = (6, 12, 24, 16)
 NUM_STAGES = len(BLOCKS_121)
@@ -83,7 +83,7 @@ class Transition(nnx.Module):
         return nnx.avg_pool(self.conv(x), window, strides=window, padding="VALID")
 
 
-class DenseNet(nnx.Module):
+class DenseNet(PooledClassifier):
     """DenseNet classifier for one-channel images with ResNet's API; see the module docstring.
 
     ``width`` multiplies the stem width and the growth rate (tiny models for tests and demos);
@@ -145,18 +145,6 @@ class DenseNet(nnx.Module):
         """Inference logits from ``feature_map(..., stages=stage)``: the remaining stages, pool and head."""
         x = self._run(x, stage, NUM_STAGES, train=False)
         return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
-
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
-        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
-        if train and self.dropout_rate > 0 and rngs is None:
-            raise ValueError("train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)")
-        x = self.features(x, train=train)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self.head(x)
 
 
 def create_densenet(

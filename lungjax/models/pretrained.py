@@ -37,8 +37,8 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 CONV_VARS = ("kernel", "bias")
 BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
 HEAD_LAYERS = frozenset({"predictions"})
-_KERAS3_CONV = re.compile(r"conv2d(?:_(\d+))?")
-_KERAS3_BN = re.compile(r"batch_normalization(?:_(\d+))?")
+KERAS3_CONV = re.compile(r"conv2d(?:_(\d+))?")
+KERAS3_BN = re.compile(r"batch_normalization(?:_(\d+))?")
 
 
 def _keras_units() -> list[str]:
@@ -76,53 +76,74 @@ def _numeric(dataset: h5py.Dataset) -> np.ndarray:
     return dataset[()]
 
 
-def _read_legacy(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    layer_names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
-    weighted = {n for n in layer_names if len(f[n].attrs.get("weight_names", ())) > 0}
-    expected = {f"{u}_{kind}" for u in units for kind in ("conv", "bn")}
-    missing, extra = expected - weighted, weighted - expected - HEAD_LAYERS
+def check_layer_names(
+    model: str, expected: set[str], weighted: set[str], layout: str, head_layers: frozenset = HEAD_LAYERS
+) -> None:
+    """Refuses a legacy file whose weighted layers are not ``expected`` (the ImageNet head aside)."""
+    missing, extra = expected - weighted, weighted - expected - head_layers
     if missing or extra:
         raise ValueError(
-            "not a Keras ResNet50 weights file: "
+            f"not a Keras {model} weights file: "
             + (f"missing layers {_short_list(missing)}; " if missing else "")
             + (f"unexpected layers {_short_list(extra)}; " if extra else "")
-            + f"expected the {len(expected)} conv/bn layers of blocks per stage {BLOCKS_PER_STAGE[KERAS_DEPTH]}"
+            + f"expected the {len(expected)} conv/bn layers of {layout}"
         )
 
+
+def decoded(names) -> list[str]:
+    """HDF5 attribute strings, which h5py gives as bytes or str depending on how they were written."""
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def legacy_layer(group: h5py.Group, name: str, var_names) -> dict[str, np.ndarray]:
+    """One layer of a legacy HDF5 file, its weights by short name (``kernel``, ``gamma``, ...)."""
+    arrays = {
+        weight_name.split("/")[-1].split(":")[0]: _numeric(group[weight_name])
+        for weight_name in decoded(group.attrs["weight_names"])
+    }
+    if set(arrays) != set(var_names):
+        raise ValueError(f"layer {name}: expected weights {var_names}, found {sorted(arrays)}")
+    return arrays
+
+
+def keras3_numbered(layers: h5py.Group, pattern: re.Pattern) -> list[str]:
+    """A Keras 3 file's auto-named layers of one class (``conv2d``, ``conv2d_1``, ...) in counter order:
+    Keras counts each class apart, in ``model.layers`` order."""
+    found = [(m.group(1), name) for name in layers if (m := pattern.fullmatch(name))]
+    return [name for _, name in sorted(found, key=lambda item: int(item[0] or 0))]
+
+
+def keras3_layer(layers: h5py.Group, name: str, var_names, label: str | None = None) -> dict[str, np.ndarray]:
+    """One layer of a Keras 3 ``.weights.h5`` file: ``vars/<i>`` in ``var_names`` order."""
+    variables = layers[name]["vars"]
+    if len(variables) != len(var_names):
+        raise ValueError(f"layer {label or name}: expected {len(var_names)} vars {var_names}, found {len(variables)}")
+    return {var: _numeric(variables[str(i)]) for i, var in enumerate(var_names)}
+
+
+def _read_legacy(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    weighted = {n for n in decoded(f.attrs["layer_names"]) if len(f[n].attrs.get("weight_names", ())) > 0}
+    expected = {f"{u}_{kind}" for u in units for kind in ("conv", "bn")}
+    check_layer_names("ResNet50", expected, weighted, f"blocks per stage {BLOCKS_PER_STAGE[KERAS_DEPTH]}")
+
     def layer(name, var_names):
-        group = f[name]
-        arrays = {}
-        for weight_name in group.attrs["weight_names"]:
-            weight_name = weight_name.decode() if isinstance(weight_name, bytes) else str(weight_name)
-            arrays[weight_name.split("/")[-1].split(":")[0]] = _numeric(group[weight_name])
-        if set(arrays) != set(var_names):
-            raise ValueError(f"layer {name}: expected weights {var_names}, found {sorted(arrays)}")
-        return arrays
+        return legacy_layer(f[name], name, var_names)
 
     return {u: {**layer(f"{u}_conv", CONV_VARS), **layer(f"{u}_bn", BN_VARS)} for u in units}
 
 
 def _read_keras3(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarray]]:
     layers = f["layers"]
-
-    def numbered(pattern):
-        found = [(m.group(1), name) for name in layers if (m := pattern.fullmatch(name))]
-        return [name for _, name in sorted(found, key=lambda item: int(item[0] or 0))]
-
-    convs, bns = numbered(_KERAS3_CONV), numbered(_KERAS3_BN)
+    convs, bns = keras3_numbered(layers, KERAS3_CONV), keras3_numbered(layers, KERAS3_BN)
     if len(convs) != len(units) or len(bns) != len(units):
         raise ValueError(
             f"not a Keras ResNet50 weights file: expected {len(units)} Conv2D and {len(units)} "
             f"BatchNormalization layers, found {len(convs)} and {len(bns)}"
         )
-
-    def layer(name, var_names):
-        variables = layers[name]["vars"]
-        if len(variables) != len(var_names):
-            raise ValueError(f"layer {name}: expected {len(var_names)} vars {var_names}, found {len(variables)}")
-        return {var: _numeric(variables[str(i)]) for i, var in enumerate(var_names)}
-
-    return {u: {**layer(c, CONV_VARS), **layer(b, BN_VARS)} for u, c, b in zip(units, convs, bns)}
+    return {
+        u: {**keras3_layer(layers, c, CONV_VARS), **keras3_layer(layers, b, BN_VARS)}
+        for u, c, b in zip(units, convs, bns)
+    }
 
 
 def _gray_stem(kernel_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

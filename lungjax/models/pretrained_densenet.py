@@ -30,16 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lungjax.models import pretrained
 from lungjax.models.densenet import BLOCKS_121, DenseNet
-from lungjax.models.pretrained import (
-    _KERAS3_BN,
-    _KERAS3_CONV,
-    BN_VARS,
-    KERAS_INPUT_CHANNELS,
-    _check_shape,
-    _numeric,
-    _short_list,
-)
+from lungjax.models.pretrained import BN_VARS, KERAS_INPUT_CHANNELS, _check_shape
 
 # keras.applications.imagenet_utils.preprocess_input(mode="torch"): pixels in 0..255 divided by 255,
 # then this RGB mean subtracted and the result divided by this RGB standard deviation, all before
@@ -75,64 +68,32 @@ def _var_names(module: nnx.Module) -> tuple[str, ...]:
     return CONV_VARS if isinstance(module, nnx.Conv) else BN_VARS
 
 
-def _decoded(names) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-
-
 def _read_legacy(f: h5py.File, layers: list[tuple[str, nnx.Module]]) -> dict[str, dict[str, np.ndarray]]:
     # Keras 2's "conv1/conv" is Keras 3's "conv1_conv"; the file's own spelling opens its group.
-    in_file = {n.replace("/", "_"): n for n in _decoded(f.attrs["layer_names"])}
+    in_file = {n.replace("/", "_"): n for n in pretrained.decoded(f.attrs["layer_names"])}
     weighted = {n for n, original in in_file.items() if len(f[original].attrs.get("weight_names", ())) > 0}
     expected = {name for name, _ in layers}
-    missing, extra = expected - weighted, weighted - expected - HEAD_LAYERS
-    if missing or extra:
-        raise ValueError(
-            "not a Keras DenseNet121 weights file: "
-            + (f"missing layers {_short_list(missing)}; " if missing else "")
-            + (f"unexpected layers {_short_list(extra)}; " if extra else "")
-            + f"expected the {len(expected)} conv/bn layers of dense blocks {BLOCKS_121}"
-        )
-
-    def layer(name, var_names):
-        group = f[in_file[name]]
-        arrays = {
-            weight_name.split("/")[-1].split(":")[0]: _numeric(group[weight_name])
-            for weight_name in _decoded(group.attrs["weight_names"])
-        }
-        if set(arrays) != set(var_names):
-            raise ValueError(f"layer {name}: expected weights {var_names}, found {sorted(arrays)}")
-        return arrays
-
-    return {name: layer(name, _var_names(module)) for name, module in layers}
+    pretrained.check_layer_names("DenseNet121", expected, weighted, f"dense blocks {BLOCKS_121}", HEAD_LAYERS)
+    return {name: pretrained.legacy_layer(f[in_file[name]], name, _var_names(module)) for name, module in layers}
 
 
 def _read_keras3(f: h5py.File, layers: list[tuple[str, nnx.Module]]) -> dict[str, dict[str, np.ndarray]]:
     in_file = f["layers"]
-
-    def numbered(pattern):
-        found = [(m.group(1), name) for name in in_file if (m := pattern.fullmatch(name))]
-        return [name for _, name in sorted(found, key=lambda item: int(item[0] or 0))]
-
     # Keras counts each class apart, so the k-th conv2d_* is the k-th Conv2D in model.layers order.
     convs = [name for name, module in layers if isinstance(module, nnx.Conv)]
     bns = [name for name, module in layers if not isinstance(module, nnx.Conv)]
-    file_convs, file_bns = numbered(_KERAS3_CONV), numbered(_KERAS3_BN)
+    file_convs = pretrained.keras3_numbered(in_file, pretrained.KERAS3_CONV)
+    file_bns = pretrained.keras3_numbered(in_file, pretrained.KERAS3_BN)
     if len(file_convs) != len(convs) or len(file_bns) != len(bns):
         raise ValueError(
             f"not a Keras DenseNet121 weights file: expected {len(convs)} Conv2D and {len(bns)} "
             f"BatchNormalization layers, found {len(file_convs)} and {len(file_bns)}"
         )
     auto_name = dict(zip(convs, file_convs)) | dict(zip(bns, file_bns))
-
-    def layer(name, var_names):
-        variables = in_file[auto_name[name]]["vars"]
-        if len(variables) != len(var_names):
-            raise ValueError(
-                f"layer {auto_name[name]} ({name}): expected {len(var_names)} vars {var_names}, found {len(variables)}"
-            )
-        return {var: _numeric(variables[str(i)]) for i, var in enumerate(var_names)}
-
-    return {name: layer(name, _var_names(module)) for name, module in layers}
+    return {
+        name: pretrained.keras3_layer(in_file, auto_name[name], _var_names(module), f"{auto_name[name]} ({name})")
+        for name, module in layers
+    }
 
 
 def _gray_stem(kernel_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -182,7 +182,24 @@ class BottleneckBlock(nnx.Module):
         return nnx.relu(y + identity)
 
 
-class ResNet(nnx.Module):
+class PooledClassifier(nnx.Module):
+    """What every lungjax classifier ends in: global average pooling of its ``feature_map``, dropout
+    and the linear ``head``. A subclass sets ``dropout_rate``, ``dropout`` and ``head``."""
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
+        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
+        if train and self.dropout_rate > 0 and rngs is None:
+            raise ValueError("train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)")
+        x = self.features(x, train=train)
+        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        return self.head(x)
+
+
+class ResNet(PooledClassifier):
     """ResNet-{18,34,50,101,152} classifier for one-channel images; see the module docstring.
 
     ``width`` multiplies every channel count (tiny models for tests/demos); ``dtype`` is the
@@ -259,18 +276,6 @@ class ResNet(nnx.Module):
             for block in later:
                 x = block(x, train=False)
         return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
-
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
-        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
-        if train and self.dropout_rate > 0 and rngs is None:
-            raise ValueError("train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)")
-        x = self.features(x, train=train)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self.head(x)
 
 
 def create_model(
