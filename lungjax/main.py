@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from lungjax.runtime import distributed, storage
 
-MODES = ("train", "evaluate", "prepare", "predict")
+MODES = ("train", "evaluate", "compare", "prepare", "predict")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -31,8 +31,9 @@ flags.DEFINE_enum(
     "mode",
     "train",
     MODES,
-    "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; "
-    "prepare: build the dataset only; predict: classify --images files.",
+    "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; compare: evaluate, then "
+    "compare with the run --config.eval.compare_to names on the same images; prepare: build the dataset "
+    "only; predict: classify --images files.",
 )
 flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
 flags.DEFINE_string(
@@ -83,7 +84,12 @@ def main(argv):
         if failures:
             print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
         return int(failures > 0)
-    if FLAGS.mode == "evaluate":
+    if FLAGS.mode == "compare" and not config.eval.compare_to:
+        raise config_check.ConfigError(
+            "config.eval.compare_to: '' is not allowed with --mode compare; allowed: the workdir of the run to "
+            "compare with (this workdir too, with another config.eval.compare_checkpoint)"
+        )
+    if FLAGS.mode in ("evaluate", "compare"):
         from lungjax.evaluation import evaluate  # imports no training code
 
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
@@ -107,7 +113,7 @@ def _print_outputs(workdir: str, split: str) -> None:
 
     if jax.process_index() == 0:
         root = Path(workdir).absolute()
-        print(f"report: {root / 'eval' / split / 'report.md'} (plots and predictions.csv beside it)")
+        print(f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)")
         print(f"checkpoints: {root / 'checkpoints'}; logs: {root / 'metrics.jsonl'}, tensorboard --logdir {root}")
 
 
@@ -156,6 +162,7 @@ EXPECTED_ERRORS = (
     ("lungjax.data.images", "ImageError"),
     ("lungjax.data.metadata", "MetadataError"),
     ("lungjax.evaluation.expert", "ExpertLabelsError"),
+    ("lungjax.evaluation.compare", "CompareError"),
 )
 ERROR_EXIT_CODE = 2
 PACKAGE_DIR = str(Path(__file__).parent)

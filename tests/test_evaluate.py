@@ -2,9 +2,12 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
+import cv2
 import jax
 import numpy as np
 import pandas as pd
@@ -14,7 +17,7 @@ from sklearn import metrics as skm
 
 from lungjax.config.base import base_config
 from lungjax.data import dataset, labels, records
-from lungjax.evaluation import evaluate, inference, metrics
+from lungjax.evaluation import binary, evaluate, inference, metrics, operating_points, temperature
 from lungjax.runtime import sharding
 
 TRAINING_MODULES = ("lungjax.training",)
@@ -138,19 +141,60 @@ def _imported_after(script: str, args=()) -> set[str]:
     return set(result.stdout.split("MODULES ")[1].split())
 
 
-@pytest.mark.slow
-def test_evaluate_imports_no_training_code(tiny_workdir, tiny_overrides):
-    """``--mode evaluate`` loads none of our training modules, and optax only because flax.nnx does."""
-    script = (
-        "from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
-        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
-    )
-    args = [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides]
-    evaluated = _imported_after(script, args)
-    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.explain" in evaluated
+EVALUATE_SCRIPT = (
+    "from absl import app\nfrom lungjax import main\ntry:\n    app.run(main.main)\n"
+    "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_workdir, tiny_overrides):
+    """``--mode compare`` of a copy of the tiny workdir (its best checkpoint) against the original's step 3:
+    the workdir, its report and the modules the run imported."""
+    workdir = tmp_path_factory.mktemp("compared") / "run"
+    shutil.copytree(tiny_workdir, workdir, ignore=shutil.ignore_patterns("eval"))
+    args = [
+        f"--config={REPO / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        "--mode=compare",
+        f"--config.eval.compare_to={tiny_workdir}",
+        "--config.eval.compare_checkpoint=3",
+        *tiny_overrides,
+    ]
+    modules = _imported_after(EVALUATE_SCRIPT, args)
+    return workdir, json.loads((workdir / "eval" / "test" / "report.json").read_text()), modules
+
+
+def test_evaluate_and_compare_import_no_training_code(compared):
+    """``--mode compare`` (evaluation and more) loads none of our training modules, and optax only
+    because flax.nnx does."""
+    evaluated = compared[2]
+    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.compare" in evaluated
     assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
     flax_itself = _imported_after("from flax import nnx")
     assert {m for m in evaluated if m.startswith("optax")} <= flax_itself
+
+
+def test_compare_mode_scores_both_checkpoints_on_the_same_images(compared, tiny_workdir, tiny_config):
+    workdir, report, _ = compared
+    comparison = report["comparison"]
+    assert comparison["run_b"] == f"{tiny_workdir} step 3" and report["checkpoint_step"] == 6
+    assert comparison["n_images"] == report["n_images"]
+    restored, _, predict = evaluate._predictor(tiny_config, tiny_workdir, sharding.make_mesh(), "3")
+    step3 = predict("test")
+    assert restored.step == 3 and step3["image_name"].tolist() == report_names(workdir)
+    for k, (name, row) in enumerate(comparison["per_class"].items()):
+        assert row["auroc_a"] == pytest.approx(report["per_class"][name]["auc"])
+        assert row["auroc_b"] == pytest.approx(skm.roc_auc_score(step3["label"] == k, step3["probs"][:, k]), abs=1e-7)
+    y = pd.read_csv(workdir / "eval" / "test" / "predictions.csv")["true_class"].map(labels.CLASS_NAMES.index)
+    assert comparison["mcnemar"]["both_correct"] + comparison["mcnemar"]["both_wrong"] + comparison["mcnemar"][
+        "only_a_correct"
+    ] + comparison["mcnemar"]["only_b_correct"] == len(y)
+    assert (workdir / "eval" / "test" / "comparison_roc.png").read_bytes().startswith(b"\x89PNG")
+
+
+def report_names(workdir) -> list[str]:
+    return pd.read_csv(workdir / "eval" / "test" / "predictions.csv")["image_name"].tolist()
 
 
 class _NoBestManager:
@@ -218,18 +262,25 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, message: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "override, message",
+    "overrides, messages",
     [
-        ("--config.eval.split=val", "config.eval.split: 'val' is not allowed; allowed: one of 'test'"),
-        ("--config.eval.checkpoint=99", "config.eval.checkpoint must be one of ('best', 'latest') or a saved step"),
-        ("--config.eval.batch_size=3", "config.eval.batch_size: 3 does not split over the 2 devices"),
+        (
+            ["--config.eval.split=val", "--config.eval.operating_points=('youden', 'ppv>=2')"],
+            [
+                "config.eval.split: 'val' is not allowed; allowed: one of 'test'",
+                "config.eval.operating_points: ('youden', 'ppv>=2') is not allowed; allowed: a non-empty tuple",
+            ],
+        ),
+        (["--config.eval.checkpoint=99"], ["config.eval.checkpoint must be one of ('best', 'latest') or a saved step"]),
+        (["--config.eval.batch_size=3"], ["config.eval.batch_size: 3 does not split over the 2 devices"]),
     ],
 )
-def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_overrides, override, message):
+def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_overrides, overrides, messages):
+    """Every bad value of one run is named in its one line (config problems are listed together)."""
     config = f"--config={REPO / 'configs' / 'tiny.py'}"
-    _assert_one_line_error(
-        _cli([config, f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides, override]), message
-    )
+    result = _cli([config, f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides, *overrides])
+    for message in messages:
+        _assert_one_line_error(result, message)
 
 
 @pytest.mark.slow
@@ -238,3 +289,105 @@ def test_evaluate_mode_without_a_checkpoint_is_one_line(tmp_path, workdir):
     (tmp_path / "empty").mkdir()
     result = _cli([f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / workdir}", "--mode=evaluate"])
     _assert_one_line_error(result, "no checkpoint in")
+
+
+def test_validation_fit_is_chosen_on_validation_and_held_on_test(compared, tiny_config):
+    """The temperatures and thresholds are those of the validation predictions, applied to test unchanged."""
+    workdir, report, _ = compared
+    fit = json.loads((workdir / "eval" / "test" / evaluate.VALIDATION_FIT_FILE).read_text())
+    _, _, predict = evaluate._predictor(tiny_config, workdir, sharding.make_mesh(), "best")
+    validation = predict("validation")
+    expected_t = temperature.fit(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
+    assert fit["temperature"]["temperatures"] == pytest.approx(expected_t["temperatures"])
+    positive, scores = binary.columns(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
+    rules = operating_points.parse_all(tiny_config.eval.operating_points)
+    expected = operating_points.thresholds_of(operating_points.choose(rules, positive, scores, labels.CLASS_NAMES))
+    assert operating_points.thresholds_of(fit["operating_points"]) == expected
+    y, probs, _ = _read(workdir / "eval" / "test" / "predictions.csv")
+    for rule, thresholds in expected.items():
+        for k, name in enumerate(labels.CLASS_NAMES):
+            row = report["operating_points"]["per_rule"][rule][name]
+            if thresholds[name] is None:
+                assert row["contract"] in ("unmet on validation", "undefined")
+                continue
+            called = probs[:, k] >= thresholds[name]
+            assert row["test"]["sensitivity"]["value"] == pytest.approx(skm.recall_score(y == k, called))
+            assert row["test"]["specificity"]["value"] == pytest.approx(skm.recall_score(y != k, ~called))
+    calibration = report["calibration"]
+    assert calibration["before_log_loss"]["value"] == pytest.approx(report["log_loss"], rel=1e-6)
+    after = temperature.apply(probs, fit["temperature"]["temperatures"], False)
+    assert calibration["after_log_loss"]["value"] == pytest.approx(skm.log_loss(y, after, labels=range(6)), rel=1e-5)
+    cells = report["subgroups"]["attributes"]
+    assert sum(cell["images"] for cell in cells["sex"].values()) == report["n_images"]
+    assert (workdir / "eval" / "test" / "reliability_calibrated.png").read_bytes().startswith(b"\x89PNG")
+
+
+CHROMIUM = shutil.which("chromium")
+# As the machine's own probe starts it (README of the environment): without the background-networking
+# flags Chromium opens connections of its own, which the page test would count against the page.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _browser_or_skip():
+    """The sync Playwright API and Chromium's path; skipped on a machine without them, failed in CI."""
+    missing = None if CHROMIUM else "Debian's chromium (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api, missing = None, missing or "playwright (pip install '.[test]')"
+    if missing:
+        if os.environ.get("LUNGJAX_REQUIRE_BROWSER"):
+            pytest.fail(f"the HTML report test needs {missing}")
+        pytest.skip(f"needs {missing}")
+    return sync_api
+
+
+def test_html_report_opens_offline_and_shows_report_json_numbers(compared, tmp_path):
+    """In a real headless browser: no console error, no request outside the file, every number cell
+    equal to report.json, all sections present, and a screenshot that is not blank."""
+    sync_api = _browser_or_skip()
+    workdir, report, _ = compared
+    page_path = workdir / "eval" / "test" / "report.html"
+    errors, requests = [], []
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(page_path.as_uri(), wait_until="load")
+        cells = page.eval_on_selector_all(
+            "td[data-keys]", "cells => cells.map(c => [c.textContent, JSON.parse(c.dataset.keys)])"
+        )
+        headings = page.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent)")
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.naturalWidth, i.src.slice(0, 22)])")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+    assert len(cells) > 100
+    for shown, keys in cells:
+        numbers = [float(n) for n in NUMBER.findall(shown.replace("−", ""))]
+        values = []
+        for key in keys:
+            node = report
+            for part in key:
+                node = node[part]
+            values.append(node)
+        assert len(numbers) >= len(values), (shown, keys)
+        for number, value in zip(numbers, values):
+            assert number == (value if isinstance(value, int) else round(value, 3)), (shown, keys, value)
+    for title in ("Subgroup audit", "Operating points", "Calibration", "Comparison with another run", "Run identity"):
+        assert title in headings
+    assert images and all(width > 0 and src == "data:image/png;base64," for width, src in images)
+    shot = cv2.imread(str(tmp_path / "report.png"), cv2.IMREAD_GRAYSCALE)
+    assert shot.shape[0] > 2000 and (shot < 200).mean() > 0.02 and shot.std() > 20

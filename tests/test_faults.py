@@ -33,13 +33,15 @@ from lungjax.training import loop as train
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 TMP_MARK = ".orbax-checkpoint-tmp"
-# The kill test: a 30-step run saving every 2 steps, killed at 9 seeded moments: 1 in start-up or
-# restore (a random delay after the start), and 8 at distinct random checkpoint steps, so that the
-# kills spread over the whole run: once that step is saved, 4 as soon as the next save is in flight
-# after a random delay, 4 at a random delay (mid-step, mid-save or between).
+# The kill test: a 30-step run saving every 2 steps, killed at 6 seeded moments: 1 in start-up or
+# restore (a random delay after the start), and 5 at distinct random checkpoint steps, so that the
+# kills spread over the whole run: once that step is saved, 3 as soon as the next save is in flight
+# after a random delay, 2 at a random delay (mid-step, mid-save or between). Mid-save kills are the
+# ones that leave partial checkpoints behind, so they are the most; each kill costs a JAX start-up
+# and a restore (about 10 s on 2 cores), which is what bounds their number in the suite's budget.
 KILL_STEPS, KILL_EVERY, KILL_EVAL_EVERY, KILL_SEED = 30, 2, 10, 9
 KILL_TARGETS = tuple(range(4, KILL_STEPS - 3, KILL_EVERY))  # late enough to leave steps to kill in
-KILL_MOMENTS = ("startup",) + ("saving",) * 4 + ("training",) * 4
+KILL_MOMENTS = ("startup",) + ("saving",) * 3 + ("training",) * 2
 KILL_DEADLINE_S = 300
 
 
@@ -175,9 +177,9 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_c
         assert exit_code() == 0, log_path.read_text()[-3000:]
         launcher.stdin.close()
     output = log_path.read_text()
-    assert len(kills) == len(KILL_MOMENTS) >= 9, kills
-    assert sum(mid_save for _, mid_save, _ in kills) >= 3, kills  # killed while Orbax was writing
-    assert len({latest for _, _, latest in kills}) >= 6, kills  # moments spread over the run
+    assert len(kills) == len(KILL_MOMENTS) >= 6, kills
+    assert sum(mid_save for _, mid_save, _ in kills) >= 2, kills  # killed while Orbax was writing
+    assert len({latest for _, _, latest in kills}) >= 4, kills  # moments spread over the run
     assert "Traceback" not in output and "damaged" not in output, output[-3000:]
     assert not tmp_dirs(checkpoints) and not (workdir / checkpoint.DAMAGED_DIR).exists()
     assert checkpoint.make_manager(workdir, read_only=True).latest_step() == KILL_STEPS

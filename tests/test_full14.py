@@ -217,7 +217,7 @@ def test_full14_predict_prints_fourteen_probabilities(full14_run, nih_tree, caps
     config, workdir, _ = full14_run
     image = sorted((nih_tree / "images_001" / "images").iterdir())[0]
     assert predict.predict_files(config, workdir, [str(image)]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{image}: "))
     probabilities = {name: float(line.split(f" {name} ")[1].split()[0]) for name in labels.FINDINGS14}
     assert len(probabilities) == 14 and all(0 <= p <= 1 for p in probabilities.values())
 

@@ -222,11 +222,17 @@ def test_youden_thresholds_and_j_equal_brute_force(predictions):
         }
 
 
-def test_youden_rejects_a_finding_without_positives():
+def test_a_finding_without_positives_has_no_threshold_and_the_others_keep_theirs():
     labels, probs = random_predictions(100, seed=8)
     labels[:, FINDINGS14.index("Hernia")] = 0
-    with pytest.raises(ValueError, match="'Hernia' has no positive"):
-        youden_thresholds_multilabel(labels, probs, FINDINGS14)
+    thresholds = youden_thresholds_multilabel(labels, probs, FINDINGS14)
+    assert thresholds["Hernia"] is None and all(thresholds[n] is not None for n in FINDINGS14 if n != "Hernia")
+    report = multilabel_report(labels, probs, FINDINGS14, patient_ids=np.arange(100), thresholds=thresholds)
+    at = report["at_thresholds"]
+    assert at["thresholds"]["Hernia"] is None and set(at["per_finding"]["Hernia"].values()) == {None}
+    called = probs[:, 0] >= thresholds["Atelectasis"]
+    assert at["per_finding"]["Atelectasis"]["sensitivity"] == pytest.approx(skm.recall_score(labels[:, 0], called))
+    assert youden_j_multilabel(labels, probs, thresholds, FINDINGS14)["Hernia"]["youden_j"] is None
 
 
 def test_ece_equals_its_definition():

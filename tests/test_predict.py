@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lungjax.data import images, labels
-from lungjax.evaluation import predict
+from lungjax.data import images, labels, radiograph_files
+from lungjax.evaluation import evaluate, predict, temperature
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -68,10 +68,13 @@ def files(tmp_path_factory):
     huge_jpeg = root / "huge.jpg"  # a baseline JPEG header that claims 60,000 x 60,000 pixels
     size = (60_000).to_bytes(2, "big")
     huge_jpeg.write_bytes(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc0\x00\x0b\x08" + size + size + b"\x01\x01\x11\x00")
+    blank = root / "blank.png"  # readable, but nearly uniform: a warning
+    cv2.imwrite(str(blank), np.full((40, 40), 90, np.uint8))
     fake_dicom = root / "fake.dcm"
     fake_dicom.write_text("not DICOM either")
     return {
         "good": good,
+        "blank": blank,
         "text": text,
         "truncated": truncated,
         "huge": huge,
@@ -87,8 +90,8 @@ def files(tmp_path_factory):
 
 def test_dicom_rescale_and_monochrome1_inversion(files):
     rescaled = files["gradient"] * 2.0 - 100.0
-    mono2 = predict.read_radiograph(files["mono2"])
-    mono1 = predict.read_radiograph(files["mono1"])
+    mono2 = radiograph_files.read(files["mono2"]).pixels
+    mono1 = radiograph_files.read(files["mono1"]).pixels
     np.testing.assert_array_equal(mono2, images.to_gray_uint8(rescaled))
     np.testing.assert_array_equal(mono1, images.to_gray_uint8(rescaled.max() + rescaled.min() - rescaled))
     assert mono2[0, 0] == 0 and mono2[0, -1] == 255  # MONOCHROME2: high values bright
@@ -109,28 +112,37 @@ def test_dicom_rescale_and_monochrome1_inversion(files):
 )
 def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
     with pytest.raises(images.ImageError, match=reason) as error:
-        predict.read_radiograph(files[name])
+        radiograph_files.read(files[name])
     assert str(files[name]) in str(error.value)
 
 
 def test_model_input_matches_the_dataset_geometry(files):
-    gray = predict.read_radiograph(files["good"])
+    gray = radiograph_files.read(files["good"]).pixels
     prepared = predict.to_model_input(gray, stored_size=64, image_size=32)
     assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8
 
 
 def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, capsys):
-    paths = [str(files[name]) for name in ("good", "text", "mono1", "huge", "missing")]
+    paths = [str(files[name]) for name in ("good", "text", "mono1", "huge", "missing", "blank")]
     assert predict.predict_files(tiny_config, tiny_workdir, paths) == 3
     captured = capsys.readouterr()
-    printed = captured.out.splitlines()
-    assert [line.split(":")[0] for line in printed] == [str(files["good"]), str(files["mono1"])]
-    for line in printed:
-        probabilities = [float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES]
+    # Per image: the probabilities, then (the workdir was evaluated) the calibrated ones and the calls.
+    printed = captured.out.splitlines()[0::3]
+    assert [line.split(":")[0] for line in printed] == [str(files[name]) for name in ("good", "mono1", "blank")]
+    fit = evaluate.load_validation_fit(tiny_workdir, 6, 1)
+    for line, calibrated, calls in zip(printed, captured.out.splitlines()[1::3], captured.out.splitlines()[2::3]):
+        probabilities = np.array([float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES])
         assert sum(probabilities) == pytest.approx(1.0, abs=0.01)
-    errors = captured.err.splitlines()
-    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+        expected = temperature.apply(probabilities[None], fit["temperature"]["temperatures"], False)[0]
+        shown = [float(calibrated.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES]
+        np.testing.assert_allclose(shown, expected, atol=2e-3)  # from 3-decimal probabilities
+        assert calibrated.startswith("  calibrated: ") and calls.startswith("  called at youden: ")
+    lines = captured.err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    (warning,) = [line for line in lines if line.startswith("warning: ")]  # the blank film's, and no other's
+    assert len(errors) == 3 and len(lines) == 4
+    assert warning.startswith(f"warning: {files['blank']}: The image is nearly uniform")
     for line, name in zip(errors, ("text", "huge", "missing")):
         assert str(files[name]) in line
     heatmaps = sorted(p.name for p in (tiny_workdir / predict.OUTPUT_DIR).glob("*.png"))
-    assert heatmaps == ["0_good.png", "2_mono1.png"]
+    assert heatmaps == ["0_good.png", "2_mono1.png", "5_blank.png"]

@@ -86,4 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.tta_crops = 1  # test-time augmentation: 1 (none) .. 6 (whole image + 5 crops), averaged
     config.eval.explain_examples = 16  # Grad-CAM grid of the worst-scored examples (0: no grid)
     config.eval.cam_stage = 4  # ResNet stage Grad-CAM explains: 4 (last, 1/32 of the input) .. 1
+    # Per-class decision rules chosen on validation and held to on the evaluated split:
+    # "youden" | "<sensitivity|specificity|ppv|npv>>=<value>"
+    config.eval.operating_points = ("youden", "sensitivity>=0.95", "specificity>=0.9")
+    config.eval.compare_to = ""  # another workdir (or this one): --mode compare scores both on the same images
+    config.eval.compare_checkpoint = "best"  # which checkpoint of compare_to: "best" | "latest" | a step number
     return config

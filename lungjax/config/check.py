@@ -19,7 +19,7 @@ from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
 from lungjax.data import augment, dataset, labels, metadata, nih, tasks
-from lungjax.evaluation import inference
+from lungjax.evaluation import inference, operating_points
 from lungjax.models import MODEL_NAMES, resnet
 from lungjax.runtime import checkpoint
 
@@ -60,6 +60,16 @@ def _class_weights_ok(value) -> bool:
         and len(value) > 0
         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
     )
+
+
+def _operating_points_ok(value) -> bool:
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    try:
+        operating_points.parse_all(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _eval_checkpoint_ok(value) -> bool:
@@ -125,10 +135,18 @@ RULES = MappingProxyType(
         ),
         "eval.explain_examples": at_least(0),
         "eval.cam_stage": Rule(lambda v: 1 <= v <= resnet.NUM_STAGES, f"an integer in 1..{resnet.NUM_STAGES}"),
+        "eval.operating_points": Rule(
+            _operating_points_ok,
+            f"a non-empty tuple of distinct rules, each '{operating_points.YOUDEN}' or '<metric>>=<value>' with "
+            f"metric one of {', '.join(operating_points.METRICS)} and 0 < value <= 1",
+        ),
+        "eval.compare_checkpoint": Rule(
+            _eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"
+        ),
     }
 )
 # Keys whose type may differ from the base config's value.
-FREE_TYPES = frozenset({"class_weights", "eval.checkpoint"})
+FREE_TYPES = frozenset({"class_weights", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"})
 
 
 def _siblings(key: str, schema: dict) -> str:

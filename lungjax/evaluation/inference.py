@@ -75,17 +75,20 @@ def resolve_step(manager, choice) -> int:
     )
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh) -> RestoredModel:
-    """Restores the model item of the checkpoint ``config.eval.checkpoint`` names.
+def restore(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh, checkpoint_choice=None
+) -> RestoredModel:
+    """Restores the model item of the checkpoint ``checkpoint_choice`` names (default ``config.eval.checkpoint``).
 
     A damaged ``best`` or ``latest`` checkpoint (complete on disk but unreadable) falls back to the
     newest older step that reads, with a warning naming both, as training does; nothing is moved
     (evaluation only reads). A step named by number is that step or an error.
     """
+    choice = config.eval.checkpoint if checkpoint_choice is None else checkpoint_choice
     manager = checkpoint.make_manager(workdir, read_only=True)
     try:
-        chosen = resolve_step(manager, config.eval.checkpoint)
-        older = [] if str(config.eval.checkpoint).isdigit() else [s for s in manager.all_steps() if s < chosen]
+        chosen = resolve_step(manager, choice)
+        older = [] if str(choice).isdigit() else [s for s in manager.all_steps() if s < chosen]
         failures = {}
         for step in [chosen, *sorted(older, reverse=True)]:
             try:

@@ -212,30 +212,51 @@ def finding_ece(positive: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) 
 # -------------------------------------------------------------------------------------- thresholds
 
 
-def youden_thresholds_multilabel(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+def youden_thresholds_multilabel(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> dict[str, float | None]:
     """Per-finding threshold maximising Youden's J, exactly as :func:`metrics.youden_thresholds`.
 
     Same candidates (the distinct scores) and tie rule (the highest threshold), because it is that
     function applied to each finding's binary view. A finding without positives or negatives has no
-    ROC curve, so it raises ValueError naming the finding.
+    ROC curve, so its threshold is None (NIH's rarest findings can lack validation positives; the
+    other findings keep theirs).
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
     thresholds = {}
     for c, name in enumerate(class_names):
+        if labels[:, c].all() or not labels[:, c].any():
+            thresholds[name] = None
+            continue
         binary_labels, binary_probs = _binary_view(labels[:, c], probs[:, c])
         thresholds[name] = youden_thresholds(binary_labels, binary_probs, (name, f"not {name}"))[name]
     return thresholds
 
 
+def _check_finding_thresholds(thresholds: Mapping[str, float | None], class_names: Sequence[str]) -> np.ndarray:
+    """Thresholds in finding order, every finding named once; None (no threshold) becomes NaN."""
+    missing = [name for name in class_names if name not in thresholds]
+    unknown = [name for name in thresholds if name not in class_names]
+    if missing or unknown:
+        raise ValueError(f"thresholds must name every class: missing {missing}, unknown {unknown}")
+    chosen = [name for name in class_names if thresholds[name] is not None]
+    values = _check_thresholds({name: thresholds[name] for name in chosen}, chosen) if chosen else np.empty(0)
+    out = np.full(len(class_names), np.nan)
+    out[[class_names.index(name) for name in chosen]] = values
+    return out
+
+
 def _rates_at_thresholds(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, precision, F1 (C,) when finding c is called iff probs[:, c] >= thresholds[c]."""
+    """Sensitivity, specificity, precision, F1 (C,) when finding c is called iff probs[:, c] >= thresholds[c];
+    NaN (undefined) for a finding whose threshold is NaN."""
     called = probs >= thresholds
-    return _one_vs_rest_rates(
+    rates = _one_vs_rest_rates(
         (called & labels).sum(axis=0),
         (called & ~labels).sum(axis=0),
         (~called & labels).sum(axis=0),
         (~called & ~labels).sum(axis=0),
     )
+    return {key: np.where(np.isnan(thresholds), np.nan, value) for key, value in rates.items()}
 
 
 def youden_j_multilabel(
@@ -247,7 +268,7 @@ def youden_j_multilabel(
     where sensitivity or specificity is undefined.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
-    rates = _rates_at_thresholds(labels, probs, _check_thresholds(thresholds, class_names))
+    rates = _rates_at_thresholds(labels, probs, _check_finding_thresholds(thresholds, class_names))
     positives = labels.sum(axis=0)
     return {
         name: {
@@ -291,7 +312,7 @@ def multilabel_report(
     labels, probs = check_multilabel_predictions(labels, probs, class_names, patient_ids)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    threshold_values = None if thresholds is None else _check_thresholds(thresholds, class_names)
+    threshold_values = None if thresholds is None else _check_finding_thresholds(thresholds, class_names)
     n_images = labels.shape[0]
     support = labels.sum(axis=0)
     mean_over = np.flatnonzero((support > 0) & (support < n_images))
@@ -327,7 +348,7 @@ def multilabel_report(
     if threshold_values is not None:
         rates = _rates_at_thresholds(labels, probs, threshold_values)
         report["at_thresholds"] = {
-            "thresholds": {name: float(t) for name, t in zip(class_names, threshold_values)},
+            "thresholds": {name: _optional_float(t) for name, t in zip(class_names, threshold_values)},
             "per_finding": {
                 name: {key: _optional_float(rates[key][c]) for key in rates} for c, name in enumerate(class_names)
             },

@@ -186,7 +186,9 @@ def confusion_matrix_figure(cm: np.ndarray | Sequence[Sequence[int]], class_name
     return figure
 
 
-def plot_reliability_diagram(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS) -> None:
+def plot_reliability_diagram(
+    labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS, title: str = "Reliability diagram"
+) -> None:
     """Top-1 accuracy against confidence per equal-width bin, with counts and ECE in the title.
 
     Bars below the diagonal mean over-confidence; the count above each bar shows how much each
@@ -222,7 +224,7 @@ def plot_reliability_diagram(labels: np.ndarray, probs: np.ndarray, path: str | 
     axes.set_ylim(0.0, 1.08)
     axes.set_xlabel("Top-1 confidence")
     axes.set_ylabel("Accuracy")
-    axes.set_title(f"Reliability diagram ({n_bins} bins), ECE = {ece:.3f}")
+    axes.set_title(f"{title} ({n_bins} bins), ECE = {ece:.3f}")
     axes.legend(loc="upper left", fontsize="small")
     save_png(figure, path)
 
@@ -317,7 +319,12 @@ def plot_roc_grid(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[s
 
 
 def plot_reliability_grid(
-    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path, n_bins: int = FINDING_ECE_BINS
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    n_bins: int = FINDING_ECE_BINS,
+    title: str = "Reliability diagrams",
 ) -> None:
     """Per-finding reliability: observed frequency against predicted probability per equal-width bin.
 
@@ -344,6 +351,77 @@ def plot_reliability_grid(
         axes.set_xlim(0.0, 1.0)
         axes.set_ylim(0.0, 1.1)
         axes.set_title(f"{name}\nECE {finding_ece(positive, scores, n_bins):.3f}", fontsize="small")
+    figure.suptitle(title)
     figure.supxlabel(f"Predicted probability ({n_bins} bins; red: mean in bin)")
     figure.supylabel("Observed frequency")
     save_png(figure, path)
+
+
+def plot_paired_roc(
+    positive: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    run_names: tuple[str, str] = ("run a", "run b"),
+) -> None:
+    """Two runs' ROC curves on the same images, one panel per class (``binary.columns`` inputs)."""
+    figure, panels = _finding_grid(len(class_names))
+    for c, (axes, name) in enumerate(zip(panels, class_names)):
+        axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
+        column = positive[:, c]
+        if column.all() or not column.any():
+            axes.set_title(f"{name}\nundefined (one class only)", fontsize="small")
+        else:
+            titles = []
+            for run, scores in zip(run_names, (scores_a[:, c], scores_b[:, c])):
+                fpr, tpr, value = _roc(column, scores)
+                axes.plot(fpr, tpr, linewidth=1.5, label=run)
+                titles.append(f"{value:.3f}")
+            axes.set_title(f"{name}\nAUROC {' vs '.join(titles)}", fontsize="small")
+        axes.set_xlim(0.0, 1.0)
+        axes.set_ylim(0.0, 1.02)
+        axes.grid(alpha=0.3)
+    panels[0].legend(loc="lower right", fontsize="x-small")
+    figure.supxlabel("False positive rate (1 - specificity)")
+    figure.supylabel("True positive rate (sensitivity)")
+    save_png(figure, path)
+
+
+def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
+    """Each class's AUROC per subgroup cell with its 95% interval, beside the overall AUROC (dashed).
+
+    One panel per class, one row per cell; a flagged cell (interval wholly below overall) is red.
+    Cells too small to estimate are left out of the plot (the tables list them). Returns False and
+    writes nothing when no cell could be estimated.
+    """
+    class_names = list(audit["overall_auroc"])
+    rows = [
+        (f"{attribute}: {cell}", cell_row["per_class"])
+        for attribute, cells in audit["attributes"].items()
+        for cell, cell_row in cells.items()
+    ]
+    if not any("auroc" in per_class[name] for _, per_class in rows for name in class_names):
+        return False
+    figure, panels = _finding_grid(len(class_names))
+    for axes, name in zip(panels, class_names):
+        for y, (label, per_class) in enumerate(rows):
+            figures = per_class[name]
+            if "auroc" not in figures:
+                continue
+            color = "tab:red" if figures.get("below_overall") else "tab:blue"
+            ci = figures.get("ci") or {}
+            if ci.get("low") is not None:
+                axes.plot([ci["low"], ci["high"]], [y, y], color=color, linewidth=1.5)
+            axes.plot(figures["auroc"], y, "o", color=color, markersize=4)
+        overall = audit["overall_auroc"][name]
+        if overall is not None:
+            axes.axvline(overall, color="grey", **BASELINE_STYLE)
+        axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize="x-small")
+        axes.set_ylim(len(rows) - 0.5, -0.5)
+        axes.set_xlim(0.0, 1.0)
+        axes.set_title(name, fontsize="small")
+        axes.grid(alpha=0.3, axis="x")
+    figure.supxlabel("AUROC with 95% patient-bootstrap interval (dashed: whole split; red: interval below it)")
+    save_png(figure, path)
+    return True

@@ -1,0 +1,334 @@
+"""One radiograph file (DICOM, PNG or JPEG) -> the 8-bit film a reader would see, with what is odd about it.
+
+For inference (``--mode predict`` and the standalone predictor): it imports only numpy, OpenCV and
+:mod:`lungjax.data.images`, and pydicom only when a DICOM file comes, so serving a model needs none
+of the training stack. Anything that makes a film unreadable, or one the model was not trained on
+(several frames, colour, a lateral view), is an :class:`images.ImageError` naming the file and the
+reason; anything that makes the prediction doubtful but still possible is a warning, a full sentence
+in :attr:`Radiograph.warnings`, so no input check is ever silent.
+
+DICOM is displayed as a viewer displays it (PS3.3 C.11): the modality LUT (Modality LUT Sequence, or
+RescaleSlope/Intercept), then the VOI LUT Sequence or else the first window (WindowCenter/Width with
+VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID), whose output range ymin..ymax is 0..255 directly,
+then MONOCHROME1 inverted so that bright is dense. A file with neither VOI LUT nor window has its own
+range scaled to 8 bits, as the dataset builder does for 16-bit PNGs. PNG and JPEG go through
+:func:`images.decode_gray` (16-bit films scaled by their range), then their EXIF orientation, which
+OpenCV's ``IMREAD_UNCHANGED`` ignores, is applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lungjax.data import images
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files: a 128-byte preamble, then b"DICM"
+DICOM_MAGIC = b"DICM"
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL")  # and any ViewPosition containing "LAT" (LAT, LATERAL, LLAT, ...)
+# BodyPartExamined values that are the chest: any containing one of these (CHEST, THORAX, CHEST_ABDOMEN, LUNG ...)
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+UNIFORM_STD = 2.0  # grey levels: below this the 8-bit film shows no anatomy
+# Inversion check on a 32 x 32 thumbnail: the mediastinum and spine (the middle sixth of the width) are
+# denser, so brighter, than the lung fields either side, over the lung rows (a quarter to two thirds
+# down, below the neck and above the diaphragm). Collimation borders, padding and labels lie outside
+# these bands. On 1,400 phantom films of 16 to 128 px the midline was 28 or more grey levels brighter
+# (as much darker once inverted); the margin spares films whose midline barely stands out (a white-out).
+INVERSION_GRID = 32
+LUNG_ROWS = slice(8, 22)
+MIDLINE_COLUMNS = slice(13, 19)
+LUNG_COLUMNS = (slice(5, 12), slice(20, 27))
+INVERSION_MARGIN = 10.0  # grey levels the midline must be darker than the lungs by for a warning
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF Orientation -> the stored pixels turned as they are meant to be seen (TIFF 6.0; as OpenCV's
+# orientation-applying flags do).
+ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].T,
+    8: lambda a: np.rot90(a),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Radiograph:
+    """A film as displayed, and the sentences that say what makes its prediction doubtful."""
+
+    pixels: np.ndarray  # (H, W) uint8, bright = dense
+    warnings: tuple[str, ...]
+    source: str  # "dicom" | "png" | "jpeg"
+
+
+def read(path: str | os.PathLike, *, allow_lateral: bool = False) -> Radiograph:
+    """A DICOM, PNG or JPEG file -> :class:`Radiograph`; every failure is an ImageError naming the file.
+
+    A lateral DICOM (the model was trained on frontal films) is refused unless ``allow_lateral``, when
+    it is read with a warning.
+    """
+    path = Path(path)
+    try:
+        dicom = _is_dicom(path)
+        data = b"" if dicom else path.read_bytes()
+    except OSError as err:
+        raise images.ImageError(f"{path}: cannot read ({err.strerror})") from err
+    if dicom:
+        pixels, warnings, frontal = _read_dicom(path, allow_lateral)
+        source = "dicom"
+    else:
+        pixels, warnings = _read_picture(data, str(path))
+        frontal, source = True, "png" if data.startswith(images._PNG_MAGIC) else "jpeg"
+    return Radiograph(pixels, tuple(warnings + _pixel_warnings(pixels, frontal)), source)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        return handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+
+
+def _pixel_warnings(pixels: np.ndarray, frontal: bool) -> list[str]:
+    """What the displayed pixels themselves say: a blank film, or one that looks inverted.
+
+    The inversion check is for frontal films (a lateral's midline is not the mediastinum) and is left
+    out on a blank one, whose bands differ by noise only.
+    """
+    spread = float(pixels.std())
+    if spread < UNIFORM_STD:
+        return [
+            f"The image is nearly uniform (standard deviation {spread:.1f} grey levels): it shows no anatomy, "
+            "so the prediction for it means nothing."
+        ]
+    contrast = _midline_contrast(pixels) if frontal else 0.0
+    if contrast < -INVERSION_MARGIN:
+        return [
+            f"The image looks inverted: its midline (mediastinum and spine) is {-contrast:.0f} grey levels darker "
+            "than the lung fields, where a chest film shows it brighter; the model expects bright = dense, so "
+            "its prediction for this image is likely wrong."
+        ]
+    return []
+
+
+def _midline_contrast(pixels: np.ndarray) -> float:
+    """Mean grey level of the midline band minus that of the two lung bands, on a 32 x 32 thumbnail."""
+    thumbnail = cv2.resize(pixels, (INVERSION_GRID, INVERSION_GRID), interpolation=cv2.INTER_AREA)
+    profile = thumbnail[LUNG_ROWS].astype(np.float64).mean(axis=0)
+    lungs = np.concatenate([profile[band] for band in LUNG_COLUMNS])
+    return float(profile[MIDLINE_COLUMNS].mean() - lungs.mean())
+
+
+def _read_picture(data: bytes, name: str) -> tuple[np.ndarray, list[str]]:
+    """PNG/JPEG bytes -> (H, W) uint8 turned by their EXIF orientation, and a warning for a bad one."""
+    pixels = images.decode_gray(data, name)
+    exif = _exif(data)
+    orientation = None if exif is None else _tiff_orientation(exif)
+    if orientation is None:
+        return pixels, []
+    if orientation not in ORIENTATIONS:
+        return pixels, [
+            f"The EXIF Orientation is {orientation}, not one of 1 to 8, so the image was read as stored: "
+            "if it is rotated or mirrored, the prediction is for a film the model never saw that way."
+        ]
+    return np.ascontiguousarray(ORIENTATIONS[orientation](pixels)), []
+
+
+def _exif(data: bytes) -> bytes | None:
+    """The TIFF-structured EXIF block of a PNG (eXIf chunk) or JPEG (APP1 "Exif" segment), or None."""
+    if data.startswith(images._PNG_MAGIC):
+        position = len(images._PNG_MAGIC)
+        while position + 8 <= len(data):
+            length = int.from_bytes(data[position : position + 4], "big")
+            if data[position + 4 : position + 8] == b"eXIf":
+                return data[position + 8 : position + 8 + length]
+            position += 12 + length  # length, type, data, CRC
+        return None
+    position = 2  # after the start-of-image marker
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xDA:  # start of scan: the metadata segments all come before it
+            return None
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+            return data[position + 10 : position + 2 + length]
+        position += 2 + length
+    return None
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+    """The Orientation entry of the first image directory of a TIFF structure, or None."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    directory = struct.unpack_from(order + "I", tiff, 4)[0]
+    if directory + 2 > len(tiff):
+        return None
+    entries = struct.unpack_from(order + "H", tiff, directory)[0]
+    end = min(directory + 2 + 12 * entries, len(tiff) - 11)
+    for entry in range(directory + 2, end, 12):
+        tag, kind = struct.unpack_from(order + "HH", tiff, entry)
+        if tag == EXIF_ORIENTATION_TAG and kind == 3:  # SHORT
+            return struct.unpack_from(order + "H", tiff, entry + 8)[0]
+    return None
+
+
+def _read_dicom(path: Path, allow_lateral: bool) -> tuple[np.ndarray, list[str], bool]:
+    """A single-frame grayscale DICOM -> ((H, W) uint8 as displayed, warnings, whether it is frontal).
+
+    The header is read and checked (pixel count, frames, colour, view) before the pixel data are
+    decoded, so a decompression bomb or a film the model cannot read costs nothing.
+    """
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError as err:
+        raise images.ImageError(f"{path}: reading DICOM needs pydicom: pip install 'lungjax[dicom]'") from err
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        rows, columns = int(header.Rows), int(header.Columns)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        photometric = str(header.get("PhotometricInterpretation", "")).strip()
+        view = str(header.get("ViewPosition", "") or "").strip().upper()
+        body_part = str(header.get("BodyPartExamined", "") or "").strip().upper()
+    except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as err:
+        raise images.ImageError(f"{path}: not a readable DICOM image ({err})") from err
+    if rows * columns * frames > images.MAX_PIXELS:
+        raise images.ImageError(f"{path}: {columns}x{rows}x{frames} pixels exceeds the limit of {images.MAX_PIXELS}")
+    if frames > 1:
+        raise images.ImageError(f"{path}: multi-frame DICOM ({frames} frames) is not supported: one film per file")
+    if samples != 1 or photometric not in MONOCHROME:
+        raise images.ImageError(
+            f"{path}: colour DICOM is not supported, only MONOCHROME1/2 with one sample per pixel "
+            f"(PhotometricInterpretation {photometric or 'missing'}, {samples} samples per pixel)"
+        )
+    lateral = view in LATERAL_VIEWS or "LAT" in view
+    if lateral and not allow_lateral:
+        raise images.ImageError(
+            f"{path}: lateral view refused (ViewPosition {view}): the model was trained on frontal PA/AP films "
+            "only; read(..., allow_lateral=True) reads it with a warning"
+        )
+    warnings = []
+    if lateral:
+        warnings.append(
+            f"ViewPosition is {view}, a lateral view: the model was trained on frontal PA/AP films only, so its "
+            "prediction for this film is unreliable (and the inversion check, made for frontal films, was skipped)."
+        )
+    elif view and view not in FRONTAL_VIEWS:
+        warnings.append(
+            f"ViewPosition is {view}, not a frontal PA or AP view: the model was trained on PA/AP films only, so "
+            "its prediction for this film may be unreliable."
+        )
+    if body_part and not any(part in body_part for part in CHEST_BODY_PARTS):
+        warnings.append(
+            f"BodyPartExamined is {body_part}, not the chest: the model reads chest films only, so its prediction "
+            "for this image is not meaningful."
+        )
+    decoder_log = logging.getLogger("pydicom")  # it logs each failed decoder's traceback: our line says it
+    previous_level = decoder_log.level
+    decoder_log.setLevel(logging.CRITICAL)
+    try:
+        dataset = pydicom.dcmread(path)
+        stored = dataset.pixel_array
+    except Exception as err:  # pydicom's decoders raise many types: a missing codec, damaged pixel data
+        reason = " ".join(str(err).split())[:300]
+        raise images.ImageError(f"{path}: cannot decode the DICOM pixel data ({type(err).__name__}: {reason})") from err
+    finally:
+        decoder_log.setLevel(previous_level)
+    try:
+        pixels, display_warnings = _display(dataset, stored, photometric == "MONOCHROME1")
+    except (AttributeError, ValueError, TypeError, IndexError) as err:
+        raise images.ImageError(f"{path}: unusable DICOM LUT or window attributes ({err})") from err
+    return pixels, warnings + display_warnings, not lateral
+
+
+def _display(dataset, stored: np.ndarray, monochrome1: bool) -> tuple[np.ndarray, list[str]]:
+    """Stored values -> 8-bit display pixels (bright = dense): modality LUT, VOI, then MONOCHROME1 inverted."""
+    values = _modality(dataset, stored)
+    shown, warnings = _voi(dataset, values)
+    if shown is None:  # no window: the film's own range, as the builder scales 16-bit films
+        if monochrome1:
+            values = values.max() + values.min() - values
+        return images.to_gray_uint8(values), warnings
+    gray = np.rint(shown * 255.0).astype(np.uint8)
+    return (255 - gray if monochrome1 else gray), warnings  # MONOCHROME1: the VOI output's minimum is white
+
+
+def _modality(dataset, stored: np.ndarray) -> np.ndarray:
+    """PS3.3 C.11.1: the Modality LUT Sequence when present, else RescaleSlope/Intercept (default 1 and 0)."""
+    if dataset.get("ModalityLUTSequence"):
+        return _lookup(dataset, dataset.ModalityLUTSequence[0], stored)[0]
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    return stored.astype(np.float64) * slope + intercept
+
+
+def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
+    """PS3.3 C.11.2: the VOI LUT Sequence, else the first window, as a fraction 0..1 of the output range.
+
+    None when the file carries neither, or a window that cannot be applied (then with a warning).
+    """
+    if dataset.get("VOILUTSequence"):
+        shown, bits = _lookup(dataset, dataset.VOILUTSequence[0], values)
+        return shown / (2**bits - 1), []
+    center, width = _first(dataset, "WindowCenter"), _first(dataset, "WindowWidth")
+    if center is None and width is None:
+        return None, []
+    function = str(dataset.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if center is not None and width is not None:
+        if function == "LINEAR" and width >= 1:  # C.11.2.1.2.1
+            low = center - 0.5 - (width - 1) / 2
+            return (np.clip((values - low) / (width - 1), 0, 1) if width > 1 else (values > low) * 1.0), []
+        if function == "LINEAR_EXACT" and width > 0:  # C.11.2.1.3.2
+            return np.clip((values - center) / width + 0.5, 0, 1), []
+        if function == "SIGMOID" and width > 0:  # C.11.2.1.3.1, 1 / (1 + exp(-4 (x - c) / w)) without overflow
+            return 0.5 + 0.5 * np.tanh(2 * (values - center) / width), []
+    return None, [
+        f"The file's window (WindowCenter {center}, WindowWidth {width}, VOILUTFunction {function}) cannot be "
+        "applied (the standard needs both values, a width of at least 1 for LINEAR or above 0 for LINEAR_EXACT "
+        "and SIGMOID), so the film's own range was scaled to 8 bits: its contrast, and so the prediction, may "
+        "differ from what a viewer shows."
+    ]
+
+
+def _first(dataset, keyword: str) -> float | None:
+    """The first value of a numeric attribute that may hold several (alternative windows), or None."""
+    if keyword not in dataset or dataset[keyword].VM == 0:
+        return None
+    element = dataset[keyword]
+    return float(element.value[0] if element.VM > 1 else element.value)
+
+
+def _lookup(dataset, item, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """A LUT (LUTDescriptor, LUTData) applied to values -> (outputs as float64, bits per entry).
+
+    Values below the first mapped one take the first entry, those past the end the last (C.11.1.1).
+    """
+    entries, first, bits = (int(value) for value in item.LUTDescriptor)
+    entries = entries or 2**16
+    if not 1 <= bits <= 16:
+        raise ValueError(f"LUTDescriptor gives {bits} bits per entry")
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
+        table = np.frombuffer(data, "<u2" if dataset.original_encoding[1] is not False else ">u2")
+    else:
+        table = np.asarray(data).ravel()
+    if table.size < entries:
+        raise ValueError(f"LUTData has {table.size} entries, its LUTDescriptor {entries}")
+    index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
+    return table[:entries].astype(np.float64)[index], bits

@@ -1,0 +1,96 @@
+"""Paired comparison of two runs (or two checkpoints of one) on the same evaluated images.
+
+Run a is the workdir evaluated, run b the one ``config.eval.compare_to`` names. Each model predicts
+the images of its own dataset; the comparison needs those to be the same images with the same
+labels and the same classes, and refuses otherwise, naming the difference (two builds of one
+download at different stored sizes hold the same images, so a 224 px model can be compared with a
+128 px one). Per class: both AUROCs, the difference a - b with a paired patient-bootstrap interval,
+and DeLong's test; for the six-class task, McNemar's test on the argmax decisions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungjax.data import metadata, tasks
+from lungjax.evaluation import binary, metrics, paired
+
+
+class CompareError(ValueError):
+    """Two runs cannot be compared on these images; the message names the difference."""
+
+
+def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], task_a: tasks.Task, task_b: tasks.Task) -> dict:
+    """``b``'s predictions in ``a``'s image order, or CompareError naming how the two splits differ."""
+    if task_a.class_names != task_b.class_names:
+        raise CompareError(
+            f"the runs predict different classes: {list(task_a.class_names)} ({task_a.name}) vs "
+            f"{list(task_b.class_names)} ({task_b.name})"
+        )
+    names_a, names_b = [str(n) for n in a["image_name"]], [str(n) for n in b["image_name"]]
+    only_a, only_b = sorted(set(names_a) - set(names_b)), sorted(set(names_b) - set(names_a))
+    if only_a or only_b:
+        shown = metadata.NAMES_SHOWN
+        raise CompareError(
+            f"the evaluated splits hold different images: {len(only_a)} only in run a (e.g. {only_a[:shown]}), "
+            f"{len(only_b)} only in run b (e.g. {only_b[:shown]}); compare runs built from the same download "
+            "with the same split scheme and seed"
+        )
+    row_of = {name: i for i, name in enumerate(names_b)}
+    order = np.array([row_of[name] for name in names_a])
+    aligned = {key: value[order] for key, value in b.items()}
+    differing = np.flatnonzero((aligned["label"] != a["label"]).reshape(len(order), -1).any(axis=1))
+    if differing.size:
+        raise CompareError(
+            f"{differing.size} images carry different labels in the two runs, e.g. "
+            f"{[names_a[i] for i in differing[: metadata.NAMES_SHOWN]]}"
+        )
+    return aligned
+
+
+def comparison_report(
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    task: tasks.Task,
+    *,
+    names: tuple[str, str],
+    n_bootstrap: int,
+    seed: int,
+) -> dict:
+    """The comparison section of ``report.json``; ``b`` must be ``align``-ed to ``a``."""
+    positive, scores_a = binary.columns(a["label"], a["probs"], task.class_names, task.multi_label)
+    _, scores_b = binary.columns(b["label"], b["probs"], task.class_names, task.multi_label)
+    support = positive.sum(axis=0)
+    mean_over = np.flatnonzero((support > 0) & (support < len(positive)))
+    boot = (
+        paired.paired_bootstrap(
+            positive, scores_a, scores_b, mean_over, patient_ids=a["patient_id"], n_bootstrap=n_bootstrap, seed=seed
+        )
+        if n_bootstrap
+        else None
+    )
+    per_class = {}
+    for c, name in enumerate(task.class_names):
+        row = paired.delong(positive[:, c], scores_a[:, c], scores_b[:, c])
+        if boot is not None:
+            row["difference_ci"] = metrics._interval(boot["difference"][:, c])
+        per_class[name] = row
+    defined = [per_class[task.class_names[c]] for c in mean_over]
+    report = {
+        "run_a": names[0],
+        "run_b": names[1],
+        "n_images": int(len(positive)),
+        "n_patients": int(np.unique(a["patient_id"]).size),
+        "mean_auroc_a": float(np.mean([r["auroc_a"] for r in defined])) if defined else None,
+        "mean_auroc_b": float(np.mean([r["auroc_b"] for r in defined])) if defined else None,
+        "mean_difference": float(np.mean([r["difference"] for r in defined])) if defined else None,
+        "mean_over": [task.class_names[c] for c in mean_over],
+        "mean_difference_ci": metrics._interval(boot["mean_difference"]) if boot is not None else None,
+        "per_class": per_class,
+        "delong_note": "DeLong's test treats images as independent; the bootstrap interval resamples patients.",
+    }
+    if not task.multi_label:
+        report["mcnemar"] = paired.mcnemar(
+            a["probs"].argmax(axis=1) == a["label"], b["probs"].argmax(axis=1) == b["label"]
+        )
+    return report

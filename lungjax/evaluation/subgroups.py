@@ -1,0 +1,132 @@
+"""Subgroup audit: each class's AUROC by sex, age band, view position and first film vs follow-up.
+
+The attributes come from NIH's ``Data_Entry_2017.csv`` rows of the evaluated images (looked up by
+image name: the metadata is the one record of who a film belongs to). Each cell holds the images
+of one attribute value; its AUROC has a 95% patient-bootstrap interval drawn from the cell's own
+patients. A cell with fewer than ``MIN_CELL_CLASS_COUNT`` positives or negatives for a class is
+reported as too small to estimate, with its counts and no number. A cell whose whole interval lies
+below the class's AUROC over the whole split is flagged: the model is worse there than overall by
+more than the cell's sampling noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from lungjax.data import metadata
+from lungjax.evaluation import binary, metrics
+
+MIN_CELL_CLASS_COUNT = 10
+AGE_BANDS = (("< 40", 0, 40), ("40-59", 40, 60), (">= 60", 60, metadata.MAX_PLAUSIBLE_AGE + 1))
+AGE_MISSING = "age missing"
+ATTRIBUTES = ("sex", "age", "view", "follow_up")
+ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age band", "view": "View position", "follow_up": "Film"}
+
+
+def _age_band(age: int) -> str:
+    for name, low, high in AGE_BANDS:
+        if low <= age < high:
+            return name
+    return AGE_MISSING
+
+
+def cells_of(image_names: Sequence[str], data_entry: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``{attribute: (N,) cell name of each image}`` from the metadata rows of ``image_names``.
+
+    Raises ValueError naming images the metadata does not hold: an audit of some images would be
+    silently about a different set.
+    """
+    rows = data_entry.set_index("Image Index").reindex(list(image_names))
+    missing = rows.index[rows["Patient ID"].isna()].tolist()
+    if missing:
+        raise ValueError(
+            f"{len(missing)} evaluated images are not in the metadata, e.g. {missing[: metadata.NAMES_SHOWN]}"
+        )
+    sex = rows["Patient Gender"].map({"M": "male", "F": "female"}).fillna("sex missing")
+    return {
+        "sex": sex.to_numpy(dtype=str),
+        "age": np.array([_age_band(int(a)) for a in rows["Patient Age"]]),
+        "view": rows["View Position"].fillna("view missing").astype(str).to_numpy(),
+        "follow_up": np.where(rows["Follow-up #"].astype(int) == 0, "first film", "follow-up").astype(str),
+    }
+
+
+def _cell_order(attribute: str, values: np.ndarray) -> list[str]:
+    present = set(values.tolist())
+    fixed = {
+        "sex": ["female", "male", "sex missing"],
+        "age": [name for name, _, _ in AGE_BANDS] + [AGE_MISSING],
+        "follow_up": ["first film", "follow-up"],
+    }.get(attribute)
+    return [v for v in fixed if v in present] if fixed else sorted(present)
+
+
+def audit(
+    positive: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    cells: dict[str, np.ndarray],
+    *,
+    patient_ids: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+) -> dict:
+    """``{"attributes": {attribute: {cell: {images, patients, per_class: {...}}}}, ...}`` (module doc).
+
+    ``positive``/``scores`` are the evaluated split's columns (``binary.columns``). Each class row
+    holds positives, negatives and either ``auroc`` with its ``ci`` and ``below_overall``, or
+    ``too_small`` with the reason.
+    """
+    patient_ids = np.asarray(patient_ids)
+    overall = binary.weighted_auroc
+    ones = np.ones((1, len(scores)))
+    overall_auroc = [overall(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
+    report = {}
+    for attribute in ATTRIBUTES:
+        values = cells[attribute]
+        report[attribute] = {}
+        for cell in _cell_order(attribute, values):
+            inside = values == cell
+            cell_positive, cell_scores, cell_patients = positive[inside], scores[inside], patient_ids[inside]
+            per_class = {}
+            for c, name in enumerate(class_names):
+                n_pos = int(cell_positive[:, c].sum())
+                n_neg = int(inside.sum()) - n_pos
+                row = {"positives": n_pos, "negatives": n_neg}
+                if min(n_pos, n_neg) < MIN_CELL_CLASS_COUNT:
+                    row["too_small"] = f"fewer than {MIN_CELL_CLASS_COUNT} positives or negatives"
+                else:
+                    column = (cell_positive[:, c], cell_scores[:, c])
+                    row["auroc"] = float(binary.weighted_auroc(*column, np.ones((1, n_pos + n_neg)))[0])
+                    if n_bootstrap:
+                        draws = metrics.bootstrap_replicates(
+                            lambda weights, column=column: {"auroc": binary.weighted_auroc(*column, weights)},
+                            cell_patients,
+                            n_bootstrap,
+                            seed,
+                        )
+                        row["ci"] = metrics._interval(draws["auroc"])
+                        high = row["ci"]["high"]
+                        row["below_overall"] = bool(high is not None and high < overall_auroc[c])
+                per_class[name] = row
+            report[attribute][cell] = {
+                "images": int(inside.sum()),
+                "patients": int(np.unique(cell_patients).size),
+                "per_class": per_class,
+            }
+    flagged = [
+        {"attribute": attribute, "cell": cell, "class": name}
+        for attribute, cells_ in report.items()
+        for cell, row in cells_.items()
+        for name, figures in row["per_class"].items()
+        if figures.get("below_overall")
+    ]
+    return {
+        "min_cell_class_count": MIN_CELL_CLASS_COUNT,
+        "overall_auroc": {name: metrics._optional_float(a) for name, a in zip(class_names, overall_auroc)},
+        "attributes": report,
+        "flagged": flagged,
+    }
