@@ -36,12 +36,15 @@ td.flag { color: #a40e26; font-weight: 600; }
 td.muted { color: #6e7781; }
 td.note { color: #6e7781; white-space: normal; text-align: left; min-width: 180px; }
 figure { display: inline-block; vertical-align: top; margin: 12px 16px 24px 0; max-width: 100%; }
-figure img { max-width: 100%; max-height: 620px; border: 1px solid #d0d7de; }
+figure img { max-width: 100%; max-height: 540px; border: 1px solid #d0d7de; }
+figure.wide { display: block; }
+figure.wide img { max-height: none; }
 figcaption { color: #57606a; font-size: 13px; margin-top: 4px; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 12px; overflow-x: auto; font-size: 12px; }
 details summary { cursor: pointer; color: #0b57d0; }
 code { background: #f0f3f6; padding: 0 3px; border-radius: 3px; }
 """
+WIDE_FIGURE_PX = 1000  # a figure at least this wide (a panel grid, a gallery) gets the page's width
 # Markdown emphasis inside paragraphs and cells, rendered as HTML after escaping.
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
@@ -87,9 +90,13 @@ def _paragraph(text: str) -> str:
 
 
 def _figure(path: Path, title: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    """An embedded PNG: single plots side by side at a common height, grids and galleries at full width."""
+    png = path.read_bytes()
+    width = int.from_bytes(png[16:20], "big")  # the IHDR chunk: width, then height
+    data = base64.b64encode(png).decode("ascii")
+    kind = ' class="wide"' if width >= WIDE_FIGURE_PX else ""
     return (
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+        f'<figure{kind}><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>"
     )
 

@@ -405,6 +405,7 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
         return False
     figure, panels = _finding_grid(len(class_names))
     for axes, name in zip(panels, class_names):
+        shown = [audit["overall_auroc"][name] or 1.0]
         for y, (label, per_class) in enumerate(rows):
             figures = per_class[name]
             if "auroc" not in figures:
@@ -413,13 +414,17 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
             ci = figures.get("ci") or {}
             if ci.get("low") is not None:
                 axes.plot([ci["low"], ci["high"]], [y, y], color=color, linewidth=1.5)
+                shown.append(ci["low"])
             axes.plot(figures["auroc"], y, "o", color=color, markersize=4)
+            shown.append(figures["auroc"])
         overall = audit["overall_auroc"][name]
         if overall is not None:
             axes.axvline(overall, color="grey", **BASELINE_STYLE)
         axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize="x-small")
         axes.set_ylim(len(rows) - 0.5, -0.5)
-        axes.set_xlim(0.0, 1.0)
+        # From a round value below everything shown to 1: differences of a few points must be visible.
+        axes.set_xlim(max(0.0, math.floor((min(shown) - 0.02) * 20) / 20), 1.0)
+        axes.xaxis.set_major_locator(MaxNLocator(4))
         axes.set_title(name, fontsize="small")
         axes.grid(alpha=0.3, axis="x")
     figure.supxlabel("AUROC with 95% patient-bootstrap interval (dashed: whole split; red: interval below it)")

@@ -104,7 +104,8 @@ def reference_figures() -> dict:
 
 
 def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    """Three decimals; a value that rounds to zero is 0.000, never -0.000."""
+    return "n/a" if value is None else f"{value:.3f}".replace("-0.000", "0.000")
 
 
 def number(report: dict, *key) -> Cell:
@@ -122,7 +123,7 @@ def with_interval(report: dict, value_key: Key, interval_key: Key | None) -> Cel
     if not interval or interval.get("low") is None:
         return Cell(_number(value), (value_key,))
     return Cell(
-        f"{_number(value)} [{interval['low']:.3f}, {interval['high']:.3f}]",
+        f"{_number(value)} [{_number(interval['low'])}, {_number(interval['high'])}]",
         (value_key, (*interval_key, "low"), (*interval_key, "high")),
     )
 

@@ -81,9 +81,8 @@ def audit(
     ``too_small`` with the reason.
     """
     patient_ids = np.asarray(patient_ids)
-    overall = binary.weighted_auroc
     ones = np.ones((1, len(scores)))
-    overall_auroc = [overall(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
+    overall_auroc = [binary.weighted_auroc(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
     report = {}
     for attribute in ATTRIBUTES:
         values = cells[attribute]
