@@ -1,7 +1,8 @@
 """Command line: ``python -m lungjax.main --config configs/demo.py --workdir runs/demo [--mode ...]``.
 
 ``--mode predict --images a.png b.dcm ...`` classifies files with the workdir's checkpoint; the
-file names after the first may follow ``--images`` without repeating the flag.
+file names after the first may follow ``--images`` without repeating the flag. ``--mode export``
+writes the checkpoint as a bundle that ``python -m lungjax.serve`` runs (``lungjax.export``).
 
 Only parses flags and hands over to the library, so everything here is importable and testable.
 Config values can be overridden on the command line: ``--config.batch_size=64``.
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 
 from lungjax.runtime import distributed, storage
 
-MODES = ("train", "evaluate", "compare", "prepare", "predict")
+MODES = ("train", "evaluate", "compare", "prepare", "predict", "export")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -33,9 +34,13 @@ flags.DEFINE_enum(
     MODES,
     "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; compare: evaluate, then "
     "compare with the run --config.eval.compare_to names on the same images; prepare: build the dataset "
-    "only; predict: classify --images files.",
+    "only; predict: classify --images files; export: write the checkpoint as a deployable bundle "
+    "(<workdir>/export/<step>/).",
 )
 flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
+flags.DEFINE_integer(
+    "parity_images", 512, "export mode: at most this many validation images check the exported model's parity."
+)
 flags.DEFINE_string(
     "coordinator_address", None, "Several processes: host:port of process 0 (not needed under SLURM or Open MPI)."
 )
@@ -56,6 +61,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    from lungjax import xla_cpu
+
+    xla_cpu.apply_defaults()  # first: XLA reads XLA_FLAGS once, when the first JAX backend starts
     extra = argv[1:]
     if extra and FLAGS.mode != "predict":
         raise app.UsageError(f"unexpected arguments: {extra}")
@@ -84,6 +92,11 @@ def main(argv):
         if failures:
             print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
         return int(failures > 0)
+    if FLAGS.mode == "export":
+        from lungjax.export import bundle
+
+        print(f"exported: {bundle.export(config, workdir, parity_images=FLAGS.parity_images)}")
+        return
     if FLAGS.mode == "compare" and not config.eval.compare_to:
         raise config_check.ConfigError(
             "config.eval.compare_to: '' is not allowed with --mode compare; allowed: the workdir of the run to "
@@ -163,6 +176,7 @@ EXPECTED_ERRORS = (
     ("lungjax.data.metadata", "MetadataError"),
     ("lungjax.evaluation.expert", "ExpertLabelsError"),
     ("lungjax.evaluation.compare", "CompareError"),
+    ("lungjax.export.bundle", "ExportError"),
 )
 ERROR_EXIT_CODE = 2
 PACKAGE_DIR = str(Path(__file__).parent)

@@ -28,6 +28,10 @@ CACHE_ENV = {
 for _name, _value in CACHE_ENV.items():
     os.environ.setdefault(_name, _value)
 
+from lungjax import xla_cpu  # noqa: E402
+
+xla_cpu.apply_defaults()  # the XLA CPU flags a user gets, in the suite and every subprocess it starts
+
 import cv2  # noqa: E402  (after the cache settings: jax reads them at import)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

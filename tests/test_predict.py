@@ -118,7 +118,7 @@ def test_bad_files_are_refused_with_a_clear_message(files, name, reason):
 
 def test_model_input_matches_the_dataset_geometry(files):
     gray = radiograph_files.read(files["good"]).pixels
-    prepared = predict.to_model_input(gray, stored_size=64, image_size=32)
+    prepared = images.model_input(gray, stored_size=64, image_size=32)
     assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8
 
 

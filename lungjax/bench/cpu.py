@@ -18,7 +18,9 @@ its real jitted step (``lungjax.bench.step_timing``); Keras runs ``model.train_o
 A contender is ``KIND[;NAME=VALUE...]``: KIND is ``lungjax`` (ResNet v1.5, float32), ``lungjax-bf16``
 (bfloat16 compute), ``lungjax-v1`` (stride in the 1×1 conv, Keras' architecture), ``keras-jax``,
 ``keras-torch`` or ``keras-tensorflow``; the ``NAME=VALUE`` pairs are extra environment variables
-for its process. Prints a table last and writes JSON (``--out``).
+for its process. The ``lungjax`` kinds run with the XLA CPU flags a user of ``lungjax.main`` gets
+(``lungjax.xla_cpu``); ``"lungjax;LUNGJAX_XLA_CPU_DEFAULTS=0"`` measures without them. Prints
+a table last and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 
 from absl import app, flags
 
-from lungjax import bench
+from lungjax import bench, xla_cpu
 from lungjax.bench import workers
 from lungjax.data.labels import NUM_CLASSES
 
@@ -96,6 +98,7 @@ class LungjaxWorker:
 
         return {
             "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "flops_per_step": self.compiled.flops_per_step,
             "xla_memory_bytes": self.compiled.memory_bytes,
         }
@@ -157,6 +160,7 @@ def worker_main(args) -> None:
     """Runs in the contender's own process: says it is ready, then answers "steps N" requests."""
     kind = args.worker
     if kind.startswith("lungjax"):
+        xla_cpu.apply_defaults()  # before compile_step starts JAX's backends
         worker = LungjaxWorker(args, half_precision=kind == "lungjax-bf16", stride_in_1x1=kind == "lungjax-v1")
     else:
         worker = KerasWorker(args)

@@ -24,7 +24,7 @@ import time
 
 from absl import app, flags
 
-from lungjax import bench
+from lungjax import bench, xla_cpu
 from lungjax.bench import workers
 
 FLAGS = flags.FLAGS
@@ -55,6 +55,7 @@ def step_point(args) -> dict:
     """One (batch, image size) point, in this process (the worker side)."""
     from lungjax.bench import step_timing
 
+    xla_cpu.apply_defaults()  # what a user of lungjax.main gets, before the step starts JAX's backends
     compiled = step_timing.compile_step(
         args.model,
         batch_size=args.point_batch,

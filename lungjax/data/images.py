@@ -140,6 +140,12 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return resize(image, size)
 
 
+def model_input(gray: np.ndarray, stored_size: int, image_size: int) -> np.ndarray:
+    """(H, W) uint8 -> (image_size, image_size, 1) uint8 for inference on a file: the builder's step
+    (``resize_square`` to the stored size) then the eval pipeline's (``resize`` to the model's size)."""
+    return resize(resize_square(gray, stored_size), image_size)[..., None]
+
+
 def scale_box(
     box: tuple[float, float, float, float], shape: tuple[int, int], size: int
 ) -> tuple[float, float, float, float]:

@@ -25,11 +25,6 @@ from lungjax.runtime import sharding
 OUTPUT_DIR = "predict"
 
 
-def to_model_input(gray: np.ndarray, stored_size: int, image_size: int) -> np.ndarray:
-    """(H, W) uint8 -> (image_size, image_size, 1) uint8, as the builder then the eval pipeline do."""
-    return images.resize(images.resize_square(gray, stored_size), image_size)[..., None]
-
-
 def format_probabilities(probs: np.ndarray, class_names) -> str:
     return "  ".join(f"{name} {p:.3f}" for name, p in zip(class_names, probs))
 
@@ -70,7 +65,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             continue
         for warning in radiograph.warnings:
             print(f"warning: {path}: {warning}", file=sys.stderr)
-        image = to_model_input(radiograph.pixels, saved.data.stored_size, saved.image_size)
+        image = images.model_input(radiograph.pixels, saved.data.stored_size, saved.image_size)
         batch = np.repeat(image[None], mesh.devices.size, axis=0)  # one row per device of the mesh
         probs = np.asarray(predict_fn(restored.model_state, batch))[0]
         predicted = int(probs.argmax())

@@ -400,6 +400,8 @@ def _calibration_section(report: dict) -> Section:
         f"{cal['method'].capitalize()}, {cal['scope']}. Temperatures: {temperatures}."
         + (f" Left at 1 or bounded: {'; '.join(notes)}." if notes else "")
         + f" ECE over {cal['ece_bins']} equal-width bins; the change is after minus before, with a paired interval."
+        " ECE sums absolute gaps, so the noise of resampling only adds to it: its interval can lie above its value;"
+        " the change's interval is the one to read."
     )
     per = "per_finding" in cal
     rows = [

@@ -1,0 +1,16 @@
+"""``python -m lungjax.serve --export <workdir>/export/<step> --images a.dcm b.png dir/ --out preds/``.
+
+The standalone predictor of an exported bundle (:mod:`lungjax.export`): it needs JAX, NumPy, OpenCV
+(pydicom for DICOM files) and four small lungjax modules, the file reader
+(:mod:`lungjax.data.radiograph_files`), the temperature formula (:mod:`lungjax.evaluation.temperature`),
+the decision rule (:mod:`lungjax.evaluation.decisions`) and the XLA CPU defaults (:mod:`lungjax.xla_cpu`),
+and none of the training stack (Flax,
+Optax, Orbax, grain, TFDS), so a serving machine installs little and runs the very numbers that were
+exported. The model file is checked against the manifest's sha256 before it is loaded.
+
+Per image, in the order given (folders walked in name order): one row of ``predictions.csv`` and
+one record of ``predictions.jsonl`` with the probabilities, the calibrated probabilities, the
+classes called at each operating point and every input warning; a file that cannot be read gets
+its error instead and the run goes on. Exit status: 0 when every image was classified, 1 when
+some could not be read, 2 for a bad command line or a bundle that is refused.
+"""

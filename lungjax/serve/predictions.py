@@ -1,0 +1,104 @@
+"""Classifying files with a loaded bundle: one CSV row and one JSON record per file, in order.
+
+Files are read and predicted ``batch_size`` at a time; the readable ones of a chunk go to the model
+in one batch padded with black images to ``batch_size`` rows, so a run compiles one shape. The
+probabilities are the model's; the calibrated ones are ``temperature.apply`` with the manifest's
+temperatures; the classes called at an operating point are those whose uncalibrated probability
+reaches its threshold (``decisions.called``), as evaluation chose them on validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lungjax.data import images, radiograph_files
+from lungjax.evaluation import decisions, temperature
+from lungjax.serve.bundle import Bundle
+
+CSV_FILE = "predictions.csv"
+JSONL_FILE = "predictions.jsonl"
+WARNING_SEPARATOR = " | "  # between a file's warnings in its CSV cell (each warning is a sentence)
+
+
+def _read(path: Path, bundle: Bundle, allow_lateral: bool) -> tuple[dict, np.ndarray | None]:
+    """A file's record so far and its model input, or its error record and None."""
+    try:
+        radiograph = radiograph_files.read(path, allow_lateral=allow_lateral)
+    except images.ImageError as err:
+        record = {"file": str(path), "status": "error", "error": str(err), "source": None, "warnings": []}
+        return {**record, "probabilities": None, "calibrated": None, "called": None}, None
+    record = {"file": str(path), "status": "ok", "error": None, "source": radiograph.source}
+    return {**record, "warnings": list(radiograph.warnings)}, bundle.prepare(radiograph.pixels)
+
+
+def _predict(bundle: Bundle, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    padding = [np.zeros_like(inputs[0])] * (batch_size - len(inputs))
+    return np.asarray(bundle.predict(np.stack(inputs + padding)))[: len(inputs)]
+
+
+def _csv_header(bundle: Bundle) -> list[str]:
+    return [
+        "file",
+        "status",
+        "error",
+        "source",
+        "warnings",
+        *(f"probability:{name}" for name in bundle.class_names),
+        *(f"calibrated:{name}" for name in bundle.class_names),
+        *(f"called:{rule}" for rule in bundle.thresholds),
+    ]
+
+
+def _csv_row(record: dict, bundle: Bundle) -> list[str]:
+    row = [record["file"], record["status"], record["error"] or "", record["source"] or ""]
+    row.append(WARNING_SEPARATOR.join(record["warnings"]))
+    if record["status"] != "ok":
+        return row + [""] * (2 * len(bundle.class_names) + len(bundle.thresholds))
+    row += [f"{record['probabilities'][name]:.9g}" for name in bundle.class_names]
+    row += [f"{record['calibrated'][name]:.9g}" for name in bundle.class_names]
+    return row + ["|".join(record["called"][rule]) for rule in bundle.thresholds]
+
+
+def classify(
+    bundle: Bundle,
+    paths: Sequence[Path],
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    allow_lateral: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Writes ``out/predictions.csv`` and ``out/predictions.jsonl`` for ``paths``; returns how many failed.
+
+    ``progress(n)`` is called after each chunk with the number of files it held.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    with (out / CSV_FILE).open("w", newline="") as table, (out / JSONL_FILE).open("w") as lines:
+        writer = csv.writer(table)
+        writer.writerow(_csv_header(bundle))
+        for start in range(0, len(paths), batch_size):
+            chunk = [_read(Path(path), bundle, allow_lateral) for path in paths[start : start + batch_size]]
+            ready = [(record, image) for record, image in chunk if image is not None]
+            if ready:
+                probs = _predict(bundle, [image for _, image in ready], batch_size)
+                calibrated = temperature.apply(probs, bundle.temperatures, bundle.multi_label)
+                for (record, _), row, row_calibrated in zip(ready, probs, calibrated):
+                    record["probabilities"] = dict(zip(bundle.class_names, map(float, row)))
+                    record["calibrated"] = dict(zip(bundle.class_names, map(float, row_calibrated)))
+                    record["called"] = decisions.called(row.tolist(), bundle.thresholds, bundle.class_names)
+            for record, image in chunk:
+                failures += image is None
+                writer.writerow(_csv_row(record, bundle))
+                lines.write(json.dumps(record) + "\n")
+            table.flush()
+            lines.flush()
+            if progress is not None:
+                progress(len(chunk))
+    return failures
