@@ -100,6 +100,7 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     report = json.loads(out.read_text())
     (row,) = report["steps"]
     assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0
+    assert (row["stem"], row["flatten"]) == ("conv", "false")  # the levers' defaults: today's step
     assert row["train_flops_per_image"] > 0 and row["utilisation_of_bf16_peak"] is None  # no peak for a CPU
     assert report["build_images"] > 0
     (end_to_end,) = report["end_to_end"]

@@ -126,3 +126,50 @@ def test_training_step_costs_about_three_forward_passes():
     model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25)
     ratio = flops_per_image(model, 64, train=True) / flops_per_image(model, 64, train=False)
     assert 2.5 <= ratio <= 3.5
+
+
+def _assert_float32_close(actual, desired, err_msg=""):
+    """rtol and atol 1e-5, atol scaled by the largest magnitude: gradients through a train-mode
+    BatchNorm are differences of large terms, whose rounding is relative to those terms."""
+    scale = max(1.0, float(np.max(np.abs(desired))))
+    np.testing.assert_allclose(actual, desired, rtol=1e-5, atol=1e-5 * scale, err_msg=err_msg)
+
+
+def _stem_outputs_and_kernel_grad(model, x):
+    """The stem's eval and train outputs and its kernel's gradient through the train-mode stem, in one jit.
+    The stem is the only code the option changes; the layers above it see the same input either way."""
+    graphdef, params, rest = nnx.split(model.stem, nnx.Param, ...)
+
+    def square_sum(params, rest):
+        stem = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+        return jnp.sum(stem(x, train=True) ** 2)
+
+    @jax.jit
+    def run(params, rest):
+        stem = nnx.merge(graphdef, params, rest, copy=True)
+        outputs = stem(x, train=False), stem(x, train=True)
+        return outputs, jax.grad(square_sum)(params, rest)["conv"]["kernel"][...]
+
+    return run(params, rest)
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (33, 35)])
+def test_space_to_depth_stem_is_the_same_function_of_the_same_parameters(height, width):
+    """The rewrite is exact up to float32 summation order, at even and odd sizes, with the same parameters."""
+    x = jax.random.uniform(jax.random.key(0), (2, height, width, 1))
+    conv, s2d = (
+        create_model("resnet18", num_classes=NUM_CLASSES, width=0.125, stem_space_to_depth=flag)
+        for flag in (False, True)
+    )
+    assert s2d.stem.space_to_depth and not conv.stem.space_to_depth
+    conv_state, s2d_state = (nnx.state(m, nnx.Param, nnx.BatchStat) for m in (conv, s2d))
+    assert jax.tree.structure(conv_state) == jax.tree.structure(s2d_state)  # checkpoints and imports fit both
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(conv_state), jax.tree.leaves(s2d_state)):
+        assert a.shape == b.shape, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(a, b)  # same seed, same initial values
+    (conv_outputs, conv_grad), (s2d_outputs, s2d_grad) = (_stem_outputs_and_kernel_grad(m, x) for m in (conv, s2d))
+    assert conv_outputs[0].shape == (2, (height + 3) // 4, (width + 3) // 4, conv.stem.bn.num_features)
+    for name, a, b in zip(("eval stem", "train stem"), conv_outputs, s2d_outputs):
+        _assert_float32_close(b, a, name)
+    assert np.any(np.asarray(conv_grad) != 0)
+    _assert_float32_close(s2d_grad, conv_grad)

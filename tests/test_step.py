@@ -14,7 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from lungjax import models
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.runtime import sharding
+from lungjax.runtime import checkpoint, sharding
 from lungjax.training import loss, optim, step
 from lungjax.training.loss import class_weights
 
@@ -174,3 +174,49 @@ def test_bfloat16_step_matches_float32_and_keeps_float32_state():
 
 def test_optimizer_and_schedule_tables_are_the_configs_choices():
     assert tuple(optim.OPTIMIZERS) == base.OPTIMIZERS and tuple(optim.SCHEDULES) == base.SCHEDULES
+
+
+# adamw and sgd flatten only part of their chain beside a per-leaf weight-decay mask (adam flattens all of it).
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_flattened_optimizer_takes_the_same_steps_and_keeps_masks_and_freezing(optimizer):
+    """optax.flatten on the mask-free part: same parameters after 3 steps, weight decay still skips
+    BatchNorm and biases (it stays per leaf), the stem border stays frozen; unflattened, adamw's state is
+    optax.adamw's own, so existing checkpoints restore."""
+    params = jax.tree.map(lambda p: p + 0.5, tiny_params())
+    leaves = jax.tree.leaves(params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    grads = jax.tree.unflatten(
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+    )
+    trained = {}
+    for flatten in (False, True):
+        config = base_config()
+        config.optimizer, config.weight_decay, config.grad_clip_norm = optimizer, 0.1, 1.0
+        config.optimizer_flatten = flatten
+        tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
+
+        @jax.jit
+        def three_steps(params, tx=tx):
+            state = tx.init(params)
+            for _ in range(3):
+                updates, state = tx.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+            return params, state
+
+        trained[flatten], state = three_steps(params)
+        if optimizer == "adamw" and not flatten:
+            reference = optax.adamw(optax.constant_schedule(0.1), weight_decay=0.1, mask=optim.decay_mask).init(params)
+            assert jax.tree.structure(state[1]) == jax.tree.structure(reference)  # after clipping's state
+    for (path, a), b, before in zip(
+        jax.tree_util.tree_leaves_with_path(trained[False]), jax.tree.leaves(trained[True]), leaves
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        assert np.array_equal(b, before) == optim.is_stem_border(path), jax.tree_util.keystr(path)
+
+
+def test_a_run_cannot_switch_optimizer_flatten_on_resume():
+    saved = base_config().to_dict()
+    config = base_config()
+    config.optimizer_flatten = True
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer_flatten"):
+        checkpoint.check_resumable(saved, config.to_dict())

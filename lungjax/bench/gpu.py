@@ -1,7 +1,7 @@
 """GPU benchmark: ResNet50 train step at 224, bf16 and float32, several batch sizes, and end to end.
 
-Measures, per (precision, batch): compile time, step-only throughput with the batch already on the
-device, XLA's memory estimate, and utilisation = the step's FLOPs (XLA's CPU cost analysis) per
+Measures, per (precision, batch, stem, flatten): compile time, step-only throughput with the batch
+already on the device, XLA's memory estimate, and utilisation = the step's FLOPs (XLA's CPU cost analysis) per
 second against the card's dense bf16 peak. Then end to end: a phantom ArrayRecord dataset built with the
 real builder, fed through the real grain pipeline (decode, ``light`` augmentation, batch) and
 ``prefetch_to_device`` into the same step. Writes JSON and prints a table last.
@@ -17,6 +17,10 @@ jax 0.11.2::
         --precisions bfloat16,float32 --batch_sizes 512,256,128,64 --e2e_batch 512 --workers 14,6
         --out $OUT/gpu_bench.json 2>&1 | tee $OUT/gpu_bench.log")
 
+Every ``--stems`` x ``--flatten`` pair compiles once per (precision, batch): for issue 18's stem and
+flatten levers, ``--precisions bfloat16 --batch_sizes 256 --stems conv,space_to_depth --flatten
+false,true`` is four compiles.
+
 On the CPU, a tiny smoke run: ``python -m lungjax.bench.gpu --model resnet18 --width 0.125
 --image_size 32 --stored_size 32 --batch_sizes 8 --precisions float32 --e2e_batch 8 --e2e_patients 20
 --e2e_steps 4``.
@@ -24,6 +28,7 @@ On the CPU, a tiny smoke run: ``python -m lungjax.bench.gpu --model resnet18 --w
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -48,6 +53,12 @@ flags.DEFINE_integer("image_size", 224, "Training image size.")
 flags.DEFINE_integer("stored_size", 256, "Image size stored in the end-to-end dataset.")
 flags.DEFINE_list("batch_sizes", ["256", "128", "64"], "Global batch sizes for the step-only runs.")
 flags.DEFINE_list("precisions", ["bfloat16", "float32"], "Compute precisions.")
+# Speed levers (issue 18), measured step-only for every listed value; end to end uses the first.
+STEMS = {"conv": False, "space_to_depth": True}  # -> config.model.stem_space_to_depth
+flags.DEFINE_list("stems", ["conv"], f"Stem convolutions: {', '.join(STEMS)}.")
+flags.DEFINE_list("flatten", ["false"], "config.optimizer_flatten values: false, true.")
+flags.register_validator("stems", lambda stems: set(stems) <= set(STEMS), f"--stems takes {', '.join(STEMS)}")
+flags.register_validator("flatten", lambda values: set(values) <= {"false", "true"}, "--flatten takes false, true")
 flags.DEFINE_integer("windows", 5, "Timed windows of 10 steps; the median is reported.")
 flags.DEFINE_integer("e2e_batch", 256, "Batch of the end-to-end run (reuses that step-only compile).")
 flags.DEFINE_integer("e2e_patients", 1000, "Phantom patients (about 3 films each) for the end-to-end run.")
@@ -92,10 +103,12 @@ def step_benchmarks(args, peak: float | None, deadline: float, rows: list[dict],
     returns the compiled steps by (precision, batch) for reuse end to end."""
     compiled_steps = {}
     flops_per_image = train_flops_per_image(args)
+    levers = [(stem, flatten) for stem in args.stems for flatten in args.flatten]
     for precision in args.precisions:
-        for batch_size in map(int, args.batch_sizes):
+        for batch_size, (stem, flatten) in itertools.product(map(int, args.batch_sizes), levers):
+            setting = {"precision": precision, "batch": batch_size, "stem": stem, "flatten": flatten}
             if time.perf_counter() > deadline:
-                rows.append({"precision": precision, "batch": batch_size, "skipped": "time budget"})
+                rows.append({**setting, "skipped": "time budget"})
                 continue
             try:
                 compiled = step_timing.compile_step(
@@ -104,20 +117,19 @@ def step_benchmarks(args, peak: float | None, deadline: float, rows: list[dict],
                     image_size=args.image_size,
                     half_precision=precision == "bfloat16",
                     width=args.width,
+                    stem_space_to_depth=STEMS[stem],
+                    optimizer_flatten=flatten == "true",
                 )
                 timing = step_timing.time_steps(compiled, windows=args.windows)
             except Exception as err:  # e.g. out of memory: record it and measure the rest
-                rows.append(
-                    {"precision": precision, "batch": batch_size, "skipped": f"{type(err).__name__}: {err}"[:300]}
-                )
+                rows.append({**setting, "skipped": f"{type(err).__name__}: {err}"[:300]})
                 print(json.dumps(rows[-1]), flush=True)
                 save()
                 continue
             achieved = flops_per_image * timing["images_per_sec"]
             rows.append(
                 {
-                    "precision": precision,
-                    "batch": batch_size,
+                    **setting,
                     "compile_seconds": compiled.compile_seconds,
                     "images_per_sec": timing["images_per_sec"],
                     "step_ms": 1e3 * timing["step_seconds_median"],
@@ -131,7 +143,8 @@ def step_benchmarks(args, peak: float | None, deadline: float, rows: list[dict],
             )
             print(json.dumps(rows[-1]), flush=True)
             save()
-            compiled_steps[(precision, batch_size)] = compiled
+            if (stem, flatten) == levers[0]:  # the others are freed: only the first runs end to end
+                compiled_steps[(precision, batch_size)] = compiled
     return compiled_steps
 
 
@@ -212,23 +225,25 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, workers: int) 
 def format_table(result: dict) -> str:
     lines = [
         f"{result['device']}  model={result['model']}@{result['image_size']}",
-        f"{'precision':<10}{'batch':>6}{'img/s':>10}{'step ms':>9}{'compile s':>10}{'TFLOP/s':>9}"
-        f"{'util':>7}{'XLA GiB':>9}",
+        f"{'precision':<10}{'batch':>6}{'stem':>15}{'flatten':>8}{'img/s':>10}{'step ms':>9}{'compile s':>10}"
+        f"{'TFLOP/s':>9}{'util':>7}{'XLA GiB':>9}",
     ]
     for row in result["steps"]:
+        setting = f"{row['precision']:<10}{row['batch']:>6}{row['stem']:>15}{row['flatten']:>8}"
         if "skipped" in row:
-            lines.append(f"{row['precision']:<10}{row['batch']:>6}  skipped ({row['skipped']})")
+            lines.append(f"{setting}  skipped ({row['skipped']})")
             continue
         tflops = f"{row['achieved_tflops']:.0f}" if row["achieved_tflops"] else "-"
         util = f"{100 * row['utilisation_of_bf16_peak']:.0f}%" if row["utilisation_of_bf16_peak"] else "-"
         memory = f"{row['xla_memory_gib']:.1f}" if row["xla_memory_gib"] else "-"
         lines.append(
-            f"{row['precision']:<10}{row['batch']:>6}{row['images_per_sec']:>10.0f}{row['step_ms']:>9.1f}"
+            f"{setting}{row['images_per_sec']:>10.0f}{row['step_ms']:>9.1f}"
             f"{row['compile_seconds']:>10.1f}{tflops:>9}{util:>7}{memory:>9}"
         )
     for e2e in result.get("end_to_end", []):
         lines.append(
-            f"end to end ({e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} grain workers, light): "
+            f"end to end ({e2e['precision']}, batch {e2e['batch']}, stem {e2e['stem']}, flatten {e2e['flatten']}, "
+            f"{e2e['workers']} grain workers, light): "
             f"{e2e['end_to_end_images_per_sec']:.0f} img/s; pipeline alone "
             f"{e2e['pipeline_only_images_per_sec']:.0f} img/s; host cores busy: main process "
             f"{e2e['end_to_end_main_process_cores']:.1f}, workers {e2e['end_to_end_worker_cores']:.1f}; dataset build "
@@ -276,7 +291,12 @@ def main(argv) -> None:
             result["end_to_end"] = []
             for workers in map(int, args.workers):
                 result["end_to_end"].append(
-                    {"precision": e2e_precision, **end_to_end(args, e2e_step, builder, workers)}
+                    {
+                        "precision": e2e_precision,
+                        "stem": args.stems[0],
+                        "flatten": args.flatten[0],
+                        **end_to_end(args, e2e_step, builder, workers),
+                    }
                 )
                 print(json.dumps(result["end_to_end"][-1]), flush=True)
                 save()

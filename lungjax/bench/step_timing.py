@@ -47,10 +47,13 @@ def compile_step(
     width: float = 1.0,
     seed: int = 0,
     stride_in_1x1: bool = False,
+    stem_space_to_depth: bool = False,
+    optimizer_flatten: bool = False,
 ) -> CompiledStep:
     """Builds the model and the jit-compiled step, compiles it ahead of time, and measures that.
 
-    ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5.
+    ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5;
+    ``stem_space_to_depth`` and ``optimizer_flatten`` set the config keys of those speed levers.
     """
     mesh = sharding.make_mesh()
     # Model, optimizer and state built as the training loop builds them: AdamW (decay on kernels
@@ -59,6 +62,7 @@ def compile_step(
     config.model.name, config.model.width, config.model.stride_in_1x1 = model_name, width, stride_in_1x1
     config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
     config.seed, config.half_precision, config.label_smoothing = seed, half_precision, 0.1
+    config.model.stem_space_to_depth, config.optimizer_flatten = stem_space_to_depth, optimizer_flatten
     model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=half_precision, seed=seed)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, 1))

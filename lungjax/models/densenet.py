@@ -97,6 +97,7 @@ class DenseNet(PooledClassifier):
         width: float = 1.0,
         dropout_rate: float = 0.0,
         blocks: tuple[int, ...] = BLOCKS_121,
+        stem_space_to_depth: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -110,7 +111,7 @@ class DenseNet(PooledClassifier):
         growth = _scaled(GROWTH_RATE, width)
 
         in_ch = _scaled(STEM_WIDTH, width)
-        self.stem = GrayStem(in_ch, **kw)
+        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
         stages, transitions = [], []
         for index, n_layers in enumerate(blocks):
             if index > 0:
@@ -153,6 +154,7 @@ def create_densenet(
     num_classes: int,
     width: float = 1.0,
     dropout_rate: float = 0.0,
+    stem_space_to_depth: bool = False,
     dtype=jnp.float32,
     seed: int = 0,
 ) -> DenseNet:
@@ -164,6 +166,7 @@ def create_densenet(
         num_classes=num_classes,
         width=width,
         dropout_rate=dropout_rate,
+        stem_space_to_depth=stem_space_to_depth,
         dtype=dtype,
         rngs=nnx.Rngs(params=seed),
     )

@@ -107,18 +107,43 @@ class GrayStem(nnx.Module):
     batch-1 conv per call. Trained from scratch it would lie along BatchNorm's invisible direction
     (a constant shift the stem's BatchNorm removes), where Adam moves it by rounding noise alone, so
     the optimizer freezes it (``STEM_BORDER``) unless Keras weights were imported.
+
+    ``space_to_depth=True`` computes the same ``conv(x, kernel)`` from the same stored 7×7×1×C kernel
+    as a 4×4/1 convolution over 2×2 pixel blocks (``_space_to_depth_conv``): a one-channel input
+    leaves a GPU convolution's channel lanes mostly idle, four channels fewer so.
     """
 
-    def __init__(self, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, out_ch: int, *, space_to_depth: bool = False, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         padding = ((STEM_PADDING, STEM_PADDING),) * 2
         self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
         self.border_conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw)
         self.bn = _batch_norm(out_ch, **kw)
+        self.space_to_depth = space_to_depth
+
+    def _space_to_depth_conv(self, x):
+        """``self.conv(x)`` rewritten exactly: pad as the 7×7/2 conv does, fold 2×2 blocks into 4
+        channels (N, H'/2, W'/2, 4), and convolve 4×4/1 VALID with the kernel zero-padded to 8×8 and
+        folded the same way. Odd sizes get one more zero row/column at the end, which only the
+        kernel's zero 8th row/column sees, so the output keeps the 7×7/2 conv's ceil(H/2)×ceil(W/2)."""
+        n, h, w, _ = x.shape
+        pads = ((0, 0), (STEM_PADDING, STEM_PADDING + h % 2), (STEM_PADDING, STEM_PADDING + w % 2), (0, 0))
+        x = jnp.pad(x, pads)
+        hb, wb = x.shape[1] // 2, x.shape[2] // 2
+        x = x.reshape(n, hb, 2, wb, 2).transpose(0, 1, 3, 2, 4).reshape(n, hb, wb, 4)
+        kernel = self.conv.kernel[...][:, :, 0]  # (7, 7, C)
+        out_ch = kernel.shape[-1]
+        kernel = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0)))
+        kernel = kernel.reshape(4, 2, 4, 2, out_ch).transpose(0, 2, 1, 3, 4).reshape(4, 4, 4, out_ch)
+        dtype = self.conv.dtype
+        return jax.lax.conv_general_dilated(
+            x.astype(dtype), kernel.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def __call__(self, x, *, train: bool):
         valid_mask = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        x = self.conv(x) + self.border_conv(valid_mask)
+        image_term = self._space_to_depth_conv(x) if self.space_to_depth else self.conv(x)
+        x = image_term + self.border_conv(valid_mask)
         x = nnx.relu(self.bn(x, use_running_average=not train))
         # Zero padding equals -inf padding here because the input is post-ReLU (>= 0).
         pad = ((POOL_PADDING, POOL_PADDING),) * 2
@@ -217,6 +242,7 @@ class ResNet(PooledClassifier):
         dropout_rate: float = 0.0,
         zero_init_residual: bool = True,
         stride_in_1x1: bool = False,
+        stem_space_to_depth: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -231,7 +257,7 @@ class ResNet(PooledClassifier):
         bottleneck = depth in BOTTLENECK_DEPTHS
 
         in_ch = _scaled(STEM_WIDTH, width)
-        self.stem = GrayStem(in_ch, **kw)
+        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
         stages = []
         for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS)):
             blocks = []
@@ -288,6 +314,7 @@ def create_model(
     seed: int = 0,
     zero_init_residual: bool = True,
     stride_in_1x1: bool = False,
+    stem_space_to_depth: bool = False,
 ) -> ResNet:
     """Build a ResNet by name (``resnet18`` … ``resnet152``) with parameters initialised from ``seed``.
 
@@ -302,6 +329,7 @@ def create_model(
         dropout_rate=dropout_rate,
         zero_init_residual=zero_init_residual,
         stride_in_1x1=stride_in_1x1,
+        stem_space_to_depth=stem_space_to_depth,
         dtype=dtype,
         rngs=nnx.Rngs(params=seed),
     )

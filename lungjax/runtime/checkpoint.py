@@ -52,6 +52,7 @@ CHECKPOINT_CHOICES = ("best", "latest")
 # long the run goes, what it logs or how often it saves, not what a step computes. A key ending
 # in "." is a prefix.
 SAFE_KEYS = (
+    "model.stem_space_to_depth",  # the same function of the same parameters
     "num_train_steps",
     "num_epochs",
     "log_every_steps",
@@ -177,12 +178,15 @@ def _is_safe(key: str) -> bool:
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
 
-def check_resumable(saved_config: dict, config: dict) -> None:
+def check_resumable(saved_config: dict, config: dict, defaults: dict | None = None) -> None:
     """Refuses to resume with a config whose model, data or optimisation differ from the checkpoint's.
 
-    JSON turns tuples into lists, so values are compared after the same round trip.
+    JSON turns tuples into lists, so values are compared after the same round trip. A key that a
+    checkpoint written by an older lungjax lacks counts as its value in ``defaults`` (the base config):
+    the behaviour the key selects by default is the one that run had.
     """
-    saved, current = trees.flatten(saved_config), trees.flatten(json.loads(json.dumps(config)))
+    saved = {**trees.flatten(json.loads(json.dumps(defaults or {}))), **trees.flatten(saved_config)}
+    current = trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(
         key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
     )
@@ -209,13 +213,13 @@ class _Damaged(Exception):
     """One step could not be read back."""
 
 
-def _restore_step(manager, step: int, config: dict, model_state: Any, train_state: Any):
+def _restore_step(manager, step: int, config: dict, defaults: dict | None, model_state: Any, train_state: Any):
     """Restores one step, separating damage (``_Damaged``) from a config that does not fit."""
     try:
         saved_config = restore_config(manager, step)
     except Exception as err:  # Orbax raises many types for unreadable files
         raise _Damaged(f"{type(err).__name__}: {err}") from err
-    check_resumable(saved_config, config)
+    check_resumable(saved_config, config, defaults)
     try:
         return restore_training(manager, step, model_state=model_state, train_state=train_state)
     except Exception as err:
@@ -229,9 +233,17 @@ def short_reason(reason: str) -> str:
 
 
 def restore_latest_good(
-    manager: ocp.CheckpointManager, workdir: str | os.PathLike, *, config: dict, model_state: Any, train_state: Any
+    manager: ocp.CheckpointManager,
+    workdir: str | os.PathLike,
+    *,
+    config: dict,
+    model_state: Any,
+    train_state: Any,
+    defaults: dict | None = None,
 ) -> tuple[int, tuple] | None:
     """``(step, restore_training(...))`` of the newest checkpoint that restores; None without any.
+
+    ``defaults`` (the base config) stand in for keys an older checkpoint's config lacks.
 
     Damaged steps newer than it are moved aside (see the module docstring) with a warning naming
     both steps. When no step restores, nothing is moved and a ``CheckpointError`` lists each
@@ -240,7 +252,7 @@ def restore_latest_good(
     failures = {}
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            restored, reason = _restore_step(manager, step, config, model_state, train_state), None
+            restored, reason = _restore_step(manager, step, config, defaults, model_state, train_state), None
         except _Damaged as err:
             restored, reason = None, short_reason(str(err))
         if not distributed.everywhere(reason is None):

@@ -25,6 +25,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from lungjax import models
+from lungjax.config import base
 from lungjax.config import check as config_check
 from lungjax.data import dataset, nih, pipeline, records, sampling, tasks
 from lungjax.evaluation import evaluate
@@ -146,6 +147,7 @@ def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: s
         config=config.to_dict(),
         model_state=model_variables(state),
         train_state=resume_variables(state),
+        defaults=base.base_config().to_dict(),
     )
     if not resumed:
         return state, 0, early_stopping

@@ -43,22 +43,36 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-# config.optimizer -> (config, schedule) -> the optimizer, before clipping and freezing.
+# config.optimizer -> (config, schedule, flat) -> the optimizer, before clipping and freezing. ``flat``
+# wraps the part that needs no parameter paths (``optax.flatten`` or nothing): weight decay's mask
+# reads each leaf's ndim, which a flat vector no longer has, so it stays outside. adamw is optax.adamw's
+# own chain spelt out, so with ``flat`` the identity its state is optax.adamw's and old checkpoints restore.
 OPTIMIZERS = MappingProxyType(
     {
-        "adam": lambda config, schedule: optax.adam(schedule),
-        "adamw": lambda config, schedule: optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask),
-        "sgd": lambda config, schedule: optax.chain(
+        "adam": lambda config, schedule, flat: flat(optax.adam(schedule)),
+        "adamw": lambda config, schedule, flat: optax.chain(
+            flat(optax.scale_by_adam()),
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-            optax.sgd(schedule, momentum=0.9, nesterov=True),
+            optax.scale_by_learning_rate(schedule),
+        ),
+        "sgd": lambda config, schedule, flat: optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            flat(optax.sgd(schedule, momentum=0.9, nesterov=True)),
         ),
     }
 )
 
 
 def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """``config.optimizer`` (values checked by ``lungjax.config.check``), then clipping and freezing."""
-    optimizer = OPTIMIZERS[config.optimizer](config, schedule)
+    """``config.optimizer`` (values checked by ``lungjax.config.check``), then clipping and freezing.
+
+    ``config.optimizer_flatten`` runs the moment updates on one flat vector (a few large kernels
+    instead of one per parameter) with the same numbers; its state has another structure, so a
+    checkpoint resumes only with the value it was written with (``checkpoint.check_resumable``
+    refuses a switch: the key is not among its ``SAFE_KEYS``).
+    """
+    flat = optax.flatten if config.optimizer_flatten else lambda inner: inner
+    optimizer = OPTIMIZERS[config.optimizer](config, schedule, flat)
     if config.grad_clip_norm:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.model.freeze_backbone_steps:
