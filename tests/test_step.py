@@ -176,8 +176,9 @@ def test_optimizer_and_schedule_tables_are_the_configs_choices():
     assert tuple(optim.OPTIMIZERS) == base.OPTIMIZERS and tuple(optim.SCHEDULES) == base.SCHEDULES
 
 
-# adamw and sgd flatten only part of their chain beside a per-leaf weight-decay mask (adam flattens all of it).
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+# adamw and sgd flatten only part of their chain beside a per-leaf weight-decay mask (adam flattens all of
+# it); sgd's part, the momentum step, runs in the slow suite only.
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("sgd", marks=pytest.mark.slow)])
 def test_flattened_optimizer_takes_the_same_steps_and_keeps_masks_and_freezing(optimizer):
     """optax.flatten on the mask-free part: same parameters after 3 steps, weight decay still skips
     BatchNorm and biases (it stays per leaf), the stem border stays frozen; unflattened, adamw's state is

@@ -65,12 +65,14 @@ def counting_probe(monkeypatch, answer):
     return calls
 
 
+@pytest.mark.slow  # real child processes
 def test_supported_flag_is_probed_for_real_and_added(fresh):
     assert xla_cpu.apply_defaults() == [FLAG]
     assert os.environ["XLA_FLAGS"] == FLAG
     assert xla_cpu._read(fresh) == {f"jaxlib {importlib.metadata.version('jaxlib')} {FLAG}": True}
 
 
+@pytest.mark.slow  # real child processes
 def test_unknown_flag_aborts_only_the_probe_and_is_not_added(fresh, monkeypatch):
     monkeypatch.setattr(xla_cpu, "DEFAULT_FLAGS", (UNKNOWN_FLAG,))
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
@@ -143,6 +145,7 @@ def test_nothing_is_added_once_backends_have_started(fresh, monkeypatch):
     assert xla_cpu.apply_defaults() == [] and "XLA_FLAGS" not in os.environ and not calls
 
 
+@pytest.mark.slow  # real child processes
 def test_numerics_with_the_flag_equal_those_without(tmp_path):
     """One process per setting, both at once: XLA reads XLA_FLAGS once per process."""
     script = tmp_path / "net.py"
