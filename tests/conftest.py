@@ -134,6 +134,37 @@ def example_source(rows: list[dict], name: str = "in_memory") -> records.Example
     return records.ExampleSource(serialized, specs, name)
 
 
+def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **attributes):
+    """A DICOM file (explicit VR little endian) of ``stored``: (H, W) or (frames, H, W) grayscale, or
+    (H, W, 3) colour, 8 or 16 bits by its dtype, with ``attributes`` set last (invalid values allowed)."""
+    import pydicom  # the test extras install it; a test that writes DICOM skips without it
+
+    from lungjax.data import radiograph_files
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = pydicom.dataset.FileDataset(str(path), {}, file_meta=meta, preamble=b"\x00" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    colour = photometric not in radiograph_files.MONOCHROME
+    ds.Rows, ds.Columns = stored.shape[:2] if colour or stored.ndim == 2 else stored.shape[1:]
+    if stored.ndim == 3 and not colour:
+        ds.NumberOfFrames = stored.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3 if colour else 1), photometric
+    if colour:
+        ds.PlanarConfiguration = 0
+    bits = stored.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = stored.tobytes()
+    with pydicom.config.disable_value_validation():  # lower-case code strings, for the case-insensitive checks
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 # Fixtures that train a model or build one at full size (here and in the test modules): a test that
 # uses one is marked ``slow``, so that ``-m "not slow"`` is the quick edit loop (README).
 SLOW_FIXTURES = frozenset({"tiny_workdir", "four_device_run", "base_run", "straight_run", "keras_files"})

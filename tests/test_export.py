@@ -15,7 +15,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, write_dicom
 
 from lungjax.data import dataset, images, radiograph_files, records
 from lungjax.evaluation import evaluate, inference, operating_points, temperature
@@ -64,27 +64,6 @@ except SystemExit as stop:
 json.dump(sorted(sys.modules), open(modules_file, "w"))
 sys.exit(code)
 """
-
-
-def write_dicom(path, pixels: np.ndarray):
-    """A minimal single-frame 16-bit MONOCHROME2 DICOM file, frontal."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +124,7 @@ def served(exported, nih_tree, tmp_path_factory):
     for png in sorted((nih_tree / "images_001" / "images").glob("*.png"))[:3]:
         shutil.copy(png, inputs / png.name)
     noise = np.random.default_rng(0).integers(0, 4000, (40, 48))
-    write_dicom(inputs / "more" / "film.dcm", noise)
+    write_dicom(inputs / "more" / "film.dcm", noise.astype(np.uint16), ViewPosition="PA")
     cv2.imwrite(str(inputs / "more" / "blank.png"), np.full((36, 30), 90, np.uint8))
     (inputs / "more" / "broken.png").write_text("not an image")
     (inputs / "more" / "notes.txt").write_text("neither PNG, JPEG nor DICOM: left out")

@@ -5,6 +5,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from conftest import write_dicom
 
 from lungjax.data import images, labels, radiograph_files
 from lungjax.evaluation import evaluate, predict, temperature
@@ -12,33 +13,11 @@ from lungjax.evaluation import evaluate, predict, temperature
 pydicom = pytest.importorskip("pydicom")
 
 
-def write_dicom(path, pixels: np.ndarray, photometric: str, slope: float = 1.0, intercept: float = 0.0):
-    """A minimal single-frame 16-bit grayscale DICOM file."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(intercept)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def write_compressed_dicom(path):
     """A DICOM whose pixel data claim JPEG 2000 but are not: no installed decoder can read them."""
     from pydicom.encaps import encapsulate
 
-    write_dicom(path, np.zeros((8, 8)), "MONOCHROME2")
+    write_dicom(path, np.zeros((8, 8), np.uint16))
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
     ds.PixelData = encapsulate([b"\x00" * 40])
@@ -83,8 +62,12 @@ def files(tmp_path_factory):
         "fake_dicom": fake_dicom,
         "missing": root / "missing.png",
         "gradient": gradient,
-        "mono1": write_dicom(root / "mono1.dcm", gradient, "MONOCHROME1", slope=2.0, intercept=-100.0),
-        "mono2": write_dicom(root / "mono2.dcm", gradient, "MONOCHROME2", slope=2.0, intercept=-100.0),
+        "mono1": write_dicom(
+            root / "mono1.dcm", gradient, "MONOCHROME1", RescaleSlope="2.0", RescaleIntercept="-100.0"
+        ),
+        "mono2": write_dicom(
+            root / "mono2.dcm", gradient, "MONOCHROME2", RescaleSlope="2.0", RescaleIntercept="-100.0"
+        ),
     }
 
 

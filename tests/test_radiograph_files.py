@@ -11,6 +11,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from conftest import write_dicom
 
 from lungjax.data import images, phantom, radiograph_files
 
@@ -21,33 +22,6 @@ STACK = ("flax", "optax", "orbax", "grain", "tensorflow_datasets", "jax", "panda
 STORED = (np.arange(40 * 64, dtype=np.uint16) * 2).reshape(40, 64)
 SLOPE, INTERCEPT = 2.0, -1024.0
 RESCALED = STORED * SLOPE + INTERCEPT
-
-
-def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **attributes):
-    """A DICOM file (explicit VR little endian) of ``stored``: (H, W) or (frames, H, W) grayscale, or
-    (H, W, 3) colour, 8 or 16 bits by its dtype, with ``attributes`` set last (invalid values allowed)."""
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds = pydicom.dataset.FileDataset(str(path), {}, file_meta=meta, preamble=b"\x00" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    colour = photometric not in radiograph_files.MONOCHROME
-    ds.Rows, ds.Columns = stored.shape[:2] if colour or stored.ndim == 2 else stored.shape[1:]
-    if stored.ndim == 3 and not colour:
-        ds.NumberOfFrames = stored.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3 if colour else 1), photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    bits = stored.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = stored.tobytes()
-    with pydicom.config.disable_value_validation():  # lower-case code strings, for the case-insensitive checks
-        for keyword, value in attributes.items():
-            setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def lut_item(first: int, bits: int, table: np.ndarray, vr: str = "US"):

@@ -353,17 +353,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_lib.to_markdown(report_lib.document(report, figures)))
     (out / "report.html").write_text(html_report.render(report, out, figures))
-    _swap_in(out, final)
+    workdir_lib.swap_in(out, final)  # a report folder is complete or absent, never two checkpoints' mix
     return report
-
-
-def _swap_in(draft: Path, final: Path) -> None:
-    """Replaces ``final`` by the complete ``draft``: a report directory is complete or absent, never one
-    checkpoint's predictions beside another's report (a signal can stop evaluation anywhere)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        os.rename(final, old)
-        os.rename(draft, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(draft, final)

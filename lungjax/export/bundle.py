@@ -26,6 +26,7 @@ from lungjax.data import records
 from lungjax.evaluation import evaluate, inference
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
+from lungjax.runtime import workdir as workdir_lib
 
 EXPORT_DIR = "export"
 MANIFEST_FILE = "manifest.json"
@@ -161,13 +162,7 @@ def _write(final: Path, files: dict[str, bytes]) -> Path:
     try:
         for name, data in files.items():
             (draft / name).write_bytes(data)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old.{os.getpid()}")
-            os.rename(final, old)
-            os.rename(draft, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(draft, final)
+        workdir_lib.swap_in(draft, final)
     finally:
         shutil.rmtree(draft, ignore_errors=True)
     return final

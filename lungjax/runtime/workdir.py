@@ -90,3 +90,15 @@ def lock(workdir: Path) -> Iterator[None]:
                 f"workdir {workdir} is in use by another run ({owner}); wait for it to finish or use another --workdir"
             ) from None
         yield
+
+
+def swap_in(draft: Path, final: Path) -> None:
+    """Replaces the folder ``final`` by the complete folder ``draft`` (beside it, on the same disk): readers
+    see the old folder or the new one whole, never a mix, wherever a signal stops the writer."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.rename(final, old)
+        os.rename(draft, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(draft, final)
