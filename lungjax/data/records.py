@@ -36,7 +36,7 @@ def decode_png(data: bytes) -> np.ndarray:
     that is a copy) and the pixels are a view of it, skipping each row's filter byte: ~10 us
     where libpng through OpenCV takes 100-250 us. Anything else goes to ``cv2.imdecode``.
     """
-    image = _decode_unfiltered_gray_png(data)
+    image = decode_unfiltered_gray_png(data)
     if image is None:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
@@ -44,7 +44,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return image
 
 
-def _decode_unfiltered_gray_png(data: bytes) -> np.ndarray | None:
+def decode_unfiltered_gray_png(data: bytes) -> np.ndarray | None:
     if len(data) < 8 + _IHDR.size + 4 or data[:8] != _PNG_SIGNATURE:
         return None
     length, kind, width, height, depth, colour, method, filtering, interlace = _IHDR.unpack_from(data, 8)
