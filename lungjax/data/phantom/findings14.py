@@ -51,7 +51,8 @@ from lungjax.data.phantom.signs import (
 )
 
 # NIH's finding combinations and their image counts over all 112,120 rows of Data_Entry_2017_v2020,
-# shipped in lungjax.data (pyproject's package-data) because a tree is written where NIH's metadata may be absent.
+# shipped in lungjax.data (pyproject's package-data) because a tree is written where NIH's metadata
+# may be absent.
 COMBINATIONS_FILE = "nih_finding_combinations.csv"
 
 # These films also vary in depth of inspiration (a deeper breath: darker lungs, lower domes) and in
@@ -68,6 +69,7 @@ INFILTRATION_BILATERAL_PROBABILITY = 0.5
 EMPHYSEMA_AIR_GAIN = 1.08  # within the films' own range of aeration: the shape tells, not the darkness
 EMPHYSEMA_MARKINGS_KEPT = 0.6  # destroyed lung shows fewer vessels
 PLEURAL_BILATERAL_PROBABILITY = 0.4
+
 _ONE_SIDED = ("Atelectasis", "Effusion", "Mass", "Nodule", "Pneumothorax")
 _LOBES = ((-1, "upper"), (-1, "lower"), (1, "upper"), (1, "lower"))
 

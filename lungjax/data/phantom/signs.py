@@ -1,9 +1,10 @@
-"""The radiological signs of the findings, each drawn onto a film's density in place.
+"""The findings' radiological signs, each drawn onto a film's density in place.
 
-A sign is what a reader would use: cardiothoracic ratio, meniscus, pleural line, volume loss, round
-opacity, and for the 14 findings also lobar opacities with air bronchograms, perihilar haze with
-septal lines, hyperinflation, reticulation, a pleural rind and a retrocardiac gas sac. Lengths and
-densities are in the units of :mod:`lungjax.data.phantom.anatomy`.
+A sign is what a reader would use: meniscus, pleural line, volume loss, round opacity, and for the
+14 findings also lobar opacities with air bronchograms, perihilar haze with septal lines,
+hyperinflation, reticulation, a pleural rind and a retrocardiac gas sac. Cardiomegaly needs nothing
+here: its sign is the heart ``anatomy.lay_out_chest`` draws at the film's cardiothoracic ratio.
+Lengths and densities are in the units of :mod:`lungjax.data.phantom.anatomy`.
 """
 
 from __future__ import annotations
