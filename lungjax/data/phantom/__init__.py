@@ -20,7 +20,7 @@ The modules, each importing only those above it:
 * ``tree``: the NIH-format tree of a task's films (``write_nih_tree``).
 """
 
-from lungjax.data.phantom.anatomy import FIELD_OF_VIEW_MM, PatientAnatomy, jitter_anatomy, sample_anatomy
+from lungjax.data.phantom.anatomy import FIELD_OF_VIEW_MM, PatientAnatomy, sample_anatomy
 from lungjax.data.phantom.findings14 import (
     COMBINATIONS_FILE,
     MASS_DIAMETER_RANGE_MM,
@@ -44,7 +44,6 @@ __all__ = [
     "PatientAnatomy",
     "cardiothoracic_ratio",
     "finding_combinations",
-    "jitter_anatomy",
     "render_findings",
     "render_radiograph",
     "sample_anatomy",
