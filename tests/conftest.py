@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
 
-from lungjax.data import dataset, labels, phantom, records  # noqa: E402
+from lungjax.data import dataset, labels, nih_layout, records  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -97,7 +97,7 @@ def write_nih_tree(
             if box is not None and finding != "No Finding":
                 boxes.append([name, finding, *box])
     with (root / "Data_Entry_2017.csv").open("w", newline="") as handle:
-        handle.write(phantom.DATA_ENTRY_HEADER + "\n")
+        handle.write(nih_layout.DATA_ENTRY_HEADER + "\n")
         csv.writer(handle).writerows(entries)
     if boxes:
         with (root / "BBox_List_2017.csv").open("w", newline="") as handle:

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from lungjax.config.base import base_config
-from lungjax.data import dataset, images, labels, metadata, nih, phantom, records
+from lungjax.data import dataset, images, labels, metadata, nih, nih_layout, phantom, records
 
-HEADER = phantom.DATA_ENTRY_HEADER
+HEADER = nih_layout.DATA_ENTRY_HEADER
 FINDINGS = (
     "Atelectasis",
     "Cardiomegaly",
@@ -146,7 +146,7 @@ def test_box_follows_padding_and_resize(tmp_path):
     film = np.zeros((40, 80), np.uint8)
     film[10:30, 48:72] = 255  # box x=48, y=10, w=24, h=20
     cv2.imwrite(str(root / "images_001" / "images" / film_name(1, 0)), film)  # Atelectasis
-    (root / nih.BBOX_NAME).write_text(
+    (root / nih_layout.BBOX_FILE).write_text(
         "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
         f"{film_name(1, 0)},Effusion,1,1,2,2\n"  # another finding's box: not attached
         f"{film_name(1, 0)},Atelectasis,48,10,24,20\n"

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungjax.data import labels, phantom, tasks
+from lungjax.data import labels, nih_layout, phantom, tasks
 from lungjax.data.labels import CLASS_NAMES, FINDINGS14, class_index
 
-NIH_HEADER = phantom.DATA_ENTRY_HEADER
+NIH_HEADER = nih_layout.DATA_ENTRY_HEADER
 NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 ALLOWED_FINDINGS = {"Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Mass", "Pneumothorax", "No Finding"}
 SIZE = 64

@@ -213,7 +213,7 @@ def test_example_source_equals_tfds_decoding(nih_tree_built):
                     assert got[key] == want[key], key
             png, label = records.image_and_label(ours.records[i])
             assert png == want["image"] and label == want["label"]
-            stored = records._decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
+            stored = records.decode_unfiltered_gray_png(png)  # the builder writes the fast path's form
             assert stored is not None and np.array_equal(
                 stored, cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
             )
@@ -247,10 +247,10 @@ def test_decode_png_equals_opencv(params):
     png = cv2.imencode(".png", image, params)[1].tobytes()
     assert np.array_equal(records.decode_png(png), image)
     fast = params[-1] == cv2.IMWRITE_PNG_FILTER_NONE
-    assert (records._decode_unfiltered_gray_png(png) is not None) == fast
+    assert (records.decode_unfiltered_gray_png(png) is not None) == fast
     rgb = cv2.imencode(".png", np.dstack([image] * 3))[1].tobytes()  # not gray: libpng decides
-    assert records._decode_unfiltered_gray_png(rgb) is None
-    assert records._decode_unfiltered_gray_png(png[: len(png) // 2]) is None  # truncated
+    assert records.decode_unfiltered_gray_png(rgb) is None
+    assert records.decode_unfiltered_gray_png(png[: len(png) // 2]) is None  # truncated
     with pytest.raises(ValueError):
         records.decode_png(b"not an image")
 

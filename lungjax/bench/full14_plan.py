@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from lungjax.bench import finish
-from lungjax.data import metadata, nih
+from lungjax.data import metadata, nih, nih_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -38,16 +38,22 @@ flags.DEFINE_integer("workers", 0, "Decode workers of the build (0: one per core
 flags.DEFINE_string("out", "", "Write the result as JSON here too.")
 flags.mark_flags_as_required(["nih_dir", "workdir"])
 
-FILES = ("Data_Entry_2017_v2020.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt")
+# NIH's published names (the metadata in its 2020 revision) -> the names the builder reads.
+FILES = {
+    nih_layout.DATA_ENTRY_2020_FILE: nih_layout.DATA_ENTRY_FILE,
+    nih_layout.BBOX_FILE: nih_layout.BBOX_FILE,
+    nih_layout.TRAIN_VAL_LIST: nih_layout.TRAIN_VAL_LIST,
+    nih_layout.TEST_LIST: nih_layout.TEST_LIST,
+}
 
 
 def unpack(source: Path, target: Path) -> None:
     """The metadata files under ``target`` as the builder reads them (plain, NIH's names)."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
+    for name, builder_name in FILES.items():
         packed, plain = source / f"{name}.gz", source / name
         data = gzip.decompress(packed.read_bytes()) if packed.is_file() else plain.read_bytes()
-        (target / name.replace("_v2020", "")).write_bytes(data)
+        (target / builder_name).write_bytes(data)
 
 
 def plan_seconds(manual_dir: Path, repeats: int, task: str) -> list[float]:
@@ -64,17 +70,17 @@ def plan_seconds(manual_dir: Path, repeats: int, task: str) -> list[float]:
 
 def write_tree(manual_dir: Path, tree: Path, films: int, size: int) -> None:
     """The first ``films`` metadata rows with flat PNGs, and lists that split them as NIH's do."""
-    (tree / "images").mkdir(parents=True)
-    lines = (manual_dir / "Data_Entry_2017.csv").read_text().splitlines()
+    (tree / nih_layout.FLAT_IMAGE_DIR).mkdir(parents=True)
+    lines = (manual_dir / nih_layout.DATA_ENTRY_FILE).read_text().splitlines()
     kept = lines[1 : films + 1]
-    (tree / "Data_Entry_2017.csv").write_text("\n".join([lines[0], *kept]) + "\n")
+    (tree / nih_layout.DATA_ENTRY_FILE).write_text("\n".join([lines[0], *kept]) + "\n")
     names = [line.split(",", 1)[0] for line in kept]
-    test = set(metadata.read_image_list(manual_dir / "test_list.txt"))
-    (tree / "test_list.txt").write_text("\n".join(n for n in names if n in test) + "\n")
-    (tree / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test) + "\n")
+    test = set(metadata.read_image_list(manual_dir / nih_layout.TEST_LIST))
+    (tree / nih_layout.TEST_LIST).write_text("\n".join(n for n in names if n in test) + "\n")
+    (tree / nih_layout.TRAIN_VAL_LIST).write_text("\n".join(n for n in names if n not in test) + "\n")
     rng = np.random.default_rng(0)
     for name in names:
-        cv2.imwrite(str(tree / "images" / name), rng.integers(0, 256, (size, size), dtype=np.uint8))
+        cv2.imwrite(str(tree / nih_layout.FLAT_IMAGE_DIR / name), rng.integers(0, 256, (size, size), dtype=np.uint8))
 
 
 def main(argv):
@@ -96,7 +102,7 @@ def main(argv):
     )
     build_s = time.perf_counter() - start
     result = {
-        "rows": sum(1 for _ in (manual_dir / "Data_Entry_2017.csv").open()) - 1,
+        "rows": sum(1 for _ in (manual_dir / nih_layout.DATA_ENTRY_FILE).open()) - 1,
         "plan_s": times,
         "plan_median_s": statistics.median(times),
         "six_class_plan_median_s": statistics.median(six_class_times),

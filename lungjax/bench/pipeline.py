@@ -33,7 +33,7 @@ from absl import app, flags
 
 from lungjax import bench
 from lungjax.data import augment as augmenting
-from lungjax.data import nih, phantom, pipeline, records
+from lungjax.data import nih, nih_layout, phantom, pipeline, records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/lungjax-bench", "Where the phantom dataset and the JSON results go.")
@@ -54,11 +54,11 @@ def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
     the builder stored unfiltered rows): it would measure the slow decode.
     """
     tree = workdir / "phantom_tree"
-    if not (tree / phantom.DATA_ENTRY_FILE).is_file():
+    if not (tree / nih_layout.DATA_ENTRY_FILE).is_file():
         phantom.write_nih_tree(tree, patients, seed=0, image_size=STORED_SIZE, num_workers=2)
     builder = nih.build_dataset(tree, workdir / "tfds", nih.make_config("patient", STORED_SIZE), num_workers=2)
     png = records.data_source(builder, "train")[0]["image"]
-    if records._decode_unfiltered_gray_png(png) is None:
+    if records.decode_unfiltered_gray_png(png) is None:
         raise SystemExit(
             f"{workdir / 'tfds'} holds PNGs with row filters (an older build): delete it or choose another --workdir"
         )

@@ -36,7 +36,7 @@ from flax import nnx
 
 from lungjax import bench, models
 from lungjax.config.base import base_config
-from lungjax.data import dataset, labels, radiograph_files
+from lungjax.data import dataset, labels, nih_layout, radiograph_files
 from lungjax.evaluation import predict
 from lungjax.export import bundle as export_bundle
 from lungjax.runtime import checkpoint
@@ -176,7 +176,7 @@ def main(argv):
     folder = export_bundle.export(config, workdir, parity_images=512)
     export_s = time.perf_counter() - start
     tree = dataset.manual_dir(config.data, workdir)
-    paths, _ = files.expand([tree / "images_001" / "images"])
+    paths, _ = files.expand([tree / nih_layout.FIRST_IMAGE_DIR])
     paths = paths[: FLAGS.images]
     if len(paths) < FLAGS.images:
         raise app.UsageError(

@@ -18,13 +18,10 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, labels, metadata, nih, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, tasks
 from lungjax.evaluation import inference, operating_points
 from lungjax.models import MODEL_NAMES, resnet
 from lungjax.runtime import checkpoint
-
-# Stem (x1/4) and three stride-2 stages: below 32 pixels the last stage sees only padding.
-MIN_IMAGE_SIZE = 32
 
 
 class ConfigError(ValueError):
@@ -90,12 +87,12 @@ RULES = MappingProxyType(
         "data.views": one_of(metadata.VIEWS),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
         "data.stored_size": Rule(
-            lambda v: max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE) <= v <= nih.MAX_STORED_SIZE,
-            f"an integer in {max(MIN_IMAGE_SIZE, nih.MIN_STORED_SIZE)}..{nih.MAX_STORED_SIZE}",
+            lambda v: images.MIN_SIZE <= v <= images.MAX_SIZE,
+            f"an integer in {images.MIN_SIZE}..{images.MAX_SIZE}",
         ),
         "data.phantom_patients": at_least(labels.NUM_CLASSES),
         "data.build_workers": at_least(0),
-        "image_size": at_least(MIN_IMAGE_SIZE),
+        "image_size": at_least(images.MIN_SIZE),
         "augment": one_of(augment.AUGMENTATIONS),
         "seed": at_least(0),
         "data.phantom_seed": at_least(0),

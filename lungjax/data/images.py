@@ -17,7 +17,11 @@ import cv2
 import numpy as np
 
 MAX_PIXELS = 64 * 1024 * 1024  # NIH films are 1024x1024 (originals up to ~3,000x3,000)
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The sides of the square films lungjax stores, draws and feeds to a model. Below 32 pixels the models'
+# stem (x1/4) and three stride-2 stages leave the last stage only padding; past 4096 a split of NIH's
+# 112,120 films would not fit a disk.
+MIN_SIZE, MAX_SIZE = 32, 4096
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_COMPRESSION = 0  # see encode_png
 # Start-of-frame markers (baseline, progressive, lossless, ...): all but DHT, JPG and DAC in C0..CF.
@@ -30,7 +34,7 @@ class ImageError(ValueError):
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header, or None when the header does not say."""
-    if data.startswith(_PNG_MAGIC) and len(data) >= 24:
+    if data.startswith(PNG_MAGIC) and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data.startswith(_JPEG_MAGIC):
         return _jpeg_size(data)
@@ -59,7 +63,7 @@ def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
     Colour images are converted with luminance weights, alpha is dropped, and 16-bit images are
     scaled to 8 bits by their own min..max range (not clipped: many 16-bit films use 12 bits).
     """
-    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+    if not (data.startswith(PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
         raise ImageError(f"{name}: not a PNG or JPEG image")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:

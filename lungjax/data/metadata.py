@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungjax.data import labels
+from lungjax.data import labels, nih_layout
 
 # Columns we need from Data_Entry_2017.csv (NIH names; the size/spacing columns are not needed).
 REQUIRED_COLUMNS = (
@@ -55,12 +55,12 @@ def read_data_entry(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise MetadataError(f"metadata file not found: {path} (expected NIH's Data_Entry_2017.csv)")
+        raise MetadataError(f"metadata file not found: {path} (expected NIH's {nih_layout.DATA_ENTRY_FILE})")
     frame = _read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise MetadataError(
-            f"{path} lacks the columns {missing}; an NIH Data_Entry_2017.csv has {list(REQUIRED_COLUMNS)}"
+            f"{path} lacks the columns {missing}; an NIH {nih_layout.DATA_ENTRY_FILE} has {list(REQUIRED_COLUMNS)}"
         )
     frame = frame[list(REQUIRED_COLUMNS)].copy()
     _refuse_duplicates(frame, path)
@@ -163,7 +163,7 @@ def select_subset(
         unknown = chosen.loc[chosen["_merge"] != "both", "Image Index"]
         if len(unknown):
             raise MetadataError(
-                f"{len(unknown)} manifest images are not in Data_Entry_2017.csv, e.g. {list(unknown[:5])}"
+                f"{len(unknown)} manifest images are not in {nih_layout.DATA_ENTRY_FILE}, e.g. {list(unknown[:5])}"
             )
         chosen = chosen.drop(columns="_merge")
         chosen["label"] = chosen["Finding Labels"].map(labels.class_index)
@@ -276,7 +276,7 @@ def split_official(
     """
     known = set(all_names)
     problems = []
-    for list_name, names in (("train_val_list.txt", train_val), ("test_list.txt", test)):
+    for list_name, names in ((nih_layout.TRAIN_VAL_LIST, train_val), (nih_layout.TEST_LIST, test)):
         unknown = [n for n in names if n not in known]
         if unknown:
             problems.append(

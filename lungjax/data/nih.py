@@ -46,19 +46,13 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lungjax import locking, trees
-from lungjax.data import images, labels, metadata, tasks, workers
+from lungjax.data import images, labels, metadata, nih_layout, tasks, workers
 
-DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
-BBOX_NAME = "BBox_List_2017.csv"
-OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST = "train_val_list.txt", "test_list.txt"
-OFFICIAL_LISTS = (OFFICIAL_TRAIN_VAL_LIST, OFFICIAL_TEST_LIST)
 # NIH's box list name -> its label name, where they differ.
 BOX_FINDING_NAMES = {box_name: name for name, box_name in labels.BOX_LIST_NAMES.items()}
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")  # six-class; the 14-finding configs split as the module docstring says
-# Stored image sides: NIH films are 1024 px; past 4096 a split of the 112,120 films would not fit a disk.
-MIN_STORED_SIZE, MAX_STORED_SIZE = 32, 4096
 BUILD_REPORT = "build_report.json"
 TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 _LEAKAGE_WARNING = (
@@ -98,8 +92,8 @@ def make_config(
     ``patient_256_n500_seed7`` when the No Finding sample or the seed differ from the reference's."""
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {split_scheme!r}")
-    if not MIN_STORED_SIZE <= int(image_size) <= MAX_STORED_SIZE:
-        raise ValueError(f"image_size must be in {MIN_STORED_SIZE}..{MAX_STORED_SIZE}, got {image_size}")
+    if not images.MIN_SIZE <= int(image_size) <= images.MAX_SIZE:
+        raise ValueError(f"image_size must be in {images.MIN_SIZE}..{images.MAX_SIZE}, got {image_size}")
     task = tasks.get(task).name
     if views not in metadata.VIEWS:
         raise ValueError(f"views must be one of {metadata.VIEWS}, got {views!r}")
@@ -145,15 +139,17 @@ def _existing(manual_dir: str | os.PathLike) -> Path:
 
 
 def find_data_entry(manual_dir: Path) -> Path:
-    for name in DATA_ENTRY_NAMES:
+    for name in nih_layout.DATA_ENTRY_NAMES:
         if (manual_dir / name).is_file():
             return manual_dir / name
-    raise metadata.MetadataError(f"no metadata CSV in {manual_dir}: expected one of {list(DATA_ENTRY_NAMES)}")
+    raise metadata.MetadataError(
+        f"no metadata CSV in {manual_dir}: expected one of {list(nih_layout.DATA_ENTRY_NAMES)}"
+    )
 
 
 def index_images(manual_dir: Path) -> dict[str, Path]:
     """Image name -> path, for images flat in ``images/`` or in Kaggle's ``images_NNN/images/``."""
-    folders = [manual_dir / "images", *sorted(manual_dir.glob("images_*/images"))]
+    folders = nih_layout.image_dirs(manual_dir)
     index: dict[str, Path] = {}
     for folder in folders:
         if folder.is_dir():
@@ -236,8 +232,8 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
         **summary,
         "patients_crossing_splits": metadata.patients_crossing(splits),
     }
-    if config.task == tasks.SIX_CLASS.name and (manual_dir / OFFICIAL_TEST_LIST).is_file():
-        official_test = set(metadata.read_image_list(manual_dir / OFFICIAL_TEST_LIST))
+    if config.task == tasks.SIX_CLASS.name and (manual_dir / nih_layout.TEST_LIST).is_file():
+        official_test = set(metadata.read_image_list(manual_dir / nih_layout.TEST_LIST))
         summary["on_official_test_list"] = {
             name: int(frame["Image Index"].isin(official_test).sum()) for name, frame in splits.items()
         }
@@ -251,8 +247,8 @@ def _select_six_class(manual_dir: Path, data_entry: pd.DataFrame, config: NihCon
     subset = metadata.select_subset(
         data_entry, manifest=manifest, no_finding_count=config.no_finding_count, seed=config.seed
     )
-    if (manual_dir / BBOX_NAME).is_file():
-        subset = attach_boxes(subset, metadata.read_boxes(manual_dir / BBOX_NAME))
+    if (manual_dir / nih_layout.BBOX_FILE).is_file():
+        subset = attach_boxes(subset, metadata.read_boxes(manual_dir / nih_layout.BBOX_FILE))
     else:
         subset = subset.assign(bbox=[NO_BOX] * len(subset))
     return subset, {"manifest": manifest_path.name if manifest_path else None}
@@ -264,8 +260,8 @@ def _select_findings14(manual_dir: Path, data_entry: pd.DataFrame, config: NihCo
         "views": config.views,
         "view_counts": {str(k): int(v) for k, v in data_entry["View Position"].value_counts().sort_index().items()},
     }
-    if (manual_dir / BBOX_NAME).is_file():
-        chosen, summary["boxes"] = attach_finding_boxes(chosen, metadata.read_boxes(manual_dir / BBOX_NAME))
+    if (manual_dir / nih_layout.BBOX_FILE).is_file():
+        chosen, summary["boxes"] = attach_finding_boxes(chosen, metadata.read_boxes(manual_dir / nih_layout.BBOX_FILE))
     else:
         no_box = np.tile(np.asarray(NO_BOX, np.float32), (len(labels.FINDINGS14), 1))
         chosen = chosen.assign(bbox=[no_box] * len(chosen))
@@ -277,7 +273,7 @@ def _split_findings14(
 ) -> dict[str, pd.DataFrame]:
     """NIH's official split when both lists are in ``manual_dir``, else a stratified patient split;
     records which in ``summary``, with each split's images per view position."""
-    lists = [manual_dir / name for name in OFFICIAL_LISTS]
+    lists = [manual_dir / name for name in nih_layout.OFFICIAL_LISTS]
     if all(path.is_file() for path in lists):
         splits = metadata.split_official(
             chosen,
@@ -287,14 +283,15 @@ def _split_findings14(
             seed=config.seed,
         )
         summary["split"] = (
-            f"official: NIH's {OFFICIAL_TEST_LIST} is the test split; validation is a patient-disjoint, "
-            f"finding-stratified {metadata.OFFICIAL_VALIDATION_SHARE:.0%} of the {OFFICIAL_TRAIN_VAL_LIST} "
+            f"official: NIH's {nih_layout.TEST_LIST} is the test split; validation is a patient-disjoint, "
+            f"finding-stratified {metadata.OFFICIAL_VALIDATION_SHARE:.0%} of the {nih_layout.TRAIN_VAL_LIST} "
             f"patients (seed {config.seed}), the rest is train"
         )
     else:
         if any(path.is_file() for path in lists):
             raise metadata.MetadataError(
-                f"{manual_dir} holds one of NIH's split lists but not the other ({', '.join(OFFICIAL_LISTS)}): "
+                f"{manual_dir} holds one of NIH's split lists but not the other "
+                f"({', '.join(nih_layout.OFFICIAL_LISTS)}): "
                 "add the missing one, or remove both to split by patient"
             )
         splits = metadata.split_by_patient(chosen, seed=config.seed)
@@ -499,7 +496,7 @@ def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
     manifest and split-list files, how many images the download holds, and the skip policy. Recorded
     in the build report; a later build into the same ``data_dir`` must match it."""
     manual_dir = _existing(manual_dir)
-    files = [find_data_entry(manual_dir).name, BBOX_NAME, *MANIFEST_NAMES, *OFFICIAL_LISTS]
+    files = [find_data_entry(manual_dir).name, nih_layout.BBOX_FILE, *MANIFEST_NAMES, *nih_layout.OFFICIAL_LISTS]
     digests = {name: _sha256(manual_dir / name) for name in files if (manual_dir / name).is_file()}
     return {"files": digests, "images_found": len(index_images(manual_dir)), "skip_bad_images": skip_bad_images}
 

@@ -89,7 +89,7 @@ def read(path: str | os.PathLike, *, allow_lateral: bool = False) -> Radiograph:
         source = "dicom"
     else:
         pixels, warnings = _read_picture(data, str(path))
-        frontal, source = True, "png" if data.startswith(images._PNG_MAGIC) else "jpeg"
+        frontal, source = True, "png" if data.startswith(images.PNG_MAGIC) else "jpeg"
     return Radiograph(pixels, tuple(warnings + _pixel_warnings(pixels, frontal)), source)
 
 
@@ -147,8 +147,8 @@ def _read_picture(data: bytes, name: str) -> tuple[np.ndarray, list[str]]:
 
 def _exif(data: bytes) -> bytes | None:
     """The TIFF-structured EXIF block of a PNG (eXIf chunk) or JPEG (APP1 "Exif" segment), or None."""
-    if data.startswith(images._PNG_MAGIC):
-        position = len(images._PNG_MAGIC)
+    if data.startswith(images.PNG_MAGIC):
+        position = len(images.PNG_MAGIC)
         while position + 8 <= len(data):
             length = int.from_bytes(data[position : position + 4], "big")
             if data[position + 4 : position + 8] == b"eXIf":
