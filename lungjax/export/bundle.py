@@ -24,6 +24,7 @@ from flax import nnx
 from lungjax import models
 from lungjax.data import records
 from lungjax.evaluation import evaluate, inference
+from lungjax.evaluation.fit import validation
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
@@ -50,7 +51,7 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     workdir = Path(workdir)
     config = _without_crops(config)
     mesh = sharding.make_mesh()
-    restored, builder, predict = evaluate._predictor(config, workdir, mesh, config.eval.checkpoint)
+    restored, builder, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
     fit, fit_source = _validation_fit(config, workdir, restored, predict)
     saved, task = restored.config, restored.task
     pairs = _exported_and_reference(restored, mesh)
@@ -101,10 +102,10 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
 
 def _validation_fit(config, workdir: Path, restored, predict) -> tuple[dict, str]:
     """The evaluation's record for this step without crops, or the same fit made now; and which it is."""
-    fit = evaluate.load_validation_fit(workdir, restored.step, 1)
+    fit = validation.load_validation_fit(workdir, restored.step, 1)
     if fit is not None:
         return fit, "validation_fit.json of an evaluation of this checkpoint without test-time crops"
-    fit = evaluate.fit_on_validation(config, predict("validation"), restored.task, restored.step)
+    fit = validation.fit_on_validation(config, predict("validation"), restored.task, restored.step)
     return fit, "evaluate.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
 
 

@@ -13,7 +13,7 @@ import cv2
 import jax
 
 import lungjax
-from lungjax.evaluation import operating_points, temperature
+from lungjax.evaluation.fit import operating_points, temperature
 
 FORMAT = "lungjax-export"
 FORMAT_VERSION = 1
@@ -75,7 +75,7 @@ def input_section(stored_size: int, image_size: int) -> dict:
 
 
 def decision_section(fit: dict, fit_source: str, fitted_dtype: str) -> dict:
-    """The operating points' thresholds and the temperatures, from ``evaluate.fit_on_validation``'s record."""
+    """The operating points' thresholds and the temperatures, from ``validation.fit_on_validation``'s record."""
     return {
         "chosen_on": fit["chosen_on"],
         "source": fit_source,
