@@ -17,7 +17,10 @@ from sklearn import metrics as skm
 
 from lungjax.config.base import base_config
 from lungjax.data import dataset, labels, records
-from lungjax.evaluation import binary, evaluate, inference, metrics, operating_points, temperature
+from lungjax.evaluation import evaluate, inference, kinds
+from lungjax.evaluation.fit import operating_points, temperature
+from lungjax.evaluation.fit import validation as validation_fit
+from lungjax.evaluation.stats import youden
 from lungjax.runtime import sharding
 
 TRAINING_MODULES = ("lungjax.training",)
@@ -94,12 +97,12 @@ def test_thresholds_are_chosen_on_validation(tiny_workdir, tiny_config, test_rep
     validation = evaluate.evaluate(_with_eval(tiny_config, split="validation", n_bootstrap=0), tiny_workdir)
     assert validation["split"] == "validation" and validation["confidence_intervals"] is None
     y, probs, _ = _read(tiny_workdir / "eval" / "validation" / "predictions.csv")
-    expected = metrics.youden_thresholds(y, probs, labels.CLASS_NAMES)
+    expected = youden.youden_thresholds(y, probs, labels.CLASS_NAMES)
     report = test_report[0]
     assert report["at_thresholds"]["chosen_on"] == "validation"
     assert report["at_thresholds"]["thresholds"] == expected
     assert validation["at_thresholds"]["thresholds"] == expected
-    assert report["at_thresholds"]["on_validation"] == metrics.youden_j(y, probs, expected, labels.CLASS_NAMES)
+    assert report["at_thresholds"]["on_validation"] == youden.youden_j(y, probs, expected, labels.CLASS_NAMES)
 
 
 def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_report):
@@ -180,7 +183,7 @@ def test_compare_mode_scores_both_checkpoints_on_the_same_images(compared, tiny_
     comparison = report["comparison"]
     assert comparison["run_b"] == f"{tiny_workdir} step 3" and report["checkpoint_step"] == 6
     assert comparison["n_images"] == report["n_images"]
-    restored, _, predict = evaluate._predictor(tiny_config, tiny_workdir, sharding.make_mesh(), "3")
+    restored, _, predict = evaluate.predictor(tiny_config, tiny_workdir, sharding.make_mesh(), "3")
     step3 = predict("test")
     assert restored.step == 3 and step3["image_name"].tolist() == report_names(workdir)
     for k, (name, row) in enumerate(comparison["per_class"].items()):
@@ -294,12 +297,12 @@ def test_evaluate_mode_without_a_checkpoint_is_one_line(tmp_path, workdir):
 def test_validation_fit_is_chosen_on_validation_and_held_on_test(compared, tiny_config):
     """The temperatures and thresholds are those of the validation predictions, applied to test unchanged."""
     workdir, report, _ = compared
-    fit = json.loads((workdir / "eval" / "test" / evaluate.VALIDATION_FIT_FILE).read_text())
-    _, _, predict = evaluate._predictor(tiny_config, workdir, sharding.make_mesh(), "best")
+    fit = json.loads((workdir / "eval" / "test" / validation_fit.VALIDATION_FIT_FILE).read_text())
+    _, _, predict = evaluate.predictor(tiny_config, workdir, sharding.make_mesh(), "best")
     validation = predict("validation")
     expected_t = temperature.fit(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
     assert fit["temperature"]["temperatures"] == pytest.approx(expected_t["temperatures"])
-    positive, scores = binary.columns(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
+    positive, scores = kinds.SINGLE_LABEL.columns(validation["label"], validation["probs"], labels.CLASS_NAMES)
     rules = operating_points.parse_all(tiny_config.eval.operating_points)
     expected = operating_points.thresholds_of(operating_points.choose(rules, positive, scores, labels.CLASS_NAMES))
     assert operating_points.thresholds_of(fit["operating_points"]) == expected

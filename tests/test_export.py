@@ -18,7 +18,8 @@ import pytest
 from conftest import CONFIGS, REPO, write_dicom
 
 from lungjax.data import dataset, images, radiograph_files, records
-from lungjax.evaluation import evaluate, inference, operating_points, temperature
+from lungjax.evaluation import inference
+from lungjax.evaluation.fit import operating_points, temperature, validation
 from lungjax.export import bundle as export_bundle
 from lungjax.export import parity
 from lungjax.runtime import sharding
@@ -149,7 +150,7 @@ def served(exported, nih_tree, tmp_path_factory):
 
 def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, manifest, tiny_workdir, in_process):
     restored, _ = in_process
-    fit = evaluate.load_validation_fit(tiny_workdir, STEP, 1)
+    fit = validation.load_validation_fit(tiny_workdir, STEP, 1)
     assert fit is not None  # the session's workdir was evaluated: the export reuses that record
     assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 1
     assert manifest["task"]["class_names"] == list(restored.task.class_names)
