@@ -28,12 +28,9 @@ from lungjax.evaluation.fit import validation
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
+from lungjax.serve.bundle_format import CONFIG_FILE, MANIFEST_FILE, MODEL_FILES, PARITY_FILE
 
 EXPORT_DIR = "export"
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.json"
-PARITY_FILE = "parity.json"
-MODEL_FILES = {"float32": "model.jax", "bfloat16": "model_bf16.jax"}
 PARITY_SPLIT = "validation"
 
 
