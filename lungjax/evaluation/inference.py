@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from lungjax import models
 from lungjax.data import metadata, pipeline, records, tasks
-from lungjax.runtime import checkpoint, distributed, sharding
+from lungjax.runtime import checkpoint, sharding
 
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
 TTA_CROP_FRACTION = 0.875
@@ -89,26 +89,26 @@ def restore(
     try:
         chosen = resolve_step(manager, choice)
         older = [] if str(choice).isdigit() else [s for s in manager.all_steps() if s < chosen]
-        failures = {}
-        for step in [chosen, *sorted(older, reverse=True)]:
+
+        def read(step: int) -> RestoredModel:
             try:
-                restored, reason = _restore_model(manager, step, mesh), None
+                return _restore_model(manager, step, mesh)
             except Exception as err:  # Orbax raises many types for unreadable files
-                restored, reason = None, checkpoint.short_reason(f"{type(err).__name__}: {err}")
-            if not distributed.everywhere(reason is None):  # every process evaluates the same step
-                failures[step] = reason or "unreadable on another process"
-                continue
-            if failures:
-                logging.warning(
-                    "checkpoint step(s) %s in %s damaged (%s): evaluating step %d instead",
-                    ", ".join(map(str, failures)),
-                    manager.directory,
-                    "; ".join(failures.values()),
-                    step,
-                )
-            return restored
+                raise checkpoint.Damaged(f"{type(err).__name__}: {err}") from err
+
+        step, restored, failures = checkpoint.first_readable([chosen, *sorted(older, reverse=True)], read)
     finally:
         manager.close()
+    if step is not None:
+        if failures:
+            logging.warning(
+                "checkpoint step(s) %s in %s damaged (%s): evaluating step %d instead",
+                ", ".join(map(str, failures)),
+                manager.directory,
+                "; ".join(failures.values()),
+                step,
+            )
+        return restored
     details = "; ".join(f"step {step}: {reason}" for step, reason in failures.items())
     raise checkpoint.CheckpointError(f"no checkpoint in {manager.directory} can be read for evaluation ({details})")
 
