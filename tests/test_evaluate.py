@@ -9,19 +9,22 @@ import sys
 
 import cv2
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
 from sklearn import metrics as skm
 
+from lungjax import trees
+from lungjax.config import base as config_base
 from lungjax.config.base import base_config
 from lungjax.data import dataset, labels, records
 from lungjax.evaluation import evaluate, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
 from lungjax.evaluation.stats import youden
-from lungjax.runtime import sharding
+from lungjax.runtime import checkpoint, sharding
 
 TRAINING_MODULES = ("lungjax.training",)
 
@@ -172,7 +175,7 @@ def test_evaluate_and_compare_import_no_training_code(compared):
     """``--mode compare`` (evaluation and more) loads none of our training modules, and optax only
     because flax.nnx does."""
     evaluated = compared[2]
-    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.compare" in evaluated
+    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.sections.comparison" in evaluated
     assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
     flax_itself = _imported_after("from flax import nnx")
     assert {m for m in evaluated if m.startswith("optax")} <= flax_itself
@@ -276,6 +279,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, message: str) ->
         ),
         (["--config.eval.checkpoint=99"], ["config.eval.checkpoint must be one of ('best', 'latest') or a saved step"]),
         (["--config.eval.batch_size=3"], ["config.eval.batch_size: 3 does not split over the 2 devices"]),
+        (["--config.model.width=0.5"], ["config.model.width: 0.5, checkpoint 0.125"]),
     ],
 )
 def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_overrides, overrides, messages):
@@ -394,3 +398,28 @@ def test_html_report_opens_offline_and_shows_report_json_numbers(compared, tmp_p
     assert images and all(width > 0 and src == "data:image/png;base64," for width, src in images)
     shot = cv2.imread(str(tmp_path / "report.png"), cv2.IMREAD_GRAYSCALE)
     assert shot.shape[0] > 2000 and (shot < 200).mean() > 0.02 and shot.std() > 20
+
+
+def test_a_config_that_changes_what_the_checkpoint_fixes_is_refused_naming_the_keys(tiny_config):
+    """Model, data and image size are the checkpoint's: a change is refused, never silently ignored;
+    ``eval.*`` and the seed are the command line's."""
+    saved = ml_collections.ConfigDict(config_base.complete(tiny_config.to_dict()))
+    changed = tiny_config.copy_and_resolve_references()
+    changed.eval.n_bootstrap, changed.seed = 7, 3
+    inference.check_fits(changed, saved, 6)
+    changed.model.width, changed.image_size, changed.data.stored_size = 0.5, 64, 64
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        inference.check_fits(changed, saved, 6)
+    message = str(refused.value)
+    assert "config.model.width: 0.5, checkpoint 0.125" in message
+    assert "config.image_size: 64, checkpoint 32" in message and "config.data.stored_size: 64" in message
+
+
+def test_an_older_checkpoints_config_gains_the_missing_keys_at_their_defaults_in_its_own_order():
+    saved = {"seed": 4, "model": {"name": "resnet18"}, "removed_key": 1}
+    completed = config_base.complete(saved)
+    assert completed["seed"] == 4 and completed["model"]["name"] == "resnet18" and completed["removed_key"] == 1
+    assert completed["model"]["stem_space_to_depth"] is False  # a key newer than that checkpoint
+    assert list(completed)[:3] == ["seed", "model", "removed_key"]
+    assert list(completed["model"])[0] == "name"
+    assert set(trees.flatten(completed)) == set(trees.flatten(base_config())) | {"removed_key"}

@@ -46,9 +46,10 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: task
             writer.writerow([name, int(pid), kind.truth(label, task.class_names), *(f"{p:.9g}" for p in probs)])
 
 
-def predictor(config, workdir: Path, mesh, checkpoint_choice):
-    """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``."""
-    restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice)
+def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool = True):
+    """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``;
+    ``own_run=False`` for a run compared with, whose model and data may differ (``inference.restore``)."""
+    restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice, own_run=own_run)
     builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
     predict_fn = inference.make_predict_fn(
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
@@ -112,7 +113,7 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
 def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored) -> dict:
     """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a."""
     other = Path(config.eval.compare_to)
-    restored_b, _, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint)
+    restored_b, _, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
     aligned = comparison.align(predictions, predict_b(config.eval.split), restored.task, restored_b.task)
     report = comparison.comparison_report(
         predictions,

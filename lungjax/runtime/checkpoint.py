@@ -179,14 +179,13 @@ def _is_safe(key: str) -> bool:
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
 
-def check_resumable(saved_config: dict, config: dict, defaults: dict | None = None) -> None:
+def check_resumable(saved_config: dict, config: dict, complete: Callable[[dict], dict] | None = None) -> None:
     """Refuses to resume with a config whose model, data or optimisation differ from the checkpoint's.
 
-    JSON turns tuples into lists, so values are compared after the same round trip. A key that a
-    checkpoint written by an older lungjax lacks counts as its value in ``defaults`` (the base config):
-    the behaviour the key selects by default is the one that run had.
+    JSON turns tuples into lists, so values are compared after the same round trip. ``complete``
+    (``lungjax.config.base.complete``) fills the keys a checkpoint written by an older lungjax lacks.
     """
-    saved = {**trees.flatten(json.loads(json.dumps(defaults or {}))), **trees.flatten(saved_config)}
+    saved = trees.flatten(json.loads(json.dumps(saved_config if complete is None else complete(saved_config))))
     current = trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(
         key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
@@ -214,13 +213,13 @@ class Damaged(Exception):
     """One step could not be read back; the message says why."""
 
 
-def _restore_step(manager, step: int, config: dict, defaults: dict | None, model_state: Any, train_state: Any):
+def _restore_step(manager, step: int, config: dict, complete, model_state: Any, train_state: Any):
     """Restores one step, separating damage (``Damaged``) from a config that does not fit."""
     try:
         saved_config = restore_config(manager, step)
     except Exception as err:  # Orbax raises many types for unreadable files
         raise Damaged(f"{type(err).__name__}: {err}") from err
-    check_resumable(saved_config, config, defaults)
+    check_resumable(saved_config, config, complete)
     try:
         return restore_training(manager, step, model_state=model_state, train_state=train_state)
     except Exception as err:
@@ -258,11 +257,11 @@ def restore_latest_good(
     config: dict,
     model_state: Any,
     train_state: Any,
-    defaults: dict | None = None,
+    complete: Callable[[dict], dict] | None = None,
 ) -> tuple[int, tuple] | None:
     """``(step, restore_training(...))`` of the newest checkpoint that restores; None without any.
 
-    ``defaults`` (the base config) stand in for keys an older checkpoint's config lacks.
+    ``complete`` (``lungjax.config.base.complete``) fills the keys an older checkpoint's config lacks.
 
     Damaged steps newer than it are moved aside (see the module docstring) with a warning naming
     both steps. When no step restores, nothing is moved and a ``CheckpointError`` lists each
@@ -270,7 +269,7 @@ def restore_latest_good(
     """
     step, restored, failures = first_readable(
         sorted(manager.all_steps(), reverse=True),
-        lambda step: _restore_step(manager, step, config, defaults, model_state, train_state),
+        lambda step: _restore_step(manager, step, config, complete, model_state, train_state),
     )
     if step is not None:
         if failures:
