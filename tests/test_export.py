@@ -37,8 +37,9 @@ SERVE_MAY_IMPORT = {
     "lungjax.data.images",
     "lungjax.data.radiograph_files",
     "lungjax.evaluation",
-    "lungjax.evaluation.decisions",
-    "lungjax.evaluation.temperature",
+    "lungjax.evaluation.fit",
+    "lungjax.evaluation.fit.decisions",
+    "lungjax.evaluation.fit.temperature",
     "lungjax.xla_cpu",
 }
 TRAINING_STACK = (
