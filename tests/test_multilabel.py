@@ -1,4 +1,4 @@
-"""lungjax.evaluation.multilabel against scikit-learn and brute force, the patient bootstrap against an explicit
+"""lungjax.evaluation.sections.multi_label and the statistics it uses against scikit-learn and brute force, the patient bootstrap against an explicit
 resampling loop, and the multi-label report, published tables and per-finding figures built on it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each lungjax.evaluation.plots function writes a valid, non-trivial PNG; bad training logs are rejected."""
+"""Each lungjax.evaluation.render.plots function writes a valid, non-trivial PNG; bad training logs are rejected."""
 
 from __future__ import annotations
 

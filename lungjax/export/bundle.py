@@ -2,7 +2,7 @@
 
 The thresholds and temperatures are the evaluation's own: the ``validation_fit.json`` that an
 evaluation of the same step without test-time crops wrote (the exported function has none), or,
-when there is none, ``evaluate.fit_on_validation`` on this checkpoint's validation predictions, so
+when there is none, ``validation.fit_on_validation`` on this checkpoint's validation predictions, so
 that either way the numbers come from one piece of code. Everything is written into a folder of
 this process's own and renamed into place only after the parity check passed: a failed export
 leaves no bundle behind, and a bundle is never one checkpoint's model beside another's manifest.
@@ -103,7 +103,7 @@ def _validation_fit(config, workdir: Path, restored, predict) -> tuple[dict, str
     if fit is not None:
         return fit, "validation_fit.json of an evaluation of this checkpoint without test-time crops"
     fit = validation.fit_on_validation(config, predict("validation"), restored.task, restored.step)
-    return fit, "evaluate.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
+    return fit, "validation.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
 
 
 def _exported_and_reference(restored, mesh) -> dict[str, tuple[bytes, object]]:

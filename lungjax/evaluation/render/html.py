@@ -1,6 +1,6 @@
 """``report.html``: the report as one self-contained page a person opens from disk.
 
-Rendered from the same document model as ``report.md`` (:mod:`lungjax.evaluation.report`), with
+Rendered from the same document model as ``report.md`` (:mod:`lungjax.evaluation.render.document`), with
 every figure embedded as a base64 PNG and the style inline: no script, no font, no request to
 anywhere, so the page shows the same on an air-gapped hospital workstation. Each number cell
 carries ``data-keys``, the report.json paths of the numbers it shows, so a test can read the page

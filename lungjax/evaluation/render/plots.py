@@ -370,7 +370,7 @@ def plot_paired_roc(
     path: str | Path,
     run_names: tuple[str, str] = ("run a", "run b"),
 ) -> None:
-    """Two runs' ROC curves on the same images, one panel per class (``binary.columns`` inputs)."""
+    """Two runs' ROC curves on the same images, one panel per class (``kinds.Kind.columns`` inputs)."""
     figure, panels = _finding_grid(len(class_names))
     for c, (axes, name) in enumerate(zip(panels, class_names)):
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)

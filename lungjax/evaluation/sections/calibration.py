@@ -1,6 +1,6 @@
 """Calibration before and after temperature scaling: log-loss and ECE on the evaluated split, with CIs.
 
-The temperatures are fitted on the validation split (:mod:`lungjax.evaluation.temperature`) and
+The temperatures are fitted on the validation split (:mod:`lungjax.evaluation.fit.temperature`) and
 applied unchanged to the split evaluated, like every other choice made on validation. Both figures
 are the report's own definitions: the six-class task's top-1 ECE over ``TOP1_ECE_BINS`` bins and
 the true class's log-loss; each finding's ECE over ``FINDING_ECE_BINS`` bins and its binary

@@ -1,23 +1,21 @@
-"""Evaluation metrics for the multi-label 14-finding task (NIH ChestX-ray14's benchmark).
+"""The multi-label (14-finding) task's metrics section of ``report.json`` (NIH ChestX-ray14's benchmark).
 
 Every function takes ``labels`` (N, C) 0/1, ``probs`` (N, C) independent sigmoid probabilities and,
 where relevant, ``patient_ids`` (N,). Each finding is scored on its own, as a binary problem, and
 the headline is the mean over findings, as in every published ChestX-ray14 table.
 
-The conventions and the patient bootstrap are those of :mod:`lungjax.evaluation.metrics`, whose
-helpers this module imports rather than restates:
+The statistics and conventions are :mod:`lungjax.evaluation.stats`' (shared with the six-class section):
 
-* a finding seen as a binary problem is metrics' two-class single-label case, with class 0
-  "present" (score p) and class 1 "absent" (score 1 - p), so Youden thresholds and log-loss come
-  from metrics unchanged, and its weighted one-vs-rest AUC, given only column 0, is the finding's
-  AUROC;
+* a finding seen as a binary problem is the two-class single-label case, with class 0 "present"
+  (score p) and class 1 "absent" (score 1 - p), so Youden thresholds and log-loss are the single-label
+  ones unchanged, and its weighted one-vs-rest AUC, given only column 0, is the finding's AUROC;
 * an undefined metric is ``None`` in the report, never NaN;
 * a finding is called positive iff ``prob >= threshold``;
 * confidence intervals resample whole patients, with the same draws, blocks and percentile rule.
 
 Calibration is per finding: the equal-width ECE of that finding's probability against its own 0/1
-label (see :func:`finding_calibration_bins`), with ``ECE_BINS`` = 10 bins; there is no top-1
-confidence in a multi-label problem."""
+label (``stats.calibration.finding_calibration_bins``), over ``FINDING_ECE_BINS`` = 10 bins; there is
+no top-1 confidence in a multi-label problem."""
 
 from __future__ import annotations
 

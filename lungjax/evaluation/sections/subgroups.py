@@ -76,7 +76,7 @@ def audit(
 ) -> dict:
     """``{"attributes": {attribute: {cell: {images, patients, per_class: {...}}}}, ...}`` (module doc).
 
-    ``positive``/``scores`` are the evaluated split's columns (``binary.columns``). Each class row
+    ``positive``/``scores`` are the evaluated split's columns (``kinds.Kind.columns``). Each class row
     holds positives, negatives and either ``auroc`` with its ``ci`` and ``below_overall``, or
     ``too_small`` with the reason.
     """

@@ -100,7 +100,7 @@ def check_multilabel_predictions(
 
 
 def binary_view(positive: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One finding as metrics' single-label problem: labels (N,) with PRESENT/ABSENT, probs (N, 2)."""
+    """One finding as a two-class single-label problem: labels (N,) with PRESENT/ABSENT, probs (N, 2)."""
     return np.where(positive, PRESENT, ABSENT), np.stack([prob, 1.0 - prob], axis=1)
 
 

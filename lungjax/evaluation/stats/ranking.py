@@ -36,7 +36,7 @@ def weighted_ovr_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray)
 def weighted_auroc(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC of one finding for each row of ``weights`` (B, N) -> (B,), NaN if undefined.
 
-    metrics' one-vs-rest AUC scores every column it is given; column PRESENT alone is this finding.
+    The one-vs-rest AUC scores every column it is given; column PRESENT alone is this finding.
     """
     binary_labels, binary_probs = binary_view(positive, prob)
     return weighted_ovr_auc(binary_labels, binary_probs[:, [PRESENT]], weights)[:, 0]
