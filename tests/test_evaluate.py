@@ -23,6 +23,7 @@ from lungjax.data import dataset, labels, records
 from lungjax.evaluation import evaluate, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
+from lungjax.evaluation.sections import schema
 from lungjax.evaluation.stats import youden
 from lungjax.runtime import checkpoint, sharding
 
@@ -423,3 +424,10 @@ def test_an_older_checkpoints_config_gains_the_missing_keys_at_their_defaults_in
     assert list(completed)[:3] == ["seed", "model", "removed_key"]
     assert list(completed["model"])[0] == "name"
     assert set(trees.flatten(completed)) == set(trees.flatten(base_config())) | {"removed_key"}
+
+
+def test_report_json_carries_its_version_and_the_schemas_sections_in_order(compared):
+    _, report, _ = compared
+    assert report["report_version"] == schema.REPORT_VERSION
+    assert list(report) == schema.expected_keys(schema.SINGLE_LABEL_METRICS, set(report))
+    assert "comparison" in report and set(report["config"]) == set(base_config())

@@ -39,8 +39,7 @@ MULTI_LABEL_METRICS = (
     "at_thresholds",
     "published",
 )
-COMMON_SECTIONS = ("operating_points", "calibration", "subgroups")
-OPTIONAL_SECTIONS = ("expert_labels", "comparison")
+DECISION_SECTIONS = ("operating_points", "calibration", "subgroups")
 
 
 class Identity(TypedDict):
@@ -68,7 +67,9 @@ def versioned(report: dict) -> dict:
 
 
 def expected_keys(metrics_keys: tuple[str, ...], present: set[str]) -> list[str]:
-    """The keys of a complete report in order, given its kind's metrics keys and which optional sections
-    it has."""
-    optional = [key for key in OPTIONAL_SECTIONS if key in present]
-    return ["report_version", *metrics_keys, *COMMON_SECTIONS, *optional, *IDENTITY, EXPLAIN]
+    """The keys of a complete report in order, given its kind's metrics keys and the keys it has (which
+    says whether the optional sections are there). Without validation thresholds ``at_thresholds`` holds
+    only the reason and follows the published figures."""
+    expert = ["expert_labels"] if "expert_labels" in present else []
+    comparison = ["comparison"] if "comparison" in present else []
+    return ["report_version", *metrics_keys, *expert, *DECISION_SECTIONS, *comparison, *IDENTITY, EXPLAIN]
