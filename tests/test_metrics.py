@@ -1,4 +1,5 @@
-"""lungjax.evaluation.sections.single_label and its statistics against scikit-learn and brute force, plus the patient-level bootstrap."""
+"""lungjax.evaluation.sections.single_label and its statistics against scikit-learn and brute force, plus the
+patient-level bootstrap."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""lungjax.evaluation.sections.multi_label and the statistics it uses against scikit-learn and brute force, the patient bootstrap against an explicit
-resampling loop, and the multi-label report, published tables and per-finding figures built on it."""
+"""lungjax.evaluation.sections.multi_label and the statistics it uses against scikit-learn and brute force,
+the patient bootstrap against an explicit resampling loop, and the multi-label report, published tables and
+per-finding figures built on it."""
 
 from __future__ import annotations
 
