@@ -32,7 +32,6 @@ CALIBRATED_TITLE = "After temperature scaling"
 class Kind:
     """What evaluation does differently for one kind of task (module docstring)."""
 
-    name: str
     multi_label: bool
     truth_column: str  # predictions.csv's header of the truth
     metrics_fn: Callable[..., dict]
@@ -112,7 +111,6 @@ class Kind:
 
 
 SINGLE_LABEL = Kind(
-    name="single_label",
     multi_label=False,
     truth_column="true_class",
     metrics_fn=single_label.classification_report,
@@ -124,7 +122,6 @@ SINGLE_LABEL = Kind(
     table_fn=table.single_label_table,
 )
 MULTI_LABEL = Kind(
-    name="multi_label",
     multi_label=True,
     truth_column="true_findings",
     metrics_fn=multi_label.multilabel_report,

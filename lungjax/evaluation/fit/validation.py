@@ -1,6 +1,7 @@
-"""The validation fit: what is chosen on the validation split and then held fixed on every other split,
-in predict and in the export: the temperatures, each operating point's per-class thresholds, and the
-report's Youden thresholds. Saved beside each evaluation as ``validation_fit.json``."""
+"""The validation fit: what is chosen on the validation split and then held fixed on every other split.
+The temperatures and each operating point's per-class thresholds are saved beside each evaluation as
+``validation_fit.json``, which predict and the export read; the report's Youden thresholds are chosen
+here too, for its ``at_thresholds`` section."""
 
 from __future__ import annotations
 
