@@ -174,8 +174,8 @@ EXPECTED_ERRORS = (
     ("lungjax.runtime.checkpoint", "CheckpointError"),
     ("lungjax.data.images", "ImageError"),
     ("lungjax.data.metadata", "MetadataError"),
-    ("lungjax.evaluation.expert", "ExpertLabelsError"),
-    ("lungjax.evaluation.compare", "CompareError"),
+    ("lungjax.evaluation.sections.expert", "ExpertLabelsError"),
+    ("lungjax.evaluation.sections.comparison", "CompareError"),
     ("lungjax.export.bundle", "ExportError"),
 )
 ERROR_EXIT_CODE = 2

@@ -15,3 +15,16 @@ def flatten(tree, separator: str = ".", prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def with_defaults(tree: dict, defaults: dict) -> dict:
+    """``tree`` with every key of ``defaults`` that it lacks, at any depth: its own keys keep their values
+    and order, the added ones follow them. How a config saved by an older lungjax gains the keys it
+    did not know (``lungjax.config.base.complete``)."""
+    out = dict(tree)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif hasattr(out[key], "items") and hasattr(default, "items"):
+            out[key] = with_defaults(out[key], default)
+    return out

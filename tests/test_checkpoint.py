@@ -53,9 +53,11 @@ def test_safe_changes_pass_and_others_are_named():
     checkpoint.check_resumable(saved, current)
     # A key an older checkpoint lacks counts as its default: the new key changed nothing for that run.
     newer = {**current, "optimizer_flatten": False}
-    checkpoint.check_resumable(saved, newer, defaults={"optimizer_flatten": False})
+    checkpoint.check_resumable(saved, newer, lambda c: {"optimizer_flatten": False, **c})
     with pytest.raises(ValueError, match=r"optimizer_flatten: checkpoint False, config True"):
-        checkpoint.check_resumable(saved, {**newer, "optimizer_flatten": True}, defaults={"optimizer_flatten": False})
+        checkpoint.check_resumable(
+            saved, {**newer, "optimizer_flatten": True}, lambda c: {"optimizer_flatten": False, **c}
+        )
     current["model"]["width"], current["data"]["stored_size"] = 0.5, 32
     with pytest.raises(ValueError, match=r"\(data.stored_size: checkpoint 64, config 32; model.width: "):
         checkpoint.check_resumable(saved, current)

@@ -9,16 +9,23 @@ import sys
 
 import cv2
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
 from sklearn import metrics as skm
 
+from lungjax import trees
+from lungjax.config import base as config_base
 from lungjax.config.base import base_config
 from lungjax.data import dataset, labels, records
-from lungjax.evaluation import binary, evaluate, inference, metrics, operating_points, temperature
-from lungjax.runtime import sharding
+from lungjax.evaluation import evaluate, inference, kinds
+from lungjax.evaluation.fit import operating_points, temperature
+from lungjax.evaluation.fit import validation as validation_fit
+from lungjax.evaluation.sections import schema
+from lungjax.evaluation.stats import youden
+from lungjax.runtime import checkpoint, sharding
 
 TRAINING_MODULES = ("lungjax.training",)
 
@@ -94,12 +101,12 @@ def test_thresholds_are_chosen_on_validation(tiny_workdir, tiny_config, test_rep
     validation = evaluate.evaluate(_with_eval(tiny_config, split="validation", n_bootstrap=0), tiny_workdir)
     assert validation["split"] == "validation" and validation["confidence_intervals"] is None
     y, probs, _ = _read(tiny_workdir / "eval" / "validation" / "predictions.csv")
-    expected = metrics.youden_thresholds(y, probs, labels.CLASS_NAMES)
+    expected = youden.youden_thresholds(y, probs, labels.CLASS_NAMES)
     report = test_report[0]
     assert report["at_thresholds"]["chosen_on"] == "validation"
     assert report["at_thresholds"]["thresholds"] == expected
     assert validation["at_thresholds"]["thresholds"] == expected
-    assert report["at_thresholds"]["on_validation"] == metrics.youden_j(y, probs, expected, labels.CLASS_NAMES)
+    assert report["at_thresholds"]["on_validation"] == youden.youden_j(y, probs, expected, labels.CLASS_NAMES)
 
 
 def test_report_md_plots_and_pointing_game(tiny_workdir, tiny_config, test_report):
@@ -169,7 +176,7 @@ def test_evaluate_and_compare_import_no_training_code(compared):
     """``--mode compare`` (evaluation and more) loads none of our training modules, and optax only
     because flax.nnx does."""
     evaluated = compared[2]
-    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.compare" in evaluated
+    assert "lungjax.evaluation.evaluate" in evaluated and "lungjax.evaluation.sections.comparison" in evaluated
     assert not {m for m in evaluated if m.startswith(TRAINING_MODULES)}
     flax_itself = _imported_after("from flax import nnx")
     assert {m for m in evaluated if m.startswith("optax")} <= flax_itself
@@ -180,7 +187,7 @@ def test_compare_mode_scores_both_checkpoints_on_the_same_images(compared, tiny_
     comparison = report["comparison"]
     assert comparison["run_b"] == f"{tiny_workdir} step 3" and report["checkpoint_step"] == 6
     assert comparison["n_images"] == report["n_images"]
-    restored, _, predict = evaluate._predictor(tiny_config, tiny_workdir, sharding.make_mesh(), "3")
+    restored, _, predict = evaluate.predictor(tiny_config, tiny_workdir, sharding.make_mesh(), "3")
     step3 = predict("test")
     assert restored.step == 3 and step3["image_name"].tolist() == report_names(workdir)
     for k, (name, row) in enumerate(comparison["per_class"].items()):
@@ -273,6 +280,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, message: str) ->
         ),
         (["--config.eval.checkpoint=99"], ["config.eval.checkpoint must be one of ('best', 'latest') or a saved step"]),
         (["--config.eval.batch_size=3"], ["config.eval.batch_size: 3 does not split over the 2 devices"]),
+        (["--config.model.width=0.5"], ["config.model.width: 0.5, checkpoint 0.125"]),
     ],
 )
 def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_overrides, overrides, messages):
@@ -294,12 +302,12 @@ def test_evaluate_mode_without_a_checkpoint_is_one_line(tmp_path, workdir):
 def test_validation_fit_is_chosen_on_validation_and_held_on_test(compared, tiny_config):
     """The temperatures and thresholds are those of the validation predictions, applied to test unchanged."""
     workdir, report, _ = compared
-    fit = json.loads((workdir / "eval" / "test" / evaluate.VALIDATION_FIT_FILE).read_text())
-    _, _, predict = evaluate._predictor(tiny_config, workdir, sharding.make_mesh(), "best")
+    fit = json.loads((workdir / "eval" / "test" / validation_fit.VALIDATION_FIT_FILE).read_text())
+    _, _, predict = evaluate.predictor(tiny_config, workdir, sharding.make_mesh(), "best")
     validation = predict("validation")
     expected_t = temperature.fit(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
     assert fit["temperature"]["temperatures"] == pytest.approx(expected_t["temperatures"])
-    positive, scores = binary.columns(validation["label"], validation["probs"], labels.CLASS_NAMES, False)
+    positive, scores = kinds.SINGLE_LABEL.columns(validation["label"], validation["probs"], labels.CLASS_NAMES)
     rules = operating_points.parse_all(tiny_config.eval.operating_points)
     expected = operating_points.thresholds_of(operating_points.choose(rules, positive, scores, labels.CLASS_NAMES))
     assert operating_points.thresholds_of(fit["operating_points"]) == expected
@@ -391,3 +399,35 @@ def test_html_report_opens_offline_and_shows_report_json_numbers(compared, tmp_p
     assert images and all(width > 0 and src == "data:image/png;base64," for width, src in images)
     shot = cv2.imread(str(tmp_path / "report.png"), cv2.IMREAD_GRAYSCALE)
     assert shot.shape[0] > 2000 and (shot < 200).mean() > 0.02 and shot.std() > 20
+
+
+def test_a_config_that_changes_what_the_checkpoint_fixes_is_refused_naming_the_keys(tiny_config):
+    """Model, data and image size are the checkpoint's: a change is refused, never silently ignored;
+    ``eval.*`` and the seed are the command line's."""
+    saved = ml_collections.ConfigDict(config_base.complete(tiny_config.to_dict()))
+    changed = tiny_config.copy_and_resolve_references()
+    changed.eval.n_bootstrap, changed.seed = 7, 3
+    inference.check_fits(changed, saved, 6)
+    changed.model.width, changed.image_size, changed.data.stored_size = 0.5, 64, 64
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        inference.check_fits(changed, saved, 6)
+    message = str(refused.value)
+    assert "config.model.width: 0.5, checkpoint 0.125" in message
+    assert "config.image_size: 64, checkpoint 32" in message and "config.data.stored_size: 64" in message
+
+
+def test_an_older_checkpoints_config_gains_the_missing_keys_at_their_defaults_in_its_own_order():
+    saved = {"seed": 4, "model": {"name": "resnet18"}, "removed_key": 1}
+    completed = config_base.complete(saved)
+    assert completed["seed"] == 4 and completed["model"]["name"] == "resnet18" and completed["removed_key"] == 1
+    assert completed["model"]["stem_space_to_depth"] is False  # a key newer than that checkpoint
+    assert list(completed)[:3] == ["seed", "model", "removed_key"]
+    assert list(completed["model"])[0] == "name"
+    assert set(trees.flatten(completed)) == set(trees.flatten(base_config())) | {"removed_key"}
+
+
+def test_report_json_carries_its_version_and_the_schemas_sections_in_order(compared):
+    _, report, _ = compared
+    assert report["report_version"] == schema.REPORT_VERSION
+    assert list(report) == schema.expected_keys(schema.SINGLE_LABEL_METRICS, set(report))
+    assert "comparison" in report and set(report["config"]) == set(base_config())

@@ -14,8 +14,15 @@ import sklearn.metrics as skm
 from scipy import stats
 
 from lungjax.data import labels, metadata, tasks
-from lungjax.evaluation import binary, calibration, compare, metrics, multilabel, operating_points, paired, subgroups
-from lungjax.evaluation import temperature as temperature_lib
+from lungjax.evaluation import kinds
+from lungjax.evaluation.fit import operating_points
+from lungjax.evaluation.fit import temperature as temperature_lib
+from lungjax.evaluation.sections import calibration, subgroups
+from lungjax.evaluation.sections import comparison as compare
+from lungjax.evaluation.sections import operating_points as operating_point_section
+from lungjax.evaluation.stats import calibration as calibration_stats
+from lungjax.evaluation.stats import paired
+from lungjax.evaluation.stats import youden as youden_stats
 
 REAL_DATA_ENTRY = Path(__file__).parent / "data" / "Data_Entry_2017_v2020.csv.gz"  # NIH's real metadata
 
@@ -83,8 +90,8 @@ def test_calibration_report_points_equal_the_reports_definitions_and_the_change_
     after = temperature_lib.apply(probs, [1.7], False)
     assert report["before_log_loss"]["value"] == pytest.approx(skm.log_loss(y, probs))
     assert report["after_log_loss"]["value"] == pytest.approx(skm.log_loss(y, after))
-    assert report["before_ece"]["value"] == pytest.approx(metrics.expected_calibration_error(y, probs))
-    assert report["after_ece"]["value"] == pytest.approx(metrics.expected_calibration_error(y, after))
+    assert report["before_ece"]["value"] == pytest.approx(calibration_stats.expected_calibration_error(y, probs))
+    assert report["after_ece"]["value"] == pytest.approx(calibration_stats.expected_calibration_error(y, after))
     change = report["change_log_loss"]
     assert change["value"] == pytest.approx(report["after_log_loss"]["value"] - report["before_log_loss"]["value"])
     assert change["ci"]["low"] <= change["value"] <= change["ci"]["high"]
@@ -106,9 +113,9 @@ def test_calibration_report_points_equal_the_reports_definitions_and_the_change_
     for c, name in enumerate("abc"):
         row = report["per_finding"][name]
         assert row["before_log_loss"]["value"] == pytest.approx(skm.log_loss(positive[:, c], prob[:, c]))
-        assert row["after_ece"]["value"] == pytest.approx(multilabel.finding_ece(positive[:, c], after[:, c]))
+        assert row["after_ece"]["value"] == pytest.approx(calibration_stats.finding_ece(positive[:, c], after[:, c]))
     assert report["before_ece"]["value"] == pytest.approx(
-        np.mean([multilabel.finding_ece(positive[:, c], prob[:, c]) for c in range(3)])
+        np.mean([calibration_stats.finding_ece(positive[:, c], prob[:, c]) for c in range(3)])
     )
 
 
@@ -153,10 +160,10 @@ def test_thresholds_match_a_brute_force_search_and_youden_matches_metrics():
     y, probs = six_class_predictions(400, seed=6, signal=1.0)
     probs = np.round(probs, 2)  # ties
     probs /= probs.sum(axis=1, keepdims=True)
-    positive, scores = binary.columns(y, probs, labels.CLASS_NAMES, False)
+    positive, scores = kinds.SINGLE_LABEL.columns(y, probs, labels.CLASS_NAMES)
     rules = operating_points.parse_all(["youden", "sensitivity>=0.9", "specificity>=0.8", "ppv>=0.4", "npv>=0.95"])
     chosen = operating_points.choose(rules, positive, scores, labels.CLASS_NAMES)
-    youden = metrics.youden_thresholds(y, probs, labels.CLASS_NAMES)
+    youden = youden_stats.youden_thresholds(y, probs, labels.CLASS_NAMES)
     for c, name in enumerate(labels.CLASS_NAMES):
         assert chosen["youden"][name]["threshold"] == pytest.approx(youden[name])
         for rule in rules:
@@ -172,7 +179,7 @@ def test_an_unreachable_target_is_reported_unmet_not_clipped():
     row = operating_points.choose_one(operating_points.parse("ppv>=0.9"), positive, scores)
     assert row["threshold"] is None and "the most is 0.667" in row["reason"]
     rules = [operating_points.parse("ppv>=0.9")]
-    applied = operating_points.apply(
+    applied = operating_point_section.apply(
         rules,
         {"ppv>=0.9": {"a": row}},
         positive[:, None],
@@ -191,7 +198,7 @@ def test_applied_rates_equal_scikit_learn_and_the_verdict_reads_the_interval():
     scores = np.clip(positive * 0.3 + rng.random(600) * 0.7, 0, 1)
     rule = operating_points.parse("sensitivity>=0.8")
     chosen = {rule.text: {"a": operating_points.choose_one(rule, positive, scores)}}
-    applied = operating_points.apply(
+    applied = operating_point_section.apply(
         [rule],
         chosen,
         positive[:, None],
@@ -209,9 +216,9 @@ def test_applied_rates_equal_scikit_learn_and_the_verdict_reads_the_interval():
     ci = applied["test"]["sensitivity"]["ci"]
     expected = "met" if ci["low"] >= 0.8 else ("missed" if ci["high"] < 0.8 else "uncertain")
     assert applied["contract"] == expected
-    assert operating_points._verdict({"low": 0.96, "high": 0.99}, 0.97, 0.95) == "met"
-    assert operating_points._verdict({"low": 0.90, "high": 0.94}, 0.92, 0.95) == "missed"
-    assert operating_points._verdict({"low": 0.93, "high": 0.97}, 0.95, 0.95) == "uncertain"
+    assert operating_point_section._verdict({"low": 0.96, "high": 0.99}, 0.97, 0.95) == "met"
+    assert operating_point_section._verdict({"low": 0.90, "high": 0.94}, 0.92, 0.95) == "missed"
+    assert operating_point_section._verdict({"low": 0.93, "high": 0.97}, 0.95, 0.95) == "uncertain"
 
 
 # ----------------------------------------------------------------------------------------- subgroups

@@ -18,12 +18,13 @@ import pytest
 from conftest import CONFIGS, REPO, write_dicom
 
 from lungjax.data import dataset, images, radiograph_files, records
-from lungjax.evaluation import evaluate, inference, operating_points, temperature
+from lungjax.evaluation import inference
+from lungjax.evaluation.fit import operating_points, temperature, validation
 from lungjax.export import bundle as export_bundle
 from lungjax.export import parity
 from lungjax.runtime import sharding
 from lungjax.serve import bundle as serve_bundle
-from lungjax.serve import predictions
+from lungjax.serve import bundle_format, predictions
 from lungjax.serve.__main__ import main as serve_main
 
 pydicom = pytest.importorskip("pydicom")
@@ -36,8 +37,9 @@ SERVE_MAY_IMPORT = {
     "lungjax.data.images",
     "lungjax.data.radiograph_files",
     "lungjax.evaluation",
-    "lungjax.evaluation.decisions",
-    "lungjax.evaluation.temperature",
+    "lungjax.evaluation.fit",
+    "lungjax.evaluation.fit.decisions",
+    "lungjax.evaluation.fit.temperature",
     "lungjax.xla_cpu",
 }
 TRAINING_STACK = (
@@ -91,7 +93,7 @@ def exported(tiny_workdir, tiny_overrides):
 
 @pytest.fixture(scope="module")
 def manifest(exported):
-    return json.loads((exported / export_bundle.MANIFEST_FILE).read_text())
+    return json.loads((exported / bundle_format.MANIFEST_FILE).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def served(exported, nih_tree, tmp_path_factory):
 
 def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, manifest, tiny_workdir, in_process):
     restored, _ = in_process
-    fit = evaluate.load_validation_fit(tiny_workdir, STEP, 1)
+    fit = validation.load_validation_fit(tiny_workdir, STEP, 1)
     assert fit is not None  # the session's workdir was evaluated: the export reuses that record
     assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 1
     assert manifest["task"]["class_names"] == list(restored.task.class_names)
@@ -164,7 +166,7 @@ def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, man
     model = manifest["models"]["float32"]
     assert model["sha256"] == hashlib.sha256((exported / "model.jax").read_bytes()).hexdigest()
     provenance = manifest["provenance"]
-    config_bytes = (exported / export_bundle.CONFIG_FILE).read_bytes()
+    config_bytes = (exported / bundle_format.CONFIG_FILE).read_bytes()
     assert provenance["config_sha256"] == hashlib.sha256(config_bytes).hexdigest()
     assert json.loads(config_bytes) == json.loads(json.dumps(restored.config.to_dict()))
     assert provenance["checkpoint_step"] == restored.step == STEP
@@ -174,7 +176,7 @@ def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, man
 
 
 def test_parity_is_measured_on_every_validation_image(exported, in_process, validation_images):
-    record = json.loads((exported / export_bundle.PARITY_FILE).read_text())["models"]["model.jax"]
+    record = json.loads((exported / bundle_format.PARITY_FILE).read_text())["models"]["model.jax"]
     assert record["images"] == len(validation_images) and record["bound"] == parity.FLOAT32_BOUND
     assert record["within"] and record["max_abs_difference"] <= parity.FLOAT32_BOUND
     # Measured again here, from the file's bytes, against evaluation's own predict function (this

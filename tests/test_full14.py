@@ -225,7 +225,7 @@ def test_full14_predict_prints_fourteen_probabilities(full14_run, nih_tree, caps
 def test_expert_labels_compare_with_sklearn_on_the_same_images(data_entry):
     from sklearn.metrics import roc_auc_score
 
-    from lungjax.evaluation import expert
+    from lungjax.evaluation.sections import expert
 
     google = pd.read_csv(
         DATA / "google2019_nih-chest-xray-labels.csv.gz",

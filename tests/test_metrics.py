@@ -1,4 +1,5 @@
-"""lungjax.evaluation.metrics against scikit-learn and brute force, plus the patient-level bootstrap."""
+"""lungjax.evaluation.sections.single_label and its statistics against scikit-learn and brute force, plus the
+patient-level bootstrap."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
 from lungjax.data.labels import CLASS_NAMES
-from lungjax.evaluation.metrics import (
-    _patient_bootstrap_weights,
-    classification_report,
-    compute_class_weights,
-    expected_calibration_error,
-    youden_j,
-    youden_thresholds,
-)
+from lungjax.evaluation.sections.single_label import classification_report
+from lungjax.evaluation.stats.bootstrap import patient_bootstrap_weights
+from lungjax.evaluation.stats.calibration import expected_calibration_error
+from lungjax.evaluation.stats.class_weights import compute_class_weights
+from lungjax.evaluation.stats.youden import youden_j, youden_thresholds
 
 NUM_CLASSES = len(CLASS_NAMES)
 # Bootstrap size for tests that only need a stable interval, not the production 1000.
@@ -249,7 +247,7 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap_for_repeated_films():
 
 def test_resampler_draws_whole_patients():
     patient_index = np.array([0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 4])
-    weights = _patient_bootstrap_weights(patient_index, 5, 500, np.random.default_rng(0))
+    weights = patient_bootstrap_weights(patient_index, 5, 500, np.random.default_rng(0))
     assert weights.shape == (500, len(patient_index))
     for patient in range(5):
         films = weights[:, patient_index == patient]

@@ -1,5 +1,6 @@
-"""lungjax.evaluation.multilabel against scikit-learn and brute force, the patient bootstrap against an explicit
-resampling loop, and the multi-label report, published tables and per-finding figures built on it."""
+"""lungjax.evaluation.sections.multi_label and the statistics it uses against scikit-learn and brute force,
+the patient bootstrap against an explicit resampling loop, and the multi-label report, published tables and
+per-finding figures built on it."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from matplotlib.image import imread
 from sklearn import metrics as skm
 
 from lungjax.data.labels import FINDINGS14
-from lungjax.evaluation import plots, published
-from lungjax.evaluation.multilabel import (
-    ECE_BINS,
-    _weighted_auroc,
-    _weighted_average_precision,
-    finding_ece,
-    multilabel_report,
-    youden_j_multilabel,
-    youden_thresholds_multilabel,
-)
-from lungjax.evaluation.report import render_multilabel_markdown
+from lungjax.evaluation.render import document, markdown, plots
+from lungjax.evaluation.sections import published
+from lungjax.evaluation.sections.multi_label import multilabel_report
+from lungjax.evaluation.stats.calibration import FINDING_ECE_BINS as ECE_BINS
+from lungjax.evaluation.stats.calibration import finding_ece
+from lungjax.evaluation.stats.ranking import weighted_auroc, weighted_average_precision
+from lungjax.evaluation.stats.youden import youden_j_multilabel, youden_thresholds_multilabel
+
+
+def render_multilabel_markdown(report, figures=()):
+    return markdown.to_markdown(document.multilabel_document(report, figures))
+
 
 NUM_FINDINGS = len(FINDINGS14)
 FEW_DRAWS = 200
@@ -76,8 +78,8 @@ def test_weighted_replicates_equal_sklearn_with_sample_weights():
         positive = rng.random(n) < rng.uniform(0.1, 0.9)
         scores = rng.integers(0, 6, n) / 5 if trial % 2 else rng.random(n)
         weights = rng.integers(0, 4, size=(4, n)).astype(np.float64)
-        auroc = _weighted_auroc(positive, scores, weights)
-        average_precision = _weighted_average_precision(positive, scores, weights)
+        auroc = weighted_auroc(positive, scores, weights)
+        average_precision = weighted_average_precision(positive, scores, weights)
         for w, a, ap in zip(weights, auroc, average_precision):
             if (w * positive).sum() == 0:
                 assert np.isnan(a) and np.isnan(ap)

@@ -1,4 +1,4 @@
-"""Each lungjax.evaluation.plots function writes a valid, non-trivial PNG; bad training logs are rejected."""
+"""Each lungjax.evaluation.render.plots function writes a valid, non-trivial PNG; bad training logs are rejected."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from lungjax.data.labels import CLASS_NAMES
-from lungjax.evaluation import plots
+from lungjax.evaluation.render import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Every figure is at least 5 x 5 inches at 120 dpi.

@@ -22,7 +22,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from lungjax.data import dataset, records, tasks
-from lungjax.evaluation import metrics, multilabel
+from lungjax.evaluation.sections import multi_label
+from lungjax.evaluation.stats import ranking
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The config the run was trained with.", lock_config=True)
@@ -51,13 +52,13 @@ def baseline_auc(builder, task: tasks.Task, *, side: int, inverse_regularisation
     train_x, test_x = scaler.transform(train_x), scaler.transform(test_x)
     if not task.multi_label:
         model = LogisticRegression(C=inverse_regularisation, max_iter=2000).fit(train_x, train_y)
-        return metrics.macro_auc(test_y, model.predict_proba(test_x))
+        return ranking.macro_auc(test_y, model.predict_proba(test_x))
     probs = np.full(test_y.shape, 0.5)
     for k in range(test_y.shape[1]):
         if len(np.unique(train_y[:, k])) == 2:  # a finding without training positives stays at 0.5
             model = LogisticRegression(C=inverse_regularisation, max_iter=2000).fit(train_x, train_y[:, k])
             probs[:, k] = model.predict_proba(test_x)[:, 1]
-    report = multilabel.multilabel_report(
+    report = multi_label.multilabel_report(
         test_y, probs, task.class_names, patient_ids=np.arange(len(test_y)), n_bootstrap=0
     )
     return report["mean_auroc"]

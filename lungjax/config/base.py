@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from lungjax import trees
+
 # The values of the two keys that choose training code. Here, not with that code (training.optim,
 # whose tables have exactly these keys), so that validating a config imports no training code: every
 # mode validates the whole config before any work, and evaluation must not load training.
@@ -97,3 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.compare_to = ""  # another workdir (or this one): --mode compare scores both on the same images
     config.eval.compare_checkpoint = "best"  # which checkpoint of compare_to: "best" | "latest" | a step number
     return config
+
+
+def complete(saved: dict) -> dict:
+    """A config saved with a checkpoint, each key that an older lungjax did not write set to its default
+    here: the behaviour a key selects by default is the one that run had. The one place where old
+    checkpoints' missing keys are filled, for resuming and for evaluating alike."""
+    return trees.with_defaults(saved, base_config().to_dict())

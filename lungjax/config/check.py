@@ -19,7 +19,8 @@ from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
 from lungjax.data import augment, dataset, images, labels, metadata, nih, tasks
-from lungjax.evaluation import inference, operating_points
+from lungjax.evaluation import inference
+from lungjax.evaluation.fit import operating_points
 from lungjax.models import MODEL_NAMES, resnet
 from lungjax.runtime import checkpoint
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any
 
@@ -22,15 +23,18 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lungjax import models
+from lungjax import models, trees
+from lungjax.config import base as config_base
 from lungjax.data import metadata, pipeline, records, tasks
-from lungjax.runtime import checkpoint, distributed, sharding
+from lungjax.runtime import checkpoint, sharding
 
 # Test-time crops cover this fraction of the side; each is resized back to the model's input size.
 TTA_CROP_FRACTION = 0.875
 # The splits evaluation can score, test first: what it is for.
 EVAL_SPLITS = metadata.SPLIT_NAMES[::-1]
 MAX_TTA_CROPS = 6  # the whole image, the centre and the four corners
+# The keys a checkpoint fixes: evaluation rebuilds the model, the data and the input size it was trained with.
+FIXED_BY_CHECKPOINT = ("model", "data", "image_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,46 +79,67 @@ def resolve_step(manager, choice) -> int:
     )
 
 
+def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, step: int) -> None:
+    """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``), naming each:
+    such a change could not take effect, and silently ignoring it would report on another model than
+    the one asked for."""
+    given = trees.flatten(json.loads(json.dumps(config.to_dict())))
+    fixed = trees.flatten(saved.to_dict())
+    differing = [
+        key for key in given if key.split(".")[0] in FIXED_BY_CHECKPOINT and key in fixed and given[key] != fixed[key]
+    ]
+    if differing:
+        details = "; ".join(f"config.{key}: {given[key]!r}, checkpoint {fixed[key]!r}" for key in differing)
+        raise checkpoint.CheckpointError(
+            f"the config changes what checkpoint step {step} fixes ({details}): the model, the data and the "
+            "image size are the checkpoint's; drop the override, or name the workdir of the run it describes"
+        )
+
+
 def restore(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh, checkpoint_choice=None
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh, checkpoint_choice=None, *, own_run=True
 ) -> RestoredModel:
     """Restores the model item of the checkpoint ``checkpoint_choice`` names (default ``config.eval.checkpoint``).
 
     A damaged ``best`` or ``latest`` checkpoint (complete on disk but unreadable) falls back to the
     newest older step that reads, with a warning naming both, as training does; nothing is moved
-    (evaluation only reads). A step named by number is that step or an error.
+    (evaluation only reads). A step named by number is that step or an error. With ``own_run`` (the
+    run evaluated, not one it is compared with) the config must agree with the checkpoint's on the
+    keys the checkpoint fixes (``check_fits``).
     """
     choice = config.eval.checkpoint if checkpoint_choice is None else checkpoint_choice
     manager = checkpoint.make_manager(workdir, read_only=True)
     try:
         chosen = resolve_step(manager, choice)
         older = [] if str(choice).isdigit() else [s for s in manager.all_steps() if s < chosen]
-        failures = {}
-        for step in [chosen, *sorted(older, reverse=True)]:
+
+        def read(step: int) -> RestoredModel:
             try:
-                restored, reason = _restore_model(manager, step, mesh), None
+                return _restore_model(manager, step, mesh)
             except Exception as err:  # Orbax raises many types for unreadable files
-                restored, reason = None, checkpoint.short_reason(f"{type(err).__name__}: {err}")
-            if not distributed.everywhere(reason is None):  # every process evaluates the same step
-                failures[step] = reason or "unreadable on another process"
-                continue
-            if failures:
-                logging.warning(
-                    "checkpoint step(s) %s in %s damaged (%s): evaluating step %d instead",
-                    ", ".join(map(str, failures)),
-                    manager.directory,
-                    "; ".join(failures.values()),
-                    step,
-                )
-            return restored
+                raise checkpoint.Damaged(f"{type(err).__name__}: {err}") from err
+
+        step, restored, failures = checkpoint.first_readable([chosen, *sorted(older, reverse=True)], read)
     finally:
         manager.close()
+    if step is not None:
+        if failures:
+            logging.warning(
+                "checkpoint step(s) %s in %s damaged (%s): evaluating step %d instead",
+                ", ".join(map(str, failures)),
+                manager.directory,
+                "; ".join(failures.values()),
+                step,
+            )
+        if own_run:
+            check_fits(config, restored.config, restored.step)
+        return restored
     details = "; ".join(f"step {step}: {reason}" for step, reason in failures.items())
     raise checkpoint.CheckpointError(f"no checkpoint in {manager.directory} can be read for evaluation ({details})")
 
 
 def _restore_model(manager, step: int, mesh) -> RestoredModel:
-    saved = ml_collections.ConfigDict(checkpoint.restore_config(manager, step))
+    saved = ml_collections.ConfigDict(config_base.complete(checkpoint.restore_config(manager, step)))
     task = tasks.of_config(saved)
     model = models.from_config(saved.model, num_classes=task.num_classes, half_precision=saved.half_precision)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)

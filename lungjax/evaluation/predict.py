@@ -19,7 +19,9 @@ import ml_collections
 import numpy as np
 
 from lungjax.data import images, radiograph_files
-from lungjax.evaluation import decisions, evaluate, explain, inference, operating_points, temperature
+from lungjax.evaluation import gradcam, inference
+from lungjax.evaluation.fit import decisions, operating_points, temperature, validation
+from lungjax.evaluation.render import overlays
 from lungjax.runtime import sharding
 
 OUTPUT_DIR = "predict"
@@ -45,8 +47,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         tta_crops=config.eval.tta_crops,
         multi_label=restored.task.multi_label,
     )
-    cam_fn = explain.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    fit = evaluate.load_validation_fit(workdir, restored.step, config.eval.tta_crops)
+    cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
+    fit = validation.load_validation_fit(workdir, restored.step, config.eval.tta_crops)
     if fit is None:
         print(
             f"note: no evaluation of checkpoint step {restored.step} (test-time crops {config.eval.tta_crops}) in "
@@ -69,9 +71,9 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         batch = np.repeat(image[None], mesh.devices.size, axis=0)  # one row per device of the mesh
         probs = np.asarray(predict_fn(restored.model_state, batch))[0]
         predicted = int(probs.argmax())
-        heatmap = explain.heatmaps_for(cam_fn, restored.model_state, image[None], np.array([predicted]), 1)
+        heatmap = gradcam.heatmaps_for(cam_fn, restored.model_state, image[None], np.array([predicted]), 1)
         heatmap_path = out / f"{number}_{Path(path).stem}.png"
-        explain.plot_overlays(
+        overlays.plot_overlays(
             image[None],
             heatmap,
             [f"{Path(path).name}\n{class_names[predicted]} p={probs[predicted]:.2f}"],

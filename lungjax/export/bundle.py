@@ -2,7 +2,7 @@
 
 The thresholds and temperatures are the evaluation's own: the ``validation_fit.json`` that an
 evaluation of the same step without test-time crops wrote (the exported function has none), or,
-when there is none, ``evaluate.fit_on_validation`` on this checkpoint's validation predictions, so
+when there is none, ``validation.fit_on_validation`` on this checkpoint's validation predictions, so
 that either way the numbers come from one piece of code. Everything is written into a folder of
 this process's own and renamed into place only after the parity check passed: a failed export
 leaves no bundle behind, and a bundle is never one checkpoint's model beside another's manifest.
@@ -24,15 +24,13 @@ from flax import nnx
 from lungjax import models
 from lungjax.data import records
 from lungjax.evaluation import evaluate, inference
+from lungjax.evaluation.fit import validation
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
+from lungjax.serve.bundle_format import CONFIG_FILE, MANIFEST_FILE, MODEL_FILES, PARITY_FILE
 
 EXPORT_DIR = "export"
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.json"
-PARITY_FILE = "parity.json"
-MODEL_FILES = {"float32": "model.jax", "bfloat16": "model_bf16.jax"}
 PARITY_SPLIT = "validation"
 
 
@@ -50,7 +48,7 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     workdir = Path(workdir)
     config = _without_crops(config)
     mesh = sharding.make_mesh()
-    restored, builder, predict = evaluate._predictor(config, workdir, mesh, config.eval.checkpoint)
+    restored, builder, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
     fit, fit_source = _validation_fit(config, workdir, restored, predict)
     saved, task = restored.config, restored.task
     pairs = _exported_and_reference(restored, mesh)
@@ -101,11 +99,11 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
 
 def _validation_fit(config, workdir: Path, restored, predict) -> tuple[dict, str]:
     """The evaluation's record for this step without crops, or the same fit made now; and which it is."""
-    fit = evaluate.load_validation_fit(workdir, restored.step, 1)
+    fit = validation.load_validation_fit(workdir, restored.step, 1)
     if fit is not None:
         return fit, "validation_fit.json of an evaluation of this checkpoint without test-time crops"
-    fit = evaluate.fit_on_validation(config, predict("validation"), restored.task, restored.step)
-    return fit, "evaluate.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
+    fit = validation.fit_on_validation(config, predict("validation"), restored.task, restored.step)
+    return fit, "validation.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
 
 
 def _exported_and_reference(restored, mesh) -> dict[str, tuple[bytes, object]]:

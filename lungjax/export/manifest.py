@@ -3,8 +3,8 @@
 Written for people as much as for ``lungjax.serve``: the preprocessing is spelled out step by step
 as :mod:`lungjax.data.images` and the eval pipeline do it (the builder stores each film at
 ``stored_size``, the pipeline resizes that to ``image_size``), so a caller outside lungjax can
-reproduce the input bit for bit with OpenCV. ``FORMAT_VERSION`` changes whenever a key changes
-meaning; a reader refuses a version it does not know.
+reproduce the input bit for bit with OpenCV. The format's name, version and file names are
+:mod:`lungjax.serve.bundle_format`'s.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import cv2
 import jax
 
 import lungjax
-from lungjax.evaluation import operating_points, temperature
-
-FORMAT = "lungjax-export"
-FORMAT_VERSION = 1
+from lungjax.evaluation.fit import operating_points, temperature
+from lungjax.serve import bundle_format
 
 PIXEL_SCALING = (
     "inside the model: x = pixels * (1 / 255) in the compute dtype, so [0, 1]; nothing else (no mean or "
@@ -75,7 +73,7 @@ def input_section(stored_size: int, image_size: int) -> dict:
 
 
 def decision_section(fit: dict, fit_source: str, fitted_dtype: str) -> dict:
-    """The operating points' thresholds and the temperatures, from ``evaluate.fit_on_validation``'s record."""
+    """The operating points' thresholds and the temperatures, from ``validation.fit_on_validation``'s record."""
     return {
         "chosen_on": fit["chosen_on"],
         "source": fit_source,
@@ -103,13 +101,13 @@ def build(
 ) -> dict:
     """The whole manifest; ``model_files`` is ``{precision: {"file", "sha256", ...}}``."""
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": bundle_format.FORMAT,
+        "format_version": bundle_format.FORMAT_VERSION,
         "task": task_section(task),
         "input": input_section(saved_config.data.stored_size, saved_config.image_size),
         "models": model_files,
         "decision": decision_section(fit, fit_source, fitted_dtype),
-        "parity_file": "parity.json",
+        "parity_file": bundle_format.PARITY_FILE,
         "provenance": {
             "checkpoint_step": int(step),
             "model": saved_config.model.name,
@@ -117,7 +115,7 @@ def build(
             "half_precision": bool(saved_config.half_precision),
             "dataset": dataset_name,
             "dataset_fingerprint": dataset_fingerprint,
-            "config_file": "config.json",
+            "config_file": bundle_format.CONFIG_FILE,
             "config_sha256": config_sha256,
             "lungjax_version": lungjax.__version__,
             "jax_version": jax.__version__,

@@ -20,7 +20,7 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
             num_classes=num_classes,
             width=model_config.width,
             dropout_rate=model_config.dropout_rate,
-            stem_space_to_depth=model_config.get("stem_space_to_depth", False),  # absent from older saved configs
+            stem_space_to_depth=model_config.stem_space_to_depth,
             dtype=compute_dtype(half_precision),
             seed=seed,
         )
@@ -30,7 +30,7 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
         width=model_config.width,
         dropout_rate=model_config.dropout_rate,
         stride_in_1x1=model_config.stride_in_1x1,
-        stem_space_to_depth=model_config.get("stem_space_to_depth", False),  # absent from older saved configs
+        stem_space_to_depth=model_config.stem_space_to_depth,
         dtype=compute_dtype(half_precision),
         seed=seed,
     )

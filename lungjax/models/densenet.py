@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lungjax.models.resnet import STEM_WIDTH, GrayStem, PooledClassifier, _batch_norm, _pointwise, _same3x3, _scaled
+from lungjax.models.resnet import STEM_WIDTH, GrayStem, PooledClassifier, batch_norm, pointwise, same3x3, scaled
 
 BLOCKS_121 = (6, 12, 24, 16)
 NUM_STAGES = len(BLOCKS_121)
@@ -40,10 +40,10 @@ class DenseLayer(nnx.Module):
 
     def __init__(self, in_ch, growth, **kw):
         bottleneck = BOTTLENECK_FACTOR * growth
-        self.bn0 = _batch_norm(in_ch, **kw)
-        self.conv1 = _pointwise(in_ch, bottleneck, 1, **kw)
-        self.bn1 = _batch_norm(bottleneck, **kw)
-        self.conv2 = _same3x3(bottleneck, growth, 1, **kw)
+        self.bn0 = batch_norm(in_ch, **kw)
+        self.conv1 = pointwise(in_ch, bottleneck, 1, **kw)
+        self.bn1 = batch_norm(bottleneck, **kw)
+        self.conv2 = same3x3(bottleneck, growth, 1, **kw)
         self.out_ch = in_ch + growth
 
     def __call__(self, x, *, train: bool):
@@ -62,7 +62,7 @@ class DenseStage(nnx.Module):
             layers.append(DenseLayer(in_ch, growth, **kw))
             in_ch = layers[-1].out_ch
         self.layers = nnx.List(layers)
-        self.bn = _batch_norm(in_ch, **kw)
+        self.bn = batch_norm(in_ch, **kw)
         self.out_ch = in_ch
 
     def __call__(self, x, *, train: bool):
@@ -76,7 +76,7 @@ class Transition(nnx.Module):
 
     def __init__(self, in_ch, **kw):
         self.out_ch = int(in_ch * COMPRESSION)
-        self.conv = _pointwise(in_ch, self.out_ch, 1, **kw)
+        self.conv = pointwise(in_ch, self.out_ch, 1, **kw)
 
     def __call__(self, x):
         window = (TRANSITION_POOL, TRANSITION_POOL)
@@ -108,9 +108,9 @@ class DenseNet(PooledClassifier):
         self.dropout_rate = dropout_rate
         self.blocks = tuple(blocks)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        growth = _scaled(GROWTH_RATE, width)
+        growth = scaled(GROWTH_RATE, width)
 
-        in_ch = _scaled(STEM_WIDTH, width)
+        in_ch = scaled(STEM_WIDTH, width)
         self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
         stages, transitions = [], []
         for index, n_layers in enumerate(blocks):

@@ -165,7 +165,7 @@ def _assignments(model: ResNet, unit: str, weights: dict[str, np.ndarray]) -> li
         conv, bn = model.stem.conv, model.stem.bn
         file_kernel = weights["kernel"].astype(np.float64)
         expected = conv.kernel.shape[:2] + (KERAS_INPUT_CHANNELS,) + conv.kernel.shape[3:]
-        _check_shape("conv1_conv kernel", file_kernel.shape, expected)
+        check_shape("conv1_conv kernel", file_kernel.shape, expected)
         kernel, border = _gray_stem(file_kernel)
         pairs = [(conv.kernel, kernel), (model.stem.border_conv.kernel, border)]
     else:
@@ -179,11 +179,11 @@ def _assignments(model: ResNet, unit: str, weights: dict[str, np.ndarray]) -> li
         (bn.var, weights["moving_variance"]),
     ]
     for variable, value in pairs:
-        _check_shape(unit, np.shape(value), variable.shape)
+        check_shape(unit, np.shape(value), variable.shape)
     return pairs
 
 
-def _check_shape(what: str, found: tuple, expected: tuple) -> None:
+def check_shape(what: str, found: tuple, expected: tuple) -> None:
     if tuple(found) != tuple(expected):
         raise ValueError(f"{what}: file has shape {tuple(found)}, model expects {tuple(expected)}")
 

@@ -32,7 +32,7 @@ from flax import nnx
 
 from lungjax.models import pretrained
 from lungjax.models.densenet import BLOCKS_121, DenseNet
-from lungjax.models.pretrained import BN_VARS, KERAS_INPUT_CHANNELS, _check_shape
+from lungjax.models.pretrained import BN_VARS, KERAS_INPUT_CHANNELS, check_shape
 
 # keras.applications.imagenet_utils.preprocess_input(mode="torch"): pixels in 0..255 divided by 255,
 # then this RGB mean subtracted and the result divided by this RGB standard deviation, all before
@@ -116,7 +116,7 @@ def _assignments(model: DenseNet, name: str, module: nnx.Module, weights: dict[s
     if name == STEM_CONV:
         file_kernel = weights["kernel"].astype(np.float64)
         shape = module.kernel.shape
-        _check_shape(f"{name} kernel", file_kernel.shape, (*shape[:2], KERAS_INPUT_CHANNELS, *shape[3:]))
+        check_shape(f"{name} kernel", file_kernel.shape, (*shape[:2], KERAS_INPUT_CHANNELS, *shape[3:]))
         kernel, border = _gray_stem(file_kernel)
         pairs = [(module.kernel, kernel), (model.stem.border_conv.kernel, border)]
     elif isinstance(module, nnx.Conv):
@@ -129,7 +129,7 @@ def _assignments(model: DenseNet, name: str, module: nnx.Module, weights: dict[s
             (module.var, weights["moving_variance"]),
         ]
     for variable, value in pairs:
-        _check_shape(name, np.shape(value), variable.shape)
+        check_shape(name, np.shape(value), variable.shape)
     return pairs
 
 

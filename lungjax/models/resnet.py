@@ -56,7 +56,7 @@ MODEL_NAMES = MappingProxyType({f"resnet{depth}": depth for depth in BLOCKS_PER_
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _scaled(channels: int, width: float) -> int:
+def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
@@ -76,7 +76,7 @@ def _conv(in_ch, out_ch, kernel, stride, padding, *, dtype, param_dtype, rngs, i
     )
 
 
-def _batch_norm(features, *, zero_scale=False, dtype, param_dtype, rngs):
+def batch_norm(features, *, zero_scale=False, dtype, param_dtype, rngs):
     return nnx.BatchNorm(
         features,
         momentum=BN_MOMENTUM,
@@ -88,11 +88,11 @@ def _batch_norm(features, *, zero_scale=False, dtype, param_dtype, rngs):
     )
 
 
-def _same3x3(in_ch, out_ch, stride, **kw):
+def same3x3(in_ch, out_ch, stride, **kw):
     return _conv(in_ch, out_ch, 3, stride, ((1, 1), (1, 1)), **kw)
 
 
-def _pointwise(in_ch, out_ch, stride, **kw):
+def pointwise(in_ch, out_ch, stride, **kw):
     return _conv(in_ch, out_ch, 1, stride, "VALID", **kw)
 
 
@@ -118,7 +118,7 @@ class GrayStem(nnx.Module):
         padding = ((STEM_PADDING, STEM_PADDING),) * 2
         self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
         self.border_conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw)
-        self.bn = _batch_norm(out_ch, **kw)
+        self.bn = batch_norm(out_ch, **kw)
         self.space_to_depth = space_to_depth
 
     def _space_to_depth_conv(self, x):
@@ -154,8 +154,8 @@ class _Shortcut(nnx.Module):
     """1×1 projection + BatchNorm, used where a block changes resolution or channel count."""
 
     def __init__(self, in_ch, out_ch, stride, **kw):
-        self.conv = _pointwise(in_ch, out_ch, stride, **kw)
-        self.bn = _batch_norm(out_ch, **kw)
+        self.conv = pointwise(in_ch, out_ch, stride, **kw)
+        self.bn = batch_norm(out_ch, **kw)
 
     def __call__(self, x, *, train: bool):
         return self.bn(self.conv(x), use_running_average=not train)
@@ -169,10 +169,10 @@ class BasicBlock(nnx.Module):
     """Two 3×3 convs (ResNet-18/34); the stride sits in the first one."""
 
     def __init__(self, in_ch, width, stride, *, zero_init_residual, **kw):
-        self.conv1 = _same3x3(in_ch, width, stride, **kw)
-        self.bn1 = _batch_norm(width, **kw)
-        self.conv2 = _same3x3(width, width, 1, **kw)
-        self.bn2 = _batch_norm(width, zero_scale=zero_init_residual, **kw)
+        self.conv1 = same3x3(in_ch, width, stride, **kw)
+        self.bn1 = batch_norm(width, **kw)
+        self.conv2 = same3x3(width, width, 1, **kw)
+        self.bn2 = batch_norm(width, zero_scale=zero_init_residual, **kw)
         self.shortcut = _shortcut(in_ch, width, stride, **kw)
         self.out_ch = width
 
@@ -189,12 +189,12 @@ class BottleneckBlock(nnx.Module):
 
     def __init__(self, in_ch, width, stride, *, zero_init_residual, stride_in_1x1, **kw):
         out_ch = width * BOTTLENECK_EXPANSION
-        self.conv1 = _pointwise(in_ch, width, stride if stride_in_1x1 else 1, **kw)
-        self.bn1 = _batch_norm(width, **kw)
-        self.conv2 = _same3x3(width, width, 1 if stride_in_1x1 else stride, **kw)
-        self.bn2 = _batch_norm(width, **kw)
-        self.conv3 = _pointwise(width, out_ch, 1, **kw)
-        self.bn3 = _batch_norm(out_ch, zero_scale=zero_init_residual, **kw)
+        self.conv1 = pointwise(in_ch, width, stride if stride_in_1x1 else 1, **kw)
+        self.bn1 = batch_norm(width, **kw)
+        self.conv2 = same3x3(width, width, 1 if stride_in_1x1 else stride, **kw)
+        self.bn2 = batch_norm(width, **kw)
+        self.conv3 = pointwise(width, out_ch, 1, **kw)
+        self.bn3 = batch_norm(out_ch, zero_scale=zero_init_residual, **kw)
         self.shortcut = _shortcut(in_ch, out_ch, stride, **kw)
         self.out_ch = out_ch
 
@@ -256,7 +256,7 @@ class ResNet(PooledClassifier):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         bottleneck = depth in BOTTLENECK_DEPTHS
 
-        in_ch = _scaled(STEM_WIDTH, width)
+        in_ch = scaled(STEM_WIDTH, width)
         self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
         stages = []
         for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS)):
@@ -266,7 +266,7 @@ class ResNet(PooledClassifier):
                 if bottleneck:
                     block = BottleneckBlock(
                         in_ch,
-                        _scaled(stage_width, width),
+                        scaled(stage_width, width),
                         stride,
                         zero_init_residual=zero_init_residual,
                         stride_in_1x1=stride_in_1x1,
@@ -274,7 +274,7 @@ class ResNet(PooledClassifier):
                     )
                 else:
                     block = BasicBlock(
-                        in_ch, _scaled(stage_width, width), stride, zero_init_residual=zero_init_residual, **kw
+                        in_ch, scaled(stage_width, width), stride, zero_init_residual=zero_init_residual, **kw
                     )
                 blocks.append(block)
                 in_ch = block.out_ch

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +179,13 @@ def _is_safe(key: str) -> bool:
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
 
-def check_resumable(saved_config: dict, config: dict, defaults: dict | None = None) -> None:
+def check_resumable(saved_config: dict, config: dict, complete: Callable[[dict], dict] | None = None) -> None:
     """Refuses to resume with a config whose model, data or optimisation differ from the checkpoint's.
 
-    JSON turns tuples into lists, so values are compared after the same round trip. A key that a
-    checkpoint written by an older lungjax lacks counts as its value in ``defaults`` (the base config):
-    the behaviour the key selects by default is the one that run had.
+    JSON turns tuples into lists, so values are compared after the same round trip. ``complete``
+    (``lungjax.config.base.complete``) fills the keys a checkpoint written by an older lungjax lacks.
     """
-    saved = {**trees.flatten(json.loads(json.dumps(defaults or {}))), **trees.flatten(saved_config)}
+    saved = trees.flatten(json.loads(json.dumps(saved_config if complete is None else complete(saved_config))))
     current = trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(
         key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
@@ -209,27 +209,45 @@ def check_same_dataset(run: dict, fingerprint: str, step: int) -> None:
         )
 
 
-class _Damaged(Exception):
-    """One step could not be read back."""
+class Damaged(Exception):
+    """One step could not be read back; the message says why."""
 
 
-def _restore_step(manager, step: int, config: dict, defaults: dict | None, model_state: Any, train_state: Any):
-    """Restores one step, separating damage (``_Damaged``) from a config that does not fit."""
+def _restore_step(manager, step: int, config: dict, complete, model_state: Any, train_state: Any):
+    """Restores one step, separating damage (``Damaged``) from a config that does not fit."""
     try:
         saved_config = restore_config(manager, step)
     except Exception as err:  # Orbax raises many types for unreadable files
-        raise _Damaged(f"{type(err).__name__}: {err}") from err
-    check_resumable(saved_config, config, defaults)
+        raise Damaged(f"{type(err).__name__}: {err}") from err
+    check_resumable(saved_config, config, complete)
     try:
         return restore_training(manager, step, model_state=model_state, train_state=train_state)
     except Exception as err:
-        raise _Damaged(f"{type(err).__name__}: {err}") from err
+        raise Damaged(f"{type(err).__name__}: {err}") from err
 
 
 def short_reason(reason: str) -> str:
     """The first line of a failure, at most 300 characters: Orbax's messages run to pages."""
     line = reason.splitlines()[0] if reason else reason
     return line if len(line) <= 300 else line[:300] + "..."
+
+
+def first_readable(steps, read: Callable[[int], Any]) -> tuple[int | None, Any, dict[int, str]]:
+    """``(step, read(step), failures)`` for the first of ``steps`` that ``read`` restores on every process,
+    ``failures`` naming why each step before it could not be (``read`` raises ``Damaged``); the step
+    is None when none could. Training (which moves the damaged steps aside) and evaluation (which only
+    reads) both fall back through this loop, so every process settles on the same step."""
+    failures = {}
+    for step in steps:
+        try:
+            restored, reason = read(step), None
+        except Damaged as err:
+            restored, reason = None, short_reason(str(err))
+        if not distributed.everywhere(reason is None):
+            failures[step] = reason or "unreadable on another process"
+            continue
+        return step, restored, failures
+    return None, None, failures
 
 
 def restore_latest_good(
@@ -239,25 +257,21 @@ def restore_latest_good(
     config: dict,
     model_state: Any,
     train_state: Any,
-    defaults: dict | None = None,
+    complete: Callable[[dict], dict] | None = None,
 ) -> tuple[int, tuple] | None:
     """``(step, restore_training(...))`` of the newest checkpoint that restores; None without any.
 
-    ``defaults`` (the base config) stand in for keys an older checkpoint's config lacks.
+    ``complete`` (``lungjax.config.base.complete``) fills the keys an older checkpoint's config lacks.
 
     Damaged steps newer than it are moved aside (see the module docstring) with a warning naming
     both steps. When no step restores, nothing is moved and a ``CheckpointError`` lists each
     step's failure.
     """
-    failures = {}
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored, reason = _restore_step(manager, step, config, defaults, model_state, train_state), None
-        except _Damaged as err:
-            restored, reason = None, short_reason(str(err))
-        if not distributed.everywhere(reason is None):
-            failures[step] = reason or "unreadable on another process"
-            continue
+    step, restored, failures = first_readable(
+        sorted(manager.all_steps(), reverse=True),
+        lambda step: _restore_step(manager, step, config, complete, model_state, train_state),
+    )
+    if step is not None:
         if failures:
             _set_aside(manager, workdir, failures, step)
         return step, restored

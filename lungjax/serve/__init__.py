@@ -2,8 +2,8 @@
 
 The standalone predictor of an exported bundle (:mod:`lungjax.export`): it needs JAX, NumPy, OpenCV
 (pydicom for DICOM files) and four small lungjax modules, the file reader
-(:mod:`lungjax.data.radiograph_files`), the temperature formula (:mod:`lungjax.evaluation.temperature`),
-the decision rule (:mod:`lungjax.evaluation.decisions`) and the XLA CPU defaults (:mod:`lungjax.xla_cpu`),
+(:mod:`lungjax.data.radiograph_files`), the temperature formula (:mod:`lungjax.evaluation.fit.temperature`),
+the decision rule (:mod:`lungjax.evaluation.fit.decisions`) and the XLA CPU defaults (:mod:`lungjax.xla_cpu`),
 and none of the training stack (Flax,
 Optax, Orbax, grain, TFDS), so a serving machine installs little and runs the very numbers that were
 exported. The model file is checked against the manifest's sha256 before it is loaded.

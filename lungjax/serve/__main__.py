@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 from lungjax import xla_cpu
-from lungjax.serve import bundle, files, predictions
+from lungjax.serve import bundle, bundle_format, files, predictions
 
 USAGE_EXIT_CODE = 2  # argparse's own for a bad command line; also a refused bundle
 
@@ -22,7 +22,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", required=True, nargs="+", help="PNG, JPEG or DICOM files, and folders of them")
     parser.add_argument("--out", required=True, help="folder for predictions.csv and predictions.jsonl")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--precision", choices=bundle.PRECISIONS, default="float32", help="which model file to run")
+    parser.add_argument(
+        "--precision", choices=bundle_format.PRECISIONS, default="float32", help="which model file to run"
+    )
     parser.add_argument("--allow-lateral", action="store_true", help="read lateral DICOM films, with a warning")
     args = parser.parse_args(argv)
     if args.batch_size < 1:

@@ -14,10 +14,7 @@ import jax
 import numpy as np
 
 from lungjax.data import images
-
-MANIFEST_FILE = "manifest.json"
-FORMAT, FORMAT_VERSION = "lungjax-export", 1  # what lungjax.export.manifest writes
-PRECISIONS = ("float32", "bfloat16")
+from lungjax.serve.bundle_format import FORMAT, FORMAT_VERSION, MANIFEST_FILE
 
 
 class BundleError(Exception):

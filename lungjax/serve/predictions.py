@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lungjax.data import images, radiograph_files
-from lungjax.evaluation import decisions, temperature
+from lungjax.evaluation.fit import decisions, temperature
 from lungjax.serve.bundle import Bundle
 
 CSV_FILE = "predictions.csv"

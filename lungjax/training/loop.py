@@ -147,7 +147,7 @@ def _resume(config, workdir: Path, manager, state, data_iterator, fingerprint: s
         config=config.to_dict(),
         model_state=model_variables(state),
         train_state=resume_variables(state),
-        defaults=base.base_config().to_dict(),
+        complete=base.complete,
     )
     if not resumed:
         return state, 0, early_stopping

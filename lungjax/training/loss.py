@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lungjax.evaluation import metrics
+from lungjax.evaluation.stats.class_weights import compute_class_weights
 
 
 def class_weights(config, train_counts: list[int], *, images: int = 0, multi_label: bool = False) -> np.ndarray:
@@ -26,7 +26,7 @@ def class_weights(config, train_counts: list[int], *, images: int = 0, multi_lab
         counts = np.asarray(train_counts)
         if multi_label:
             return np.where(counts > 0, (images - counts) / np.maximum(counts, 1), 1.0).astype(np.float64)
-        return metrics.compute_class_weights(np.repeat(np.arange(len(counts)), counts), len(counts))
+        return compute_class_weights(np.repeat(np.arange(len(counts)), counts), len(counts))
     if config.class_weights == "none":
         return np.ones(len(train_counts))
     weights = np.asarray(config.class_weights, dtype=np.float64)

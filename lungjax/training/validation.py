@@ -17,7 +17,10 @@ import numpy as np
 
 from lungjax import models
 from lungjax.data import records, tasks
-from lungjax.evaluation import inference, metrics, multilabel, plots
+from lungjax.evaluation import inference
+from lungjax.evaluation.render import plots
+from lungjax.evaluation.sections import multi_label
+from lungjax.evaluation.stats import calibration, ranking, rates
 
 NUM_SAMPLE_IMAGES = 4
 
@@ -63,13 +66,13 @@ class Validator:
             scalars, images = self._multi_label_scalars(true, probs, predictions["patient_id"]), {}
         else:
             scalars = {
-                "val_loss": metrics.log_loss(true, probs),
+                "val_loss": calibration.log_loss(true, probs),
                 "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
             }
-            auc = metrics.macro_auc(true, probs)
+            auc = ranking.macro_auc(true, probs)
             if auc is not None:
                 scalars["val_macro_auc"] = auc
-            confusion = metrics.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
+            confusion = rates.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
             images = {"validation/confusion_matrix": confusion_image(confusion, self._task.class_names)}
         if first and len(first[0]):
             images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)
@@ -77,7 +80,7 @@ class Validator:
 
     def _multi_label_scalars(self, true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray) -> dict[str, float]:
         """Mean binary cross-entropy (unweighted) and mean AUROC over the findings where it is defined."""
-        report = multilabel.multilabel_report(
+        report = multi_label.multilabel_report(
             true, probs, self._task.class_names, patient_ids=patient_ids, n_bootstrap=0
         )
         losses = [row["log_loss"] for row in report["per_finding"].values()]

@@ -1,6 +1,6 @@
 """``report.html``: the report as one self-contained page a person opens from disk.
 
-Rendered from the same document model as ``report.md`` (:mod:`lungjax.evaluation.report`), with
+Rendered from the same document model as ``report.md`` (:mod:`lungjax.evaluation.render.document`), with
 every figure embedded as a base64 PNG and the style inline: no script, no font, no request to
 anywhere, so the page shows the same on an air-gapped hospital workstation. Each number cell
 carries ``data-keys``, the report.json paths of the numbers it shows, so a test can read the page
@@ -13,10 +13,9 @@ import base64
 import html
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
-from lungjax.evaluation import report as report_lib
+from lungjax.evaluation.render import document
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1f24;
@@ -59,7 +58,7 @@ def _anchor(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def _cell(cell: report_lib.Cell) -> str:
+def _cell(cell: document.Cell) -> str:
     """A number cell, with its interval on a second, smaller line so that wide tables fit the page."""
     kind = None
     if cell.text.startswith("▼"):
@@ -76,7 +75,7 @@ def _cell(cell: report_lib.Cell) -> str:
     return f"<td{attributes}>{content}</td>"
 
 
-def _table(table: report_lib.Table) -> str:
+def _table(table: document.Table) -> str:
     head = "".join(f"<th>{_inline(h)}</th>" for h in table.header)
     rows = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
@@ -101,9 +100,8 @@ def _figure(path: Path, title: str) -> str:
     )
 
 
-def render(report: dict, folder: Path, figures: Sequence[str] = ()) -> str:
-    """The page for ``report``; ``figures`` are PNG names in ``folder``, embedded where they belong."""
-    doc = report_lib.document(report, figures)
+def render(doc: document.Document, folder: Path) -> str:
+    """The page of a report's document; its figures are PNG names in ``folder``, embedded where they belong."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -120,9 +118,9 @@ def render(report: dict, folder: Path, figures: Sequence[str] = ()) -> str:
     for section in doc.sections:
         parts.append(f'<section id="{_anchor(section.title)}"><h2>{html.escape(section.title)}</h2>')
         for block in section.blocks:
-            if isinstance(block, report_lib.Table):
+            if isinstance(block, document.Table):
                 parts.append(_table(block))
-            elif isinstance(block, report_lib.Code):
+            elif isinstance(block, document.Code):
                 parts.append(f"<details><summary>show</summary><pre>{html.escape(block.text)}</pre></details>")
             else:
                 parts.append(_paragraph(block))

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungjax.evaluation import binary, metrics
+from lungjax.evaluation.stats import numeric
+from lungjax.evaluation.stats.rates import predictive_rates
 
 YOUDEN = "youden"
 METRICS = ("sensitivity", "specificity", "ppv", "npv")
@@ -78,11 +79,11 @@ def _candidates(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, d
     fp = np.cumsum(~sorted_positive)[last_of_group].astype(np.float64)
     p, n = positive.sum(), (~positive).sum()
     counts = {"tp": tp, "fp": fp, "fn": p - tp, "tn": n - fp}
-    return sorted_scores[last_of_group], binary.rates(counts)
+    return sorted_scores[last_of_group], predictive_rates(counts)
 
 
 def _rates_dict(values: dict[str, np.ndarray], index: int) -> dict[str, float | None]:
-    return {key: metrics._optional_float(values[key][index]) for key in METRICS}
+    return {key: numeric.optional_float(values[key][index]) for key in METRICS}
 
 
 def choose_one(rule: Rule, positive: np.ndarray, scores: np.ndarray) -> dict:
@@ -109,7 +110,7 @@ def choose_one(rule: Rule, positive: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def choose(rules: Sequence[Rule], positive: np.ndarray, scores: np.ndarray, class_names) -> dict:
-    """``{rule text: {class: choose_one(...)}}`` on the validation columns (``binary.columns``)."""
+    """``{rule text: {class: choose_one(...)}}`` on the validation columns (``kinds.columns``)."""
     return {
         rule.text: {name: choose_one(rule, positive[:, c], scores[:, c]) for c, name in enumerate(class_names)}
         for rule in rules
@@ -129,52 +130,3 @@ def _verdict(interval: dict | None, value: float | None, target: float) -> str:
     if value is None:
         return "undefined"
     return "met (no interval)" if value >= target - TARGET_TOLERANCE else "missed (no interval)"
-
-
-def apply(
-    rules: Sequence[Rule],
-    chosen: dict,
-    positive: np.ndarray,
-    scores: np.ndarray,
-    class_names,
-    *,
-    patient_ids: np.ndarray,
-    n_bootstrap: int,
-    seed: int,
-) -> dict:
-    """Each chosen threshold applied to the evaluated split's columns, with intervals and the verdict."""
-    placed = [
-        (rule, c, name, chosen[rule.text][name]["threshold"])
-        for rule in rules
-        for c, name in enumerate(class_names)
-        if chosen[rule.text][name]["threshold"] is not None
-    ]
-
-    def replicate(weights):
-        out = {}
-        for rule, c, name, threshold in placed:
-            values = binary.rates(binary.weighted_counts(positive[:, c], scores[:, c] >= threshold, weights))
-            out.update({f"{rule.text}|{name}|{key}": value for key, value in values.items()})
-        return out
-
-    point = {key: value[0] for key, value in replicate(np.ones((1, len(scores)))).items()}
-    boot = metrics.bootstrap_replicates(replicate, patient_ids, n_bootstrap, seed) if n_bootstrap and placed else None
-    report = {}
-    for rule in rules:
-        report[rule.text] = {}
-        for name in class_names:
-            row = {**chosen[rule.text][name], "target": None if rule.metric is None else {rule.metric: rule.target}}
-            if row["threshold"] is not None:
-                row["test"] = {}
-                for key in METRICS:
-                    figure = {"value": metrics._optional_float(point[f"{rule.text}|{name}|{key}"])}
-                    if boot is not None:
-                        figure["ci"] = metrics._interval(boot[f"{rule.text}|{name}|{key}"])
-                    row["test"][key] = figure
-                if rule.metric is not None:
-                    target = row["test"][rule.metric]
-                    row["contract"] = _verdict(target.get("ci"), target["value"], rule.target)
-            else:
-                row["contract"] = "unmet on validation" if rule.metric is not None else "undefined"
-            report[rule.text][name] = row
-    return report

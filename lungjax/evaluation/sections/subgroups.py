@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lungjax.data import metadata
-from lungjax.evaluation import binary, metrics
+from lungjax.evaluation.stats import bootstrap, numeric, ranking
 
 MIN_CELL_CLASS_COUNT = 10
 AGE_BANDS = (("< 40", 0, 40), ("40-59", 40, 60), (">= 60", 60, metadata.MAX_PLAUSIBLE_AGE + 1))
@@ -76,13 +76,13 @@ def audit(
 ) -> dict:
     """``{"attributes": {attribute: {cell: {images, patients, per_class: {...}}}}, ...}`` (module doc).
 
-    ``positive``/``scores`` are the evaluated split's columns (``binary.columns``). Each class row
+    ``positive``/``scores`` are the evaluated split's columns (``kinds.Kind.columns``). Each class row
     holds positives, negatives and either ``auroc`` with its ``ci`` and ``below_overall``, or
     ``too_small`` with the reason.
     """
     patient_ids = np.asarray(patient_ids)
     ones = np.ones((1, len(scores)))
-    overall_auroc = [binary.weighted_auroc(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
+    overall_auroc = [ranking.weighted_auroc(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
     report = {}
     for attribute in ATTRIBUTES:
         values = cells[attribute]
@@ -99,15 +99,15 @@ def audit(
                     row["too_small"] = f"fewer than {MIN_CELL_CLASS_COUNT} positives or negatives"
                 else:
                     column = (cell_positive[:, c], cell_scores[:, c])
-                    row["auroc"] = float(binary.weighted_auroc(*column, np.ones((1, n_pos + n_neg)))[0])
+                    row["auroc"] = float(ranking.weighted_auroc(*column, np.ones((1, n_pos + n_neg)))[0])
                     if n_bootstrap:
-                        draws = metrics.bootstrap_replicates(
-                            lambda weights, column=column: {"auroc": binary.weighted_auroc(*column, weights)},
+                        draws = bootstrap.bootstrap_replicates(
+                            lambda weights, column=column: {"auroc": ranking.weighted_auroc(*column, weights)},
                             cell_patients,
                             n_bootstrap,
                             seed,
                         )
-                        row["ci"] = metrics._interval(draws["auroc"])
+                        row["ci"] = bootstrap.interval(draws["auroc"])
                         high = row["ci"]["high"]
                         row["below_overall"] = bool(high is not None and high < overall_auroc[c])
                 per_class[name] = row
@@ -125,7 +125,7 @@ def audit(
     ]
     return {
         "min_cell_class_count": MIN_CELL_CLASS_COUNT,
-        "overall_auroc": {name: metrics._optional_float(a) for name, a in zip(class_names, overall_auroc)},
+        "overall_auroc": {name: numeric.optional_float(a) for name, a in zip(class_names, overall_auroc)},
         "attributes": report,
         "flagged": flagged,
     }

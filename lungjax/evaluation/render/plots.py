@@ -25,15 +25,16 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from lungjax.evaluation.metrics import (
-    ECE_BINS,
+from lungjax.evaluation.stats.calibration import (
+    FINDING_ECE_BINS,
+    TOP1_ECE_BINS,
     calibration_bins,
-    check_predictions,
     expected_calibration_error,
-    macro_auc,
+    finding_calibration_bins,
+    finding_ece,
 )
-from lungjax.evaluation.multilabel import ECE_BINS as FINDING_ECE_BINS
-from lungjax.evaluation.multilabel import check_multilabel_predictions, finding_calibration_bins, finding_ece
+from lungjax.evaluation.stats.checks import check_multilabel_predictions, check_predictions
+from lungjax.evaluation.stats.ranking import macro_auc
 
 DPI = 120
 CURVE_FIGSIZE = (7.0, 6.0)
@@ -187,7 +188,11 @@ def confusion_matrix_figure(cm: np.ndarray | Sequence[Sequence[int]], class_name
 
 
 def plot_reliability_diagram(
-    labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = ECE_BINS, title: str = "Reliability diagram"
+    labels: np.ndarray,
+    probs: np.ndarray,
+    path: str | Path,
+    n_bins: int = TOP1_ECE_BINS,
+    title: str = "Reliability diagram",
 ) -> None:
     """Top-1 accuracy against confidence per equal-width bin, with counts and ECE in the title.
 
@@ -328,7 +333,7 @@ def plot_reliability_grid(
 ) -> None:
     """Per-finding reliability: observed frequency against predicted probability per equal-width bin.
 
-    The bins and ECE in each title are the report's (:func:`multilabel.finding_calibration_bins`).
+    The bins and ECE in each title are the report's (:func:`stats.calibration.finding_calibration_bins`).
     Most films of a rare finding sit in the lowest bin, so the counts above the bars matter.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
@@ -365,7 +370,7 @@ def plot_paired_roc(
     path: str | Path,
     run_names: tuple[str, str] = ("run a", "run b"),
 ) -> None:
-    """Two runs' ROC curves on the same images, one panel per class (``binary.columns`` inputs)."""
+    """Two runs' ROC curves on the same images, one panel per class (``kinds.Kind.columns`` inputs)."""
     figure, panels = _finding_grid(len(class_names))
     for c, (axes, name) in enumerate(zip(panels, class_names)):
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from lungjax.evaluation import operating_points, subgroups
+from lungjax.evaluation.fit import operating_points
+from lungjax.evaluation.sections import subgroups
 
 FIGURE_TITLES = MappingProxyType(
     {
@@ -388,7 +389,7 @@ def _operating_point_section(report: dict) -> Section:
     return section
 
 
-def _calibration_section(report: dict) -> Section:
+def _calibration_section(report: dict, per_finding: bool) -> Section:
     section = Section("Calibration")
     cal = report.get("calibration")
     if not cal:
@@ -403,10 +404,9 @@ def _calibration_section(report: dict) -> Section:
         " ECE sums absolute gaps, so the noise of resampling only adds to it: its interval can lie above its value;"
         " the change's interval is the one to read."
     )
-    per = "per_finding" in cal
     rows = [
         [
-            text(f"{'Mean ' if per else ''}{label}"),
+            text(f"{'Mean ' if per_finding else ''}{label}"),
             *(
                 with_interval(report, ("calibration", f"{when}_{key}", "value"), ("calibration", f"{when}_{key}", "ci"))
                 for when in ("before", "after", "change")
@@ -415,7 +415,7 @@ def _calibration_section(report: dict) -> Section:
         for key, label in (("log_loss", "log-loss"), ("ece", "ECE"))
     ]
     section.blocks.append(Table(["", "Before", "After", "Change"], rows))
-    if per:
+    if per_finding:
         rows = []
         for name in cal["per_finding"]:
             key = ("calibration", "per_finding", name)
@@ -498,8 +498,12 @@ def _place_figures(sections: list[Section], figures: Sequence[str]) -> None:
         sections.insert(-1, rest)  # before the run identity
 
 
-def _depth_sections(report: dict) -> list[Section]:
-    sections = [_subgroup_sections(report), _operating_point_section(report), _calibration_section(report)]
+def _depth_sections(report: dict, per_finding: bool) -> list[Section]:
+    sections = [
+        _subgroup_sections(report),
+        _operating_point_section(report),
+        _calibration_section(report, per_finding),
+    ]
     comparison = _comparison_section(report)
     return sections + ([comparison] if comparison else [])
 
@@ -519,7 +523,7 @@ def six_class_document(report: dict, figures: Sequence[str] = ()) -> Document:
             ],
         ),
         Section("Confusion matrix", [_confusion(report)]),
-        *_depth_sections(report),
+        *_depth_sections(report, per_finding=False),
         Section("Explanations: pointing game", _pointing_game(report)),
         _identity_section(report),
     ]
@@ -647,7 +651,7 @@ def multilabel_document(report: dict, figures: Sequence[str] = ()) -> Document:
     ]
     expert = _expert_labels(report)
     sections += [expert] if expert else []
-    sections += _depth_sections(report)
+    sections += _depth_sections(report, per_finding=True)
     if "explain" in report:
         sections.append(Section("Explanations: pointing game", _pointing_game(report)))
     sections.append(_identity_section(report))
@@ -661,48 +665,3 @@ def multilabel_document(report: dict, figures: Sequence[str] = ()) -> Document:
         sections=sections,
         figure_titles=MULTILABEL_FIGURE_TITLES,
     )
-
-
-def document(report: dict, figures: Sequence[str] = ()) -> Document:
-    """The report's document model for its task."""
-    return (multilabel_document if "per_finding" in report else six_class_document)(report, figures)
-
-
-# ---------------------------------------------------------------------------------------- Markdown
-
-
-def _markdown_table(table: Table) -> list[str]:
-    return [
-        "| " + " | ".join(table.header) + " |",
-        "|" + "---|" * len(table.header),
-        *("| " + " | ".join(cell.text for cell in row) + " |" for row in table.rows),
-    ]
-
-
-def to_markdown(doc: Document) -> str:
-    lines = [f"# {doc.title}", ""]
-    for paragraph in doc.intro:
-        lines += [paragraph, ""]
-    for section in doc.sections:
-        lines += [f"## {section.title}", ""]
-        for block in section.blocks:
-            if isinstance(block, Table):
-                lines += [*_markdown_table(block), ""]
-            elif isinstance(block, Code):
-                lines += ["```json", block.text, "```", ""]
-            else:
-                lines += [block, ""]
-        lines += [f"- [{doc.figure_titles.get(name, name)}]({name})" for name in section.figures]
-        if section.figures:
-            lines.append("")
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def render_markdown(report: dict, figures: Sequence[str] = ()) -> str:
-    """The six-class report as Markdown; ``figures`` are file names beside ``report.md`` to link."""
-    return to_markdown(six_class_document(report, figures))
-
-
-def render_multilabel_markdown(report: dict, figures: Sequence[str] = ()) -> str:
-    """The 14-finding (multi-label) report as Markdown; ``figures`` are file names beside it to link."""
-    return to_markdown(multilabel_document(report, figures))

@@ -21,17 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from lungjax import models
 from lungjax.data import labels, pipeline, records
-from lungjax.evaluation import plots
+from lungjax.evaluation.render import overlays
 from lungjax.models import resnet
 
-GRID_COLUMNS = 4
-PANEL_INCHES = 2.6
-HEATMAP_ALPHA = 0.45
 LAST_STAGE = resnet.NUM_STAGES
 
 
@@ -93,16 +88,6 @@ def heatmaps_for(cam_fn, model_state, images: np.ndarray, classes: np.ndarray, b
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
 
 
-def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float]:
-    """(x, y) of the maximum, in the box convention (pixel i spans [i, i + 1), so its centre is i + .5).
-
-    A coarse map upsampled has a plateau of equal maxima; its centroid, not its first pixel, is
-    where the map points.
-    """
-    rows, cols = np.nonzero(heatmap == heatmap.max())
-    return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
-
-
 def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
     """Share of (heatmap, box) pairs whose peak lies in the box, and the chance level.
 
@@ -119,38 +104,12 @@ def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
         if heatmap.max() == heatmap.min():
             flat += 1
             continue
-        px, py = heatmap_peak(heatmap)
+        px, py = overlays.heatmap_peak(heatmap)
         hits += int(x <= px <= x + w and y <= py <= y + h)
     visible_w = np.clip(boxes[:, 0] + boxes[:, 2], 0, width) - np.clip(boxes[:, 0], 0, width)
     visible_h = np.clip(boxes[:, 1] + boxes[:, 3], 0, height) - np.clip(boxes[:, 1], 0, height)
     chance = float(np.mean(visible_w * visible_h / (width * height)))
     return {"n": int(len(boxes)), "hits": hits, "flat": flat, "hit_rate": hits / len(boxes), "chance": chance}
-
-
-def plot_overlays(
-    images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str], path: str | Path, boxes: np.ndarray | None = None
-) -> None:
-    """A grid of radiographs with their heatmaps overlaid (and boxes outlined, where given)."""
-    count = len(images)
-    columns = min(GRID_COLUMNS, count)
-    rows = -(-count // columns)
-    figure = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * rows + 0.3), layout="constrained")
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for i, axes in enumerate(axes_grid):
-        axes.set_axis_off()
-        if i >= count:
-            continue
-        axes.imshow(images[i].squeeze(-1), cmap="gray", vmin=0, vmax=255)
-        axes.imshow(heatmaps[i], cmap="jet", alpha=HEATMAP_ALPHA, vmin=0.0, vmax=1.0)
-        if boxes is not None and boxes[i][2] > 0:
-            x, y, w, h = boxes[i]
-            # imshow centres pixel i at i, the box convention at i + .5: shift by half a pixel.
-            axes.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.5))
-        px, py = heatmap_peak(heatmaps[i])
-        axes.plot(px - 0.5, py - 0.5, "w+", markersize=8)
-        axes.set_title(titles[i], fontsize="x-small")
-    figure.suptitle("Grad-CAM (last ResNet stage); + marks the maximum", fontsize="small")
-    plots.save_png(figure, path)
 
 
 def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.ndarray, image_size: int) -> np.ndarray:
@@ -204,7 +163,7 @@ def explain_split(
 
     def grid(selected, path):
         at = [position[r] for r in selected]
-        plot_overlays(images[at], heatmaps[at], titles(selected), path, boxes=boxes[selected])
+        overlays.plot_overlays(images[at], heatmaps[at], titles(selected), path, boxes=boxes[selected])
 
     if len(worst):
         grid(worst, out / "gradcam_worst.png")
@@ -265,7 +224,7 @@ def explain_findings(
     for name, shown in galleries.items():
         if len(shown):
             titled = [titles[i] for i in shown]
-            plot_overlays(images[at[shown]], heatmaps[shown], titled, out / name, boxes=boxes[shown])
+            overlays.plot_overlays(images[at[shown]], heatmaps[shown], titled, out / name, boxes=boxes[shown])
     result = pointing_game(heatmaps[:n_boxed], boxes[:n_boxed])
     result["per_class"] = {
         class_names[k]: pointing_game(heatmaps[:n_boxed][boxed_findings == k], boxes[:n_boxed][boxed_findings == k])

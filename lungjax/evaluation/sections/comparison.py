@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from lungjax.data import metadata, tasks
-from lungjax.evaluation import binary, metrics, paired
+from lungjax.evaluation import kinds
+from lungjax.evaluation.stats import bootstrap, paired
 
 
 class CompareError(ValueError):
@@ -58,8 +59,9 @@ def comparison_report(
     seed: int,
 ) -> dict:
     """The comparison section of ``report.json``; ``b`` must be ``align``-ed to ``a``."""
-    positive, scores_a = binary.columns(a["label"], a["probs"], task.class_names, task.multi_label)
-    _, scores_b = binary.columns(b["label"], b["probs"], task.class_names, task.multi_label)
+    kind = kinds.of_task(task)
+    positive, scores_a = kind.columns(a["label"], a["probs"], task.class_names)
+    _, scores_b = kind.columns(b["label"], b["probs"], task.class_names)
     support = positive.sum(axis=0)
     mean_over = np.flatnonzero((support > 0) & (support < len(positive)))
     boot = (
@@ -73,7 +75,7 @@ def comparison_report(
     for c, name in enumerate(task.class_names):
         row = paired.delong(positive[:, c], scores_a[:, c], scores_b[:, c])
         if boot is not None:
-            row["difference_ci"] = metrics._interval(boot["difference"][:, c])
+            row["difference_ci"] = bootstrap.interval(boot["difference"][:, c])
         per_class[name] = row
     defined = [per_class[task.class_names[c]] for c in mean_over]
     report = {
@@ -85,11 +87,11 @@ def comparison_report(
         "mean_auroc_b": float(np.mean([r["auroc_b"] for r in defined])) if defined else None,
         "mean_difference": float(np.mean([r["difference"] for r in defined])) if defined else None,
         "mean_over": [task.class_names[c] for c in mean_over],
-        "mean_difference_ci": metrics._interval(boot["mean_difference"]) if boot is not None else None,
+        "mean_difference_ci": bootstrap.interval(boot["mean_difference"]) if boot is not None else None,
         "per_class": per_class,
         "delong_note": "DeLong's test treats images as independent; the bootstrap interval resamples patients.",
     }
-    if not task.multi_label:
+    if not kind.multi_label:
         report["mcnemar"] = paired.mcnemar(
             a["probs"].argmax(axis=1) == a["label"], b["probs"].argmax(axis=1) == b["label"]
         )

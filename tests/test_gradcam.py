@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungjax.evaluation import explain
+from lungjax.evaluation import gradcam
+from lungjax.evaluation.render import overlays
 from lungjax.models.resnet import create_model
 
 
@@ -17,7 +18,7 @@ def test_grad_cam_equals_cam_formula_on_a_resnet():
 
     @jax.jit
     def cams_and_features(x):
-        cams = explain.grad_cam(model.feature_map, lambda a: model.logits_from(a, stage=4), x, classes)
+        cams = gradcam.grad_cam(model.feature_map, lambda a: model.logits_from(a, stage=4), x, classes)
         return cams, model.feature_map(x)
 
     cams, features = cams_and_features(x)
@@ -57,17 +58,17 @@ def test_grad_cam_points_at_the_evidence_of_its_class():
 
     for target, expected_rate in ((0, 1.0), (1, 0.0)):
         classes = jnp.full(len(images), target)
-        maps = np.asarray(explain.upsample(explain.grad_cam(features_fn, head_fn, images, classes), 16))
+        maps = np.asarray(gradcam.upsample(gradcam.grad_cam(features_fn, head_fn, images, classes), 16))
         assert maps.max(axis=(1, 2)) == pytest.approx(1.0)
-        assert explain.pointing_game(maps, boxes)["hit_rate"] == expected_rate
+        assert gradcam.pointing_game(maps, boxes)["hit_rate"] == expected_rate
 
 
 def test_heatmap_peak_is_the_centre_of_a_plateau():
     heatmap = np.zeros((8, 8))
     heatmap[2:4, 4:6] = 1.0  # pixels 4, 5 span x in [4, 6): centre 5
-    assert explain.heatmap_peak(heatmap) == (5.0, 3.0)
+    assert overlays.heatmap_peak(heatmap) == (5.0, 3.0)
     heatmap[7, 0] = 2.0
-    assert explain.heatmap_peak(heatmap) == (0.5, 7.5)
+    assert overlays.heatmap_peak(heatmap) == (0.5, 7.5)
 
 
 def test_pointing_game_arithmetic():
@@ -77,28 +78,28 @@ def test_pointing_game_arithmetic():
     maps[2, 5, 5] = 1.0  # peak (5.5, 5.5): on the box's edge, which counts
     # maps[3] is flat: it points nowhere, a miss
     boxes = np.array([[0, 0, 5, 5], [0, 0, 2, 10], [2, 2, 3.5, 3.5], [-5, 5, 10, 10]], np.float64)
-    result = explain.pointing_game(maps, boxes)
+    result = gradcam.pointing_game(maps, boxes)
     assert (result["n"], result["hits"], result["flat"]) == (4, 2, 1)
     assert result["hit_rate"] == 0.5
     # Box shares of the 100-pixel image: 25, 20, 12.25 and, clipped to the image, 5 x 5 = 25.
     assert result["chance"] == pytest.approx((25 + 20 + 12.25 + 25) / 4 / 100)
-    assert explain.pointing_game(maps[:0], boxes[:0])["hit_rate"] is None
+    assert gradcam.pointing_game(maps[:0], boxes[:0])["hit_rate"] is None
 
 
 def test_upsample_scales_each_map_to_one_and_keeps_zero_maps_zero():
     cams = jnp.stack([jnp.array([[0.0, 2.0], [1.0, 0.5]]), jnp.zeros((2, 2))])
-    maps = np.asarray(explain.upsample(cams, 8))
+    maps = np.asarray(gradcam.upsample(cams, 8))
     assert maps.shape == (2, 8, 8)
     assert maps[0].max() == pytest.approx(1.0) and maps[0].min() >= 0
     assert not maps[1].any()
-    assert explain.heatmap_peak(maps[0])[0] > 4 > explain.heatmap_peak(maps[0])[1]  # top right
+    assert overlays.heatmap_peak(maps[0])[0] > 4 > overlays.heatmap_peak(maps[0])[1]  # top right
 
 
 def test_plot_overlays_writes_a_png(tmp_path):
     images = np.zeros((3, 16, 16, 1), np.uint8)
     maps = np.random.default_rng(0).uniform(size=(3, 16, 16))
     boxes = np.array([[2, 2, 4, 4], [-1, -1, -1, -1], [0, 0, 16, 16]], np.float32)
-    explain.plot_overlays(images, maps, ["a", "b", "c"], tmp_path / "grid.png", boxes=boxes)
+    overlays.plot_overlays(images, maps, ["a", "b", "c"], tmp_path / "grid.png", boxes=boxes)
     assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungjax.evaluation import metrics
+from lungjax.evaluation.stats import ranking
 
 EXPERT_FILE = "google2019_nih-chest-xray-labels.csv"
 # Report name -> (the expert file's column, the NIH findings it covers).
@@ -52,7 +52,7 @@ def _auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     if positive.all() or not positive.any():
         return None
     two_class = np.stack([1.0 - scores, scores], axis=1)
-    return float(metrics.one_vs_rest_auc(positive.astype(np.int64), two_class)[1])
+    return float(ranking.one_vs_rest_auc(positive.astype(np.int64), two_class)[1])
 
 
 def compare(predictions: dict[str, np.ndarray], class_names, path: str | os.PathLike) -> dict:

@@ -1,9 +1,9 @@
 """Calibration before and after temperature scaling: log-loss and ECE on the evaluated split, with CIs.
 
-The temperatures are fitted on the validation split (:mod:`lungjax.evaluation.temperature`) and
+The temperatures are fitted on the validation split (:mod:`lungjax.evaluation.fit.temperature`) and
 applied unchanged to the split evaluated, like every other choice made on validation. Both figures
-are the report's own definitions: the six-class task's top-1 ECE over ``metrics.ECE_BINS`` bins and
-the true class's log-loss; each finding's ECE over ``multilabel.ECE_BINS`` bins and its binary
+are the report's own definitions: the six-class task's top-1 ECE over ``TOP1_ECE_BINS`` bins and
+the true class's log-loss; each finding's ECE over ``FINDING_ECE_BINS`` bins and its binary
 log-loss, with the means over the 14 findings as the headline. Intervals resample patients with the
 same draws before and after, so the interval of the change is paired.
 """
@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungjax.evaluation import metrics, multilabel, temperature
+from lungjax.evaluation.fit import temperature
+from lungjax.evaluation.stats import bootstrap, checks
+from lungjax.evaluation.stats.calibration import (
+    FINDING_ECE_BINS,
+    TOP1_ECE_BINS,
+    weighted_expected_calibration_error,
+)
 
 FIGURES = ("log_loss", "ece")
-
-
-def _bin_matrix(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """(N, n_bins) one-hot of each value's equal-width bin of [0, 1] (the last bin holds 1.0)."""
-    index = np.minimum((values * n_bins).astype(np.int64), n_bins - 1)
-    return np.eye(n_bins)[index]
-
-
-def _weighted_ece(hit: np.ndarray, confidence: np.ndarray, n_bins: int, weights: np.ndarray) -> np.ndarray:
-    """ECE (B,): sum over bins of |weighted hits - weighted confidence| / total weight."""
-    bins = _bin_matrix(confidence, n_bins)
-    gaps = weights @ (bins * hit[:, None]) - weights @ (bins * confidence[:, None])
-    return np.abs(gaps).sum(axis=1) / weights.sum(axis=1)
 
 
 def _single_label_figures(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -36,7 +29,7 @@ def _single_label_figures(labels: np.ndarray, probs: np.ndarray, weights: np.nda
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     return {
         "log_loss": weights @ loss / weights.sum(axis=1),
-        "ece": _weighted_ece(correct, probs.max(axis=1), metrics.ECE_BINS, weights),
+        "ece": weighted_expected_calibration_error(correct, probs.max(axis=1), TOP1_ECE_BINS, weights),
     }
 
 
@@ -46,7 +39,7 @@ def _finding_figures(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray
     loss = -np.where(positive, np.log(p), np.log(1.0 - p))
     return {
         "log_loss": weights @ loss / weights.sum(axis=1),
-        "ece": _weighted_ece(positive.astype(np.float64), prob, multilabel.ECE_BINS, weights),
+        "ece": weighted_expected_calibration_error(positive.astype(np.float64), prob, FINDING_ECE_BINS, weights),
     }
 
 
@@ -76,9 +69,9 @@ def calibration_report(
     """Log-loss and ECE before and after applying ``fitted`` (``temperature.fit``'s record), with
     patient-bootstrap intervals of each and of the change (after - before)."""
     if multi_label:
-        labels, probs = multilabel.check_multilabel_predictions(labels, probs, class_names, patient_ids)
+        labels, probs = checks.check_multilabel_predictions(labels, probs, class_names, patient_ids)
     else:
-        labels, probs = metrics.check_predictions(labels, probs, class_names, patient_ids)
+        labels, probs = checks.check_predictions(labels, probs, class_names, patient_ids)
     calibrated = temperature.apply(probs, fitted["temperatures"], multi_label)
 
     def replicate(weights):
@@ -93,13 +86,13 @@ def calibration_report(
         return out
 
     point = {key: value[0] for key, value in replicate(np.ones((1, len(probs)))).items()}
-    boot = metrics.bootstrap_replicates(replicate, patient_ids, n_bootstrap, seed) if n_bootstrap else None
+    boot = bootstrap.bootstrap_replicates(replicate, patient_ids, n_bootstrap, seed) if n_bootstrap else None
 
     def figure(key: str, column: int | None = None) -> dict:
         value = point[key] if column is None else point[key][column]
         row = {"value": float(value)}
         if boot is not None:
-            row["ci"] = metrics._interval(boot[key] if column is None else boot[key][:, column])
+            row["ci"] = bootstrap.interval(boot[key] if column is None else boot[key][:, column])
         return row
 
     report = {
@@ -110,7 +103,7 @@ def calibration_report(
         else {"all classes": float(fitted["temperatures"][0])},
         "not_fitted": fitted["not_fitted"],
         "at_bound": fitted["at_bound"],
-        "ece_bins": multilabel.ECE_BINS if multi_label else metrics.ECE_BINS,
+        "ece_bins": FINDING_ECE_BINS if multi_label else TOP1_ECE_BINS,
         **{f"{when}_{key}": figure(f"{when}_{key}") for when in ("before", "after", "change") for key in FIGURES},
     }
     if multi_label:

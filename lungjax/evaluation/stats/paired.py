@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from lungjax.evaluation import binary, metrics
+from lungjax.evaluation.stats.bootstrap import bootstrap_replicates
+from lungjax.evaluation.stats.ranking import weighted_auroc
 
 
 def placements(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +88,8 @@ def paired_bootstrap(
     def replicate(weights):
         difference = np.stack(
             [
-                binary.weighted_auroc(positive[:, c], scores_a[:, c], weights)
-                - binary.weighted_auroc(positive[:, c], scores_b[:, c], weights)
+                weighted_auroc(positive[:, c], scores_a[:, c], weights)
+                - weighted_auroc(positive[:, c], scores_b[:, c], weights)
                 for c in range(positive.shape[1])
             ],
             axis=1,
@@ -96,4 +97,4 @@ def paired_bootstrap(
         mean = difference[:, mean_over].mean(axis=1) if mean_over.size else np.full(len(weights), np.nan)
         return {"difference": difference, "mean_difference": mean}
 
-    return metrics.bootstrap_replicates(replicate, patient_ids, n_bootstrap, seed)
+    return bootstrap_replicates(replicate, patient_ids, n_bootstrap, seed)
