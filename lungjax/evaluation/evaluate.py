@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -29,6 +28,7 @@ from lungjax.evaluation.sections import operating_points as operating_point_sect
 from lungjax.runtime import distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
+EVAL_DIR = "eval"  # <workdir>/eval/<split>/: one report per split
 VALIDATION_FIT_FILE = "validation_fit.json"  # what was chosen on validation: temperatures, thresholds
 
 
@@ -165,6 +165,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if split not in inference.EVAL_SPLITS:
         raise ValueError(f"config.eval.split must be one of {inference.EVAL_SPLITS}, got {split!r}")
     workdir = Path(workdir)
+    final = workdir / EVAL_DIR / split
+    workdir_lib.check_output(final)
     mesh = sharding.make_mesh()
     restored, builder, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
     saved, task = restored.config, restored.task
@@ -205,28 +207,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 
-    final = workdir / "eval" / split
-    out = final.with_name(f".{split}.{os.getpid()}")  # the report is written aside, then swapped in
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    write_predictions(out / "predictions.csv", predictions, task)
-    cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    cam_args = dict(
-        image_size=saved.image_size,
-        box_scale=saved.image_size / builder.builder_config.image_size,
-        n_examples=config.eval.explain_examples,
-        batch_size=sharding.process_batch_size(config.eval.batch_size),
-    )
-    source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
-    report["explain"] = kind.explain(
-        cam_fn, model_state, source, predictions, out, class_names=task.class_names, **cam_args
-    )
-    write_plots(out, predictions, report, workdir, task, fit, probs_b)
-    figures = sorted(p.name for p in out.glob("*.png"))
-    (out / validation_fit.VALIDATION_FIT_FILE).write_text(json.dumps(fit, indent=2))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    doc = kind.document(report, figures)
-    (out / "report.md").write_text(markdown.to_markdown(doc))
-    (out / "report.html").write_text(html.render(doc, out))
-    workdir_lib.swap_in(out, final)  # a report folder is complete or absent, never two checkpoints' mix
+    # The report is written into a draft, swapped in whole: complete or absent, never two checkpoints' mix.
+    with workdir_lib.writing(final, is_output=lambda name: name in inference.EVAL_SPLITS) as out:
+        write_predictions(out / "predictions.csv", predictions, task)
+        cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
+        cam_args = dict(
+            image_size=saved.image_size,
+            box_scale=saved.image_size / builder.builder_config.image_size,
+            n_examples=config.eval.explain_examples,
+            batch_size=sharding.process_batch_size(config.eval.batch_size),
+        )
+        source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
+        report["explain"] = kind.explain(
+            cam_fn, model_state, source, predictions, out, class_names=task.class_names, **cam_args
+        )
+        write_plots(out, predictions, report, workdir, task, fit, probs_b)
+        figures = sorted(p.name for p in out.glob("*.png"))
+        (out / validation_fit.VALIDATION_FIT_FILE).write_text(json.dumps(fit, indent=2))
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        doc = kind.document(report, figures)
+        (out / "report.md").write_text(markdown.to_markdown(doc))
+        (out / "report.html").write_text(html.render(doc, out))
     return report
