@@ -58,6 +58,18 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
     )
 
 
+def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+    """The dataset this config built for ``workdir``, never building it: the dataset of another run (one
+    compared with) is that run's to make, in its own workdir."""
+    builder = nih.NihChestXray(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
+    if not builder.is_prepared():
+        raise nih.DatasetNotBuiltError(
+            f"the dataset of the run in {workdir} is not built (no {builder.builder_config.name} in "
+            f"{data_dir(data_config, workdir)}): run --mode prepare (or evaluate) with --workdir={workdir} first"
+        )
+    return builder
+
+
 def _write_phantom_tree(tree: Path, data_config) -> None:
     """Writes the phantom tree into a folder of this process's own, then renames it into place: the
     tree is whole or absent, whatever stops the writer (a full disk, a kill), and two runs writing it

@@ -20,7 +20,9 @@ The user points ``manual_dir`` at their NIH download (or at a phantom tree with 
 
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
-encoded PNG bytes, so neither building nor reading needs TensorFlow.
+encoded PNG bytes, so neither building nor reading needs TensorFlow. The build report records, per
+image, a digest of its source film's decoded pixels (``SOURCE_PIXELS``): two builds of one download at
+different stored sizes share them, a download with other pixels under the same names does not.
 
 A build either completes or leaves nothing: every check that can fail without pixels (folders,
 CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
@@ -54,6 +56,7 @@ BOX_FINDING_NAMES = {box_name: name for name, box_name in labels.BOX_LIST_NAMES.
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")  # six-class; the 14-finding configs split as the module docstring says
 BUILD_REPORT = "build_report.json"
+SOURCE_PIXELS = "source_pixels"  # the build report's key: image name -> images.pixel_digest of its source
 TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 _LEAKAGE_WARNING = (
     "WARNING: the `seed` split is per image, as the reference project did it: one patient's films "
@@ -127,6 +130,10 @@ def make_config(
 
 class DatasetMismatchError(metadata.MetadataError):
     """The dataset in ``data_dir`` was built from other files (or with another policy) than the config names."""
+
+
+class DatasetNotBuiltError(metadata.MetadataError):
+    """A dataset that must already be built is not; the message says how to build it."""
 
 
 def _existing(manual_dir: str | os.PathLike) -> Path:
@@ -410,6 +417,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         directory, so it lands atomically with the data."""
         self._class_counts = {name: [0] * self.task.num_classes for name in self.plan(dl_manager.manual_dir).splits}
         self._images = dict.fromkeys(self._class_counts, 0)
+        self._source_pixels = {}
         with workers.process_pool(self._workers()) as self._pool:
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         plan = self.plan(dl_manager.manual_dir)
@@ -422,6 +430,8 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
             "images": self._images,
             "skipped": plan.skipped,
             "built_from": self.built_from,
+            # per built image, images.pixel_digest of its source film: what a comparison of two runs checks
+            SOURCE_PIXELS: dict(sorted(self._source_pixels.items())),
         }
         (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
@@ -434,7 +444,9 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         results = ordered_map(
             images.load_for_build, jobs, self._pool, window=TASKS_IN_FLIGHT_PER_WORKER * self._workers()
         )
-        for row, (png, box) in tqdm(zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"):
+        for row, (png, box, pixels) in tqdm(
+            zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"
+        ):
             name = row["Image Index"]
             if png is None:
                 if not self.skip_bad_images:
@@ -450,6 +462,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                 counts[label] += 1
                 box = NO_BOX if box is None else box
             self._images[split] += 1
+            self._source_pixels[name] = pixels
             yield (
                 name,
                 {

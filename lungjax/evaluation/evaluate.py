@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from lungjax.data import dataset, metadata, nih, records, tasks
 from lungjax.evaluation import gradcam, inference, kinds
@@ -50,7 +51,10 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
     """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``;
     ``own_run=False`` for a run compared with, whose model and data may differ (``inference.restore``)."""
     restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice, own_run=own_run)
-    builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
+    if own_run:
+        builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
+    else:  # never build in another run's workdir
+        builder = dataset.open_built(restored.config.data, workdir)
     predict_fn = inference.make_predict_fn(
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
     )
@@ -110,10 +114,18 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
     )
 
 
-def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored) -> dict:
-    """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a."""
+def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored, build_report: dict) -> dict:
+    """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a.
+    Refused before run b predicts when the two datasets hold other pixels under the same image names."""
     other = Path(config.eval.compare_to)
-    restored_b, _, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    restored_b, builder_b, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    source_pixels = comparison.check_same_pixels(
+        predictions["image_name"],
+        build_report.get(nih.SOURCE_PIXELS),
+        nih.read_build_report(builder_b).get(nih.SOURCE_PIXELS),
+    )
+    if source_pixels.startswith("not checked"):
+        logging.warning("comparing %s with %s: source pixels %s", workdir, other, source_pixels)
     aligned = comparison.align(predictions, predict_b(config.eval.split), restored.task, restored_b.task)
     report = comparison.comparison_report(
         predictions,
@@ -123,7 +135,7 @@ def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored
         n_bootstrap=config.eval.n_bootstrap,
         seed=config.seed,
     )
-    return {**report, "probs_b": aligned["probs"]}
+    return {**report, "source_pixels": source_pixels, "probs_b": aligned["probs"]}
 
 
 def write_plots(
@@ -187,10 +199,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
     probs_b = None
-    if config.eval.compare_to:
-        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored)
-        probs_b = report["comparison"].pop("probs_b")
     build_report = nih.read_build_report(builder)
+    if config.eval.compare_to:
+        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored, build_report)
+        probs_b = report["comparison"].pop("probs_b")
     crossing = build_report.get("patients_crossing_splits")
     report.update(
         task=task.name,
