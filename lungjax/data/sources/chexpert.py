@@ -72,16 +72,22 @@ def table(
     if valid is not None:
         parts.append(_part(valid, file_names[1], "valid", "test"))
     frame = pd.concat(parts, ignore_index=True)
-    negated = 0
-    if no_finding_negates:
-        no_finding = frame["No Finding"].to_numpy() == contract.POSITIVE
-        kept = {name for label in NOT_NEGATED_BY_NO_FINDING for name in labelspace.mapping(SOURCE)[label]}
-        for name in (n for n in labelspace.source_labels(SOURCE) if n not in kept):
-            change = no_finding & (frame[name].to_numpy() == contract.NOT_STATED)
-            frame.loc[change, name] = np.int8(contract.NEGATIVE)
-            negated += int(change.sum())
+    frame, negated = negate_by_no_finding(frame) if no_finding_negates else (frame, 0)
     options = {"no_finding_negates": no_finding_negates, "entries_negated_by_no_finding": negated}
     return contract.validate(contract.SourceTable(SOURCE, frame, labelspace.source_labels(SOURCE), options))
+
+
+def negate_by_no_finding(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Where No Finding is positive, every other label not stated (support devices aside) becomes
+    negative; returns the frame and how many entries changed."""
+    no_finding = frame["No Finding"].to_numpy() == contract.POSITIVE
+    kept = {name for label in NOT_NEGATED_BY_NO_FINDING for name in labelspace.mapping(SOURCE)[label]}
+    frame, negated = frame.copy(), 0
+    for name in (n for n in labelspace.source_labels(SOURCE) if n not in kept):
+        change = no_finding & (frame[name].to_numpy() == contract.NOT_STATED)
+        frame.loc[change, name] = np.int8(contract.NEGATIVE)
+        negated += int(change.sum())
+    return frame, negated
 
 
 def _part(csv: pd.DataFrame, file_name: str, part: str, split: str) -> pd.DataFrame:

@@ -7,9 +7,12 @@ mapped to harmonised labels, or listed as not used; a string in neither is refus
 PadChest's reports were labelled exhaustively, so a harmonised label PadChest maps to is positive when
 one of its strings is present and negative otherwise; a row without a label list (``nan`` in 103 rows
 of the release) states nothing. Errors name the data row (1 = the first after the header; report
-texts span lines, so file lines would not match) and its ImageID. ``MethodLabel`` says who labelled the report: ``Physician`` (27% of the
-images) or ``RNN_model``; ``physician_test=True`` makes the physician-labelled images the test set.
-No official split otherwise: :mod:`.splits` splits by ``PatientID``.
+texts may span lines, so file lines would not match) and its ImageID.
+
+``MethodLabel`` says who labelled the report: ``Physician`` (39,053 images) or ``RNN_model``;
+``physician_test=True`` makes the physician-labelled images the test set and drops the model-labelled
+images of their patients (the count is recorded). Otherwise there is no official split: :mod:`.splits`
+splits by ``PatientID``.
 """
 
 from __future__ import annotations
