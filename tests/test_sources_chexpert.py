@@ -112,7 +112,6 @@ def test_split_keeps_patients_on_one_side(table):
     for name in table.labels:  # stratified: each label's positives split about 90 / 10
         positive = table.frame[name] == contract.POSITIVE
         assert (positive & (split == "validation")).sum() / positive.sum() == pytest.approx(0.1, abs=0.02), name
-    assert (splits.assign(table, seed=3) == split).all() and not (splits.assign(table, seed=4) == split).all()
 
 
 HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(RAW_LABELS)
