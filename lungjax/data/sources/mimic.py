@@ -75,8 +75,8 @@ def table(
         if repeated.any():
             row = int(np.flatnonzero(repeated.to_numpy())[0])
             raise contract.SourceError(f"{file_name} line {row + 2}: {key} {list(frame[key].iloc[row])} listed twice")
-    official = split.set_index("dicom_id")
-    joined = metadata.join(official[["study_id", "subject_id", "split"]], on="dicom_id", rsuffix="_split")
+    official = split.rename(columns={"study_id": "study_id_split", "subject_id": "subject_id_split"})
+    joined = metadata[["dicom_id", *STUDY_KEY]].merge(official, on="dicom_id", how="left", validate="one_to_one")
     missing = joined["split"].isna()
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
