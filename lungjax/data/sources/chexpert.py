@@ -15,7 +15,6 @@ radiologists, are the test set (validation is then drawn from the training patie
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,8 @@ TRAIN_CSV, VALID_CSV = "train.csv", "valid.csv"
 FOLDERS = ("CheXpert-v1.0", "CheXpert-v1.0-small")
 METADATA_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 LABEL_COLUMNS = tuple(labelspace.mapping(SOURCE))
-PATH_PATTERN = re.compile(
-    r"^(?P<folder>CheXpert-v1\.0(?:-small)?)/(?P<part>train|valid)/(?P<patient>patient\d+)/(?P<study>study\d+)/"
-    r"view\d+_(?:frontal|lateral)\.jpg$"
-)
+# A Path of train.csv (PART train) or valid.csv (PART valid); the folder, patient and study are its parts.
+PATH_PATTERN = r"CheXpert-v1\.0(?:-small)?/PART/patient\d+/study\d+/view\d+_(?:frontal|lateral)\.jpg"
 SEXES = {"Female": "F", "Male": "M", "Unknown": "unknown"}
 # "No Finding" = 1 is reported only when no pathology is positive or uncertain; support devices are not
 # a pathology, so the rule leaves them as they are.
@@ -91,8 +88,8 @@ def negate_by_no_finding(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def _part(csv: pd.DataFrame, file_name: str, part: str, split: str) -> pd.DataFrame:
-    parsed = csv["Path"].str.extract(PATH_PATTERN)
-    bad = parsed["folder"].isna() | (parsed["part"] != part)
+    paths = csv["Path"]
+    bad = ~paths.str.fullmatch(PATH_PATTERN.replace("PART", part)).fillna(False).astype(bool)
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
         raise contract.SourceError(
@@ -112,9 +109,9 @@ def _part(csv: pd.DataFrame, file_name: str, part: str, split: str) -> pd.DataFr
     states = labelspace.harmonise(SOURCE, contract.parse_states(csv, LABEL_COLUMNS, file_name))
     metadata = pd.DataFrame(
         {
-            "path": csv["Path"].str.split("/", n=1).str[1],
-            "patient_id": parsed["patient"],
-            "study_id": parsed["patient"] + "/" + parsed["study"],
+            "path": paths.str.replace(r"^[^/]+/", "", regex=True),
+            "patient_id": paths.str.replace(r"^[^/]+/[^/]+/([^/]+)/.*$", r"\1", regex=True),
+            "study_id": paths.str.replace(r"^[^/]+/[^/]+/([^/]+/[^/]+)/.*$", r"\1", regex=True),
             "view": view,
             "sex": sex,
             "age": pd.to_numeric(csv["Age"], errors="coerce").astype(np.float64),

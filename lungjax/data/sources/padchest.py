@@ -58,14 +58,14 @@ def read(manual_dir: str | os.PathLike, *, physician_test: bool = False) -> cont
     return table(read_csv(path, str(path)), physician_test=physician_test, file_name=str(path))
 
 
-def parse_labels(value: str, where: str) -> list[str]:
+def parse_labels(value: str) -> list[str]:
     """One ``Labels`` cell -> its stripped strings; anything but a literal list of strings is refused."""
     try:
         parsed = ast.literal_eval(value)
     except (ValueError, SyntaxError) as err:
-        raise contract.SourceError(f"{where}: Labels {value!r} is not a list literal") from err
+        raise contract.SourceError(f"Labels {value!r} is not a list literal") from err
     if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
-        raise contract.SourceError(f"{where}: Labels {value!r} is not a list of strings")
+        raise contract.SourceError(f"Labels {value!r} is not a list of strings")
     return [s.strip() for s in parsed]
 
 
@@ -86,15 +86,17 @@ def table(frame: pd.DataFrame, *, physician_test: bool = False, file_name: str =
     for code, value in enumerate(distinct):
         if value.strip() in NO_LABEL_LIST:
             continue
-        where = _row(frame, int(first_row[code]), file_name)
-        targets = set()
-        for string in parse_labels(value, where):
-            if string not in mapping:
-                raise contract.SourceError(
-                    f"{where}: label {string!r} is neither mapped nor listed as not used "
-                    "in lungjax/data/sources/label_map.csv"
-                )
-            targets.update(mapping[string])
+        try:
+            strings = parse_labels(value)
+        except contract.SourceError as err:
+            raise contract.SourceError(f"{_row(frame, int(first_row[code]), file_name)}: {err}") from None
+        unknown = [string for string in strings if string not in mapping]
+        if unknown:
+            raise contract.SourceError(
+                f"{_row(frame, int(first_row[code]), file_name)}: label {unknown[0]!r} is neither mapped nor listed "
+                "as not used in lungjax/data/sources/label_map.csv"
+            )
+        targets = {name for string in strings for name in mapping[string]}
         positives_of_list[code, [column_of[t] for t in targets]] = True
     states = np.where(positives_of_list[codes], contract.POSITIVE, contract.NEGATIVE).astype(np.int8)
     states[unlabelled.to_numpy()] = contract.NOT_STATED
