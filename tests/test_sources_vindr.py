@@ -95,7 +95,7 @@ def test_physionet_bad_input(tmp_path):
     with pytest.raises(contract.SourceError, match=r"label columns \['Lung nodule'\] are neither mapped"):
         vindr.read(root)
     (root / "annotations" / "image_labels_train.csv").write_text("image_id,rad_ID,Atelectasis\na,R1,1\na,R1,0\n")
-    with pytest.raises(contract.SourceError, match="reader R1 read image a twice"):
+    with pytest.raises(contract.SourceError, match=r"image_labels_train.csv line 3: reader R1 read image a twice"):
         vindr.read(root)
     with pytest.raises(contract.SourceError, match="unknown reader policy 'most'"):
         vindr.read(root, readers="most")

@@ -82,8 +82,7 @@ def table(csv: pd.DataFrame, file_name: str = CSV) -> contract.SourceTable:
     frame = pd.concat([frame, contract.labels_frame({n: states[n] for n in names}, csv.index)], axis=1)
     repeated = frame["path"].duplicated()
     _refuse(repeated, frame["path"], "path", "listed once", file_name)
-    table = contract.SourceTable(SOURCE, frame, names, {"file": Path(file_name).name})
-    return contract.validate(table)
+    return contract.validate(contract.SourceTable(SOURCE, frame, names, {"file": Path(file_name).name}))
 
 
 def _choice(csv: pd.DataFrame, column: str, allowed, file_name: str, blank: str = "unknown") -> pd.Series:

@@ -80,7 +80,7 @@ def physionet_table(
         else:
             reader_ids = frame[reader].astype(str)
         votes = pd.DataFrame({c: states[c] for c in label_columns}, index=frame.index)
-        parts.append(_by_image(frame["image_id"], reader_ids, votes, readers, part, split=part))
+        parts.append(_by_image(frame["image_id"], reader_ids, votes, readers, part, part, file_name))
     return _finish(pd.concat(parts, ignore_index=True), readers, official=True)
 
 
@@ -100,20 +100,27 @@ def kaggle_table(
     votes = pd.crosstab([frame["image_id"], frame["rad_id"]], frame["class_name"]).clip(upper=1)
     votes = votes.reindex(columns=sorted(set(frame["class_name"])), fill_value=0).reset_index()
     image_ids, reader_ids = votes.pop("image_id"), votes.pop("rad_id")
-    table = _by_image(image_ids, reader_ids, votes.astype(np.int8), readers, "train", split=contract.NO_SPLIT)
+    table = _by_image(image_ids, reader_ids, votes.astype(np.int8), readers, "train", contract.NO_SPLIT, file_name)
     return _finish(table, readers, official=False)
 
 
 def _by_image(
-    image_ids: pd.Series, reader_ids: pd.Series, votes: pd.DataFrame, readers: str, part: str, split: str
+    image_ids: pd.Series,
+    reader_ids: pd.Series,
+    votes: pd.DataFrame,
+    readers: str,
+    part: str,
+    split: str,
+    file_name: str,
 ) -> pd.DataFrame:
     """One row per image: each label's state under the reader policy, from one 0/1 row per reader."""
     if readers not in POLICIES:
         raise contract.SourceError(f"unknown reader policy {readers!r}; expected one of {POLICIES}")
     keys = pd.DataFrame({"image_id": image_ids.to_numpy(), "reader": reader_ids.to_numpy()})
     if keys.duplicated().any():
-        first = keys[keys.duplicated()].iloc[0]
-        raise contract.SourceError(f"VinDr: reader {first['reader']} read image {first['image_id']} twice")
+        row = int(np.flatnonzero(keys.duplicated().to_numpy())[0])
+        reader, image = keys["reader"].iloc[row], keys["image_id"].iloc[row]
+        raise contract.SourceError(f"{file_name} line {row + 2}: reader {reader} read image {image} twice")
     grouped = votes.set_axis(keys["image_id"].to_numpy()).groupby(level=0, sort=False)
     count = grouped.sum()
     reader_count = grouped.size().to_numpy()[:, None]
