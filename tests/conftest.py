@@ -313,11 +313,9 @@ XRV_WHEEL = "torchxrayvision-1.5.7-py3-none-any.whl"
 
 
 @pytest.fixture(scope="session")
-def xrv_table():
-    """Opens one of the real label files torchxrayvision's wheel ships (CheXpert, PadChest, VinDr, NIH ...;
-    metadata only, no images), read straight from the wheel, never copied into the repository.
-
-    The wheel is ``$LUNGJAX_XRV_WHEEL``, else ``<cache>/lungjax/`` + XRV_WHEEL (``$XDG_CACHE_HOME`` or
+def xrv_wheel() -> Path:
+    """torchxrayvision's wheel, which ships real label files (CheXpert, PadChest, VinDr, NIH ...; metadata
+    only, no images): ``$LUNGJAX_XRV_WHEEL``, else ``<cache>/lungjax/`` + XRV_WHEEL (``$XDG_CACHE_HOME`` or
     ``~/.cache``; ``.ci/run`` downloads it there with ``pip download --no-deps torchxrayvision==1.5.7``).
     Without it the tests that need it skip, unless ``LUNGJAX_REQUIRE_XRV_WHEEL=1`` (CI): then they fail.
     """
@@ -328,7 +326,13 @@ def xrv_table():
         if os.environ.get("LUNGJAX_REQUIRE_XRV_WHEEL") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    with zipfile.ZipFile(path) as wheel:
+    return path
+
+
+@pytest.fixture(scope="session")
+def xrv_table(xrv_wheel):
+    """Opens one of the wheel's label files, read straight from the wheel, never copied into the repository."""
+    with zipfile.ZipFile(xrv_wheel) as wheel:
 
         def open_table(name: str) -> io.BytesIO:
             """``torchxrayvision/data/<name>`` decompressed, as a file pandas reads."""

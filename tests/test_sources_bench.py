@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import XRV_WHEEL
-
 
 @pytest.mark.slow
-def test_source_planning_bench(tmp_path, xrv_table):
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    wheel = os.environ.get("LUNGJAX_XRV_WHEEL") or os.path.join(cache, "lungjax", XRV_WHEEL)
+def test_source_planning_bench(tmp_path, xrv_wheel):
     out = tmp_path / "planning.json"
-    command = [sys.executable, "-m", "lungjax.bench.source_planning", f"--wheel={wheel}", "--repeats=1", f"--out={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "lungjax.bench.source_planning",
+        f"--wheel={xrv_wheel}",
+        "--repeats=1",
+        f"--out={out}",
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     result = {r["source"]: r for r in json.loads(out.read_text())["sources"]}
     assert (result["chexpert"]["rows"], result["chexpert"]["patients"]) == (223_414, 64_540)
