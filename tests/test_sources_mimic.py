@@ -152,6 +152,7 @@ def test_a_patient_on_two_official_splits_is_refused(release):
         (lambda f: f["split"].drop(index=3), r"metadata.csv.gz line 5: image .* is not in .*split.csv"),
         (lambda f: f["split"].assign(split=f["split"]["split"].replace("validate", "val")), "has an unknown split"),
         (lambda f: f["split"].drop(columns="split"), r"split.csv lacks the columns \['split'\]"),
+        (lambda f: f["split"].assign(study_id="1"), r"metadata.csv.gz line 2: image .* has another study or subject"),
     ],
 )
 def test_bad_split_files_are_refused(release, change, message):
@@ -169,3 +170,14 @@ def test_a_study_labelled_twice_is_refused(release):
         mimic.read(root)
     with pytest.raises(contract.SourceError, match="unknown MIMIC-CXR labeller"):
         mimic.read(root, labeller="chexbert")
+
+
+def test_no_finding_rule_is_an_option_and_counted(release):
+    root, frames = release
+    plain, negated = mimic.read(root), mimic.read(root, no_finding_negates=True)
+    no_finding = plain.frame["No Finding"] == contract.POSITIVE
+    others = [n for n in plain.labels if n not in ("No Finding", "Support Devices")]
+    expected = int(sum((no_finding & (plain.frame[n] == contract.NOT_STATED)).sum() for n in others))
+    assert expected > 0 and negated.options["entries_negated_by_no_finding"] == expected
+    assert (negated.frame["Support Devices"] == plain.frame["Support Devices"]).all()
+    assert (negated.frame.loc[~no_finding, others] == plain.frame.loc[~no_finding, others]).all().all()

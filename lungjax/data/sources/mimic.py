@@ -97,17 +97,10 @@ def table(
     with_labels = metadata[STUDY_KEY].merge(per_study, on=STUDY_KEY, how="left", validate="many_to_one")
     names = tuple(states)
     subject = metadata["subject_id"]
+    study_folder = "files/p" + subject.str[:2] + "/p" + subject + "/s" + metadata["study_id"]
     frame = pd.DataFrame(
         {
-            "path": "files/p"
-            + subject.str[:2]
-            + "/p"
-            + subject
-            + "/s"
-            + metadata["study_id"]
-            + "/"
-            + metadata["dicom_id"]
-            + ".jpg",
+            "path": study_folder + "/" + metadata["dicom_id"] + ".jpg",
             "patient_id": subject,
             "study_id": metadata["study_id"],
             "view": metadata["ViewPosition"].map(VIEWS).fillna("unknown"),
