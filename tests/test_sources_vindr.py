@@ -23,6 +23,8 @@ def frame(xrv_table) -> pd.DataFrame:
 
 def test_the_real_file(raw):
     assert len(raw) == 67_914
+    assert set(raw["class_name"]) == set(vindr.KAGGLE_CLASSES)
+    assert set(vindr.KAGGLE_CLASSES) <= set(labelspace.mapping("vindr"))
     assert raw["image_id"].nunique() == 15_000
     assert (raw.groupby("image_id")["rad_id"].nunique() == 3).all()
 
@@ -102,9 +104,11 @@ def test_physionet_bad_input(tmp_path):
 
 
 def test_kaggle_unknown_class_is_refused(tmp_path):
-    (tmp_path / "train.csv").write_text("image_id,class_name,class_id,rad_id\na,No finding,14,R1\na,Nodule,8,R2\n")
-    with pytest.raises(contract.SourceError, match=r"train.csv line 3: class_name 'Nodule' is neither mapped"):
-        vindr.read(tmp_path)
+    header = "image_id,class_name,class_id,rad_id\n"
+    for unknown in ("Nodule", "COPD"):  # a misspelling, and a class of the PhysioNet release only
+        (tmp_path / "train.csv").write_text(f"{header}a,No finding,14,R1\na,{unknown},8,R2\n")
+        with pytest.raises(contract.SourceError, match=f"train.csv line 3: class_name '{unknown}' is not one of"):
+            vindr.read(tmp_path)
     (tmp_path / "train.csv").unlink()
     with pytest.raises(contract.SourceError, match="holds neither VinDr-CXR's"):
         vindr.read(tmp_path)
