@@ -314,3 +314,10 @@ def patients_crossing(splits: dict[str, pd.DataFrame]) -> int:
         for pid in frame["Patient ID"].unique():
             seen.setdefault(int(pid), set()).add(name)
     return sum(len(s) > 1 for s in seen.values())
+
+
+def find_data_entry(manual_dir: Path) -> Path:
+    for name in nih_layout.DATA_ENTRY_NAMES:
+        if (manual_dir / name).is_file():
+            return manual_dir / name
+    raise MetadataError(f"no metadata CSV in {manual_dir}: expected one of {list(nih_layout.DATA_ENTRY_NAMES)}")
