@@ -32,10 +32,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    xla_cpu.apply_defaults()  # the XLA CPU flags lungjax.main uses, before the bundle starts JAX's backends
     try:
+        predictions.check_out(args.out)  # before any work: a file in the way is a bad command line
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename and err.filename != args.out else ""
+        print(f"lungjax.serve: error: --out {args.out}: {where}{err.strerror}; nothing was written", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    try:
+        xla_cpu.apply_defaults()  # the XLA CPU flags lungjax.main uses, before the bundle starts JAX's backends
         loaded = bundle.load(args.export, args.precision)
-    except bundle.BundleError as err:
+    except (xla_cpu.SettingError, bundle.BundleError) as err:
         print(f"lungjax.serve: error: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
     paths, skipped = files.expand(args.images)
