@@ -316,11 +316,10 @@ def _modality(dataset, stored: np.ndarray) -> np.ndarray:
         return _lookup(table, first, stored)
     slope, intercept = _first(dataset, "RescaleSlope"), _first(dataset, "RescaleIntercept")
     slope, intercept = 1.0 if slope is None else slope, 0.0 if intercept is None else intercept
-    if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
-        raise ValueError(
-            f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g}: a slope of 0 makes every pixel the intercept "
-            "(a blank film), and both must be finite"
-        )
+    if slope == 0:
+        raise ValueError(f"RescaleSlope 0 makes every pixel the intercept ({intercept:g}): a blank film")
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise ValueError(f"RescaleSlope {slope} and RescaleIntercept {intercept} must be finite")
     return stored.astype(np.float64) * slope + intercept
 
 
