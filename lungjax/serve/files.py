@@ -44,10 +44,18 @@ def _walk(folder: Path, chosen: list[Path], skipped: list[Path]) -> None:
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
             _walk(path, chosen, skipped)
-        elif entry.is_file(follow_symlinks=True):  # a regular file, or a symbolic link to one
+        elif _is_regular(entry):
             (chosen if _is_radiograph(path) else skipped).append(path)
         else:  # FIFO, socket, device, dangling or looping link, link to a folder: the reader says which
             chosen.append(path)
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a regular file or a symbolic link to one (a looping link raises: it is not)."""
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
 
 
 def expand(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
