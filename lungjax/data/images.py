@@ -110,7 +110,7 @@ def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
     size = _header_size(data)
     if size is None:
         kind = "PNG IHDR chunk" if data.startswith(_PNG_MAGIC) else "JPEG frame header (SOF) before the scan"
-        raise ImageError(f"{name}: no {kind}, so no size to check before decoding: damaged header")
+        raise ImageError(f"{name}: corrupt or unreadable image: no {kind}, so no size to check before decoding")
     check_size(name, *size)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
