@@ -4,6 +4,7 @@ in one line. The bundle here is a stand-in (a two-class rule on the mean grey le
 in a second; tests/test_export.py serves a real exported model."""
 
 import csv
+import errno
 import json
 import os
 import struct
@@ -156,3 +157,27 @@ def test_an_unknown_xla_defaults_setting_is_one_line_and_exit_2(tmp_path, capsys
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"lungjax.serve: error: {xla_cpu.OPT_OUT_ENV}='maybe' is neither off (0, false, no, off")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_write_that_fails_is_one_line_and_keeps_the_previous_predictions(tmp_path, capsys, monkeypatch):
+    paths = [film(tmp_path / f"{n}.png", 40 * n + 20) for n in range(3)]
+    out = tmp_path / "predictions"
+    predictions.classify(stand_in_bundle(tmp_path), paths, out)
+    before = {name: (out / name).read_bytes() for name in (predictions.CSV_FILE, predictions.JSONL_FILE)}
+    capsys.readouterr()
+    monkeypatch.setattr(serve_bundle, "load", lambda directory, precision: stand_in_bundle(tmp_path))
+    real_write = predictions._write
+
+    def disk_fills(bundle, paths, csv_path, *rest):
+        real_write(bundle, paths, csv_path, *rest)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(csv_path))
+
+    monkeypatch.setattr(predictions, "_write", disk_fills)
+    assert serve_main(["--export", str(tmp_path), "--images", str(tmp_path), "--out", str(out)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lungjax.serve: error")]
+    assert line == (
+        f"lungjax.serve: error: cannot write the predictions into {out} (No space left on device); the predictions "
+        "there before this run are as they were"
+    )
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(out)) == sorted(before)

@@ -51,10 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("lungjax.serve: error: no PNG, JPEG or DICOM file among --images", file=sys.stderr)
         return USAGE_EXIT_CODE
-    with tqdm(total=len(paths), unit="image", file=sys.stderr, desc="classifying") as bar:
-        failures = predictions.classify(
-            loaded, paths, args.out, batch_size=args.batch_size, allow_lateral=args.allow_lateral, progress=bar.update
+    try:
+        with tqdm(total=len(paths), unit="image", file=sys.stderr, desc="classifying") as bar:
+            failures = predictions.classify(
+                loaded,
+                paths,
+                args.out,
+                batch_size=args.batch_size,
+                allow_lateral=args.allow_lateral,
+                progress=bar.update,
+            )
+    except OSError as err:  # writing the drafts (a full disk): the previous predictions were not touched
+        print(
+            f"lungjax.serve: error: cannot write the predictions into {args.out} ({err.strerror or err}); the "
+            "predictions there before this run are as they were",
+            file=sys.stderr,
         )
+        return USAGE_EXIT_CODE
     print(
         f"lungjax.serve: {len(paths) - failures} of {len(paths)} images classified, {failures} could not be read; "
         f"see {args.out}/{predictions.CSV_FILE} and {predictions.JSONL_FILE}",
