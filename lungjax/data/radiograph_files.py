@@ -65,8 +65,9 @@ LUNG_ROWS = slice(8, 22)
 MIDLINE_COLUMNS = slice(13, 19)
 LUNG_COLUMNS = (slice(5, 12), slice(20, 27))
 INVERSION_MARGIN = 10.0  # grey levels the midline must be darker than the lungs by for a warning
-# A VOI LUT's output depth is taken from its largest entry, at least 8 bits: descriptors that say 16 for
-# 8- or 12-bit data are common (Agfa CRs among them), and Cornerstone, Horos and dcm4che read the data.
+# A VOI LUT's output depth is taken from its largest entry (at least 8 bits) where its descriptor says
+# otherwise: descriptors that say 16 for 8- or 12-bit data are common (Agfa CRs among them), and
+# Cornerstone, Horos and dcm4che read the data's depth.
 LUT_MIN_BITS = 8
 EXIF_ORIENTATION_TAG = 0x0112
 JPEG_APP1 = 0xE1  # the JPEG segment EXIF is stored in
@@ -330,7 +331,7 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
     """
     if dataset.get("VOILUTSequence"):
         table, first, declared = _lut(dataset, dataset.VOILUTSequence[0])
-        bits = max(LUT_MIN_BITS, int(table.max()).bit_length())
+        bits = _data_bits(declared, int(table.max()))
         shown = _lookup(table, first, values) / (2**bits - 1)
         if bits == declared:
             return shown, []
@@ -357,6 +358,18 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
         "and SIGMOID), so the film's own range was scaled to 8 bits: its contrast, and so the prediction, may "
         "differ from what a viewer shows."
     ]
+
+
+def _data_bits(declared: int, largest: int) -> int:
+    """The bits a VOI LUT's entries really have: more than declared when an entry exceeds the declared
+    range (it would wrap), fewer (at least LUT_MIN_BITS) when a descriptor of more than 8 bits holds
+    narrower data (the film would be near black); else what the descriptor declares."""
+    found = largest.bit_length()
+    if found > declared:
+        return found
+    if declared > LUT_MIN_BITS and found < declared:
+        return max(found, LUT_MIN_BITS)
+    return declared
 
 
 def _first(dataset, keyword: str) -> float | None:
