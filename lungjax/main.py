@@ -177,6 +177,7 @@ EXPECTED_ERRORS = (
     ("lungjax.evaluation.sections.expert", "ExpertLabelsError"),
     ("lungjax.evaluation.sections.comparison", "CompareError"),
     ("lungjax.export.bundle", "ExportError"),
+    ("lungjax.xla_cpu", "SettingError"),
 )
 ERROR_EXIT_CODE = 2
 PACKAGE_DIR = str(Path(__file__).parent)
