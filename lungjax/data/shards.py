@@ -50,7 +50,7 @@ class _KeyedExamples:
             return
         self.in_memory.append((hkey, data))
         if self.num_bytes > self.memory_limit:
-            self.spill = open(self.spill_path, "wb")  # noqa: SIM115 -- closed by close()
+            self.spill = open(self.spill_path, "wb")  # closed by close()
             for hkey, data in self.in_memory:
                 self._write(hkey, data)
             self.in_memory = None
