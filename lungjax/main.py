@@ -212,6 +212,29 @@ def parse_flags(argv):
         raise err
 
 
+RERUN = "free some space (or raise the limit) and rerun the same command"
+# After a write failed for lack of space: what each mode keeps, and what to do.
+NO_SPACE_ADVICE = {
+    "train": f"{RERUN}: complete checkpoints are kept and training resumes from the last one",
+    "evaluate": f"{RERUN}: the report was not swapped in (an earlier one is kept)",
+    "compare": f"{RERUN}: the report was not swapped in (an earlier one is kept)",
+    "prepare": f"the dataset build stopped and nothing of it was kept: {RERUN}",
+    "predict": RERUN,
+    "export": f"{RERUN}: no bundle was swapped in (an earlier one is kept)",
+}
+
+
+def _no_space_message(failure: storage.WriteFailure) -> str:
+    """The failed write, what was kept and what to do: for the dataset's build when the file is in the
+    dataset's folder (whatever the mode, which may build it first), else for what the mode writes."""
+    dataset = sys.modules.get("lungjax.data.dataset")  # a build happened only if it was imported
+    if dataset is not None and failure.file is not None:
+        folder = dataset.data_dir(FLAGS.config.data, FLAGS.workdir)
+        if Path(failure.file).absolute().is_relative_to(folder):
+            return f"the dataset build into {folder} stopped: {failure}; nothing of it was kept: {RERUN}"
+    return f"{failure}; {NO_SPACE_ADVICE[FLAGS.mode]}"
+
+
 def run_reporting_errors(argv):
     """``main`` with the engine's expected errors as one line on stderr and exit code 2."""
     try:
@@ -219,7 +242,7 @@ def run_reporting_errors(argv):
     except Exception as err:
         no_space = storage.write_failure(err)
         if no_space is not None:
-            print(f"lungjax: error: {no_space}", file=sys.stderr, flush=True)
+            print(f"lungjax: error: {_no_space_message(no_space)}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             # Not sys.exit: at interpreter shutdown every write Orbax abandoned prints its traceback.
             # The workdir lock and writers were released while the error unwound to here.

@@ -43,7 +43,7 @@ def spills(without_tensorflow):
     return counted
 
 
-def examples(count: int):
+def examples(count: int) -> list[tuple[str, dict]]:
     rng = np.random.default_rng(0)
     return [
         (f"film_{i:04d}.png", {"name": f"film_{i:04d}", "pixels": rng.integers(0, 256, 64, np.uint8)})
@@ -68,7 +68,7 @@ def test_a_spilled_split_is_the_files_tfds_writes(tmp_path, spills):
     example_writer = writer.ExampleWriter(file_format=tfds.core.FileFormat.ARRAY_RECORD)
     ours = shards.write_split(
         "train",
-        examples(300),
+        (pair for pair in examples(300)),
         features=FEATURES,
         filename_template=template(tmp_path / "ours", "train"),
         shard_config=shard_config,
@@ -96,7 +96,7 @@ def test_two_examples_with_one_key_are_refused_and_the_spill_removed(tmp_path, s
     with pytest.raises(shards.DuplicateKeyError, match="same key"):
         shards.write_split(
             "train",
-            [*examples(100), examples(1)[0]],
+            (pair for pair in [*examples(100), examples(1)[0]]),
             features=FEATURES,
             filename_template=template(folder, "train"),
             shard_config=shard_utils.ShardConfig(),

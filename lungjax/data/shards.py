@@ -11,9 +11,10 @@ per example kept in memory, and are read back from it in key order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -46,25 +47,37 @@ class _KeyedExamples:
         self.num_examples += 1
         self.num_bytes += len(data)
         if self.spill is not None:
-            self._write(hkey, data)
+            self._write([(hkey, data)])
             return
         self.in_memory.append((hkey, data))
         if self.num_bytes > self.memory_limit:
             self.spill = open(self.spill_path, "wb")  # closed by close()
-            for hkey, data in self.in_memory:
-                self._write(hkey, data)
+            self._write(self.in_memory)
             self.in_memory = None
 
-    def _write(self, hkey: int, data: bytes) -> None:
-        self.index.append((hkey, self.spill.tell(), len(data)))
-        self.spill.write(data)
+    def _write(self, pairs: list[tuple[int, bytes]]) -> None:
+        with self._naming_the_spill():
+            for hkey, data in pairs:
+                self.index.append((hkey, self.spill.tell(), len(data)))
+                self.spill.write(data)
+
+    @contextlib.contextmanager
+    def _naming_the_spill(self):
+        """A failed write to the spill file names it (a file object's ``OSError`` does not)."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror, os.fspath(self.spill_path)) from err
 
     def in_key_order(self) -> Iterator[tuple[int, bytes]]:
         """The examples sorted by hashed key; stops at two with the same key."""
         if self.spill is None:
             ordered = iter(sorted(self.in_memory, key=lambda pair: pair[0]))
         else:
-            self.spill.close()
+            with self._naming_the_spill():
+                self.spill.close()
             ordered = self._read_back()
         previous = None
         for hkey, data in ordered:
@@ -82,25 +95,31 @@ class _KeyedExamples:
     def close(self) -> None:
         """Removes the spill file (whether or not the split was written)."""
         if self.spill is not None:
-            self.spill.close()
-            self.spill_path.unlink(missing_ok=True)
+            try:
+                with self._naming_the_spill():
+                    self.spill.close()
+            finally:
+                self.spill_path.unlink(missing_ok=True)
 
 
 def write_split(
     split: str,
-    examples: Iterable[tuple[str, dict]],
+    examples: Generator[tuple[str, dict]],
     *,
     features: tfds.features.FeaturesDict,
     filename_template: naming.ShardedFileTemplate,
     shard_config: shard_utils.ShardConfig,
     example_writer: writer.ExampleWriter,
 ) -> tfds.core.SplitInfo:
-    """Writes ``examples`` ((key, example) pairs) as the split's shards; returns its split info."""
+    """Writes ``examples`` ((key, example) pairs) as the split's shards; returns its split info.
+
+    Whatever stops it, the spill file is removed and both generators (the examples', this one's
+    progress bar) are closed, so that a progress line ends before the error is told.
+    """
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
     hasher = hashing.Hasher(split)
-    spill_path = Path(filename_template.data_dir) / f"{split}{SPILL_SUFFIX}"
-    keyed = _KeyedExamples(spill_path, IN_MEMORY_BYTES)
-    try:
+    keyed = _KeyedExamples(Path(filename_template.data_dir) / f"{split}{SPILL_SUFFIX}", IN_MEMORY_BYTES)
+    with contextlib.closing(examples), contextlib.closing(keyed):
         for key, example in examples:
             keyed.add(hasher.hash_key(key), serializer.serialize_example(features.encode_example(example)))
         if keyed.num_examples == 0:
@@ -108,13 +127,12 @@ def write_split(
         num_shards = shard_config.get_number_shards(keyed.num_bytes, keyed.num_examples)
         ends = shard_utils.get_shard_boundaries(keyed.num_examples, num_shards)
         lengths = [end - start for start, end in zip([0, *ends], ends)]
-        ordered = iter(tqdm(keyed.in_key_order(), total=keyed.num_examples, desc=f"{split}: write", unit="img"))
-        for index, length in enumerate(lengths):
-            path = filename_template.sharded_filepath(shard_index=index, num_shards=num_shards)
-            if example_writer.write(path, itertools.islice(ordered, length)) is not None:
-                raise ValueError(f"file format {example_writer.file_format} needs index files; use array_record")
-    finally:
-        keyed.close()
+        progress = tqdm(keyed.in_key_order(), total=keyed.num_examples, desc=f"{split}: write", unit="img")
+        with contextlib.closing(iter(progress)) as ordered:
+            for index, length in enumerate(lengths):
+                path = filename_template.sharded_filepath(shard_index=index, num_shards=num_shards)
+                if example_writer.write(path, itertools.islice(ordered, length)) is not None:
+                    raise ValueError(f"file format {example_writer.file_format} needs index files; use array_record")
     return tfds.core.SplitInfo(
         name=split, shard_lengths=lengths, num_bytes=keyed.num_bytes, filename_template=filename_template
     )
