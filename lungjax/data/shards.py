@@ -3,10 +3,15 @@
 TFDS's own writer orders a split's examples by the md5 of their keys (salted with the split's
 name), holding them in memory up to 1 GB and past that spilling them to bucket files through
 ``tf.io.gfile``: a split over 1 GB cannot be written where TensorFlow is not installed. This writer
-gives the same files, byte for byte (the same order, shard count, shard boundaries and split
-info), with plain file I/O: the serialized examples stay in memory up to ``IN_MEMORY_BYTES``; past
-that, all of them go to one spill file beside the shards, with only (hashed key, offset, length)
-per example kept in memory, and are read back from it in key order.
+keeps TFDS's layout (the same order, shard count, shard boundaries and split info, so the same
+``dataset_info.json``) with plain file I/O: the serialized examples stay in memory up to
+``IN_MEMORY_BYTES``; past that, all of them go to one spill file beside the shards, with only
+(hashed key, offset, length) per example kept in memory, and are read back from it in key order.
+
+Each ``tf.train.Example`` is serialized with its features in name order. TFDS serializes them in
+the order of the protobuf runtime's map, which changes from one process to the next: two builds
+of the same files gave different record bytes, shard sizes and so dataset fingerprints. Here a
+rebuild gives the same bytes; the records parse to the same examples as TFDS's.
 """
 
 from __future__ import annotations
@@ -121,7 +126,8 @@ def write_split(
     keyed = _KeyedExamples(Path(filename_template.data_dir) / f"{split}{SPILL_SUFFIX}", IN_MEMORY_BYTES)
     with contextlib.closing(examples), contextlib.closing(keyed):
         for key, example in examples:
-            keyed.add(hasher.hash_key(key), serializer.serialize_example(features.encode_example(example)))
+            record = serializer.get_tf_example(features.encode_example(example)).SerializeToString(deterministic=True)
+            keyed.add(hasher.hash_key(key), record)
         if keyed.num_examples == 0:
             raise ValueError(f"split {split!r} has no examples")
         num_shards = shard_config.get_number_shards(keyed.num_bytes, keyed.num_examples)
