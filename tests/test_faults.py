@@ -356,7 +356,7 @@ def limited_main(file_size_limit: int, *, spill_bytes: int | None = None) -> str
     return spill + LIMITED_MAIN.replace(str(FILE_SIZE_LIMIT), str(file_size_limit))
 
 
-@pytest.mark.parametrize("writer", ["shards", "spill"])
+@pytest.mark.parametrize("writer", ["shards", pytest.param("spill", marks=pytest.mark.slow)])
 def test_a_build_that_fills_the_disk_is_one_line_and_leaves_nothing(data_root, tmp_path, writer):
     data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
     flags = [
