@@ -411,7 +411,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
 
     def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
         """Writes each split with :mod:`lungjax.data.shards` (TFDS's own writer needs TensorFlow for a
-        split over 1 GB); the files are those TFDS's writer would make."""
+        split over 1 GB): TFDS's layout and records, the same bytes on every rebuild."""
         return [
             shards.write_split(
                 name,

@@ -27,9 +27,9 @@ from tensorflow_datasets.core import example_serializer, hashing, naming, writer
 from tensorflow_datasets.core.utils import shard_utils
 from tqdm.auto import tqdm
 
-# Serialized examples held in memory before the split goes to a spill file: a quarter of TFDS's 1 GB,
-# which bounds a build's memory well below a worker's share of a small machine. The spill costs one
-# more write and read of the split, small beside decoding and resizing its images.
+# Serialized examples held in memory before the split goes to a spill file: a quarter of TFDS's 1 GB
+# (a 3 GB split built in 450 MB, BENCHMARKS.md). The spill costs one more write and read of the
+# split, small beside decoding and encoding its images.
 IN_MEMORY_BYTES = 256 << 20
 SPILL_SUFFIX = ".spill.tmp"
 
@@ -137,8 +137,7 @@ def write_split(
         with contextlib.closing(iter(progress)) as ordered:
             for index, length in enumerate(lengths):
                 path = filename_template.sharded_filepath(shard_index=index, num_shards=num_shards)
-                if example_writer.write(path, itertools.islice(ordered, length)) is not None:
-                    raise ValueError(f"file format {example_writer.file_format} needs index files; use array_record")
+                example_writer.write(path, itertools.islice(ordered, length))  # ArrayRecord: no index files
     return tfds.core.SplitInfo(
         name=split, shard_lengths=lengths, num_bytes=keyed.num_bytes, filename_template=filename_template
     )

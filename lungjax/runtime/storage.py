@@ -20,9 +20,7 @@ import re
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _TENSORSTORE_ERRNO = re.compile(r"os_error_code='(\d+)'")
 _TENSORSTORE_FILE = re.compile(r'Failed writing: "([^"]+)"')
-
-
-_RECORD_WRITER_FAILURE = re.compile(r"\w+\(\) failed: (?P<reason>[^;]+); writing (?P<file>[^;]+)")
+_ARRAY_RECORD_FAILURE = re.compile(r"\w+\(\) failed: (?P<reason>[^;]+); writing (?P<file>[^;]+)")
 _ERRNO_OF_REASON = {os.strerror(code): code for code in NO_SPACE_ERRNOS}
 
 
@@ -50,9 +48,9 @@ def write_failure(err: BaseException) -> WriteFailure | None:
         if code is not None:
             file = _TENSORSTORE_FILE.search(str(err))
             return WriteFailure(code, file and file.group(1))
-        record_writer = _RECORD_WRITER_FAILURE.search(str(err)) if isinstance(err, RuntimeError) else None
-        if record_writer and record_writer.group("reason") in _ERRNO_OF_REASON:
-            return WriteFailure(_ERRNO_OF_REASON[record_writer.group("reason")], record_writer.group("file"))
+        array_record = _ARRAY_RECORD_FAILURE.search(str(err)) if isinstance(err, RuntimeError) else None
+        if array_record and array_record.group("reason") in _ERRNO_OF_REASON:
+            return WriteFailure(_ERRNO_OF_REASON[array_record.group("reason")], array_record.group("file"))
         err = err.__cause__ or err.__context__
     return None
 
