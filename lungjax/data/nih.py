@@ -20,7 +20,8 @@ The user points ``manual_dir`` at their NIH download (or at a phantom tree with 
 
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
-encoded PNG bytes, so neither building nor reading needs TensorFlow.
+encoded PNG bytes and written by :mod:`lungjax.data.shards`, so neither building (a split of any
+size) nor reading needs TensorFlow.
 
 A build either completes or leaves nothing: every check that can fail without pixels (folders,
 CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
@@ -46,7 +47,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lungjax import locking, trees
-from lungjax.data import images, labels, metadata, nih_layout, tasks, workers
+from lungjax.data import images, labels, metadata, nih_layout, shards, tasks, workers
 
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 # NIH's box list name -> its label name, where they differ.
@@ -384,6 +385,21 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         """One generator per non-empty split (TFDS cannot write an empty one; tiny trees have them)."""
         plan = self.plan(dl_manager.manual_dir)
         return {name: self._generate_examples(name, frame) for name, frame in plan.splits.items() if len(frame)}
+
+    def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
+        """Writes each split with :mod:`lungjax.data.shards` (TFDS's own writer needs TensorFlow for a
+        split over 1 GB): TFDS's layout and records, the same bytes on every rebuild."""
+        return [
+            shards.write_split(
+                name,
+                examples,
+                features=self.info.features,
+                filename_template=self._get_filename_template(split_name=name),
+                shard_config=download_config.get_shard_config(),
+                example_writer=self._example_writer(),
+            )
+            for name, examples in self._split_generators(dl_manager).items()
+        ]
 
     def _download_and_prepare(self, dl_manager, download_config):
         """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
