@@ -177,6 +177,7 @@ EXPECTED_ERRORS = (
     ("lungjax.evaluation.sections.expert", "ExpertLabelsError"),
     ("lungjax.evaluation.sections.comparison", "CompareError"),
     ("lungjax.export.bundle", "ExportError"),
+    ("lungjax.xla_cpu", "SettingError"),
 )
 ERROR_EXIT_CODE = 2
 PACKAGE_DIR = str(Path(__file__).parent)
@@ -212,6 +213,34 @@ def parse_flags(argv):
         raise err
 
 
+RERUN = "free some space (or raise the limit) and rerun the same command"
+# After a write failed for lack of space: what each mode keeps, and what to do.
+NO_SPACE_ADVICE = {
+    "train": f"{RERUN}: complete checkpoints are kept and training resumes from the last one",
+    "evaluate": f"{RERUN}: the report was not swapped in (an earlier one is kept)",
+    "compare": f"{RERUN}: the report was not swapped in (an earlier one is kept)",
+    "prepare": f"the dataset build stopped and nothing of it was kept: {RERUN}",
+    "predict": RERUN,
+    "export": f"{RERUN}: no bundle was swapped in (an earlier one is kept)",
+}
+
+
+def no_space_message(failure: storage.WriteFailure, mode: str, dataset_folder: Path | None) -> str:
+    """The failed write, what was kept and what to do: for the dataset's build when the file is in
+    ``dataset_folder`` (whatever the mode, which may build the dataset first), else for what ``mode``
+    writes."""
+    if dataset_folder is not None and failure.file is not None:
+        if Path(failure.file).absolute().is_relative_to(dataset_folder):
+            return f"the dataset build into {dataset_folder} stopped: {failure}; nothing of it was kept: {RERUN}"
+    return f"{failure}; {NO_SPACE_ADVICE[mode]}"
+
+
+def _dataset_folder() -> Path | None:
+    """This run's dataset folder, if this run may have built it (only then is the module imported)."""
+    dataset = sys.modules.get("lungjax.data.dataset")
+    return None if dataset is None else dataset.data_dir(FLAGS.config.data, FLAGS.workdir)
+
+
 def run_reporting_errors(argv):
     """``main`` with the engine's expected errors as one line on stderr and exit code 2."""
     try:
@@ -219,7 +248,8 @@ def run_reporting_errors(argv):
     except Exception as err:
         no_space = storage.write_failure(err)
         if no_space is not None:
-            print(f"lungjax: error: {no_space}", file=sys.stderr, flush=True)
+            message = no_space_message(no_space, FLAGS.mode, _dataset_folder())
+            print(f"lungjax: error: {message}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             # Not sys.exit: at interpreter shutdown every write Orbax abandoned prints its traceback.
             # The workdir lock and writers were released while the error unwound to here.

@@ -7,9 +7,10 @@ there, whatever the platform: the table of flags is XLA's own and shared by the 
 backends. So each flag is first tried in a child process, which is all that an unknown flag can
 kill, and the answer is cached per jaxlib version and flag.
 
-``LUNGJAX_XLA_CPU_DEFAULTS=0`` turns the defaults off; a flag that the user's ``XLA_FLAGS`` already
-sets keeps the user's value. The cache lives in ``$LUNGJAX_CACHE_DIR``, else
-``$XDG_CACHE_HOME/lungjax``, else ``~/.cache/lungjax``.
+``LUNGJAX_XLA_CPU_DEFAULTS`` set to 0, false, no, off or disabled (any case) turns the defaults off;
+1, true, yes, on, enabled or empty keeps them; any other value is a :class:`SettingError` (a typo
+must not pass for either); a flag that the user's ``XLA_FLAGS`` already sets keeps the user's value.
+The cache lives in ``$LUNGJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/lungjax``, else ``~/.cache/lungjax``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 # rounding. Taking YNNPACK's reductions away too was slower (0.82x of this).
 DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",)
 OPT_OUT_ENV = "LUNGJAX_XLA_CPU_DEFAULTS"
+OFF_VALUES = ("0", "false", "no", "off", "disabled")
+ON_VALUES = ("", "1", "true", "yes", "on", "enabled")
 CACHE_DIR_ENV = "LUNGJAX_CACHE_DIR"
 CACHE_FILE = "xla_flags.json"
 PROBE_TIMEOUT_S = 120
@@ -45,9 +48,26 @@ raise SystemExit(0 if np.allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4) else
 """
 
 
+class SettingError(ValueError):
+    """``LUNGJAX_XLA_CPU_DEFAULTS`` holds a value that is neither on nor off; the message says which are."""
+
+
+def enabled() -> bool:
+    """Whether ``LUNGJAX_XLA_CPU_DEFAULTS`` (unset: on) turns the defaults on."""
+    value = os.environ.get(OPT_OUT_ENV, "")
+    if value.strip().lower() in OFF_VALUES:
+        return False
+    if value.strip().lower() in ON_VALUES:
+        return True
+    raise SettingError(
+        f"{OPT_OUT_ENV}={value!r} is neither off ({', '.join(OFF_VALUES)}) nor on ({', '.join(ON_VALUES[1:])}, or "
+        "empty); set one of these or unset it"
+    )
+
+
 def apply_defaults() -> list[str]:
     """Appends the supported default flags to ``os.environ["XLA_FLAGS"]``; returns those it added."""
-    if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not enabled():
         return []
     bridge = sys.modules.get("jax._src.xla_bridge")
     if bridge is not None and bridge.backends_are_initialized():

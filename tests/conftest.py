@@ -10,12 +10,15 @@ subprocesses need as well (``tiny_train_config``) are plain functions here, impo
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 # One persistent XLA compilation cache for the session, inherited by every subprocess the tests
@@ -304,3 +307,35 @@ def four_device_run(tmp_path_factory, data_root, built, compilation_cache) -> Pa
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+XRV_WHEEL = "torchxrayvision-1.5.7-py3-none-any.whl"
+
+
+@pytest.fixture(scope="session")
+def xrv_wheel() -> Path:
+    """torchxrayvision's wheel, which ships real label files (CheXpert, PadChest, VinDr, NIH ...; metadata
+    only, no images): ``$LUNGJAX_XRV_WHEEL``, else ``<cache>/lungjax/`` + XRV_WHEEL (``$XDG_CACHE_HOME`` or
+    ``~/.cache``; ``.ci/run`` downloads it there with ``pip download --no-deps torchxrayvision==1.5.7``).
+    Without it the tests that need it skip, unless ``LUNGJAX_REQUIRE_XRV_WHEEL=1`` (CI): then they fail.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lungjax"
+    path = Path(os.environ.get("LUNGJAX_XRV_WHEEL") or cache / XRV_WHEEL)
+    if not path.is_file():
+        message = f"torchxrayvision's wheel not found at {path} (pip download --no-deps torchxrayvision==1.5.7)"
+        if os.environ.get("LUNGJAX_REQUIRE_XRV_WHEEL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def xrv_table(xrv_wheel):
+    """Opens one of the wheel's label files, read straight from the wheel, never copied into the repository."""
+    with zipfile.ZipFile(xrv_wheel) as wheel:
+
+        def open_table(name: str) -> io.BytesIO:
+            """``torchxrayvision/data/<name>`` decompressed, as a file pandas reads."""
+            return io.BytesIO(gzip.decompress(wheel.read(f"torchxrayvision/data/{name}")))
+
+        yield open_table

@@ -1,5 +1,6 @@
 """The TFDS builder on small hand-made NIH-format trees: forms, images, boxes, bad input."""
 
+import codecs
 import errno
 import io
 import json
@@ -355,3 +356,50 @@ def test_full14_builds_nih_split_with_finding_vectors_and_boxes(tmp_path):
     assert report["images"]["test"] == 8 and sum(report["class_counts"]["test"]) == sum(
         int(labels.multi_hot(FINDINGS[i % len(FINDINGS)]).sum()) for i in range(8)
     )
+
+
+def encoded_list(names: list[str], encoding: str) -> bytes:
+    """A split list as an editor on Windows may save it: CRLF, UTF-8 with a BOM or UTF-16 (with one)."""
+    text = "\r\n".join(names) + "\r\n"
+    if encoding == "utf-16-le-bom":
+        return codecs.BOM_UTF16_LE + text.encode("utf-16-le")
+    if encoding == "utf-16-be-bom":
+        return codecs.BOM_UTF16_BE + text.encode("utf-16-be")
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le-bom", "utf-16-be-bom"])
+def test_split_lists_saved_with_a_byte_order_mark_read_as_plain_ones(tmp_path, encoding):
+    names = [film_name(patient, 0) for patient in range(1, 6)]
+    (tmp_path / "test_list.txt").write_bytes(encoded_list(names, encoding))
+    assert metadata.read_image_list(tmp_path / "test_list.txt") == names
+
+
+def test_a_utf16_split_list_splits_as_a_plain_one(tmp_path):
+    names = write_tree(tmp_path / "nih", num_films=24)
+    (tmp_path / "nih" / "test_list.txt").write_bytes(encoded_list(names[:8], "utf-16"))
+    (tmp_path / "nih" / "train_val_list.txt").write_bytes(encoded_list(names[8:], "utf-8-sig"))
+    builder = nih.build_dataset(tmp_path / "nih", tmp_path / "tfds", nih.make_config(task="full14", image_size=32))
+    assert sorted(e["image_name"].decode() for e in read_split(builder, "test")) == sorted(names[:8])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "names no image"),
+        (b" \r\n\n\t\n", "names no image"),
+        (b"\xef\xbb\xbf\r\n", "names no image"),
+        (b"00000001_000.png\n\xe9t\xe9.png\n", r"is not text in UTF-8 \(or UTF-16 with a byte-order mark\)"),
+        ("00000001_000.png\n".encode("utf-16-le"), "holds NUL characters"),
+        (b"\xff\xfe0\x00\x00\xd8", r"is not text in UTF-8 \(or UTF-16"),  # a lone surrogate
+    ],
+)
+def test_split_lists_that_are_empty_or_not_text_are_refused_naming_the_file(tmp_path, content, message):
+    names = write_tree(tmp_path / "nih", num_films=24)
+    test_list = tmp_path / "nih" / "test_list.txt"
+    test_list.write_bytes(content)
+    (tmp_path / "nih" / "train_val_list.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(metadata.MetadataError, match=rf"^{re.escape(str(test_list))} {message}") as refused:
+        nih.build_dataset(tmp_path / "nih", tmp_path / "tfds", nih.make_config(task="full14", image_size=32))
+    assert "\n" not in str(refused.value)
+    assert_nothing_built(tmp_path / "tfds")

@@ -40,6 +40,7 @@ SERVE_MAY_IMPORT = {
     "lungjax.evaluation.fit",
     "lungjax.evaluation.fit.decisions",
     "lungjax.evaluation.fit.temperature",
+    "lungjax.folders",
     "lungjax.xla_cpu",
 }
 TRAINING_STACK = (

@@ -5,12 +5,14 @@ RELIABILITY.md tabulates what these tests inject and what survives.
 """
 
 import ast
+import errno
 import gc
 import hashlib
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -23,13 +25,15 @@ import h5py
 import numpy as np
 import pytest
 from conftest import command_line_overrides, load_config, tiny_train_config
+from test_builder import assert_nothing_built
 from test_resume import assert_bitwise_equal, saved_params
 
+from lungjax import main
 from lungjax.config import check as config_check
-from lungjax.data import images
+from lungjax.data import dataset, images, shards
 from lungjax.evaluation import evaluate
 from lungjax.models import pretrained, resnet
-from lungjax.runtime import checkpoint, distributed, run_info
+from lungjax.runtime import checkpoint, distributed, run_info, storage
 from lungjax.runtime import workdir as workdir_lib
 from lungjax.training import loop as train
 
@@ -442,6 +446,80 @@ def test_a_save_that_fills_the_disk_is_one_line_and_the_run_resumes(base_run, da
     assert train.train(config, workdir)
     assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 10
     assert not tmp_dirs(workdir / checkpoint.CHECKPOINT_DIR)
+
+
+# The dataset build on the training tree: its train shard (about 100 KB) passes this limit, its
+# images, CSVs and metadata files do not; with the spill at 4 KB, the spill file passes it first.
+BUILD_FILE_SIZE_LIMIT = 32_000
+
+
+def limited_main(file_size_limit: int, *, spill_bytes: int | None = None) -> str:
+    """``LIMITED_MAIN`` with another limit, and optionally the build's spill past ``spill_bytes``."""
+    spill = "" if spill_bytes is None else f"from lungjax.data import shards; shards.IN_MEMORY_BYTES = {spill_bytes}\n"
+    return spill + LIMITED_MAIN.replace(str(FILE_SIZE_LIMIT), str(file_size_limit))
+
+
+@pytest.mark.parametrize("writer", ["shards", pytest.param("spill", marks=pytest.mark.slow)])
+def test_a_build_that_fills_the_disk_is_one_line_and_leaves_nothing(data_root, tmp_path, writer):
+    data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
+    flags = [
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        "--mode=prepare",
+        *(flag for flag in command_line_overrides(data_root) if not flag.startswith("--config.data.data_dir=")),
+        f"--config.data.data_dir={data_dir}",
+    ]
+    script = limited_main(BUILD_FILE_SIZE_LIMIT, spill_bytes=4096 if writer == "spill" else None)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    full = subprocess.run([sys.executable, "-c", script, *flags], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr and "Error" not in full.stderr, full.stderr[-3000:]
+    (line,) = [line for line in full.stderr.splitlines() if "lungjax: error" in line]
+    written = f"/train{shards.SPILL_SUFFIX}" if writer == "spill" else "-train.array_record-00000-of-00001"
+    folder = re.escape(str(data_dir))
+    assert re.fullmatch(
+        rf"lungjax: error: the dataset build into {folder} stopped: could not write {folder}/\S*{re.escape(written)}: "
+        r"File too large \(EFBIG\); nothing of it was kept: free some space \(or raise the limit\) and rerun the "
+        r"same command",
+        line,
+    ), line
+    assert line == full.stderr.strip().splitlines()[-1] and "checkpoint" not in line
+    assert_nothing_built(data_dir)
+    config = tiny_train_config(data_root)
+    config.data.data_dir = str(data_dir)
+    rebuilt = dataset.build(config.data, workdir)  # the rerun, with space
+    assert rebuilt.info.splits["train"].num_bytes > BUILD_FILE_SIZE_LIMIT
+
+
+def test_arrayrecord_write_failures_for_lack_of_space_are_recognised_with_their_file():
+    text = "write() failed: {}; writing /data/nih-train.array_record-00003-of-00008; at byte 4096"
+    for code in storage.NO_SPACE_ERRNOS:
+        wrapped = ValueError("finalizing the split")
+        wrapped.__cause__ = RuntimeError(text.format(os.strerror(code)))
+        assert storage.write_failure(wrapped) == storage.WriteFailure(
+            code, "/data/nih-train.array_record-00003-of-00008"
+        )
+    assert storage.write_failure(RuntimeError(text.format(os.strerror(errno.EIO)))) is None
+    assert storage.write_failure(ValueError(text.format(os.strerror(errno.ENOSPC)))) is None  # not the writer's
+
+
+@pytest.mark.parametrize("mode", main.MODES)
+def test_the_disk_full_line_says_what_the_mode_keeps_and_names_a_dataset_build(mode, tmp_path):
+    """Only training keeps checkpoints to resume from; a file in the dataset's folder is the dataset's
+    build, whatever the mode (train, evaluate, compare and export build the dataset when it is missing)."""
+    data_dir = tmp_path / "tfds"
+    in_workdir = storage.WriteFailure(errno.ENOSPC, str(tmp_path / "run" / "file"))
+    for folder in (data_dir, None):  # None: the run never imported the dataset code
+        line = main.no_space_message(in_workdir, mode, folder)
+        assert line.startswith(f"could not write {tmp_path / 'run' / 'file'}: No space left on device (ENOSPC); ")
+        assert "rerun the same command" in line
+        assert ("checkpoint" in line) == (mode == "train") and ("dataset build" in line) == (mode == "prepare")
+    shard = data_dir / "nih_chest_xray" / "full14_256" / "incomplete.ABC_1.0.0" / "shard"
+    line = main.no_space_message(storage.WriteFailure(errno.EDQUOT, str(shard)), mode, data_dir)
+    assert line == (
+        f"the dataset build into {data_dir} stopped: could not write {shard}: Disk quota exceeded (EDQUOT); "
+        "nothing of it was kept: free some space (or raise the limit) and rerun the same command"
+    )
 
 
 # --- workdir ---------------------------------------------------------------------------------------

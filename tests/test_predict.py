@@ -1,6 +1,8 @@
 """``--mode predict`` on crafted files: DICOM conventions, refusals, and carrying on past bad files."""
 
+import os
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -130,3 +132,35 @@ def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, cap
         assert str(files[name]) in line
     heatmaps = sorted(p.name for p in (tiny_workdir / predict.OUTPUT_DIR).glob("*.png"))
     assert heatmaps == ["0_good.png", "2_mono1.png", "5_blank.png"]
+
+
+def test_predict_names_each_file_that_lies_in_one_line_and_goes_on(tiny_workdir, tiny_config, tmp_path, capsys):
+    """A dangling link, a looping link, a 1 x 900,000 PNG (OpenCV's out-of-memory error when padded to a
+    square, which ended the run) and a file name that is not UTF-8 (printed with an escape). A FIFO goes
+    through the same reader: test_radiograph_files.py shows it is never opened."""
+    film = cv2.imencode(".png", np.random.default_rng(1).integers(0, 255, (48, 40), dtype=np.uint8))[1].tobytes()
+    good, odd = tmp_path / "good.png", Path(os.fsdecode(bytes(tmp_path) + b"/odd\xff.png"))
+    good.write_bytes(film)
+    odd.write_bytes(film)
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "wide.png").write_bytes(cv2.imencode(".png", np.zeros((1, 900_000), np.uint8))[1].tobytes())
+    names = ["good.png", "loop.png", "gone.png", "wide.png"]
+    heatmaps = tiny_workdir / predict.OUTPUT_DIR
+    before = set(heatmaps.glob("*"))
+    try:
+        assert predict.predict_files(tiny_config, tiny_workdir, [str(tmp_path / n) for n in names] + [str(odd)]) == 3
+    finally:
+        for made in set(heatmaps.glob("*")) - before:  # the other tests count this workdir's heatmaps
+            made.unlink()
+    captured = capsys.readouterr()
+    printed = [line.split(": ")[0] for line in captured.out.splitlines() if not line.startswith("  ")]
+    assert printed == [str(good), f"{tmp_path}/odd\\xff.png"]
+    errors = captured.err.splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    for line, name, said in zip(
+        errors,
+        names[1:],
+        ("a symbolic link that leads back to itself", "a dangling symbolic link", "sides in a ratio of 900,000.0 to 1"),
+    ):
+        assert line.startswith(f"error: {tmp_path / name}: ") and said in line

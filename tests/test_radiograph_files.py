@@ -1,12 +1,16 @@
 """Reading one radiograph for inference: DICOM display (LUTs, windows, MONOCHROME1), refusals, EXIF
 orientation, and the warnings that say what makes a prediction doubtful. Every file is made here."""
 
+import contextlib
 import logging
+import os
 import re
 import struct
 import subprocess
 import sys
+import threading
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -294,3 +298,204 @@ def test_dicom_inversion_check_sees_the_displayed_film(tmp_path, films):
     as_mono2 = radiograph_files.read(write_dicom(tmp_path / "m2.dcm", stored, "MONOCHROME2"))
     assert as_mono1.warnings == ()
     assert len(as_mono2.warnings) == 1 and "looks inverted" in as_mono2.warnings[0]
+
+
+# ------------------------------------------------------------------ files that lie about themselves
+
+
+def png_bytes(width: int, height: int, rows: bytes | None = None, first_chunk: bytes = b"IHDR") -> bytes:
+    """A grayscale 8-bit PNG written by hand: any declared size, the IDAT of ``rows`` (None: no IDAT)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+    header = chunk(first_chunk, struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    data = b"" if rows is None else chunk(b"IDAT", zlib.compress(rows))
+    return b"\x89PNG\r\n\x1a\n" + header + data + chunk(b"IEND", b"")
+
+
+def sof0(width: int, height: int) -> bytes:
+    """A baseline frame header (SOF0) for one 8-bit component."""
+    return b"\xff\xc0\x00\x0b\x08" + struct.pack(">HH", height, width) + b"\x01\x01\x11\x00"
+
+
+def after_app0(data: bytes) -> int:
+    """Where the segment after OpenCV's JFIF APP0 starts."""
+    return 4 + int.from_bytes(data[4:6], "big")
+
+
+@pytest.mark.parametrize(
+    "declared, table",
+    [
+        (16, np.round(255 * np.sqrt(np.arange(1024) / 1023))),  # 8-bit data, a 16-bit descriptor: near black
+        (16, np.round(4095 * np.sqrt(np.arange(1024) / 1023))),  # 12-bit data in a 16-bit descriptor (Agfa CRs)
+        (8, np.round(4095 * np.sqrt(np.arange(1024) / 1023))),  # 12-bit data, an 8-bit descriptor: wrapped bands
+    ],
+)
+def test_voi_lut_whose_descriptor_depth_disagrees_with_its_data_is_read_at_the_datas_depth(tmp_path, declared, table):
+    table = table.astype(np.uint16)
+    bits = int(table.max()).bit_length()
+    item = lut_item(500, 10, table)
+    item.LUTDescriptor = [len(table), 500, declared]
+    path = write_dicom(
+        tmp_path / "lut.dcm", STORED, RescaleSlope=SLOPE, RescaleIntercept=INTERCEPT, VOILUTSequence=[item]
+    )
+    radiograph = radiograph_files.read(path)
+    expected = np.round(lut_reference(RESCALED, 500, table) / (2**bits - 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(radiograph.pixels, expected)
+    assert radiograph.pixels.max() == 255 and radiograph.pixels.min() == 0  # the full range: no black film, no wrap
+    (warning,) = radiograph.warnings
+    assert f"declares {declared}-bit entries but its data are {bits}-bit" in warning
+
+
+def test_voi_lut_of_8_bit_entries_packed_in_ow_reads_as_the_same_lut_in_us(tmp_path):
+    table = np.round(255 * np.sqrt(np.arange(1024) / 1023)).astype(np.uint8)
+    packed = lut_item(500, 8, table)
+    packed.add_new(0x00283006, "OW", table.tobytes())  # two entries a word: 8 bits allocated (PS3.3 C.11.2.1.1)
+    read = [
+        radiograph_files.read(write_dicom(tmp_path / f"{name}.dcm", STORED, VOILUTSequence=[item]))
+        for name, item in (("us", lut_item(500, 8, table)), ("ow", packed))
+    ]
+    expected = np.round(lut_reference(STORED.astype(np.float64), 500, table)).astype(np.uint8)
+    np.testing.assert_array_equal(read[0].pixels, expected)
+    np.testing.assert_array_equal(read[1].pixels, expected)
+    assert read[0].warnings == read[1].warnings == ()
+
+
+@pytest.mark.parametrize("slope", [0, "0", "0.0", "-0"])
+def test_rescale_slope_zero_is_refused(tmp_path, slope):
+    path = write_dicom(tmp_path / "zero.dcm", STORED, RescaleSlope=slope, RescaleIntercept=-1024)
+    with pytest.raises(
+        images.ImageError, match=re.escape("RescaleSlope 0 makes every pixel the intercept (-1024)")
+    ) as error:
+        radiograph_files.read(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_an_empty_rescale_slope_counts_as_absent(tmp_path):
+    radiograph = radiograph_files.read(write_dicom(tmp_path / "empty.dcm", STORED, RescaleSlope=None))
+    np.testing.assert_array_equal(radiograph.pixels, range_reference(STORED.astype(np.float64)))
+
+
+def test_jpeg_with_junk_after_app0_has_its_frame_header_read_as_the_decoder_reads_it(tmp_path):
+    data = cv2.imencode(".jpg", np.tile(np.arange(0, 240, 6, dtype=np.uint8), (24, 1)))[1].tobytes()
+    junk = data[: after_app0(data)] + b"junk\x00\xff\x00" + data[after_app0(data) :]
+    (tmp_path / "junk.jpg").write_bytes(junk)
+    expected = cv2.imdecode(np.frombuffer(junk, np.uint8), cv2.IMREAD_UNCHANGED)  # libjpeg skips the junk
+    np.testing.assert_array_equal(radiograph_files.read(tmp_path / "junk.jpg").pixels, expected)
+    # The same junk before a frame header that declares 12,000 x 12,000: refused from the header, not decoded.
+    bomb = data[: after_app0(data)] + b"junk" + sof0(12_000, 12_000) + data[after_app0(data) :]
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    with pytest.raises(images.ImageError, match="12000x12000 pixels exceeds the limit"):
+        radiograph_files.read(tmp_path / "bomb.jpg")
+
+
+def test_jpeg_segments_are_skipped_by_length_and_fill_bytes_allowed(tmp_path):
+    """A frame header inside an APP segment's payload is data, not a marker; 0xFF fill bytes may precede one."""
+    data = cv2.imencode(".jpg", np.tile(np.arange(0, 240, 6, dtype=np.uint8), (24, 1)))[1].tobytes()
+    fake = sof0(60_000, 60_000)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(fake) + 2) + fake
+    crafted = data[:2] + b"\xff\xff" + app1 + data[2:]
+    (tmp_path / "app1.jpg").write_bytes(crafted)
+    assert radiograph_files.read(tmp_path / "app1.jpg").pixels.shape == (24, 40)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02", "no JPEG frame header (SOF) before the scan"),
+        (png_bytes(40, 40, bytes(41 * 40), first_chunk=b"tEXt"), "no PNG IHDR chunk"),
+        (png_bytes(0, 40, b""), "declares 0x40 pixels"),
+    ],
+    ids=["jpeg-scan-before-frame", "png-without-ihdr", "png-of-no-columns"],
+)
+def test_headers_that_do_not_say_the_size_are_refused_before_decoding(tmp_path, data, reason):
+    path = tmp_path / "odd.img"
+    path.write_bytes(data)
+    with pytest.raises(images.ImageError, match=re.escape(reason)):
+        radiograph_files.read(path)
+
+
+@pytest.mark.parametrize(
+    "width, height, kind",
+    [(900_000, 1, ".png"), (1, 60_000, ".jpg"), (41, 10, ".png"), (10, 41, ".jpg")],
+)
+def test_films_longer_than_four_times_their_width_are_refused_from_the_header(tmp_path, width, height, kind):
+    """Real, decodable files: padded to a square (``resize_square``) a 1 x 900,000 PNG would need 810 GB and
+    a 1 x 60,000 JPEG 3.6 GB; at most 4 to 1 is read."""
+    path = tmp_path / f"long{kind}"
+    path.write_bytes(cv2.imencode(kind, np.full((height, width), 128, np.uint8))[1].tobytes())
+    ratio = max(width, height) / min(width, height)
+    with pytest.raises(images.ImageError, match=f"{width}x{height} pixels, sides in a ratio of {ratio:,.1f} to 1"):
+        radiograph_files.read(path)
+    shorter = tmp_path / f"four_to_one{kind}"
+    four = (min(height, 4 * width), min(width, 4 * height))
+    shorter.write_bytes(cv2.imencode(kind, np.full(four, 128, np.uint8))[1].tobytes())
+    assert radiograph_files.read(shorter).pixels.shape == four
+
+
+def test_dicom_rows_and_columns_are_checked_for_the_side_ratio_before_decoding(tmp_path):
+    path = write_dicom(tmp_path / "strip.dcm", np.zeros((1, 5000), np.uint16))
+    with pytest.raises(images.ImageError, match="5000x1 pixels, sides in a ratio of 5,000.0 to 1"):
+        radiograph_files.read(path)
+
+
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    """Opening a FIFO waits for a writer. Here a writer offers a film to every reader that opens it (so a
+    reader that opens it gets the film rather than waiting for ever); it must find none."""
+    fifo = tmp_path / "film.png"
+    os.mkfifo(fifo)
+    film = cv2.imencode(".png", np.full((40, 40), 90, np.uint8))[1].tobytes()
+    opened, stop = threading.Event(), threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as end:  # waits for a reader
+                if not stop.is_set():
+                    opened.set()
+                    end.write(film)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with pytest.raises(images.ImageError, match=re.escape(f"{fifo}: a FIFO (named pipe), not an image file")):
+        radiograph_files.read(fifo)
+    assert not opened.is_set()
+    stop.set()
+    while thread.is_alive():  # a reader that opens and leaves lets the writer's open return, and it stops
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        thread.join(0.01)
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda p: p.symlink_to(p.with_name("gone.png")), "a dangling symbolic link (to {dir}/gone.png"),
+        (lambda p: p.symlink_to(p), "a symbolic link that leads back to itself (a loop)"),
+        (lambda p: p.symlink_to(p.parent), "a symbolic link to {dir}, a folder, not an image file"),
+        (lambda p: p.mkdir(), "a folder, not an image file"),
+    ],
+)
+def test_paths_that_are_no_film_are_named_for_what_they_are(tmp_path, make, said):
+    path = tmp_path / "film.png"
+    make(path)
+    with pytest.raises(images.ImageError, match=re.escape(f"{path}: " + said.format(dir=tmp_path))):
+        radiograph_files.read(path)
+
+
+def test_a_file_larger_than_any_film_is_not_read(tmp_path, monkeypatch):
+    path = png(tmp_path / "film.png", np.full((40, 40), 90, np.uint8))
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(images.ImageError, match=f"{path.stat().st_size} bytes, over the"):
+        radiograph_files.read(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_with_escapes(tmp_path):
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/film\xff.png"))
+    path.write_bytes(cv2.imencode(".png", np.tile(np.arange(0, 240, 6, dtype=np.uint8), (24, 1)))[1].tobytes())
+    assert radiograph_files.read(path).pixels.shape == (24, 40)
+    name = radiograph_files.display_name(path)
+    assert name == f"{tmp_path}/film\\xff.png" and name.encode("utf-8")
+    path.write_text("not an image")
+    with pytest.raises(images.ImageError) as error:
+        radiograph_files.read(path)
+    assert str(error.value).startswith(f"{name}: ") and str(error.value).encode("utf-8")

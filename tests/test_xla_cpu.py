@@ -12,6 +12,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, REPO
 
 from lungjax import xla_cpu
 
@@ -130,11 +131,51 @@ def test_the_users_own_value_of_the_flag_wins(fresh, monkeypatch):
     assert os.environ["XLA_FLAGS"] == theirs and not calls
 
 
-@pytest.mark.parametrize("value", ["0", "false", "OFF"])
+@pytest.mark.parametrize("value", ["0", "false", "OFF", "disabled", "Disabled", " no "])
 def test_opt_out(fresh, monkeypatch, value):
     calls = counting_probe(monkeypatch, True)
     monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, value)
     assert xla_cpu.apply_defaults() == [] and "XLA_FLAGS" not in os.environ and not calls
+
+
+@pytest.mark.parametrize("value", ["", "1", "true", "Yes", "ON", "enabled"])
+def test_opt_in_spellings_keep_the_defaults(fresh, monkeypatch, value):
+    counting_probe(monkeypatch, True)
+    monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, value)
+    assert xla_cpu.apply_defaults() == [FLAG]
+
+
+@pytest.mark.parametrize("value", ["maybe", "disable", "2"])
+def test_an_unknown_setting_is_refused_naming_the_values_allowed(fresh, monkeypatch, value):
+    calls = counting_probe(monkeypatch, True)
+    monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, value)
+    with pytest.raises(xla_cpu.SettingError, match=f"{xla_cpu.OPT_OUT_ENV}='{value}' is neither off .*disabled"):
+        xla_cpu.apply_defaults()
+    assert "XLA_FLAGS" not in os.environ and not calls
+
+
+def test_the_command_line_refuses_an_unknown_setting_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungjax.main",
+            f"--config={CONFIGS / 'tiny.py'}",
+            f"--workdir={tmp_path / 'run'}",
+            "--mode=predict",
+            f"--images={tmp_path / 'film.png'}",
+        ],
+        env={**os.environ, xla_cpu.OPT_OUT_ENV: "maybe"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        f"lungjax: error: {xla_cpu.OPT_OUT_ENV}='maybe' is neither off (0, false, no, off, disabled) nor on "
+        "(1, true, yes, on, enabled, or empty); set one of these or unset it"
+    ]
+    assert not (tmp_path / "run").exists()
 
 
 def test_nothing_is_added_once_backends_have_started(fresh, monkeypatch):

@@ -1,7 +1,8 @@
 """Reading radiographs from disk into 8-bit grayscale squares, safely.
 
 Used by the builder (at build time) and by ``--mode predict``. Every loader refuses files that are
-not images and images with more pixels than MAX_PIXELS (decompression bombs) before decoding.
+not images, images with more pixels than MAX_PIXELS (decompression bombs) and images longer than
+MAX_ASPECT_RATIO times their width, from the size their header declares, before decoding.
 
 Geometry: a non-square film is padded with black to a centred square (never cropped, so no part
 of the chest is lost), then resized to the stored size with area interpolation (linear when
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -22,11 +24,20 @@ MAX_PIXELS = 64 * 1024 * 1024  # NIH films are 1024x1024 (originals up to ~3,000
 # stem (x1/4) and three stride-2 stages leave the last stage only padding; past 4096 a split of NIH's
 # 112,120 films would not fit a disk.
 MIN_SIZE, MAX_SIZE = 32, 4096
+# The largest file read into memory: a MAX_PIXELS film stored uncompressed at 16-bit RGBA (512 MiB),
+# twice over for metadata. A larger one cannot be a film of at most MAX_PIXELS.
+MAX_FILE_BYTES = 16 * MAX_PIXELS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_COMPRESSION = 0  # see encode_png
 # Start-of-frame markers (baseline, progressive, lossless, ...): all but DHT, JPG and DAC in C0..CF.
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: no length, no payload
+_JPEG_START_OF_SCAN, _JPEG_END = 0xDA, 0xD9
+# A film's longer side over its shorter: chest films are 1 to 1.3 (14 x 17 in, 35 x 43 cm), long-length
+# films about 3. Past 4 the padded square (``resize_square``) leaves the film under a quarter of the
+# model's input, and bounds that square at 4 x MAX_PIXELS bytes (a 1 x 900,000 PNG would ask 810 GB).
+MAX_ASPECT_RATIO = 4.0
 
 
 class ImageError(ValueError):
@@ -34,49 +45,86 @@ class ImageError(ValueError):
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, or None when the header does not say."""
-    if data.startswith(PNG_MAGIC) and len(data) >= 24:
+    """(width, height) from a PNG's IHDR chunk (its first, by the PNG standard) or a JPEG's frame header,
+    or None when the header does not say."""
+    if data.startswith(PNG_MAGIC):
+        if data[8:16] != b"\x00\x00\x00\x0dIHDR" or len(data) < 24:
+            return None
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data.startswith(_JPEG_MAGIC):
-        return _jpeg_size(data)
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment, walking the segments from the start."""
-    position = 2
-    while position + 9 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker in _JPEG_SOF_MARKERS:
-            return int.from_bytes(data[position + 7 : position + 9], "big"), int.from_bytes(
-                data[position + 5 : position + 7], "big"
+    for marker, start, end in jpeg_segments(data):
+        if marker in _JPEG_SOF_MARKERS and end - start >= 5:  # precision, height, width, ...
+            return int.from_bytes(data[start + 3 : start + 5], "big"), int.from_bytes(
+                data[start + 1 : start + 3], "big"
             )
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, payload start, payload end) of each JPEG marker segment after start-of-image, up to the
+    start of scan (the last one given), where the metadata and frame header all are.
+
+    The markers are found as libjpeg finds them (``next_marker`` in jdmarker.c): bytes that are not a
+    marker between two segments are skipped, as are fill bytes (0xFF) and stuffed zeros, and each
+    segment is skipped by its length; so what is read here is what the decoder will read.
+    """
+    position = len(_JPEG_MAGIC) - 1  # after the start-of-image marker
+    while (position := data.find(b"\xff", position)) >= 0:
+        while position < len(data) and data[position] == 0xFF:
+            position += 1
+        if position >= len(data):
+            return
+        marker, position = data[position], position + 1
+        if marker == 0x00 or marker in _JPEG_STANDALONE_MARKERS:
+            continue
+        if marker == _JPEG_END or position + 2 > len(data):
+            return
+        length = int.from_bytes(data[position : position + 2], "big")
+        if length < 2:  # libjpeg stops here too ("Bogus marker length")
+            return
+        yield marker, position + 2, min(position + length, len(data))
+        if marker == _JPEG_START_OF_SCAN:
+            return
+        position += length
+
+
+def check_size(name: str, width: int, height: int) -> None:
+    """Refuses a film whose declared size is empty, over MAX_PIXELS or beyond MAX_ASPECT_RATIO: called
+    with the header's numbers before any pixel is decoded, so a file that lies costs nothing."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: the header declares {width}x{height} pixels: no image")
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS}")
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"{name}: {width}x{height} pixels, sides in a ratio of {ratio:,.1f} to 1, beyond the {MAX_ASPECT_RATIO:g} "
+            "to 1 a radiograph may have: padded to a square, the film would be a sliver of the model's input"
+        )
 
 
 def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Encoded PNG/JPEG bytes -> 2-D uint8 grayscale.
 
-    Colour images are converted with luminance weights, alpha is dropped, and 16-bit images are
-    scaled to 8 bits by their own min..max range (not clipped: many 16-bit films use 12 bits).
+    The size is read from the header and checked (``check_size``) before decoding; a header that does
+    not say is refused, since nothing would bound what the decoder allocates. Colour images are
+    converted with luminance weights, alpha is dropped, and 16-bit images are scaled to 8 bits by
+    their own min..max range (not clipped: many 16-bit films use 12 bits).
     """
     if not (data.startswith(PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
         raise ImageError(f"{name}: not a PNG or JPEG image")
     size = _header_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ImageError(f"{name}: {size[0]}x{size[1]} pixels exceeds the limit of {MAX_PIXELS}")
+    if size is None:
+        kind = "PNG IHDR chunk" if data.startswith(PNG_MAGIC) else "JPEG frame header (SOF) before the scan"
+        raise ImageError(f"{name}: corrupt or unreadable image: no {kind}, so no size to check before decoding")
+    check_size(name, *size)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         raise ImageError(f"{name}: corrupt or unreadable image ({err.msg.strip()})") from err
     if image is None:
         raise ImageError(f"{name}: corrupt or unreadable image")
-    if image.size > MAX_PIXELS * 4:
-        raise ImageError(f"{name}: {image.shape} exceeds the pixel limit of {MAX_PIXELS}")
+    if image.shape[:2] != size[::-1]:
+        raise ImageError(f"{name}: decoded {image.shape[1]}x{image.shape[0]} pixels, its header {size[0]}x{size[1]}")
     try:
         return to_gray_uint8(image)
     except ImageError as err:

@@ -6,6 +6,7 @@ one goes is decided here, so it can be tested on the real 112,120-row metadata w
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -134,8 +135,27 @@ def read_boxes(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_image_list(path: str | os.PathLike) -> list[str]:
-    """NIH's official ``train_val_list.txt`` / ``test_list.txt``: one image name per line, in order."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """NIH's official ``train_val_list.txt`` / ``test_list.txt``: one image name per line, in order.
+
+    The lists are text files that editors re-save in other encodings: UTF-8 with or without a
+    byte-order mark, or UTF-16 with one, are read alike; anything else, or a list naming no image,
+    stops the build naming the file.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise MetadataError(
+            f"{path} is not text in UTF-8 (or UTF-16 with a byte-order mark): {err.reason} at byte {err.start}"
+        ) from None
+    if "\x00" in text:
+        raise MetadataError(f"{path} holds NUL characters: save it as UTF-8 (UTF-16 needs a byte-order mark)")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise MetadataError(f"{path} names no image: it should list one image name per line")
+    return names
 
 
 def select_subset(
@@ -314,3 +334,10 @@ def patients_crossing(splits: dict[str, pd.DataFrame]) -> int:
         for pid in frame["Patient ID"].unique():
             seen.setdefault(int(pid), set()).add(name)
     return sum(len(s) > 1 for s in seen.values())
+
+
+def find_data_entry(manual_dir: Path) -> Path:
+    for name in nih_layout.DATA_ENTRY_NAMES:
+        if (manual_dir / name).is_file():
+            return manual_dir / name
+    raise MetadataError(f"no metadata CSV in {manual_dir}: expected one of {list(nih_layout.DATA_ENTRY_NAMES)}")

@@ -20,9 +20,10 @@ The user points ``manual_dir`` at their NIH download (or at a phantom tree with 
 
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
-encoded PNG bytes, so neither building nor reading needs TensorFlow. The build report records, per
-image, a digest of its source film's decoded pixels (``SOURCE_PIXELS``): two builds of one download at
-different stored sizes share them, a download with other pixels under the same names does not.
+encoded PNG bytes and written by :mod:`lungjax.data.shards`, so neither building (a split of any
+size) nor reading needs TensorFlow. The build report records, per image, a digest of its source
+film's decoded pixels (``SOURCE_PIXELS``): two builds of one download at different stored sizes share
+them, a download with other pixels under the same names does not.
 
 A build either completes or leaves nothing: every check that can fail without pixels (folders,
 CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
@@ -48,7 +49,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from lungjax import locking, trees
-from lungjax.data import images, labels, metadata, nih_layout, tasks, workers
+from lungjax.data import images, labels, metadata, nih_layout, shards, tasks, workers
 
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 # NIH's box list name -> its label name, where they differ.
@@ -145,26 +146,6 @@ def _existing(manual_dir: str | os.PathLike) -> Path:
     return manual_dir
 
 
-def find_data_entry(manual_dir: Path) -> Path:
-    for name in nih_layout.DATA_ENTRY_NAMES:
-        if (manual_dir / name).is_file():
-            return manual_dir / name
-    raise metadata.MetadataError(
-        f"no metadata CSV in {manual_dir}: expected one of {list(nih_layout.DATA_ENTRY_NAMES)}"
-    )
-
-
-def index_images(manual_dir: Path) -> dict[str, Path]:
-    """Image name -> path, for images flat in ``images/`` or in Kaggle's ``images_NNN/images/``."""
-    folders = nih_layout.image_dirs(manual_dir)
-    index: dict[str, Path] = {}
-    for folder in folders:
-        if folder.is_dir():
-            for entry in os.scandir(folder):
-                index.setdefault(entry.name, Path(entry.path))
-    return index
-
-
 def attach_boxes(subset: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     """Adds ``bbox`` (x, y, w, h in original pixels, or NO_BOX): the first box of the row's class."""
     first = boxes.dropna(subset=["label"]).astype({"label": int}).drop_duplicates(["Image Index", "label"])
@@ -213,12 +194,12 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     so a few missing files do not move other images between splits.
     """
     manual_dir = _existing(manual_dir)
-    data_entry = metadata.read_data_entry(find_data_entry(manual_dir))
+    data_entry = metadata.read_data_entry(metadata.find_data_entry(manual_dir))
     if config.task == tasks.FULL14.name:
         subset, summary = _select_findings14(manual_dir, data_entry, config)
     else:
         subset, summary = _select_six_class(manual_dir, data_entry, config)
-    image_index = index_images(manual_dir)
+    image_index = nih_layout.index_images(manual_dir)
     subset = subset.assign(path=subset["Image Index"].map(lambda name: image_index.get(name)))
     missing = subset.loc[subset["path"].isna(), "Image Index"].tolist()
     if missing and not skip_bad_images:
@@ -234,7 +215,7 @@ def plan_build(manual_dir: str | os.PathLike, config: NihConfig, *, skip_bad_ima
     else:
         splits = metadata.split_by_patient(subset, seed=config.seed)
     summary = {
-        "metadata": find_data_entry(manual_dir).name,
+        "metadata": metadata.find_data_entry(manual_dir).name,
         "task": tasks.get(config.task).describe(),
         **summary,
         "patients_crossing_splits": metadata.patients_crossing(splits),
@@ -412,6 +393,21 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         plan = self.plan(dl_manager.manual_dir)
         return {name: self._generate_examples(name, frame) for name, frame in plan.splits.items() if len(frame)}
 
+    def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
+        """Writes each split with :mod:`lungjax.data.shards` (TFDS's own writer needs TensorFlow for a
+        split over 1 GB): TFDS's layout and records, the same bytes on every rebuild."""
+        return [
+            shards.write_split(
+                name,
+                examples,
+                features=self.info.features,
+                filename_template=self._get_filename_template(split_name=name),
+                shard_config=download_config.get_shard_config(),
+                example_writer=self._example_writer(),
+            )
+            for name, examples in self._split_generators(dl_manager).items()
+        ]
+
     def _download_and_prepare(self, dl_manager, download_config):
         """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
         directory, so it lands atomically with the data."""
@@ -509,9 +505,18 @@ def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
     manifest and split-list files, how many images the download holds, and the skip policy. Recorded
     in the build report; a later build into the same ``data_dir`` must match it."""
     manual_dir = _existing(manual_dir)
-    files = [find_data_entry(manual_dir).name, nih_layout.BBOX_FILE, *MANIFEST_NAMES, *nih_layout.OFFICIAL_LISTS]
+    files = [
+        metadata.find_data_entry(manual_dir).name,
+        nih_layout.BBOX_FILE,
+        *MANIFEST_NAMES,
+        *nih_layout.OFFICIAL_LISTS,
+    ]
     digests = {name: _sha256(manual_dir / name) for name in files if (manual_dir / name).is_file()}
-    return {"files": digests, "images_found": len(index_images(manual_dir)), "skip_bad_images": skip_bad_images}
+    return {
+        "files": digests,
+        "images_found": len(nih_layout.index_images(manual_dir)),
+        "skip_bad_images": skip_bad_images,
+    }
 
 
 def _sha256(path: Path) -> str:

@@ -3,6 +3,7 @@ file names, the image folders and the CSV headers, in one place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DATA_ENTRY_FILE = "Data_Entry_2017.csv"  # NIH's 2017 release and Kaggle's copy
@@ -26,3 +27,14 @@ FIRST_IMAGE_DIR = Path("images_001") / "images"  # where the phantom writes its 
 def image_dirs(root: Path) -> list[Path]:
     """The folders under ``root`` that may hold a download's images, in the order the builder reads them."""
     return [root / FLAT_IMAGE_DIR, *sorted(root.glob(NUMBERED_IMAGE_DIRS))]
+
+
+def index_images(manual_dir: Path) -> dict[str, Path]:
+    """Image name -> path, for images flat in ``images/`` or in Kaggle's ``images_NNN/images/``."""
+    folders = image_dirs(manual_dir)
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for entry in os.scandir(folder):
+                index.setdefault(entry.name, Path(entry.path))
+    return index

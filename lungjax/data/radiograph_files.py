@@ -7,6 +7,12 @@ of the training stack. Anything that makes a film unreadable, or one the model w
 reason; anything that makes the prediction doubtful but still possible is a warning, a full sentence
 in :attr:`Radiograph.warnings`, so no input check is ever silent.
 
+Nothing is decoded before the header is checked. Only a regular file is opened (a FIFO would wait for
+a writer), of at most ``images.MAX_FILE_BYTES``; a dangling or looping symbolic link is named as
+such. The size a PNG's IHDR, a JPEG's frame header or a DICOM's Rows/Columns declare must pass
+``images.check_size`` (pixel count and side ratio), which bounds what decoding and the padding to a
+square allocate. File names that are not UTF-8 appear with their odd bytes as ``\\xNN`` escapes.
+
 DICOM is displayed as a viewer displays it (PS3.3 C.11): the modality LUT (Modality LUT Sequence, or
 RescaleSlope/Intercept), then the VOI LUT Sequence or else the first window (WindowCenter/Width with
 VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID), whose output range ymin..ymax is 0..255 directly,
@@ -19,8 +25,11 @@ OpenCV's ``IMREAD_UNCHANGED`` ignores, is applied.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import logging
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -33,6 +42,14 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files: a 128-byte preamble, then b"DICM"
 DICOM_MAGIC = b"DICM"
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# What a path that is not a regular file is, for the one line that refuses it.
+FILE_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL")  # and any ViewPosition containing "LAT" (LAT, LATERAL, LLAT, ...)
 # BodyPartExamined values that are the chest: any containing one of these (CHEST, THORAX, CHEST_ABDOMEN, LUNG ...)
@@ -48,7 +65,12 @@ LUNG_ROWS = slice(8, 22)
 MIDLINE_COLUMNS = slice(13, 19)
 LUNG_COLUMNS = (slice(5, 12), slice(20, 27))
 INVERSION_MARGIN = 10.0  # grey levels the midline must be darker than the lungs by for a warning
+# A VOI LUT's output depth is taken from its largest entry (at least 8 bits) where its descriptor says
+# otherwise: descriptors that say 16 for 8- or 12-bit data are common (Agfa CRs among them), and
+# Cornerstone, Horos and dcm4che read the data's depth.
+LUT_MIN_BITS = 8
 EXIF_ORIENTATION_TAG = 0x0112
+JPEG_APP1 = 0xE1  # the JPEG segment EXIF is stored in
 # EXIF Orientation -> the stored pixels turned as they are meant to be seen (TIFF 6.0; as OpenCV's
 # orientation-applying flags do).
 ORIENTATIONS = {
@@ -79,25 +101,54 @@ def read(path: str | os.PathLike, *, allow_lateral: bool = False) -> Radiograph:
     it is read with a warning.
     """
     path = Path(path)
-    try:
-        dicom = _is_dicom(path)
-        data = b"" if dicom else path.read_bytes()
-    except OSError as err:
-        raise images.ImageError(f"{path}: cannot read ({err.strerror})") from err
-    if dicom:
-        pixels, warnings, frontal = _read_dicom(path, allow_lateral)
+    name = display_name(path)
+    data = _file_bytes(path, name)
+    if path.suffix.lower() in DICOM_SUFFIXES or data[DICOM_MAGIC_OFFSET:].startswith(DICOM_MAGIC):
+        pixels, warnings, frontal = _read_dicom(data, name, allow_lateral)
         source = "dicom"
     else:
-        pixels, warnings = _read_picture(data, str(path))
+        pixels, warnings = _read_picture(data, name)
         frontal, source = True, "png" if data.startswith(images.PNG_MAGIC) else "jpeg"
     return Radiograph(pixels, tuple(warnings + _pixel_warnings(pixels, frontal)), source)
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    with path.open("rb") as handle:
-        return handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+def display_name(path: str | os.PathLike) -> str:
+    """The path as text that any UTF-8 output takes: a file name that is not UTF-8 (Python holds its
+    bytes as lone surrogates, which a UTF-8 writer refuses) shows its undecodable bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _file_bytes(path: Path, name: str) -> bytes:
+    """The bytes of a regular file of at most ``images.MAX_FILE_BYTES``; anything else is an ImageError
+    said from the file's status alone: a FIFO or device is never opened (opening a FIFO waits for a
+    writer), and a dangling or looping symbolic link is named as such."""
+    try:
+        status = path.stat()
+    except OSError as err:
+        raise images.ImageError(f"{name}: {_unreachable(path, err)}") from err
+    kind = stat.S_IFMT(status.st_mode)
+    if kind != stat.S_IFREG:
+        what = FILE_KINDS.get(kind, "not a regular file")
+        link = f"a symbolic link to {display_name(os.readlink(path))}, " if path.is_symlink() else ""
+        raise images.ImageError(f"{name}: {link}{what}, not an image file: not opened")
+    if status.st_size > images.MAX_FILE_BYTES:
+        raise images.ImageError(
+            f"{name}: {status.st_size} bytes, over the {images.MAX_FILE_BYTES} an image of at most "
+            f"{images.MAX_PIXELS} pixels needs: not read"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise images.ImageError(f"{name}: cannot read ({err.strerror})") from err
+
+
+def _unreachable(path: Path, err: OSError) -> str:
+    """Why ``path`` has no status: its symbolic links lead nowhere, or in a circle, or it cannot be read."""
+    if err.errno == errno.ELOOP:
+        return "a symbolic link that leads back to itself (a loop): not read"
+    if err.errno == errno.ENOENT and path.is_symlink():
+        return f"a dangling symbolic link (to {display_name(os.readlink(path))}, which does not exist): not read"
+    return f"cannot read ({err.strerror})"
 
 
 def _pixel_warnings(pixels: np.ndarray, frontal: bool) -> list[str]:
@@ -155,18 +206,9 @@ def _exif(data: bytes) -> bytes | None:
                 return data[position + 8 : position + 8 + length]
             position += 12 + length  # length, type, data, CRC
         return None
-    position = 2  # after the start-of-image marker
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker == 0xDA:  # start of scan: the metadata segments all come before it
-            return None
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
-            return data[position + 10 : position + 2 + length]
-        position += 2 + length
+    for marker, start, end in images.jpeg_segments(data):
+        if marker == JPEG_APP1 and data[start : start + 6] == b"Exif\x00\x00":
+            return data[start + 6 : end]
     return None
 
 
@@ -187,40 +229,39 @@ def _tiff_orientation(tiff: bytes) -> int | None:
     return None
 
 
-def _read_dicom(path: Path, allow_lateral: bool) -> tuple[np.ndarray, list[str], bool]:
+def _read_dicom(data: bytes, name: str, allow_lateral: bool) -> tuple[np.ndarray, list[str], bool]:
     """A single-frame grayscale DICOM -> ((H, W) uint8 as displayed, warnings, whether it is frontal).
 
-    The header is read and checked (pixel count, frames, colour, view) before the pixel data are
-    decoded, so a decompression bomb or a film the model cannot read costs nothing.
+    The header is read and checked (frames, size, colour, view) before the pixel data are decoded, so a
+    decompression bomb or a film the model cannot read costs nothing.
     """
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
     except ImportError as err:
-        raise images.ImageError(f"{path}: reading DICOM needs pydicom: pip install 'lungjax[dicom]'") from err
+        raise images.ImageError(f"{name}: reading DICOM needs pydicom: pip install 'lungjax[dicom]'") from err
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        rows, columns = int(header.Rows), int(header.Columns)
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-        samples = int(header.get("SamplesPerPixel", 1) or 1)
-        photometric = str(header.get("PhotometricInterpretation", "")).strip()
-        view = str(header.get("ViewPosition", "") or "").strip().upper()
-        body_part = str(header.get("BodyPartExamined", "") or "").strip().upper()
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
+        view = str(dataset.get("ViewPosition", "") or "").strip().upper()
+        body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
     except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as err:
-        raise images.ImageError(f"{path}: not a readable DICOM image ({err})") from err
-    if rows * columns * frames > images.MAX_PIXELS:
-        raise images.ImageError(f"{path}: {columns}x{rows}x{frames} pixels exceeds the limit of {images.MAX_PIXELS}")
+        raise images.ImageError(f"{name}: not a readable DICOM image ({err})") from err
     if frames > 1:
-        raise images.ImageError(f"{path}: multi-frame DICOM ({frames} frames) is not supported: one film per file")
+        raise images.ImageError(f"{name}: multi-frame DICOM ({frames} frames) is not supported: one film per file")
+    images.check_size(name, columns, rows)
     if samples != 1 or photometric not in MONOCHROME:
         raise images.ImageError(
-            f"{path}: colour DICOM is not supported, only MONOCHROME1/2 with one sample per pixel "
+            f"{name}: colour DICOM is not supported, only MONOCHROME1/2 with one sample per pixel "
             f"(PhotometricInterpretation {photometric or 'missing'}, {samples} samples per pixel)"
         )
     lateral = view in LATERAL_VIEWS or "LAT" in view
     if lateral and not allow_lateral:
         raise images.ImageError(
-            f"{path}: lateral view refused (ViewPosition {view}): the model was trained on frontal PA/AP films "
+            f"{name}: lateral view refused (ViewPosition {view}): the model was trained on frontal PA/AP films "
             "only; read(..., allow_lateral=True) reads it with a warning"
         )
     warnings = []
@@ -243,17 +284,16 @@ def _read_dicom(path: Path, allow_lateral: bool) -> tuple[np.ndarray, list[str],
     previous_level = decoder_log.level
     decoder_log.setLevel(logging.CRITICAL)
     try:
-        dataset = pydicom.dcmread(path)
         stored = dataset.pixel_array
     except Exception as err:  # pydicom's decoders raise many types: a missing codec, damaged pixel data
         reason = " ".join(str(err).split())[:300]
-        raise images.ImageError(f"{path}: cannot decode the DICOM pixel data ({type(err).__name__}: {reason})") from err
+        raise images.ImageError(f"{name}: cannot decode the DICOM pixel data ({type(err).__name__}: {reason})") from err
     finally:
         decoder_log.setLevel(previous_level)
     try:
         pixels, display_warnings = _display(dataset, stored, photometric == "MONOCHROME1")
     except (AttributeError, ValueError, TypeError, IndexError) as err:
-        raise images.ImageError(f"{path}: unusable DICOM LUT or window attributes ({err})") from err
+        raise images.ImageError(f"{name}: unusable DICOM rescale, LUT or window attributes ({err})") from err
     return pixels, warnings + display_warnings, not lateral
 
 
@@ -270,11 +310,17 @@ def _display(dataset, stored: np.ndarray, monochrome1: bool) -> tuple[np.ndarray
 
 
 def _modality(dataset, stored: np.ndarray) -> np.ndarray:
-    """PS3.3 C.11.1: the Modality LUT Sequence when present, else RescaleSlope/Intercept (default 1 and 0)."""
+    """PS3.3 C.11.1: the Modality LUT Sequence when present, else RescaleSlope/Intercept (default 1 and 0,
+    when absent or empty; a slope of 0, which the standard's formula allows but no modality writes, is refused)."""
     if dataset.get("ModalityLUTSequence"):
-        return _lookup(dataset, dataset.ModalityLUTSequence[0], stored)[0]
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        table, first, _ = _lut(dataset, dataset.ModalityLUTSequence[0])
+        return _lookup(table, first, stored)
+    slope, intercept = _first(dataset, "RescaleSlope"), _first(dataset, "RescaleIntercept")
+    slope, intercept = 1.0 if slope is None else slope, 0.0 if intercept is None else intercept
+    if slope == 0:
+        raise ValueError(f"RescaleSlope 0 makes every pixel the intercept ({intercept:g}): a blank film")
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise ValueError(f"RescaleSlope {slope} and RescaleIntercept {intercept} must be finite")
     return stored.astype(np.float64) * slope + intercept
 
 
@@ -284,8 +330,16 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
     None when the file carries neither, or a window that cannot be applied (then with a warning).
     """
     if dataset.get("VOILUTSequence"):
-        shown, bits = _lookup(dataset, dataset.VOILUTSequence[0], values)
-        return shown / (2**bits - 1), []
+        table, first, declared = _lut(dataset, dataset.VOILUTSequence[0])
+        bits = _data_bits(declared, int(table.max()))
+        shown = _lookup(table, first, values) / (2**bits - 1)
+        if bits == declared:
+            return shown, []
+        return shown, [
+            f"The VOI LUT's descriptor declares {declared}-bit entries but its data are {bits}-bit (largest entry "
+            f"{int(table.max())}), so they were read as {bits}-bit, as viewers do: a file whose descriptor is right "
+            "and whose data are wrong would be displayed, and predicted, differently."
+        ]
     center, width = _first(dataset, "WindowCenter"), _first(dataset, "WindowWidth")
     if center is None and width is None:
         return None, []
@@ -306,6 +360,18 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
     ]
 
 
+def _data_bits(declared: int, largest: int) -> int:
+    """The bits a VOI LUT's entries really have: more than declared when an entry exceeds the declared
+    range (it would wrap), fewer (at least LUT_MIN_BITS) when a descriptor of more than 8 bits holds
+    narrower data (the film would be near black); else what the descriptor declares."""
+    found = largest.bit_length()
+    if found > declared:
+        return found
+    if declared > LUT_MIN_BITS and found < declared:
+        return max(found, LUT_MIN_BITS)
+    return declared
+
+
 def _first(dataset, keyword: str) -> float | None:
     """The first value of a numeric attribute that may hold several (alternative windows), or None."""
     if keyword not in dataset or dataset[keyword].VM == 0:
@@ -314,21 +380,31 @@ def _first(dataset, keyword: str) -> float | None:
     return float(element.value[0] if element.VM > 1 else element.value)
 
 
-def _lookup(dataset, item, values: np.ndarray) -> tuple[np.ndarray, int]:
-    """A LUT (LUTDescriptor, LUTData) applied to values -> (outputs as float64, bits per entry).
+def _lut(dataset, item) -> tuple[np.ndarray, int, int]:
+    """A LUT sequence item -> (its entries as float64, the first value mapped, the bits its descriptor declares).
 
-    Values below the first mapped one take the first entry, those past the end the last (C.11.1.1).
+    LUTData in OW holds 16-bit words in the file's byte order, or two 8-bit entries per word where its
+    descriptor declares 8 bits and the bytes number the entries (PS3.3 C.11.1.1.1 and C.11.2.1.1: the
+    data are stored as 8 bits allocated then); a word per 8-bit entry (the high byte padding, which the
+    standard notes some writers do) is read as words.
     """
     entries, first, bits = (int(value) for value in item.LUTDescriptor)
     entries = entries or 2**16
     if not 1 <= bits <= 16:
         raise ValueError(f"LUTDescriptor gives {bits} bits per entry")
     data = item.LUTData
-    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
-        table = np.frombuffer(data, "<u2" if dataset.original_encoding[1] is not False else ">u2")
+    if isinstance(data, bytes):
+        little = dataset.original_encoding[1] is not False
+        packed = bits <= 8 and len(data) in (entries, entries + 1)  # 8-bit entries, padded to an even length
+        table = np.frombuffer(data, np.uint8 if packed else "<u2" if little else ">u2")
     else:
         table = np.asarray(data).ravel()
     if table.size < entries:
         raise ValueError(f"LUTData has {table.size} entries, its LUTDescriptor {entries}")
-    index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.intp)
-    return table[:entries].astype(np.float64)[index], bits
+    return table[:entries].astype(np.float64), first, bits
+
+
+def _lookup(table: np.ndarray, first: int, values: np.ndarray) -> np.ndarray:
+    """A LUT applied to values: those below the first mapped one take the first entry, those past the
+    end the last (C.11.1.1)."""
+    return table[np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.intp)]

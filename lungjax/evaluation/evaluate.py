@@ -98,7 +98,7 @@ def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -
 def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: Path) -> dict:
     """The subgroup audit, or the reason there is none (no metadata beside the data)."""
     try:
-        data_entry = metadata.read_data_entry(nih.find_data_entry(manual_dir))
+        data_entry = metadata.read_data_entry(metadata.find_data_entry(manual_dir))
         cells = subgroups.cells_of(predictions["image_name"], data_entry)
     except (metadata.MetadataError, ValueError) as err:
         return {"note": f"no subgroup audit: {err}"}

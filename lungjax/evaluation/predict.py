@@ -59,6 +59,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
     for number, path in enumerate(paths):
+        name = radiograph_files.display_name(path)  # printable whatever bytes the file name holds
         try:
             radiograph = radiograph_files.read(path)
         except images.ImageError as err:
@@ -66,7 +67,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             failures += 1
             continue
         for warning in radiograph.warnings:
-            print(f"warning: {path}: {warning}", file=sys.stderr)
+            print(f"warning: {name}: {warning}", file=sys.stderr)
         image = images.model_input(radiograph.pixels, saved.data.stored_size, saved.image_size)
         batch = np.repeat(image[None], mesh.devices.size, axis=0)  # one row per device of the mesh
         probs = np.asarray(predict_fn(restored.model_state, batch))[0]
@@ -76,11 +77,12 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         overlays.plot_overlays(
             image[None],
             heatmap,
-            [f"{Path(path).name}\n{class_names[predicted]} p={probs[predicted]:.2f}"],
+            [f"{Path(name).name}\n{class_names[predicted]} p={probs[predicted]:.2f}"],
             heatmap_path,
         )
         print(
-            f"{path}: {format_probabilities(probs, class_names)}  -> {class_names[predicted]} (heatmap {heatmap_path})"
+            f"{name}: {format_probabilities(probs, class_names)}  -> {class_names[predicted]} "
+            f"(heatmap {radiograph_files.display_name(heatmap_path)})"
         )
         if fit is not None:
             print("  " + fitted_lines(probs, fit, restored.task.multi_label))

@@ -11,6 +11,9 @@ exported. The model file is checked against the manifest's sha256 before it is l
 Per image, in the order given (folders walked in name order): one row of ``predictions.csv`` and
 one record of ``predictions.jsonl`` with the probabilities, the calibrated probabilities, the
 classes called at each operating point and every input warning; a file that cannot be read gets
-its error instead and the run goes on. Exit status: 0 when every image was classified, 1 when
-some could not be read, 2 for a bad command line or a bundle that is refused.
+its error instead and the run goes on (a FIFO, a dangling or looping link among them: see
+:mod:`lungjax.serve.files`). Both files are written aside and renamed over the previous ones when the
+run completes. Exit status: 0 when every image was classified, 1 when some could not be read, 2 for
+a bad command line (an ``--out`` that is a file, an unknown ``LUNGJAX_XLA_CPU_DEFAULTS``) or a bundle
+that is refused.
 """

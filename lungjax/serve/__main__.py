@@ -34,10 +34,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    xla_cpu.apply_defaults()  # the XLA CPU flags lungjax.main uses, before the bundle starts JAX's backends
     try:
+        predictions.check_out(args.out)  # before any work: a file in the way is a bad command line
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename and err.filename != args.out else ""
+        print(f"lungjax.serve: error: --out {args.out}: {where}{err.strerror}; nothing was written", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    try:
+        xla_cpu.apply_defaults()  # the XLA CPU flags lungjax.main uses, before the bundle starts JAX's backends
         loaded = bundle.load(args.export, args.precision)
-    except bundle.BundleError as err:
+    except (xla_cpu.SettingError, bundle.BundleError) as err:
         print(f"lungjax.serve: error: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
     paths, skipped = files.expand(args.images)
@@ -47,10 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("lungjax.serve: error: no PNG, JPEG or DICOM file among --images", file=sys.stderr)
         return USAGE_EXIT_CODE
-    with tqdm(total=len(paths), unit="image", file=sys.stderr, desc="classifying") as bar:
-        failures = predictions.classify(
-            loaded, paths, args.out, batch_size=args.batch_size, allow_lateral=args.allow_lateral, progress=bar.update
+    try:
+        with tqdm(total=len(paths), unit="image", file=sys.stderr, desc="classifying") as bar:
+            failures = predictions.classify(
+                loaded,
+                paths,
+                args.out,
+                batch_size=args.batch_size,
+                allow_lateral=args.allow_lateral,
+                progress=bar.update,
+            )
+    except OSError as err:  # writing the drafts (a full disk): the previous predictions were not touched
+        print(
+            f"lungjax.serve: error: cannot write the predictions into {args.out} ({err.strerror or err}); the "
+            "predictions there before this run are as they were",
+            file=sys.stderr,
         )
+        return USAGE_EXIT_CODE
     print(
         f"lungjax.serve: {len(paths) - failures} of {len(paths)} images classified, {failures} could not be read; "
         f"see {args.out}/{predictions.CSV_FILE} and {predictions.JSONL_FILE}",

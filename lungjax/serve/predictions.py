@@ -10,12 +10,15 @@ reaches its threshold (``decisions.called``), as evaluation chose them on valida
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lungjax import folders
 from lungjax.data import images, radiograph_files
 from lungjax.evaluation.fit import decisions, temperature
 from lungjax.serve.bundle import Bundle
@@ -27,12 +30,13 @@ WARNING_SEPARATOR = " | "  # between a file's warnings in its CSV cell (each war
 
 def _read(path: Path, bundle: Bundle, allow_lateral: bool) -> tuple[dict, np.ndarray | None]:
     """A file's record so far and its model input, or its error record and None."""
+    name = radiograph_files.display_name(path)
     try:
         radiograph = radiograph_files.read(path, allow_lateral=allow_lateral)
     except images.ImageError as err:
-        record = {"file": str(path), "status": "error", "error": str(err), "source": None, "warnings": []}
+        record = {"file": name, "status": "error", "error": str(err), "source": None, "warnings": []}
         return {**record, "probabilities": None, "calibrated": None, "called": None}, None
-    record = {"file": str(path), "status": "ok", "error": None, "source": radiograph.source}
+    record = {"file": name, "status": "ok", "error": None, "source": radiograph.source}
     return {**record, "warnings": list(radiograph.warnings)}, bundle.prepare(radiograph.pixels)
 
 
@@ -64,6 +68,17 @@ def _csv_row(record: dict, bundle: Bundle) -> list[str]:
     return row + ["|".join(record["called"][rule]) for rule in bundle.thresholds]
 
 
+def check_out(out: str | Path) -> None:
+    """Checks, creating nothing, that the folder ``out`` can be made or written: an OSError naming the path
+    in the way when ``out`` is a file, lies under one, or its nearest existing folder is not writable."""
+    out = Path(out)
+    nearest = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not nearest.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(nearest))
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "a folder this user cannot write in", str(nearest))
+
+
 def classify(
     bundle: Bundle,
     paths: Sequence[Path],
@@ -75,12 +90,37 @@ def classify(
 ) -> int:
     """Writes ``out/predictions.csv`` and ``out/predictions.jsonl`` for ``paths``; returns how many failed.
 
-    ``progress(n)`` is called after each chunk with the number of files it held.
+    Both are written as hidden drafts beside them and renamed over them once every file is done, so a
+    run that stops (an error, a signal) leaves the previous run's predictions as they were, and its
+    drafts are removed unless it is killed outright. ``progress(n)`` is called after each chunk with the
+    number of files it held.
     """
+    check_out(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    finals = (out / CSV_FILE, out / JSONL_FILE)
+    drafts = [folders.draft_of(final) for final in finals]
+    try:
+        failures = _write(bundle, paths, *drafts, batch_size, allow_lateral, progress)
+        for draft, final in zip(drafts, finals):
+            folders.swap_in(draft, final)
+    finally:
+        for draft in drafts:
+            draft.unlink(missing_ok=True)
+    return failures
+
+
+def _write(
+    bundle: Bundle,
+    paths: Sequence[Path],
+    csv_path: Path,
+    jsonl_path: Path,
+    batch_size: int,
+    allow_lateral: bool,
+    progress: Callable[[int], None] | None,
+) -> int:
     failures = 0
-    with (out / CSV_FILE).open("w", newline="") as table, (out / JSONL_FILE).open("w") as lines:
+    with csv_path.open("w", newline="", encoding="utf-8") as table, jsonl_path.open("w", encoding="utf-8") as lines:
         writer = csv.writer(table)
         writer.writerow(_csv_header(bundle))
         for start in range(0, len(paths), batch_size):
@@ -97,8 +137,6 @@ def classify(
                 failures += image is None
                 writer.writerow(_csv_row(record, bundle))
                 lines.write(json.dumps(record) + "\n")
-            table.flush()
-            lines.flush()
             if progress is not None:
                 progress(len(chunk))
     return failures

@@ -1,0 +1,159 @@
+"""One label space for every source: the harmonised vocabulary, each source's exact mapping into it,
+named label sets, and the label matrix and mask a model trains on.
+
+The vocabulary (``vocabulary.csv``: name, one-line definition) and the mappings (``label_map.csv``:
+source, the source's own label string, the harmonised names it means joined by ``|`` or blank when
+the string is not used) are data files of this package, written once. Strings are compared whole,
+never by substring: PadChest's ``pseudonodule`` is listed as not used and never reaches Nodule.
+
+NIH's findings keep NIH's spelling (``Effusion``, ``Pleural_Thickening``), so the NIH set is exactly
+:data:`lungjax.data.labels.FINDINGS14`; CheXpert's ``Pleural Effusion`` maps to ``Effusion``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+import importlib_resources
+import numpy as np
+
+from lungjax.data import labels as nih_labels
+from lungjax.data.sources import contract
+
+# When several source labels of one image map to one harmonised label, the strongest statement wins:
+# positive, then uncertain, then negative, then not stated.
+_BY_STRENGTH = np.array([contract.NOT_STATED, contract.NEGATIVE, contract.UNCERTAIN, contract.POSITIVE], np.int8)
+
+# Irvin et al. 2019, "CheXpert: A Large Chest Radiograph Dataset with Uncertainty Labels and Expert
+# Comparison" (AAAI; arXiv:1901.07031), Table 2: validation AUROC of each uncertainty approach on the
+# five competition findings. Of the three that are label policies (U-Ignore, U-Zeros, U-Ones; the other
+# two, U-SelfTrained and U-MultiClass, are training methods), the best per finding:
+#   Atelectasis      U-Ones  0.858 (U-Ignore 0.818, U-Zeros 0.811)
+#   Cardiomegaly     U-Zeros 0.840 (U-Ignore 0.828, U-Ones 0.832)
+#   Consolidation    U-Ignore 0.938 (U-Zeros 0.932, U-Ones 0.899)
+#   Edema            U-Ones  0.941 (U-Ignore 0.934, U-Zeros 0.929)
+#   Pleural Effusion U-Ones  0.934 (U-Ignore 0.928, U-Zeros 0.931)
+# Other labels: ignore.
+IRVIN2019 = MappingProxyType(
+    {"Atelectasis": "ones", "Cardiomegaly": "zeros", "Consolidation": "ignore", "Edema": "ones", "Effusion": "ones"}
+)
+POLICIES = ("ignore", "zeros", "ones", "refuse")
+NAMED_POLICIES = MappingProxyType({"irvin2019": IRVIN2019})
+
+
+def _data_file(name: str) -> list[dict[str, str]]:
+    text = importlib_resources.files("lungjax.data.sources").joinpath(name).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def vocabulary() -> dict[str, str]:
+    """Harmonised label name -> its one-line definition, in the vocabulary's order."""
+    return {row["name"]: row["definition"] for row in _data_file("vocabulary.csv")}
+
+
+def mapping(source: str) -> dict[str, tuple[str, ...]]:
+    """A source's label strings -> the harmonised names each means (empty: listed as not used)."""
+    rows = [row for row in _data_file("label_map.csv") if row["source"] == source]
+    if not rows:
+        raise contract.SourceError(f"no label mapping for source {source!r}")
+    return {row["source_label"]: tuple(n for n in row["harmonised"].split("|") if n) for row in rows}
+
+
+def source_labels(source: str) -> tuple[str, ...]:
+    """The harmonised labels a source states, in the vocabulary's order."""
+    used = {name for names in mapping(source).values() for name in names}
+    return tuple(name for name in vocabulary() if name in used)
+
+
+def harmonise(source: str, states: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The source's label states (its own names) -> states per harmonised label of the source, the
+    strongest statement winning where several of its labels mean one harmonised label."""
+    table = mapping(source)
+    unknown = [name for name in states if name not in table]
+    if unknown:
+        raise contract.SourceError(f"{source}: labels {unknown} are neither mapped nor listed as not used")
+    strength_of = np.zeros(_BY_STRENGTH.max() - _BY_STRENGTH.min() + 1, np.int8)  # state - NOT_STATED -> strength
+    strength_of[_BY_STRENGTH - _BY_STRENGTH.min()] = np.arange(len(_BY_STRENGTH))
+    strengths: dict[str, np.ndarray] = {}
+    for name, values in states.items():
+        strength = strength_of[np.asarray(values, np.int8) - _BY_STRENGTH.min()]
+        for target in table[name]:
+            strengths[target] = strength if target not in strengths else np.maximum(strengths[target], strength)
+    return {name: _BY_STRENGTH[strengths[name]] for name in source_labels(source) if name in strengths}
+
+
+def named_sets() -> dict[str, tuple[str, ...]]:
+    """The label sets a config can name instead of listing labels."""
+    shared = set(source_labels("nih")) & set(source_labels("chexpert")) & set(source_labels("padchest"))
+    return {
+        "nih14": nih_labels.FINDINGS14,
+        "chexpert5": ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion"),
+        "shared7": tuple(name for name in vocabulary() if name in shared and name != "No Finding"),
+    }
+
+
+def resolve(labels: str | Sequence[str]) -> tuple[str, ...]:
+    """A named set or a list of harmonised names -> the names; an unknown one is refused."""
+    if isinstance(labels, str):
+        sets = named_sets()
+        if labels not in sets:
+            raise contract.SourceError(f"unknown label set {labels!r}; named sets: {', '.join(sets)}")
+        return sets[labels]
+    known = vocabulary()
+    unknown = [name for name in labels if name not in known]
+    if unknown:
+        raise contract.SourceError(f"labels {unknown} are not in the harmonised vocabulary ({', '.join(known)})")
+    if len(set(labels)) != len(labels):
+        raise contract.SourceError(f"labels listed twice: {list(labels)}")
+    return tuple(labels)
+
+
+def policy_per_label(uncertainty: str | Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """An uncertainty policy (one for all labels, a named per-label policy, or a mapping label -> policy,
+    ``ignore`` for labels it leaves out) -> one of POLICIES per label."""
+    if isinstance(uncertainty, str):
+        if uncertainty in NAMED_POLICIES:
+            uncertainty = NAMED_POLICIES[uncertainty]
+        elif uncertainty in POLICIES:
+            return dict.fromkeys(names, uncertainty)
+        else:
+            raise contract.SourceError(
+                f"unknown uncertainty policy {uncertainty!r}; expected one of {POLICIES} or {tuple(NAMED_POLICIES)}"
+            )
+    bad = {label: p for label, p in uncertainty.items() if p not in POLICIES}
+    if bad:
+        raise contract.SourceError(f"unknown uncertainty policies {bad}; expected one of {POLICIES}")
+    return {name: uncertainty.get(name, "ignore") for name in names}
+
+
+def label_matrix(
+    table: contract.SourceTable, labels: str | Sequence[str], *, uncertainty: str | Mapping[str, str] = "ignore"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, mask), both (rows, labels): values 1.0 / 0.0, mask True where the entry is stated.
+
+    Not stated, and a label outside the source's vocabulary, are masked. Uncertain entries follow the
+    policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops with the
+    first row that has one.
+    """
+    names = resolve(labels)
+    policies = policy_per_label(uncertainty, names)
+    values = np.zeros((len(table.frame), len(names)), np.float32)
+    mask = np.zeros((len(table.frame), len(names)), bool)
+    for k, name in enumerate(names):
+        if name not in table.labels:
+            continue
+        states = table.frame[name].to_numpy()
+        uncertain = states == contract.UNCERTAIN
+        if policies[name] == "refuse" and uncertain.any():
+            row = int(np.flatnonzero(uncertain)[0])
+            raise contract.SourceError(
+                f"{table.source}: row {row} ({table.frame['path'].iloc[row]}) is uncertain for {name!r}, "
+                "which the uncertainty policy 'refuse' does not allow"
+            )
+        values[:, k] = (states == contract.POSITIVE) | (uncertain & (policies[name] == "ones"))
+        mask[:, k] = (states == contract.POSITIVE) | (states == contract.NEGATIVE)
+        mask[:, k] |= uncertain & (policies[name] in ("zeros", "ones"))
+    return values, mask
