@@ -50,8 +50,8 @@ def test_swap_in_puts_a_first_output_in_place_and_replaces_files(tmp_path):
     assert table.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "test"]
 
 
-def refusing_libc(code):
-    """A libc whose ``renameat2`` fails with ``code``, as a filesystem without the exchange answers."""
+def refusing_libc():
+    """A libc whose ``renameat2`` fails (-1; the test sets the errno a refusing filesystem answers)."""
 
     def renameat2(*args):
         return -1
@@ -61,7 +61,7 @@ def refusing_libc(code):
 
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS])
 def test_swap_in_falls_back_to_two_renames_where_the_exchange_is_refused(tmp_path, monkeypatch, code):
-    monkeypatch.setattr(folders.ctypes, "CDLL", lambda *args, **kwargs: refusing_libc(code))
+    monkeypatch.setattr(folders.ctypes, "CDLL", lambda *args, **kwargs: refusing_libc())
     monkeypatch.setattr(folders.ctypes, "get_errno", lambda: code)
     final = folder_with(tmp_path / "6", "model.jax", "old")
     draft = folder_with(folders.draft_of(final), "model.jax", "new")
@@ -71,7 +71,7 @@ def test_swap_in_falls_back_to_two_renames_where_the_exchange_is_refused(tmp_pat
 
 
 def test_an_exchange_that_fails_otherwise_raises_naming_the_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No such file"):
+    with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*/absent' -> '.*/6'"):
         folders._exchange(tmp_path / "absent", folder_with(tmp_path / "6", "model.jax", ""))
 
 
