@@ -57,7 +57,7 @@ class Site:
     marker_rate: float = 0.0  # films with a burned-in marker
     marker_corner: str = "top_left"
     ap_rate: float | None = None  # portable AP films; None keeps NIH's share for each finding combination
-    prevalence: Mapping[str, float] = dataclasses.field(default_factory=dict)  # finding -> odds factor
+    prevalence: Mapping[str, float] | tuple[tuple[str, float], ...] = ()  # finding -> odds factor
     missed_nodule_rate: float = 0.0  # the labeller leaves Nodule out of this share of nodule films
 
     def __post_init__(self):
@@ -78,12 +78,13 @@ class Site:
             raise ValueError(f"site {self.name}: downsample must be an integer >= 1, got {self.downsample!r}")
         if self.marker_corner not in CORNERS:
             raise ValueError(f"site {self.name}: marker_corner must be one of {CORNERS}, got {self.marker_corner!r}")
-        unknown = sorted(set(self.prevalence) - set(FINDINGS14))
-        if unknown or any(not factor > 0 for factor in self.prevalence.values()):
+        factors = dict(self.prevalence)
+        if set(factors) - set(FINDINGS14) or any(not factor > 0 for factor in factors.values()):
             raise ValueError(
                 f"site {self.name}: prevalence maps findings of FINDINGS14 to odds factors > 0, got {self.prevalence!r}"
             )
-        object.__setattr__(self, "prevalence", MappingProxyType(dict(self.prevalence)))
+        # Held as sorted pairs, so a Site hashes, compares and pickles (to the tree writer's workers).
+        object.__setattr__(self, "prevalence", tuple(sorted(factors.items())))
 
     def curve(self, film: np.ndarray) -> np.ndarray:
         """The processing curve on a [0, 1] film: contrast about mid-grey, exposure, clipped, then gamma."""
@@ -135,16 +136,19 @@ class Site:
             patch[:, x : x + glyph_w * cell][glyph] = MARKER_LEVEL
 
     def view(self, pa_share: float, rng: np.random.Generator) -> str:
-        """PA or AP: AP (portable) on ``ap_rate`` of films, or on the combination's NIH share when unset."""
-        ap_share = 1.0 - pa_share if self.ap_rate is None else self.ap_rate
-        return "AP" if rng.random() < ap_share else "PA"
+        """PA or AP: AP (portable) on ``ap_rate`` of films, or on the combination's NIH share when unset
+        (then drawn exactly as a film without a site draws it)."""
+        if self.ap_rate is not None:
+            pa_share = 1.0 - self.ap_rate
+        return "PA" if rng.random() < pa_share else "AP"
 
     def combination_probabilities(self, images: np.ndarray, findings: tuple[tuple[str, ...], ...]) -> np.ndarray:
         """NIH's combination frequencies, each weighted by the product of its findings' odds factors."""
+        factors = dict(self.prevalence)
         weights = np.asarray(images, np.float64).copy()
         for k, names in enumerate(findings):
             for name in names:
-                weights[k] *= self.prevalence.get(name, 1.0)
+                weights[k] *= factors.get(name, 1.0)
         return weights / weights.sum()
 
     def labelled(self, findings: tuple[str, ...], rng: np.random.Generator) -> tuple[str, ...]:

@@ -58,14 +58,11 @@ def draw_patient(
     rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(stream.encode("utf-8")), number]))
     anatomy = sample_anatomy(rng)
     table = finding_combinations()
-    if site is None:
-        probabilities = table.images / table.images.sum()
-    else:
-        probabilities = site.combination_probabilities(table.images, table.findings)
+    probabilities = None if site is None else site.combination_probabilities(table.images, table.findings)
     films, index = [], None
     for study in range(int(rng.integers(studies[0], studies[1] + 1))):
         if index is None or rng.random() >= REPEAT_FINDING_PROBABILITY:
-            index = int(rng.choice(len(table.findings), p=probabilities))
+            index = table.draw(rng, probabilities)
         findings = table.findings[index]
         pa_share = table.pa_images[index] / table.images[index]
         if site is None:
