@@ -443,7 +443,8 @@ def write_vindr_tree(
             image_id = _digest(seed, "vindr", patient.number)[:32]
             positives = source_positives("vindr", harmonised_truth(film.labelled), rng)
             truth = np.array([column in positives for column in columns])
-            truth[columns.index(VINDR_NO_FINDING)] = not truth.any()
+            finding_columns = [k for k, column in enumerate(columns) if column != VINDR_NO_FINDING]
+            truth[columns.index(VINDR_NO_FINDING)] = not truth[finding_columns].any()
             if split == "test":
                 rows["test"].append([image_id, *(str(int(v)) for v in truth)])
             else:
@@ -453,7 +454,6 @@ def write_vindr_tree(
                     if column != VINDR_NO_FINDING and rng.random() < reader_disagreement:
                         dissenter = int(rng.integers(3))
                         votes[dissenter, k] = not votes[dissenter, k]
-                finding_columns = [k for k, c in enumerate(columns) if c != VINDR_NO_FINDING]
                 votes[:, columns.index(VINDR_NO_FINDING)] = ~votes[:, finding_columns].any(axis=1)
                 for reader, vote in zip(readers, votes, strict=True):
                     rows["train"].append([image_id, VINDR_READERS[reader], *(str(int(v)) for v in vote)])
