@@ -429,11 +429,14 @@ def test_a_tree_is_whole_or_absent(tmp_path, monkeypatch):
         ("hospital", {"formats": ("tiff",)}, "formats must be some of"),
         ("hospital", {"label_names": ("Nodules",)}, "label_names must be harmonised names"),
         ("hospital", {"site": "Z"}, "unknown site 'Z'"),
+        ("vindr", {"image_size": 16}, r"image_size must be an integer in \[32, 4096\]"),
+        ("padchest", {"num_patients": 0}, "the number of patients must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_one_clear_line(tmp_path, writer, options, message):
+    options = {"num_patients": 3, "image_size": SIZE, **options}
     with pytest.raises(ValueError, match=message):
-        source_trees.WRITERS[writer](tmp_path / "t", 3, image_size=SIZE, **options)
+        source_trees.WRITERS[writer](tmp_path / "t", options.pop("num_patients"), **options)
     assert not (tmp_path / "t").exists()
 
 

@@ -118,6 +118,7 @@ def write_chexpert_tree(
     set), stated by consensus: 1 / 0 on every label. In train.csv a positive is uncertain (-1) at
     ``uncertain_rate``, a negative blank at ``not_stated_rate``; No Finding is 1 or blank, as CheXpert's
     labeller writes it."""
+    site = _check_tree(num_patients, image_size, site)
     if folder not in chexpert.FOLDERS:
         raise ValueError(f"folder must be one of {chexpert.FOLDERS}, got {folder!r}")
     _check_rates(
@@ -198,6 +199,7 @@ def write_mimic_tree(
     PhysioNet ships them when ``gzipped``) and ``files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg``. Labels are
     one row per study (CheXpert's 14, columns in MIMIC's alphabetical order), uncertain and blank at the
     rates given; the official split (train / validate / test by ``split_shares``) is by patient."""
+    site = _check_tree(num_patients, image_size, site)
     if labeller not in mimic.LABELLERS:
         raise ValueError(f"labeller must be one of {mimic.LABELLERS}, got {labeller!r}")
     _check_rates(lateral_rate=lateral_rate, uncertain_rate=uncertain_rate, not_stated_rate=not_stated_rate)
@@ -272,43 +274,47 @@ def write_mimic_tree(
 # Strings PadChest's reports carry that label_map.csv lists as not used; a report mentions one of them
 # at ``unused_label_rate`` (pseudonodule among them: never a nodule).
 PADCHEST_UNUSED_STRINGS = ("chronic changes", "unchanged", "pseudonodule", "kyphosis", "scoliosis")
-PADCHEST_COLUMNS = (
-    "ImageID",
-    "ImageDir",
-    "StudyDate_DICOM",
-    "StudyID",
-    "PatientID",
-    "PatientBirth",
-    "PatientSex_DICOM",
-    "ViewPosition_DICOM",
-    "Projection",
-    "MethodProjection",
-    "Pediatric",
-    "Modality_DICOM",
-    "Manufacturer_DICOM",
-    "PhotometricInterpretation_DICOM",
-    "PixelRepresentation_DICOM",
-    "PixelAspectRatio_DICOM",
-    "SpatialResolution_DICOM",
-    "BitsStored_DICOM",
-    "WindowCenter_DICOM",
-    "WindowWidth_DICOM",
-    "Rows_DICOM",
-    "Columns_DICOM",
-    "XRayTubeCurrent_DICOM",
-    "Exposure_DICOM",
-    "ExposureInuAs_DICOM",
-    "ExposureTime",
-    "RelativeXRayExposure_DICOM",
-    "ReportID",
-    "Report",
-    "MethodLabel",
-    "Labels",
-    "Localizations",
-    "LabelsLocalizationsBySentence",
-    "labelCUIS",
-    "LocalizationsCUIS",
-)  # the 160K CSV's, after its unnamed index column
+# The 160K CSV's columns after its unnamed index column, with the values every phantom row shares (None:
+# set per row); DICOM fields as a 12-bit CR film with a full-range window.
+PADCHEST_COLUMNS = MappingProxyType(
+    {
+        "ImageID": None,
+        "ImageDir": None,
+        "StudyDate_DICOM": None,
+        "StudyID": None,
+        "PatientID": None,
+        "PatientBirth": None,
+        "PatientSex_DICOM": None,
+        "ViewPosition_DICOM": None,
+        "Projection": None,
+        "MethodProjection": "Manual review of DICOM fields",
+        "Pediatric": "No",
+        "Modality_DICOM": "CR",
+        "Manufacturer_DICOM": None,
+        "PhotometricInterpretation_DICOM": "MONOCHROME2",
+        "PixelRepresentation_DICOM": "0",
+        "PixelAspectRatio_DICOM": "None",
+        "SpatialResolution_DICOM": "None",
+        "BitsStored_DICOM": "12",
+        "WindowCenter_DICOM": "2047.0",
+        "WindowWidth_DICOM": "4095.0",
+        "Rows_DICOM": None,
+        "Columns_DICOM": None,
+        "XRayTubeCurrent_DICOM": "None",
+        "Exposure_DICOM": "None",
+        "ExposureInuAs_DICOM": "None",
+        "ExposureTime": "None",
+        "RelativeXRayExposure_DICOM": "None",
+        "ReportID": None,
+        "Report": None,
+        "MethodLabel": None,
+        "Labels": None,
+        "Localizations": "[]",
+        "LabelsLocalizationsBySentence": None,
+        "labelCUIS": "[]",
+        "LocalizationsCUIS": "[]",
+    }
+)
 
 
 def write_padchest_tree(
@@ -331,6 +337,7 @@ def write_padchest_tree(
     strings, plus a string listed as not used at ``unused_label_rate``; strings after the first carry
     the release's leading space at ``spaced_label_rate``. Each study is labelled by a physician at
     ``physician_rate``, else by the release's RNN. No official split."""
+    site = _check_tree(num_patients, image_size, site)
     _check_rates(
         lateral_rate=lateral_rate,
         physician_rate=physician_rate,
@@ -339,6 +346,8 @@ def write_padchest_tree(
     )
     if not isinstance(image_dirs, int) or image_dirs < 1:
         raise ValueError(f"image_dirs must be an integer >= 1, got {image_dirs!r}")
+
+    manufacturer = "PhantomSite" if site is None else f"PhantomSite{site.name}"
 
     def write(draft: Path) -> list[dict]:
         rows, films = [], []
@@ -358,51 +367,32 @@ def write_padchest_tree(
                     relative = f"{image_dir}/{image_id}"
                     stored = film.image.astype(np.uint16) * DICOM_SCALE
                     _write_file(draft / relative, _encode(".png", stored))
-                    projection = {"PA": "PA", "AP": "AP_horizontal" if number % 2 else "AP"}.get(film.view, "L")
-                    position = {"PA": "POSTEROANTERIOR", "AP": "ANTEROPOSTERIOR"}.get(film.view, "LATERAL")
-                    rows.append(
-                        [
-                            str(len(rows)),
-                            image_id,
-                            image_dir,
-                            f"{FIRST_STUDY_YEAR + study}0915",
-                            study_id,
-                            patient_id,
-                            f"{birth}.0",
-                            patient.anatomy.sex,
-                            position,
-                            projection,
-                            "Manual review of DICOM fields",
-                            "No",
-                            "CR",
-                            "PhantomSite" if site is None else f"PhantomSite{sites.site(site).name}",
-                            "MONOCHROME2",
-                            "0",
-                            "None",
-                            "None",
-                            "12",
-                            "2047.0",
-                            "4095.0",
-                            str(image_size),
-                            str(image_size),
-                            "None",
-                            "None",
-                            "None",
-                            "None",
-                            "None",
-                            str(4_000_000 + len(rows)),
-                            " " + " ".join(s.strip() for s in strings) + " .",
-                            method,
-                            repr(strings),
-                            "[]",
-                            repr([[s.strip() for s in strings]]),
-                            "[]",
-                            "[]",
-                        ]
-                    )
+                    values = {
+                        **PADCHEST_COLUMNS,
+                        "ImageID": image_id,
+                        "ImageDir": image_dir,
+                        "StudyDate_DICOM": f"{FIRST_STUDY_YEAR + study}0915",
+                        "StudyID": study_id,
+                        "PatientID": patient_id,
+                        "PatientBirth": f"{birth}.0",
+                        "PatientSex_DICOM": patient.anatomy.sex,
+                        "ViewPosition_DICOM": {"PA": "POSTEROANTERIOR", "AP": "ANTEROPOSTERIOR"}.get(
+                            film.view, "LATERAL"
+                        ),
+                        "Projection": {"PA": "PA", "AP": "AP_horizontal" if number % 2 else "AP"}.get(film.view, "L"),
+                        "Manufacturer_DICOM": manufacturer,
+                        "Rows_DICOM": str(image_size),
+                        "Columns_DICOM": str(image_size),
+                        "ReportID": str(4_000_000 + len(rows)),
+                        "Report": " " + " ".join(s.strip() for s in strings) + " .",
+                        "MethodLabel": method,
+                        "Labels": repr(strings),
+                        "LabelsLocalizationsBySentence": repr([[s.strip() for s in strings]]),
+                    }
+                    rows.append([str(len(rows)), *values.values()])
                     row = _film_row(relative, patient_id, study_id, film, contract.NO_SPLIT, patient)
                     films.append({**row, "age": FIRST_STUDY_YEAR + study - birth})
-        _write_csv(draft / padchest.CSV, ["", *PADCHEST_COLUMNS], rows)
+        _write_csv(draft / padchest.CSV, ["", *PADCHEST_COLUMNS], rows)  # the release's unnamed index first
         return films
 
     return _write_tree("padchest", root, "", write)
@@ -430,6 +420,7 @@ def write_vindr_tree(
     MONOCHROME1 at ``monochrome1_rate``). On each label but No finding, one of an image's three readers
     dissents from the film's truth at ``reader_disagreement``; a reader's No finding is 1 when the
     reader marks nothing else. The majority is then the truth on every label but No finding."""
+    site = _check_tree(num_images, image_size, site)
     _check_rates(test_share=test_share, reader_disagreement=reader_disagreement, monochrome1_rate=monochrome1_rate)
     split_of = _splits(num_images, (("train", 1.0 - test_share), ("test", test_share)))
     columns = tuple(labelspace.mapping("vindr"))
@@ -492,6 +483,7 @@ def write_hospital_tree(
     ``label_names``: 1 / 0 / -1 / blank) over ``films/<patient>/<study>_<n>.png|jpg|dcm``, each film's
     format drawn from ``formats``. The split is the hospital's own (train / validation / test by
     ``split_shares``, by patient) or blank on every row when ``split_shares`` is None."""
+    site = _check_tree(num_patients, image_size, site)
     unknown = [f for f in formats if f not in HOSPITAL_FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats must be some of {tuple(HOSPITAL_FORMATS)}, got {tuple(formats)!r}")
@@ -569,14 +561,13 @@ def _patients(
     seed: int,
     source: str,
     image_size: int,
-    site: str | sites.Site | None,
+    site: sites.Site | None,
     lateral_rate: float,
     progress: bool,
     studies_: tuple[int, int] = (1, 3),
 ) -> Iterator[tuple[studies.Patient, np.random.Generator]]:
     """Each patient's films, and a generator of its own for what the tree draws about them."""
-    chosen = sites.site(site)
-    stream = source if chosen is None else f"{source}/site {chosen.name}"
+    stream = source if site is None else f"{source}/site {site.name}"
     numbers = range(1, num_patients + 1)
     if progress:
         from tqdm.auto import tqdm
@@ -590,7 +581,7 @@ def _patients(
             image_size=image_size,
             studies=studies_,
             lateral_rate=lateral_rate,
-            site=chosen,
+            site=site,
         )
         yield patient, np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(stream.encode()), number, 1]))
 
@@ -638,8 +629,6 @@ def _by_study(films: Sequence[studies.Film]) -> Iterator[tuple[int, list[studies
 
 def _splits(num_patients: int, shares: Sequence[tuple[str, float]]) -> dict[int, str]:
     """Patient number -> split: consecutive patients, each split's share rounded, the rest to the first."""
-    if not isinstance(num_patients, int) or num_patients < 1:
-        raise ValueError(f"the number of patients must be an integer >= 1, got {num_patients!r}")
     if any(share < 0 for _, share in shares) or not np.isclose(sum(share for _, share in shares), 1.0):
         raise ValueError(f"split shares must be >= 0 and sum to 1, got {[share for _, share in shares]}")
     counts = [int(round(share * num_patients)) for _, share in shares[1:]]
@@ -648,6 +637,15 @@ def _splits(num_patients: int, shares: Sequence[tuple[str, float]]) -> dict[int,
         raise ValueError(f"split shares {[share for _, share in shares]} leave no patient for {shares[0][0]}")
     names = [name for (name, _), count in zip(shares, counts, strict=True) for _ in range(count)]
     return dict(zip(range(1, num_patients + 1), names, strict=True))
+
+
+def _check_tree(count: int, image_size: int, site: str | sites.Site | None) -> sites.Site | None:
+    """Checks what every writer takes; returns the site (a preset's name resolved)."""
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of patients must be an integer >= 1, got {count!r}")
+    if not isinstance(image_size, int) or not images.MIN_SIZE <= image_size <= images.MAX_SIZE:
+        raise ValueError(f"image_size must be an integer in [{images.MIN_SIZE}, {images.MAX_SIZE}], got {image_size!r}")
+    return sites.site(site)
 
 
 def _check_rates(**rates: float) -> None:
