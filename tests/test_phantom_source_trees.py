@@ -397,6 +397,11 @@ def test_trees_are_the_same_bytes_for_a_seed_and_differ_for_another(tmp_path):
     assert tree_digest(dicoms[0].manual_dir) == tree_digest(dicoms[1].manual_dir)
 
 
+def test_a_large_tree_shows_its_progress(tmp_path, capsys):
+    source_trees.write_hospital_tree(tmp_path / "t", 3, image_size=SIZE, formats=("png",), progress=True)
+    assert "phantom hospital patients" in capsys.readouterr().err
+
+
 def test_a_tree_is_whole_or_absent(tmp_path, monkeypatch):
     root = tmp_path / "tree"
     written = []
