@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -55,8 +56,8 @@ IMPLIED = MappingProxyType(
 # A source's string for "something else is abnormal", stated when none of the film's findings has a name there.
 CATCH_ALL = MappingProxyType({"vindr": "Other diseases"})
 JPEG_QUALITY = 95
-DICOM_SCALE = 16  # 8-bit grey g is stored as 16 g: 12 bits, as most CRs store
-# The window that displays DICOM_SCALE * g as g exactly (PS3.3 C.11.2.1.2.1, LINEAR): low edge 0, width - 1 = 16 * 255.
+STORED_SCALE = 16  # 8-bit grey g is stored as 16 g in DICOMs and 16-bit PNGs: 12 bits, as most CRs store
+# The window that displays STORED_SCALE * g as g exactly (PS3.3 C.11.2.1.2.1, LINEAR): low edge 0, width - 1 = 16 * 255.
 DICOM_WINDOW = (2040.5, 4081.0)
 FIRST_STUDY_YEAR = 2012
 NOT_STATED_TEXT = ""
@@ -71,9 +72,15 @@ class SourceTree:
     films: pd.DataFrame  # path, patient_id, study_id, view, split, sex, age, findings, labelled ("|"-joined)
 
 
+@functools.cache
+def _label_map(source: str) -> tuple[Mapping[str, tuple[str, ...]], tuple[str, ...]]:
+    """A source's mapping and labels (:mod:`.labelspace`), read once per process: a tree asks per study."""
+    return MappingProxyType(labelspace.mapping(source)), labelspace.source_labels(source)
+
+
 def harmonised_truth(findings: Sequence[str]) -> frozenset[str]:
     """The harmonised labels a film showing ``findings`` (FINDINGS14 names) has."""
-    nih = labelspace.mapping("nih")
+    nih, _ = _label_map("nih")
     if not findings:
         return frozenset(nih[labels.NO_FINDING])
     names = {target for name in findings for target in nih[name]}
@@ -84,10 +91,10 @@ def harmonised_truth(findings: Sequence[str]) -> frozenset[str]:
 def source_positives(source: str, truth: frozenset[str], rng: np.random.Generator) -> tuple[str, ...]:
     """The source's strings that state ``truth`` (harmonised): for each of its labels the source names,
     a string (drawn among those that fit) whose every meaning is in ``truth``; the catch-all when none."""
-    table = labelspace.mapping(source)
+    table, names = _label_map(source)
     chosen: list[str] = []
     covered: set[str] = set()
-    for name in labelspace.source_labels(source):
+    for name in names:
         if name not in truth or name in covered:
             continue
         fits = [string for string, targets in table.items() if name in targets and set(targets) <= truth]
@@ -365,7 +372,7 @@ def write_padchest_tree(
                     image_id = f"{study_id}_{_digest(seed, 'padchest', study_id, number)[:6]}.png"
                     image_dir = str(int(_digest(seed, "padchest", image_id)[:8], 16) % image_dirs)
                     relative = f"{image_dir}/{image_id}"
-                    stored = film.image.astype(np.uint16) * DICOM_SCALE
+                    stored = film.image.astype(np.uint16) * STORED_SCALE
                     _write_file(draft / relative, _encode(".png", stored))
                     values = {
                         **PADCHEST_COLUMNS,
@@ -459,7 +466,7 @@ def write_vindr_tree(
     return _write_tree("vindr", root, "", write)
 
 
-HOSPITAL_FORMATS = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
+HOSPITAL_FORMATS = MappingProxyType({"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"})
 HOSPITAL_LABELS = (*labels.FINDINGS14, labels.NO_FINDING)
 
 
@@ -717,7 +724,7 @@ def _write_dicom(path: Path, image: np.ndarray, monochrome1: bool, view: str, an
         import pydicom
     except ImportError as err:
         raise ImportError("writing phantom DICOM films needs pydicom: pip install 'lungjax[dicom]'") from err
-    stored = ((255 - image) if monochrome1 else image).astype(np.uint16) * DICOM_SCALE
+    stored = ((255 - image) if monochrome1 else image).astype(np.uint16) * STORED_SCALE
     meta = pydicom.dataset.FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray, for presentation
     meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[uid_seed])
