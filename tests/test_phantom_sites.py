@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lungjax.data import nih_layout, phantom
+from lungjax.data import nih_layout, phantom, radiograph_files
 from lungjax.data.phantom import findings14, sites, source_trees, studies
 from lungjax.data.phantom.anatomy import sample_anatomy
 from lungjax.data.sources import hospital
@@ -227,3 +227,18 @@ def test_bad_site_settings_are_refused(options, message):
         sites.Site("bad", **options)
     with pytest.raises(ValueError, match="unknown site 'D'"):
         sites.site("D")
+
+
+@pytest.mark.parametrize("writer", sorted(source_trees.WRITERS))
+def test_every_source_tree_takes_a_site(tmp_path, writer):
+    if writer in ("vindr", "hospital"):
+        pytest.importorskip("pydicom")
+    site = sites.SITES["C"]
+    tree = source_trees.WRITERS[writer](tmp_path / "t", 4, seed=1, image_size=SIZE, site="C")
+    band = site.shutter_width(SIZE)
+    rows, columns = site.marker_box(SIZE)
+    for path in tree.films["path"]:
+        pixels = radiograph_files.read(tree.manual_dir / path, allow_lateral=True).pixels.astype(int)
+        border = np.concatenate([pixels[:band].ravel(), pixels[-band:].ravel(), pixels[:, :band].ravel()])
+        assert border.mean() < 8, path  # the shutters, through JPEG's rounding where the film is a JPEG
+        assert pixels[rows, columns].max() > 200, path  # site C burns a marker into every film
