@@ -124,7 +124,7 @@ def test_portable_ap_films_at_the_sites_rate(site_c_films):
 
 
 @pytest.mark.parametrize("finding", ["Effusion", "Edema", "Pneumothorax", "Nodule", "Infiltration"])
-def test_prevalence_follows_the_sites_odds_factors(site_c_films, finding):
+def test_prevalence_follows_the_sites_weight_factors(site_c_films, finding):
     table = findings14.finding_combinations()
     factors = dict(sites.SITES["C"].prevalence)
     weights = np.array(

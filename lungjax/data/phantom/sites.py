@@ -9,8 +9,8 @@ reproduces both kinds of difference on the phantom:
   collimation shutters (masked to black as a DR console displays them) and burned-in markers (bright
   text-like patches in one corner);
 * when films are chosen: its share of portable AP films (:meth:`Site.view`), its label prevalence
-  (:meth:`Site.combination_probabilities`, odds factors on NIH's finding combinations), and a labeller
-  who misses small findings, nodules, at a set rate (:meth:`Site.labelled`).
+  (:meth:`Site.combination_probabilities`: factors on the weights of NIH's finding combinations), and
+  a labeller who misses small findings, nodules, at a set rate (:meth:`Site.labelled`).
 
 ``SITES`` holds three presets: ``A`` (a reference department), ``B`` (older, darker, noisier films,
 more effusions) and ``C`` (an intensive-care heavy hospital: mostly portable AP films at low
@@ -57,7 +57,8 @@ class Site:
     marker_rate: float = 0.0  # films with a burned-in marker
     marker_corner: str = "top_left"
     ap_rate: float | None = None  # portable AP films; None keeps NIH's share for each finding combination
-    prevalence: Mapping[str, float] | tuple[tuple[str, float], ...] = ()  # finding -> odds factor
+    # finding -> factor on the weight of each NIH combination holding it
+    prevalence: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
     missed_nodule_rate: float = 0.0  # the labeller leaves Nodule out of this share of nodule films
 
     def __post_init__(self):
@@ -81,7 +82,7 @@ class Site:
         factors = dict(self.prevalence)
         if set(factors) - set(FINDINGS14) or any(not factor > 0 for factor in factors.values()):
             raise ValueError(
-                f"site {self.name}: prevalence maps findings of FINDINGS14 to odds factors > 0, got {self.prevalence!r}"
+                f"site {self.name}: prevalence maps findings of FINDINGS14 to factors > 0, got {self.prevalence!r}"
             )
         # Held as sorted pairs, so a Site hashes, compares and pickles (to the tree writer's workers).
         object.__setattr__(self, "prevalence", tuple(sorted(factors.items())))
@@ -143,7 +144,7 @@ class Site:
         return "PA" if rng.random() < pa_share else "AP"
 
     def combination_probabilities(self, images: np.ndarray, findings: tuple[tuple[str, ...], ...]) -> np.ndarray:
-        """NIH's combination frequencies, each weighted by the product of its findings' odds factors."""
+        """NIH's combination frequencies, each weighted by the product of its findings' factors."""
         factors = dict(self.prevalence)
         weights = np.asarray(images, np.float64).copy()
         for k, names in enumerate(findings):
