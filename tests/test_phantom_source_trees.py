@@ -392,6 +392,8 @@ def test_trees_are_the_same_bytes_for_a_seed_and_differ_for_another(tmp_path):
     two = source_trees.write_chexpert_tree(tmp_path / "b", 6, seed=3, image_size=SIZE)
     other = source_trees.write_chexpert_tree(tmp_path / "c", 6, seed=4, image_size=SIZE)
     assert tree_digest(one.manual_dir) == tree_digest(two.manual_dir) != tree_digest(other.manual_dir)
+    spread = source_trees.write_chexpert_tree(tmp_path / "d", 6, seed=3, image_size=SIZE, num_workers=2)
+    assert tree_digest(spread.manual_dir) == tree_digest(one.manual_dir)  # whatever renders the films
     pytest.importorskip("pydicom")
     dicoms = [source_trees.write_vindr_tree(tmp_path / f"v{k}", 4, seed=3, image_size=SIZE) for k in range(2)]
     assert tree_digest(dicoms[0].manual_dir) == tree_digest(dicoms[1].manual_dir)
@@ -436,6 +438,7 @@ def test_a_tree_is_whole_or_absent(tmp_path, monkeypatch):
         ("hospital", {"site": "Z"}, "unknown site 'Z'"),
         ("vindr", {"image_size": 16}, r"image_size must be an integer in \[32, 4096\]"),
         ("padchest", {"num_patients": 0}, "the number of patients must be an integer >= 1"),
+        ("mimic", {"num_workers": 0}, "num_workers must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_one_clear_line(tmp_path, writer, options, message):

@@ -12,7 +12,10 @@ all gets the source's catch-all where it has one (VinDr's ``Other diseases``). U
 not-stated entries, reader disagreement and labeller choices are drawn at the rates given, from a
 generator of the patient's own, so every tree is the same bytes for a seed.
 
-A tree is written into a draft folder beside ``root`` and renamed into place: it is whole or absent.
+Every writer takes ``site`` (a hospital's look, views, prevalence and labeller: :mod:`.sites`),
+``num_workers`` (spawned processes that render the films; the bytes do not depend on their number) and
+``progress`` (a bar over the patients). A tree is written into a draft folder beside ``root`` and renamed
+into place: it is whole or absent.
 Each writer returns a :class:`SourceTree`: the folder an adapter reads (``manual_dir``) and one row per
 film with what was written (path, patient, study, view, split, sex, age, the findings shown and the
 findings reported), for tests and reports to hold the adapter's table against.
@@ -41,7 +44,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lungjax.data import images, labels
+from lungjax.data import images, labels, workers
 from lungjax.data.phantom import sites, studies
 from lungjax.data.sources import chexpert, contract, hospital, labelspace, mimic, padchest, vindr
 
@@ -118,6 +121,7 @@ def write_chexpert_tree(
     uncertain_rate: float = 0.1,
     not_stated_rate: float = 0.5,
     folder: str = chexpert.FOLDERS[1],
+    num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
     """``root/<folder>/`` holding ``train.csv``, ``valid.csv`` and ``train|valid/patientNNNNN/studyN/viewN_
@@ -141,7 +145,9 @@ def write_chexpert_tree(
         base = draft / folder
         rows = {"train": [], "test": []}
         films = []
-        for patient, rng in _patients(num_patients, seed, "chexpert", image_size, site, lateral_rate, progress):
+        for patient, rng in _patients(
+            num_patients, seed, "chexpert", image_size, site, lateral_rate, progress, num_workers
+        ):
             split = split_of[patient.number]
             part = "train" if split == "train" else "valid"
             sex = {"F": "Female", "M": "Male"}[patient.anatomy.sex]
@@ -200,6 +206,7 @@ def write_mimic_tree(
     not_stated_rate: float = 0.5,
     labeller: str = "chexpert",
     gzipped: bool = True,
+    num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
     """``root/`` holding ``mimic-cxr-2.0.0-metadata``, ``-<labeller>`` and ``-split`` (``.csv.gz`` as
@@ -215,7 +222,9 @@ def write_mimic_tree(
 
     def write(draft: Path) -> list[dict]:
         metadata, label_rows, split_rows, films = [], [], [], []
-        for patient, rng in _patients(num_patients, seed, "mimic", image_size, site, lateral_rate, progress):
+        for patient, rng in _patients(
+            num_patients, seed, "mimic", image_size, site, lateral_rate, progress, num_workers
+        ):
             subject = str(10_000_000 + (patient.number * 1_000_003) % 9_000_000)  # 8 digits, pNN of 10 to 18
             for study, group in _by_study(patient.films):
                 study_id = str(50_000_000 + patient.number * 100 + study)
@@ -336,6 +345,7 @@ def write_padchest_tree(
     unused_label_rate: float = 0.2,
     spaced_label_rate: float = 0.2,
     image_dirs: int = 3,
+    num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
     """``root/`` holding ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (an unnamed index
@@ -358,7 +368,9 @@ def write_padchest_tree(
 
     def write(draft: Path) -> list[dict]:
         rows, films = [], []
-        for patient, rng in _patients(num_patients, seed, "padchest", image_size, site, lateral_rate, progress):
+        for patient, rng in _patients(
+            num_patients, seed, "padchest", image_size, site, lateral_rate, progress, num_workers
+        ):
             patient_id = str(int(_digest(seed, "padchest", patient.number)[:30], 16))
             birth = FIRST_STUDY_YEAR - patient.anatomy.age
             for study, group in _by_study(patient.films):
@@ -419,6 +431,7 @@ def write_vindr_tree(
     test_share: float = 0.2,
     reader_disagreement: float = 0.05,
     monochrome1_rate: float = 0.5,
+    num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
     """``root/`` as PhysioNet's VinDr-CXR 1.0.0: ``annotations/image_labels_train.csv`` (three readers
@@ -435,7 +448,9 @@ def write_vindr_tree(
     def write(draft: Path) -> list[dict]:
         rows = {"train": [], "test": []}
         films = []
-        for patient, rng in _patients(num_images, seed, "vindr", image_size, site, 0.0, progress, studies_=(1, 1)):
+        for patient, rng in _patients(
+            num_images, seed, "vindr", image_size, site, 0.0, progress, num_workers, studies_=(1, 1)
+        ):
             film = patient.films[0]
             split = split_of[patient.number]
             image_id = _digest(seed, "vindr", patient.number)[:32]
@@ -483,6 +498,7 @@ def write_hospital_tree(
     lateral_rate: float = 0.0,
     uncertain_rate: float = 0.1,
     not_stated_rate: float = 0.1,
+    num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
     """``root/`` holding a hospital export as :mod:`lungjax.data.sources.hospital` documents it:
@@ -505,7 +521,9 @@ def write_hospital_tree(
 
     def write(draft: Path) -> list[dict]:
         rows, films = [], []
-        for patient, rng in _patients(num_patients, seed, "hospital", image_size, site, lateral_rate, progress):
+        for patient, rng in _patients(
+            num_patients, seed, "hospital", image_size, site, lateral_rate, progress, num_workers
+        ):
             patient_id = f"H{patient.number:06d}"
             for study, group in _by_study(patient.films):
                 truth = harmonised_truth(group[0].labelled)
@@ -571,26 +589,36 @@ def _patients(
     site: sites.Site | None,
     lateral_rate: float,
     progress: bool,
+    num_workers: int,
     studies_: tuple[int, int] = (1, 3),
 ) -> Iterator[tuple[studies.Patient, np.random.Generator]]:
-    """Each patient's films, and a generator of its own for what the tree draws about them."""
+    """Each patient's films (rendered by ``num_workers`` spawned processes when more than one; the same
+    films either way), and a generator of the patient's own for what the tree draws about them."""
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     stream = source if site is None else f"{source}/site {site.name}"
+    draw = functools.partial(
+        studies.draw_patient,
+        seed=seed,
+        stream=stream,
+        image_size=image_size,
+        studies=studies_,
+        lateral_rate=lateral_rate,
+        site=site,
+    )
     numbers = range(1, num_patients + 1)
-    if progress:
-        from tqdm.auto import tqdm
+    with workers.process_pool(num_workers) as executor:
+        if executor is None:
+            patients = map(draw, numbers)
+        else:
+            patients = executor.map(draw, numbers, chunksize=max(1, num_patients // (8 * num_workers)))
+        if progress:
+            from tqdm.auto import tqdm
 
-        numbers = tqdm(numbers, desc=f"phantom {source} patients", unit="patient")
-    for number in numbers:
-        patient = studies.draw_patient(
-            number,
-            seed=seed,
-            stream=stream,
-            image_size=image_size,
-            studies=studies_,
-            lateral_rate=lateral_rate,
-            site=site,
-        )
-        yield patient, np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(stream.encode()), number, 1]))
+            patients = tqdm(patients, total=num_patients, desc=f"phantom {source} patients", unit="patient")
+        for patient in patients:
+            entropy = [seed, zlib.crc32(stream.encode("utf-8")), patient.number, 1]
+            yield patient, np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def _write_tree(source: str, root: str | os.PathLike, folder: str, write: Callable[[Path], list[dict]]) -> SourceTree:
