@@ -126,15 +126,17 @@ def _sealed_manifest(path: Path) -> dict:
             f"only ({why}); {EXPORT_AGAIN}"
         )
     recorded = manifest.get(MANIFEST_DIGEST)
+    changed = (
+        "the manifest was changed after the export, so its class names, thresholds or input may not be the "
+        f"model's; refusing the bundle ({EXPORT_AGAIN})"
+    )
     try:
         digest = manifest_sha256(manifest)
-    except ValueError:  # NaN or infinity: never written by the export
-        digest = "of a manifest holding a number JSON cannot (NaN or infinity)"
+    except ValueError as err:  # NaN or infinity, which the export never writes
+        raise BundleError(f"{path}: holds a number JSON cannot (NaN or infinity): {changed}") from err
     if recorded != digest:
         raise BundleError(
-            f"{path}: its sha256 {digest} differs from its recorded {MANIFEST_DIGEST} {json.dumps(recorded)}: the "
-            f"manifest was changed after the export, so its class names, thresholds or input may not be the "
-            f"model's; refusing the bundle ({EXPORT_AGAIN})"
+            f"{path}: its sha256 {digest} differs from its recorded {MANIFEST_DIGEST} {json.dumps(recorded)}: {changed}"
         )
     return manifest
 
