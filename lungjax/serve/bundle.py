@@ -193,8 +193,12 @@ def _contract_problem(manifest: dict) -> str | None:
     for precision, entry in models.items():
         if precision not in MODEL_FILES:
             return f"models names a precision {precision!r}, not one of {list(MODEL_FILES)}"
-        if _at(entry, "file") != MODEL_FILES[precision] or not SHA256.match(str(_at(entry, "sha256"))):
-            return f"models.{precision} is {json.dumps(entry)[:120]}, not {{file: {MODEL_FILES[precision]}, sha256}}"
+        if _at(entry, "file") != MODEL_FILES[precision]:
+            return (
+                f"models.{precision}.file is {json.dumps(_at(entry, 'file'))}, not {json.dumps(MODEL_FILES[precision])}"
+            )
+        if not SHA256.match(str(_at(entry, "sha256"))):
+            return f"models.{precision}.sha256 is {json.dumps(_at(entry, 'sha256'))[:80]}, not a sha256"
     digests = {
         "provenance.config_sha256": _at(manifest, "provenance", "config_sha256"),
         "parity_sha256": manifest.get("parity_sha256"),
