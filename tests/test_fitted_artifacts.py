@@ -86,7 +86,7 @@ def restored(tiny_config, tiny_workdir):
     return inference.restore(tiny_config, tiny_workdir, sharding.make_mesh())
 
 
-def _fitted_for(config, workdir, restored_model) -> validation.FittedFor:
+def _fitted_for(config, workdir, restored_model):
     builder = dataset.build(restored_model.config.data, workdir)
     return validation.FittedFor(STEP, restored_model.params_sha256, run_info.dataset_fingerprint(builder))
 

@@ -92,15 +92,23 @@ def load(directory: str | Path, precision: str = "float32") -> Bundle:
     files = {entry["file"]: entry["sha256"] for entry in manifest["models"].values()}
     files |= {CONFIG_FILE: manifest["provenance"]["config_sha256"], PARITY_FILE: manifest["parity_sha256"]}
     contents = {name: _checked_bytes(directory / name, digest) for name, digest in files.items()}
-    model_path = directory / MODEL_FILES[precision]
+    models = {
+        kind: _model(directory / entry["file"], contents[entry["file"]], manifest)
+        for kind, entry in manifest["models"].items()
+    }
+    return Bundle(directory, manifest, precision, jax.jit(models[precision].call))
+
+
+def _model(path: Path, data: bytes, manifest: dict):
+    """The deserialised model file, refused unless its signature is the one the manifest promises."""
     try:
-        exported = jax.export.deserialize(bytearray(contents[model_path.name]))
+        exported = jax.export.deserialize(bytearray(data))
     except Exception as err:  # flatbuffers and JAX raise many types for bytes they cannot read
-        raise BundleError(f"{model_path}: not a jax.export model ({type(err).__name__}); {EXPORT_AGAIN}") from err
+        raise BundleError(f"{path}: not a jax.export model ({type(err).__name__}); {EXPORT_AGAIN}") from err
     disagreement = _model_disagreement(exported, manifest)
     if disagreement is not None:
-        raise BundleError(f"{model_path} does not fit {manifest_path}: {disagreement}; {EXPORT_AGAIN}")
-    return Bundle(directory, manifest, precision, jax.jit(exported.call))
+        raise BundleError(f"{path} does not fit {path.parent / MANIFEST_FILE}: {disagreement}; {EXPORT_AGAIN}")
+    return exported
 
 
 def _sealed_manifest(path: Path) -> dict:
