@@ -3,11 +3,13 @@ their readers check both: after a retrain or a rebuild in the same workdir, pred
 model's validation fit in one line and the export fits again; a record without the digest (an older
 lungjax's) is passed over with a note; a damaged one is one line naming the file, never a traceback.
 
-The session's ``tiny_workdir`` is never changed: each case works on a copy of it. A retrain is
-simulated cheaply: the copy's checkpoint step 6 is saved again with other weights, as a second run
-with the same schedule leaves it; a rebuild by a changed ``dataset_info.json``.
+The reader's rules are tested on made-up records (fast); the modes end to end on copies of the
+session's ``tiny_workdir``, which is never changed. A retrain is simulated cheaply: the copy's
+checkpoint step 6 is saved again with other weights, as a second run with the same schedule leaves
+it; a rebuild by a changed ``dataset_info.json``.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,9 +20,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, load_config
 
-from lungjax.data import dataset
+from lungjax.data import dataset, tasks
 from lungjax.evaluation import evaluate, inference, predict
 from lungjax.evaluation.fit import operating_points, validation
 from lungjax.export import bundle as export_bundle
@@ -28,6 +30,7 @@ from lungjax.runtime import checkpoint, run_info, sharding
 from lungjax.serve import bundle_format
 
 STEP = 6  # configs/tiny.py trains 6 steps; its best checkpoint is the last
+CLASSES = 6  # its six-class task
 FIT_PATH = ("eval", "test", validation.VALIDATION_FIT_FILE)  # what the session's evaluation wrote
 
 
@@ -147,7 +150,7 @@ def test_an_evaluation_fit_without_the_weights_digest_is_passed_over_with_a_note
 
 DAMAGES = {
     "truncated": lambda text: text[: len(text) // 2],
-    "not_json": lambda text: "\x00\xff" + text,
+    "not_json": lambda text: "{" + text,
     "a_list": lambda text: "[1, 2]",
     "missing_key": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "operating_points"}),
     "temperature_as_text": lambda text: text.replace('"temperatures": [', '"temperatures": ["hot", ', 1),
@@ -164,14 +167,48 @@ DAMAGES = {
 }
 
 
+MADE_FOR = validation.FittedFor(STEP, "a" * 64, "d" * 64)  # a made-up checkpoint and dataset
+
+
+@pytest.fixture
+def made_up(tmp_path):
+    """``(workdir, path)``: a workdir whose one evaluation wrote the fit of made-up validation predictions
+    for ``MADE_FOR`` (no model needed)."""
+    rng = np.random.default_rng(0)
+    predictions = {"label": np.arange(60) % CLASSES, "probs": rng.dirichlet(np.ones(CLASSES), 60).astype(np.float32)}
+    fit = validation.fit_on_validation(load_config("tiny"), predictions, tasks.SIX_CLASS, MADE_FOR)
+    path = tmp_path.joinpath(*FIT_PATH)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(fit, indent=2))
+    return tmp_path, path
+
+
+def test_find_takes_only_the_fit_of_these_weights_and_dataset(made_up):
+    workdir, path = made_up
+    fit, notes = validation.find(workdir, MADE_FOR, tasks.SIX_CLASS, tta_crops=1)
+    assert fit == json.loads(path.read_text()) and fit["checkpoint_params_sha256"] == "a" * 64 and notes == []
+    assert validation.find(workdir, MADE_FOR, tasks.SIX_CLASS, tta_crops=6) == (None, [])  # another evaluation
+    later = dataclasses.replace(MADE_FOR, step=STEP + 1)  # a checkpoint that was never evaluated
+    assert validation.find(workdir, later, tasks.SIX_CLASS, tta_crops=1) == (None, [])
+    retrained = dataclasses.replace(MADE_FOR, params_sha256="b" * 64)
+    with pytest.raises(validation.ValidationFitError, match=r"other weights at checkpoint step 6 \(sha256 aaaa"):
+        validation.find(workdir, retrained, tasks.SIX_CLASS, tta_crops=1)
+    rebuilt = dataclasses.replace(MADE_FOR, dataset_fingerprint="e" * 64)
+    with pytest.raises(validation.ValidationFitError, match=r"another dataset \(fingerprint dddd"):
+        validation.find(workdir, rebuilt, tasks.SIX_CLASS, tta_crops=1)
+    with pytest.raises(validation.ValidationFitError, match="the classes"):
+        validation.find(workdir, MADE_FOR, tasks.FULL14, tta_crops=1)
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_a_damaged_evaluation_fit_is_named_in_one_line(workdir_copy, restored, damage):
-    path = workdir_copy.joinpath(*FIT_PATH)
+def test_a_damaged_evaluation_fit_is_named_in_one_line(made_up, damage):
+    workdir, path = made_up
     path.write_text(DAMAGES[damage](path.read_text()))
     with pytest.raises(validation.ValidationFitError, match="damaged") as error:
-        predict.evaluation_fit(workdir_copy, restored, tta_crops=1)
+        validation.find(workdir, MADE_FOR, tasks.SIX_CLASS, tta_crops=1)
     message = str(error.value)
     assert message.startswith(f"{path}: damaged, ") and "\n" not in message
+    assert message.endswith("; run --mode evaluate again to rewrite it, or remove it")
 
 
 def test_predict_with_a_damaged_evaluation_fit_exits_2_in_one_line(workdir_copy, tiny_overrides, film):
