@@ -58,6 +58,13 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
     )
 
 
+def built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | None:
+    """The dataset for this config if it is built, else None; never builds: for a reader that only
+    checks which dataset is there (``--mode predict`` compares its fingerprint with an evaluation's)."""
+    builder = nih.NihChestXray(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
+    return builder if builder.is_prepared() else None
+
+
 def _write_phantom_tree(tree: Path, data_config) -> None:
     """Writes the phantom tree into a folder of this process's own, then renames it into place: the
     tree is whole or absent, whatever stops the writer (a full disk, a kill), and two runs writing it

@@ -29,8 +29,6 @@ from lungjax.evaluation.sections import operating_points as operating_point_sect
 from lungjax.runtime import distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
-VALIDATION_FIT_FILE = "validation_fit.json"  # what was chosen on validation: temperatures, thresholds
-
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: tasks.Task) -> None:
     """One row per example; probabilities with 9 significant digits: read back as float32, exact.
@@ -181,7 +179,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if expert_file is not None:
         report["expert_labels"] = expert.compare(predictions, task.class_names, expert_file)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
-    fit = validation_fit.fit_on_validation(config, validation, task, restored.step)
+    fingerprint = run_info.dataset_fingerprint(builder)
+    fitted_for = validation_fit.FittedFor(restored.step, restored.params_sha256, fingerprint)
+    fit = validation_fit.fit_on_validation(config, validation, task, fitted_for)
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
     probs_b = None
@@ -195,7 +195,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         split=split,
         checkpoint_step=restored.step,
         dataset=builder.builder_config.name,
-        dataset_fingerprint=run_info.dataset_fingerprint(builder),
+        dataset_fingerprint=fingerprint,
         split_scheme=build_report.get("split", saved.data.split_scheme),
         patients_crossing_splits=crossing,
         patient_disjoint=crossing == 0,

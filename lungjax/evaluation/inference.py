@@ -47,6 +47,7 @@ class RestoredModel:
     step: int
     dtype: Any  # compute dtype
     task: tasks.Task  # what the checkpoint's saved config trained
+    params_sha256: str  # ``checkpoint.params_sha256`` of model_state: which weights these are
 
 
 def resolve_step(manager, choice) -> int:
@@ -144,13 +145,15 @@ def _restore_model(manager, step: int, mesh) -> RestoredModel:
     model = models.from_config(saved.model, num_classes=task.num_classes, half_precision=saved.half_precision)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
+    model_state = checkpoint.restore_model(manager, step, model_state)
     return RestoredModel(
         graphdef=graphdef,
-        model_state=checkpoint.restore_model(manager, step, model_state),
+        model_state=model_state,
         config=saved,
         step=int(step),
         dtype=models.compute_dtype(saved.half_precision),
         task=task,
+        params_sha256=checkpoint.params_sha256(model_state),
     )
 
 

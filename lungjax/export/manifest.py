@@ -95,12 +95,16 @@ def build(
     fitted_dtype: str,
     model_files: dict[str, dict],
     config_sha256: str,
+    parity_sha256: str,
     dataset_name: str,
     dataset_fingerprint: str,
     step: int,
+    params_sha256: str,
 ) -> dict:
-    """The whole manifest; ``model_files`` is ``{precision: {"file", "sha256", ...}}``."""
-    return {
+    """The whole manifest, sealed with its own digest (``bundle_format.manifest_sha256``); ``model_files``
+    is ``{precision: {"file", "sha256", ...}}``. The provenance names the checkpoint by its step and the
+    digest of its weights (``runtime.checkpoint.params_sha256``), as the validation fit does."""
+    record = {
         "format": bundle_format.FORMAT,
         "format_version": bundle_format.FORMAT_VERSION,
         "task": task_section(task),
@@ -108,8 +112,10 @@ def build(
         "models": model_files,
         "decision": decision_section(fit, fit_source, fitted_dtype),
         "parity_file": bundle_format.PARITY_FILE,
+        "parity_sha256": parity_sha256,
         "provenance": {
             "checkpoint_step": int(step),
+            "checkpoint_params_sha256": params_sha256,
             "model": saved_config.model.name,
             "model_width": saved_config.model.width,
             "half_precision": bool(saved_config.half_precision),
@@ -121,3 +127,4 @@ def build(
             "jax_version": jax.__version__,
         },
     }
+    return {**record, bundle_format.MANIFEST_DIGEST: bundle_format.manifest_sha256(record)}

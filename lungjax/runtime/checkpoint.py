@@ -26,6 +26,7 @@ items are Orbax array or JSON items only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
@@ -173,6 +175,23 @@ def restore_model(manager: ocp.CheckpointManager, step: int, model_state: Any) -
     return manager.restore(step, args=ocp.args.Composite(**{MODEL: ocp.args.StandardRestore(abstract(model_state))}))[
         MODEL
     ]
+
+
+def params_sha256(model_state: Any) -> str:
+    """sha256 of a model item's values in a canonical order: each leaf's path (as JAX names it in the
+    tree that ``evaluation.inference`` restores), dtype, shape and bytes, leaves sorted by path. What
+    every artifact fitted for a checkpoint names it by (with its step): a retrained model saved at the
+    same step has other weights, hence another digest. Deterministic across processes and restores
+    (replicated arrays are read from this process's first copy), and cheap: one pass over the weights
+    on the host (about 0.1 s for DenseNet-121's 28 MB)."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(model_state)[0]
+    named = sorted(((jax.tree_util.keystr(path), leaf) for path, leaf in leaves), key=lambda item: item[0])
+    for name, leaf in named:
+        value = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        digest.update(f"{name}|{value.dtype.name}|{value.shape}\n".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def _is_safe(key: str) -> bool:
