@@ -16,6 +16,7 @@ from conftest import write_dicom
 from test_sources_mimic import write_release
 
 from lungjax import main
+from lungjax.bench.reduced_decode import synthetic_film
 from lungjax.config import check
 from lungjax.config.base import base_config
 from lungjax.data import building, dataset, images, radiograph_files, records, source_builder
@@ -331,16 +332,6 @@ def test_an_uncertain_entry_the_refuse_policy_forbids_is_one_expected_line(tmp_p
 # Reduced decode ---------------------------------------------------------------------------------------
 
 
-def synthetic_film(height: int = 2500, width: int = 2048, seed: int = 0) -> np.ndarray:
-    """A film-sized 8-bit image with structure at every scale: smooth anatomy-like bands, edges, noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    body = 120 + 60 * np.sin(x / 180) * np.cos(y / 240) + 40 * ((x - width / 2) ** 2 + (y - height / 2) ** 2 < 6e5)
-    ribs = 20 * (np.sin(y / 35 + 0.3 * np.sin(x / 200)) > 0.6)
-    film = body + ribs + rng.normal(0, 8, (height, width))
-    return np.clip(film, 0, 255).astype(np.uint8)
-
-
 @pytest.mark.parametrize(
     "width, height, at_least, reduction",
     [(2048, 2500, 256, 8), (2048, 2500, 313, 8), (2048, 2500, 314, 4), (2048, 2500, 1024, 2), (2048, 2500, 1251, 1)],
@@ -401,3 +392,16 @@ def test_padchest_labels_in_the_build_are_exactly_the_mapped_strings(tmp_path):
             positive = {t for s in ast.literal_eval(labels) for t in mapping[s.strip()]}
             assert {n for n in used if states[n] == contract.POSITIVE} == positive
             assert all(states[n] == contract.NEGATIVE for n in used if n not in positive)
+
+
+def test_reduced_decode_bench_reports_both_paths(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "decode.json"
+    command = [sys.executable, "-m", "lungjax.bench.reduced_decode", "--films=1", "--repeats=1", f"--out={out}"]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["reductions"] == [8] and len(result["reduced_images_per_s"]) == 1
+    assert result["full_images_per_s"][0] > 0 and 0 < result["mean_abs_difference"][0] < 2

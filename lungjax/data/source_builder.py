@@ -239,18 +239,21 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def load_film(job: tuple[str, int]) -> tuple[bytes | None, str | tuple[str, ...]]:
-    """The build's worker: (path, stored size) -> (PNG of the square, the reader's warnings), or
-    (None, the reason naming the file) for a film that cannot be read, so the build can skip it.
+def stored_film(path: str | os.PathLike, size: int, *, reduced: bool = True) -> tuple[bytes, tuple[str, ...]]:
+    """A film as the build stores it: read (``reduced``: a JPEG at libjpeg's reduced scale, see
+    ``images.decode_gray``), padded to a square, resized to ``size``, as PNG; and the reader's warnings.
+    Lateral DICOMs are read (a source's views are the table's to filter, not the reader's)."""
+    film = radiograph_files.read(path, allow_lateral=True, at_least=size if reduced else None)
+    return images.encode_png(images.resize_square(film.pixels, size)[..., None]), film.warnings
 
-    Lateral DICOMs are read (a source's views are the table's to filter, not the reader's).
-    """
-    path, size = job
+
+def load_film(job: tuple[str, int]) -> tuple[bytes | None, str | tuple[str, ...]]:
+    """The build's worker: (path, stored size) -> ``stored_film``, or (None, the reason naming the file)
+    for a film that cannot be read, so the build can skip it."""
     try:
-        film = radiograph_files.read(path, allow_lateral=True, at_least=size)
+        return stored_film(*job)
     except images.ImageError as err:
         return None, str(err)
-    return images.encode_png(images.resize_square(film.pixels, size)[..., None]), film.warnings
 
 
 class LungjaxSources(building.ShardedBuilder):
