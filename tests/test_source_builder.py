@@ -6,6 +6,9 @@ one line naming the file and the row, leaving nothing behind."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -19,8 +22,8 @@ from lungjax import main
 from lungjax.bench.reduced_decode import synthetic_film
 from lungjax.config import check
 from lungjax.config.base import base_config
-from lungjax.data import building, dataset, images, radiograph_files, records, source_builder
-from lungjax.data.sources import chexpert, contract, hospital, labelspace, padchest, vindr
+from lungjax.data import building, dataset, images, phantom, radiograph_files, records, source_builder
+from lungjax.data.sources import chestxray14, chexpert, contract, hospital, labelspace, padchest, vindr
 
 SIZE = 32
 RNG_SEED = 0
@@ -181,6 +184,25 @@ def test_each_source_builds_and_reads_back_as_its_table(tmp_path, source):
         for name, counts in report["label_states"][split].items():
             column = states[:, report["label_names"].index(name)]
             assert counts == {contract.STATE_NAMES[s]: int((column == s).sum()) for s in contract.STATE_NAMES}
+
+
+def test_nih_as_a_source_builds_split_by_patient(tmp_path):
+    """NIH read by its adapter (the 14 findings and No Finding, all stated) into ``lungjax_sources``."""
+    tree = tmp_path / "nih"
+    phantom.write_nih_tree(tree, 12, seed=0, image_size=SIZE, task="full14", num_workers=1)
+    builder = source_builder.build_dataset(
+        tree, tmp_path / "tfds", source_builder.make_config("nih", SIZE), num_workers=1
+    )
+    table = chestxray14.read(tree)
+    expected = dict(zip(table.frame["path"], source_builder.states_over_vocabulary(table)))
+    examples = read_back(builder)
+    assert sum(len(e) for e in examples.values()) == len(table.frame)
+    for split_examples in examples.values():
+        for example in split_examples:
+            assert example["label_states"].tolist() == expected[example["image_name"].decode()].tolist()
+    report = building.read_build_report(builder)
+    assert report["split"].startswith("patient:") and report["patients_crossing_splits"] == 0  # no lists in the tree
+    assert set(report["label_states"]["train"]) == set(labelspace.source_labels("nih"))
 
 
 def test_build_options_name_the_dataset_and_are_reported(tmp_path):
@@ -395,10 +417,6 @@ def test_padchest_labels_in_the_build_are_exactly_the_mapped_strings(tmp_path):
 
 
 def test_reduced_decode_bench_reports_both_paths(tmp_path):
-    import json
-    import subprocess
-    import sys
-
     out = tmp_path / "decode.json"
     command = [sys.executable, "-m", "lungjax.bench.reduced_decode", "--films=1", "--repeats=1", f"--out={out}"]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
