@@ -290,7 +290,7 @@ def _nothing_built(data_dir: Path) -> bool:
         (
             "chexpert",
             lambda m: (m / "train/patient00003/study1/view1_frontal.jpg").unlink(),
-            r"chexpert \(train.csv, valid.csv\): row 8 \(train/patient00003/study1/view1_frontal.jpg\) does not "
+            r"chexpert \(train.csv, valid.csv\): table row 8 \(train/patient00003/study1/view1_frontal.jpg\) does not "
             r"exist under",
         ),
         (
@@ -328,7 +328,7 @@ def test_missing_and_unreadable_films_are_skipped_when_asked(tmp_path):
     (manual / missing).unlink()
     (manual / unreadable).write_bytes(b"\xff\xd8\xff not a JPEG")
     config = data_config("chexpert", manual, tmp_path / "tfds")
-    with pytest.raises(contract.SourceError, match=rf"valid.csv\): row 4 \({missing}\) does not exist"):
+    with pytest.raises(contract.SourceError, match=rf"valid.csv\): table row 4 \({missing}\) does not exist"):
         dataset.build(config, tmp_path)
     assert _nothing_built(tmp_path / "tfds")
     config.skip_bad_images = True

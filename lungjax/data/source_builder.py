@@ -80,7 +80,7 @@ class SourceConfig(tfds.core.BuilderConfig):
     """
 
     source: str = "chexpert"
-    stored_size: int = 256
+    image_size: int = 256  # the stored size (named as NihConfig's, which evaluation reads)
     frontal_only: bool = False
     no_finding_negates: bool = False
     labeller: str = "chexpert"
@@ -116,7 +116,7 @@ def make_config(source: str, stored_size: int = 256, **options) -> SourceConfig:
         description=f"{source}, {stored_size}px grayscale PNG, raw label states over the harmonised vocabulary; "
         f"{described}.",
         source=source,
-        stored_size=int(stored_size),
+        image_size=int(stored_size),
         **options,
     )
 
@@ -155,7 +155,8 @@ def read_table(manual_dir: str | os.PathLike, config: SourceConfig) -> contract.
         raise contract.SourceError(f"manual_dir {root} does not exist (config.data.manual_dir of {config.source})")
     read, option_names = ADAPTERS[config.source]
     table = contract.validate(read(root, **{name: getattr(config, name) for name in option_names}))
-    return contract.select_views(table) if config.frontal_only else table
+    table = contract.select_views(table) if config.frontal_only else table
+    return table.with_frame(table.frame)  # rows numbered 0..n-1: a row's number is its index
 
 
 def states_over_vocabulary(table: contract.SourceTable) -> np.ndarray:
@@ -189,8 +190,8 @@ def plan_build(
         row, path, reason = missing[0]
         files = ", ".join(path.name for path in metadata_files(config.source, root))
         raise contract.SourceError(
-            f"{config.source} ({files}): row {row} ({path}) {reason} under {root} ({len(missing)} of {len(frame)} "
-            "rows are so); set config.data.skip_bad_images=True to build without them"
+            f"{config.source} ({files}): table row {row} ({path}) {reason} under {root} "
+            f"({len(missing)} of {len(frame)} rows are so); set config.data.skip_bad_images=True to build without them"
         )
     present = np.ones(len(frame), bool)
     present[[row for row, _, _ in missing]] = False
@@ -278,7 +279,7 @@ class LungjaxSources(building.ShardedBuilder):
         self._films_with_warnings = 0
 
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.stored_size
+        size = self.builder_config.image_size
         text = tfds.features.Text()
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
@@ -304,7 +305,7 @@ class LungjaxSources(building.ShardedBuilder):
         }
 
     def _generate_examples(self, split: str, frame: pd.DataFrame, root: Path):
-        size = self.builder_config.stored_size
+        size = self.builder_config.image_size
         written = self._written.setdefault(split, [])
         jobs = [(os.fspath(root / path), size) for path in frame["path"]]
         results = self.decode(load_film, jobs)
