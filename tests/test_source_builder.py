@@ -19,7 +19,7 @@ from conftest import write_dicom
 from test_sources_mimic import write_release
 
 from lungjax import main
-from lungjax.bench.reduced_decode import synthetic_film
+from lungjax.bench.synthetic_films import synthetic_film
 from lungjax.config import check
 from lungjax.config.base import base_config
 from lungjax.data import building, dataset, images, phantom, radiograph_files, records, source_builder
