@@ -22,11 +22,12 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "phantom"  # "phantom" (embedded, generated) | "nih" (your download)
+    # "phantom" (embedded, generated) | "nih" | "chexpert" | "mimic" | "padchest" | "vindr" | "hospital" (your download)
+    config.data.source = "phantom"
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
     config.data.views = "both"  # full14 only: "both" | "PA" | "AP"
-    config.data.manual_dir = ""  # NIH download folder, for source="nih"
+    config.data.manual_dir = ""  # the download's folder, for every source but "phantom"
     config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds
     # "patient" (disjoint, default; full14: NIH's official lists when in manual_dir) | "seed" (the reference's)
     config.data.split_scheme = "patient"
@@ -35,6 +36,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.phantom_seed = 0
     config.data.skip_bad_images = False
     config.data.build_workers = 0  # 0: one per CPU core
+    # Build-time options of the sources (not NIH, not the phantom): each changes what a build stores, and
+    # names the built dataset (lungjax.data.source_builder.make_config); a source refuses another's.
+    config.data.build_options = ml_collections.ConfigDict()
+    config.data.build_options.frontal_only = False  # PA and AP films only
+    config.data.build_options.no_finding_negates = False  # chexpert, mimic: No Finding = 1 negates the unstated
+    config.data.build_options.labeller = "chexpert"  # mimic: "chexpert" | "negbio"
+    config.data.build_options.readers = "majority"  # vindr: "majority" | "any" | "all"
+    config.data.build_options.physician_test = False  # padchest: the physician-labelled rows are the test set
 
     config.image_size = 224  # size fed to the model
     config.augment = "light"  # "none" | "light" | "seed"

@@ -18,7 +18,8 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, source_builder, tasks
+from lungjax.data.sources import contract, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
 from lungjax.models import MODEL_NAMES, resnet
@@ -80,6 +81,26 @@ def _eval_checkpoint_ok(value) -> bool:
     )
 
 
+def _build_options_problems(values: dict) -> list[str]:
+    """A source refuses build options it does not take; NIH and the phantom take none."""
+    source = values["data.source"]
+    options = {key.rsplit(".", 1)[1]: v for key, v in values.items() if key.startswith("data.build_options.")}
+    if source in dataset.BUILT_SOURCES:
+        try:
+            source_builder.make_config(source, images.MIN_SIZE, **options)  # the size has its own rule
+        except contract.SourceError as err:
+            return [f"config.data.build_options: {err}"]
+        return []
+    defaults = base_config().data.build_options.to_dict()
+    changed = sorted(key for key, value in options.items() if value != defaults[key])
+    if changed:
+        return [
+            f"config.data.build_options: {changed} are not allowed with data.source={source!r}; allowed: the "
+            "defaults (the options are the built sources')"
+        ]
+    return []
+
+
 POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
@@ -93,6 +114,8 @@ RULES = MappingProxyType(
         ),
         "data.phantom_patients": at_least(labels.NUM_CLASSES),
         "data.build_workers": at_least(0),
+        "data.build_options.labeller": one_of(mimic.LABELLERS),
+        "data.build_options.readers": one_of(vindr.POLICIES),
         "image_size": at_least(images.MIN_SIZE),
         "augment": one_of(augment.AUGMENTATIONS),
         "seed": at_least(0),
@@ -219,10 +242,12 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
         found.append(
             f"config.data.views: {values['data.views']!r} is not allowed with data.task={task.name!r}; allowed: 'both'"
         )
-    if reads_data and values["data.source"] == "nih" and not values["data.manual_dir"]:
+    if reads_data and values["data.source"] != "phantom" and not values["data.manual_dir"]:
         found.append(
-            "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
+            f"config.data.manual_dir: '' is not allowed with data.source={values['data.source']!r}; allowed: the "
+            "folder of your download"
         )
+    found.extend(_build_options_problems(values))
     if values["num_train_steps"] <= 0 and values["num_epochs"] <= 0:
         found.append(
             f"config.num_train_steps: {values['num_train_steps']} with num_epochs "

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, metadata, nih, records, tasks
+from lungjax.data import building, dataset, metadata, records, tasks
 from lungjax.evaluation import gradcam, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
@@ -188,7 +188,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if config.eval.compare_to:
         report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored)
         probs_b = report["comparison"].pop("probs_b")
-    build_report = nih.read_build_report(builder)
+    build_report = building.read_build_report(builder)
     crossing = build_report.get("patients_crossing_splits")
     report.update(
         task=task.name,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lungjax import models
 from lungjax.config import base
 from lungjax.config import check as config_check
-from lungjax.data import dataset, nih, pipeline, records, sampling, tasks
+from lungjax.data import building, dataset, pipeline, records, sampling, tasks
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -173,7 +173,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
     task = tasks.get(config.data.task)
-    build_report = nih.read_build_report(builder)
+    build_report = building.read_build_report(builder)
     train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
     weights = loss.class_weights(config, train_counts, images=train_images, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
