@@ -211,6 +211,18 @@ def test_a_damaged_evaluation_fit_is_named_in_one_line(made_up, damage):
     assert message.endswith("; run --mode evaluate again to rewrite it, or remove it")
 
 
+def test_a_damaged_fit_of_another_evaluation_does_not_hide_the_good_one(made_up):
+    workdir, path = made_up
+    other = workdir / "eval" / "train" / path.name  # another split's evaluation, cut short by a full disk
+    other.parent.mkdir(parents=True)
+    other.write_text(path.read_text()[:40])
+    fit, notes = validation.find(workdir, MADE_FOR, tasks.SIX_CLASS, tta_crops=1)
+    assert fit == json.loads(path.read_text()) and notes == []
+    path.unlink()  # with no good fit left, the damaged one is named
+    with pytest.raises(validation.ValidationFitError, match=f"{other}: damaged"):
+        validation.find(workdir, MADE_FOR, tasks.SIX_CLASS, tta_crops=1)
+
+
 def test_predict_with_a_damaged_evaluation_fit_exits_2_in_one_line(workdir_copy, tiny_overrides, film):
     path = workdir_copy.joinpath(*FIT_PATH)
     path.write_text(path.read_text()[:100])

@@ -135,7 +135,9 @@ def decode_gray(data: bytes, name: str = "<bytes>", *, at_least: int | None = No
         raise ImageError(f"{name}: corrupt or unreadable image: no {kind}, so no size to check before decoding")
     check_size(name, *size)
     reduction = jpeg_reduction(*size, at_least) if at_least and data.startswith(_JPEG_MAGIC) else 1
-    flag = JPEG_REDUCTIONS.get(reduction, cv2.IMREAD_UNCHANGED)
+    # OpenCV's reduced grayscale reads turn the film by its EXIF orientation, IMREAD_UNCHANGED does not: the
+    # orientation is applied once, by the caller that reads the tag (radiograph_files), for every path.
+    flag = JPEG_REDUCTIONS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION if reduction > 1 else cv2.IMREAD_UNCHANGED
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as err:

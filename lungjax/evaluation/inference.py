@@ -81,13 +81,18 @@ def resolve_step(manager, choice) -> int:
 
 
 def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, step: int) -> None:
-    """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``), naming each:
-    such a change could not take effect, and silently ignoring it would report on another model than
-    the one asked for."""
+    """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``, less the keys
+    ``checkpoint.SAFE_KEYS`` lets a resume change), naming each: such a change could not take effect, and
+    silently ignoring it would report on another model than the one asked for."""
     given = trees.flatten(json.loads(json.dumps(config.to_dict())))
     fixed = trees.flatten(saved.to_dict())
     differing = [
-        key for key in given if key.split(".")[0] in FIXED_BY_CHECKPOINT and key in fixed and given[key] != fixed[key]
+        key
+        for key in given
+        if key.split(".")[0] in FIXED_BY_CHECKPOINT
+        and not checkpoint.is_safe(key)
+        and key in fixed
+        and given[key] != fixed[key]
     ]
     if differing:
         details = "; ".join(f"config.{key}: {given[key]!r}, checkpoint {fixed[key]!r}" for key in differing)

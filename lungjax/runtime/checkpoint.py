@@ -194,7 +194,8 @@ def params_sha256(model_state: Any) -> str:
     return digest.hexdigest()
 
 
-def _is_safe(key: str) -> bool:
+def is_safe(key: str) -> bool:
+    """Whether a change of ``key`` leaves the model, its data and its optimisation as they were."""
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
 
@@ -207,7 +208,7 @@ def check_resumable(saved_config: dict, config: dict, complete: Callable[[dict],
     saved = trees.flatten(json.loads(json.dumps(saved_config if complete is None else complete(saved_config))))
     current = trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(
-        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
+        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not is_safe(key)
     )
     if differing:
         details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}" for key in differing)

@@ -13,11 +13,11 @@ NIH's findings keep NIH's spelling (``Effusion``, ``Pleural_Thickening``), so th
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import io
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-import importlib_resources
 import numpy as np
 
 from lungjax.data import labels as nih_labels
@@ -45,7 +45,7 @@ NAMED_POLICIES = MappingProxyType({"irvin2019": IRVIN2019})
 
 
 def _data_file(name: str) -> list[dict[str, str]]:
-    text = importlib_resources.files("lungjax.data.sources").joinpath(name).read_text(encoding="utf-8")
+    text = importlib.resources.files("lungjax.data.sources").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(io.StringIO(text)))
 
 

@@ -96,11 +96,16 @@ def find(
     """The record an evaluation of ``workdir`` wrote for ``fitted_for`` with ``tta_crops``, or None;
     and a note (one line) for each record of this step passed over as written without the digest.
 
-    Raises ValidationFitError for a damaged record, and, when none matches, for a record of this step
-    and these crops fitted for other weights or another dataset (a retrain or a rebuild since)."""
-    match, notes, stale = None, [], []
+    When none matches, raises ValidationFitError for a record of this step and these crops fitted for
+    other weights or another dataset (a retrain or a rebuild since), or else for a damaged record: a
+    damaged record of another evaluation does not hide a good one."""
+    match, notes, stale, damaged = None, [], [], []
     for path in sorted(Path(workdir, "eval").glob(f"*/{VALIDATION_FIT_FILE}")):
-        fit = read(path)
+        try:
+            fit = read(path)
+        except ValidationFitError as err:  # perhaps another step's: it matters only when nothing else matches
+            damaged.append(err)
+            continue
         if fit["checkpoint_step"] != fitted_for.step or fit["tta_crops"] != tta_crops:
             continue
         if "checkpoint_params_sha256" not in fit:
@@ -119,6 +124,8 @@ def find(
             f"{stale[0]}: its thresholds and temperatures are not this model's",
             "run --mode evaluate again to refit them",
         )
+    if match is None and damaged:
+        raise damaged[0]
     return match, notes
 
 
