@@ -129,31 +129,80 @@ def policy_per_label(uncertainty: str | Mapping[str, str], names: Sequence[str])
     return {name: uncertainty.get(name, "ignore") for name in names}
 
 
+def targets(
+    states: np.ndarray,
+    labels: str | Sequence[str],
+    *,
+    uncertainty: str | Mapping[str, str] = "ignore",
+    row_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``label_states`` (rows, V) int8 over the whole vocabulary, in ``vocabulary()`` order, -> (``label``,
+    ``label_mask``), both float32 (rows, L) over ``labels``: label 1.0 / 0.0, mask 1.0 where stated.
+
+    The one conversion from the four states to what a model trains on, vectorised over a batch: the input
+    pipeline calls it per batch, ``label_matrix`` per table. Not stated is masked. Uncertain entries follow
+    the policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops with the
+    first row that has one (named by ``row_names`` when given).
+    """
+    names = resolve(labels)
+    vocabulary_names = tuple(vocabulary())
+    states = np.asarray(states)
+    if states.ndim != 2 or states.shape[1] != len(vocabulary_names):
+        raise contract.SourceError(
+            f"label_states must be (rows, {len(vocabulary_names)}) over the vocabulary, got shape {states.shape}"
+        )
+    policies = policy_per_label(uncertainty, names)
+    chosen = states[:, [vocabulary_names.index(name) for name in names]]
+    uncertain = chosen == contract.UNCERTAIN
+    refused = np.array([policies[name] == "refuse" for name in names], bool)
+    if (uncertain & refused).any():
+        row, column = (int(i) for i in np.argwhere(uncertain & refused)[0])
+        where = f"row {row}" if row_names is None else f"row {row} ({row_names[row]})"
+        raise contract.SourceError(
+            f"{where} is uncertain for {names[column]!r}, which the uncertainty policy 'refuse' does not allow"
+        )
+    as_ones = np.array([policies[name] == "ones" for name in names], bool)
+    as_stated = np.array([policies[name] in ("zeros", "ones") for name in names], bool)
+    label = (chosen == contract.POSITIVE) | (uncertain & as_ones)
+    mask = (chosen == contract.POSITIVE) | (chosen == contract.NEGATIVE) | (uncertain & as_stated)
+    return label.astype(np.float32), mask.astype(np.float32)
+
+
 def label_matrix(
     table: contract.SourceTable, labels: str | Sequence[str], *, uncertainty: str | Mapping[str, str] = "ignore"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(values, mask), both (rows, labels): values 1.0 / 0.0, mask True where the entry is stated.
 
-    Not stated, and a label outside the source's vocabulary, are masked. Uncertain entries follow the
-    policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops with the
-    first row that has one.
+    ``targets`` on the table's states; a label outside the source's vocabulary is not stated.
     """
+    vocabulary_names = tuple(vocabulary())
+    states = np.full((len(table.frame), len(vocabulary_names)), contract.NOT_STATED, np.int8)
+    for k, name in enumerate(vocabulary_names):
+        if name in table.labels:
+            states[:, k] = table.frame[name].to_numpy()
+    try:
+        values, mask = targets(states, labels, uncertainty=uncertainty, row_names=table.frame["path"].tolist())
+    except contract.SourceError as err:
+        raise contract.SourceError(f"{table.source}: {err}") from None
+    return values, mask.astype(bool)
+
+
+def policy_counts(
+    state_counts: Mapping[str, Mapping[str, int]],
+    labels: str | Sequence[str],
+    *,
+    uncertainty: str | Mapping[str, str] = "ignore",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, stated), both int64 (L,): how many images state each label, and how many of those as
+    positive, under the policy, from counts of the four states per label (``state_counts[label][state
+    name]``, the names of ``contract.STATE_NAMES``; a label absent is stated nowhere). What ``targets``
+    would give summed over the images, for the class weights of a masked task."""
     names = resolve(labels)
-    policies = policy_per_label(uncertainty, names)
-    values = np.zeros((len(table.frame), len(names)), np.float32)
-    mask = np.zeros((len(table.frame), len(names)), bool)
-    for k, name in enumerate(names):
-        if name not in table.labels:
-            continue
-        states = table.frame[name].to_numpy()
-        uncertain = states == contract.UNCERTAIN
-        if policies[name] == "refuse" and uncertain.any():
-            row = int(np.flatnonzero(uncertain)[0])
-            raise contract.SourceError(
-                f"{table.source}: row {row} ({table.frame['path'].iloc[row]}) is uncertain for {name!r}, "
-                "which the uncertainty policy 'refuse' does not allow"
-            )
-        values[:, k] = (states == contract.POSITIVE) | (uncertain & (policies[name] == "ones"))
-        mask[:, k] = (states == contract.POSITIVE) | (states == contract.NEGATIVE)
-        mask[:, k] |= uncertain & (policies[name] in ("zeros", "ones"))
-    return values, mask
+    states = tuple(contract.STATE_NAMES)
+    rows = np.repeat(np.array(states, np.int8)[:, None], len(vocabulary()), axis=1)  # one row per state
+    label, mask = targets(rows, names, uncertainty=uncertainty)
+    counts = np.array(
+        [[state_counts.get(name, {}).get(contract.STATE_NAMES[state], 0) for name in names] for state in states],
+        np.int64,
+    )
+    return (counts * label * mask).sum(axis=0).astype(np.int64), (counts * mask).sum(axis=0).astype(np.int64)
