@@ -84,7 +84,7 @@ def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDi
     such a change could not take effect, and silently ignoring it would report on another model than
     the one asked for."""
     given = trees.flatten(json.loads(json.dumps(config.to_dict())))
-    fixed = trees.flatten(saved.to_dict())
+    fixed = trees.flatten(json.loads(json.dumps(saved.to_dict())))  # both as JSON: a tuple and a list are one value
     differing = [
         key for key in given if key.split(".")[0] in FIXED_BY_CHECKPOINT and key in fixed and given[key] != fixed[key]
     ]
