@@ -163,7 +163,7 @@ def write_plots(
 def report_task(task: tasks.Task, saved) -> dict:
     """``report.json``'s ``task`` section: the task as its build recorded it and, for a label set, the
     labels with their definitions, the uncertainty policy and the source(s) trained on."""
-    section = task.describe()
+    section = {**task.describe(), "class_names": list(task.class_names)}
     label_space = tasks.label_space(task)
     if label_space is not None:
         section.update(

@@ -84,8 +84,8 @@ def audit(
     """
     patient_ids = np.asarray(patient_ids)
     stated = np.ones(positive.shape, bool) if stated is None else stated
-    overall_auroc = [
-        ranking.weighted_auroc(positive[stated[:, c], c], scores[stated[:, c], c], np.ones((1, stated[:, c].sum())))[0]
+    overall_auroc = [  # an image that does not state a class weighs 0 in it
+        ranking.weighted_auroc(positive[:, c], scores[:, c], stated[None, :, c].astype(np.float64))[0]
         for c in range(len(class_names))
     ]
     report = {}
