@@ -6,7 +6,9 @@ rows only; a mask of ones gives exactly the unmasked numbers."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -459,3 +461,159 @@ def test_report_task_section_export_manifest_and_kind_carry_the_label_space():
     exported = manifest.task_section(task)
     assert exported["class_names"] == list(space) and exported["label_space"] == space
     assert "label_space" not in manifest.task_section(tasks.FULL14)
+
+
+# ------------------------------------------------------------------ end to end: a masked run on a phantom build
+
+
+def stated_of(record: bytes) -> np.ndarray:
+    """The test's source: a third of the images state NIH's first seven findings only, a third the last
+    seven only, a third all fourteen; fixed by the record's bytes, so training and evaluation agree."""
+    mask = np.ones(len(nih_labels.FINDINGS14), np.float32)
+    which = zlib.crc32(record) % 3
+    if which < 2:
+        mask[7 * which : 7 * which + 7] = 0.0
+    return mask
+
+
+@pytest.fixture(scope="module")
+def masked_run(nih_tree, tmp_path_factory):
+    """``configs/tiny.py`` training the label set nih14 on the 14-finding phantom build, its batches given
+    ``label_mask`` through the pipeline's example transforms (what a source build's ``label_states``
+    become there)."""
+    from conftest import load_config
+
+    from lungjax.data import pipeline
+    from lungjax.training import loop as train
+
+    train_map, eval_map = pipeline.TrainExample.random_map, pipeline.EvalExample.map
+
+    def train_with_mask(self, record, rng):
+        return {**train_map(self, record, rng), "label_mask": stated_of(record)}
+
+    def eval_with_mask(self, record):
+        return {**eval_map(self, record), "label_mask": stated_of(record)}
+
+    root = tmp_path_factory.mktemp("masked")
+    config = load_config("tiny")
+    config.data.source, config.data.manual_dir, config.data.task = "nih", str(nih_tree), "full14"
+    config.data.labels = ("nih14",)
+    config.eval.n_bootstrap = 20
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline.TrainExample, "random_map", train_with_mask)
+        patch.setattr(pipeline.EvalExample, "map", eval_with_mask)
+        report = train.train_and_evaluate(config, root / "run")
+        yield config, root / "run", report
+
+
+@pytest.mark.slow
+def test_a_masked_run_trains_evaluates_and_predicts_on_the_stated_entries(masked_run, nih_tree, capsys):
+    import pandas as pd
+
+    from lungjax.evaluation import predict
+
+    config, workdir, report = masked_run
+    names = nih_labels.FINDINGS14
+    assert report["task"]["name"] == tasks.LABELS and report["task"]["class_names"] == list(names)
+    assert list(report["task"]["label_space"]) == list(names) and report["task"]["masked"]
+    rows = pd.read_csv(workdir / "eval" / "test" / "predictions.csv", keep_default_na=False)
+    assert list(rows.columns) == ["image_name", "patient_id", *(f"true {n}" for n in names), *names]
+    for name in names:
+        stated = rows[f"true {name}"] != ""
+        assert 0 < stated.sum() < len(rows), name  # a third of the films leave each finding unstated
+        row = report["per_finding"][name]
+        assert row["stated"] == int(stated.sum()) and report["n_images"] == len(rows)
+        truth = rows.loc[stated, f"true {name}"].astype(int)
+        assert row["support"] == int(truth.sum())
+        if row["auroc"] is not None:
+            scores = rows.loc[stated, name].astype(np.float32).astype(np.float64)
+            assert row["auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
+    image = sorted((nih_tree / "images_001" / "images").iterdir())[0]
+    assert predict.predict_files(config, workdir, [str(image)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("label space: Atelectasis: ") == 1
+
+
+@pytest.mark.slow
+def test_the_train_step_takes_the_mask_from_the_batch():
+    """What an unstated entry holds moves nothing: two batches differing only there take the same step,
+    and a batch without ``label_mask`` counts every entry."""
+    import jax
+    from flax import nnx
+
+    from lungjax import models
+    from lungjax.runtime import sharding
+    from lungjax.training import optim, step
+
+    config = base_config()
+    config.model.name, config.model.width = "resnet18", 0.125
+    model = models.from_config(config.model, num_classes=4, half_precision=False, seed=0)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 100))
+    state = step.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+        plateau=optim.init_plateau(config),
+    )
+    train_step = step.make_train_step(
+        config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(4), mesh=sharding.make_mesh(), multi_label=True
+    )
+    rng = np.random.default_rng(0)
+    image = jnp.asarray(rng.integers(0, 256, (8, 32, 32, 1)), jnp.uint8)
+    label = rng.integers(0, 2, (8, 4)).astype(np.float32)
+    mask = (rng.uniform(size=(8, 4)) < 0.5).astype(np.float32)
+    flipped = np.where(mask > 0, label, 1 - label)
+    copy = functools.partial(jax.tree.map, jnp.copy)  # the step donates its state
+    results = [
+        train_step(copy(state), {"image": image, "label": jnp.asarray(y), "label_mask": jnp.asarray(mask)})
+        for y in (label, flipped)
+    ]
+    (first, first_metrics), (second, second_metrics) = results
+    assert float(first_metrics.compute()["loss"]) == float(second_metrics.compute()["loss"])
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, unmasked = train_step(copy(state), {"image": image, "label": jnp.asarray(label)})
+    _, masked_ones = train_step(
+        copy(state), {"image": image, "label": jnp.asarray(label), "label_mask": jnp.ones((8, 4), jnp.float32)}
+    )
+    np.testing.assert_allclose(float(masked_ones.compute()["loss"]), float(unmasked.compute()["loss"]), rtol=1e-6)
+    assert float(first_metrics.compute()["loss"]) != float(unmasked.compute()["loss"])
+
+
+def test_the_inference_gather_carries_label_mask_when_batches_have_it():
+    import jax
+
+    from lungjax.evaluation import inference
+    from lungjax.runtime import sharding
+
+    mesh = sharding.make_mesh()
+    rows = 2 * jax.device_count()
+    rng = np.random.default_rng(6)
+
+    def batches(with_mask: bool):
+        for start in (0, rows):
+            batch = {
+                "image": np.zeros((rows, 4, 4, 1), np.uint8),
+                "label": rng.integers(0, 2, (rows, 3)),
+                "image_name": np.array([f"{start + i}.png".encode() for i in range(rows)], object),
+                "patient_id": np.arange(start, start + rows),
+                "bbox": np.zeros((rows, 3, 4), np.float32),
+                "mask": np.arange(rows) < (rows if start == 0 else rows - 1),  # the last row pads
+            }
+            if with_mask:
+                batch["label_mask"] = (np.arange(rows * 3).reshape(rows, 3) + start) % 2
+            yield batch
+
+    def predict(model_state, images):
+        return jnp.zeros((images.shape[0], 3), jnp.float32)
+
+    masked = inference.predict_split(predict, {}, batches(True), mesh)
+    expected = np.concatenate([(np.arange(rows * 3).reshape(rows, 3) + s) % 2 for s in (0, rows)])[: 2 * rows - 1]
+    np.testing.assert_array_equal(masked["label_mask"], expected)
+    assert len(masked["label"]) == 2 * rows - 1
+    assert "label_mask" not in inference.predict_split(predict, {}, batches(False), mesh)

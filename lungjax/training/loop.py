@@ -177,7 +177,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     build_report = nih.read_build_report(builder)
     train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
     stated = train_images
-    if task.masked:  # the weights count stated entries only: per label, its stated positives and images
+    if task.masked and "state_counts" in build_report:  # count stated entries only (an NIH build states all)
         train_counts, stated = labelspace.policy_counts(
             build_report["state_counts"]["train"], task.class_names, uncertainty=config.data.uncertainty
         )
