@@ -617,3 +617,32 @@ def test_the_inference_gather_carries_label_mask_when_batches_have_it():
     np.testing.assert_array_equal(masked["label_mask"], expected)
     assert len(masked["label"]) == 2 * rows - 1
     assert "label_mask" not in inference.predict_split(predict, {}, batches(False), mesh)
+
+
+def test_serve_prints_the_label_space_once(tmp_path, capsys, monkeypatch):
+    import cv2
+
+    from lungjax.serve import bundle as serve_bundle
+    from lungjax.serve.__main__ import main as serve_main
+
+    names = ("Edema", "Effusion")
+    space = {name: labelspace.vocabulary()[name] for name in names}
+    manifest_ = {
+        "task": {"class_names": list(names), "multi_label": True, "label_space": space},
+        "input": {"stored_size": 16, "image_size": 8},
+        "decision": {"thresholds": {"youden": dict.fromkeys(names, 0.5)}, "temperature": {"temperatures": [1.0, 1.0]}},
+    }
+
+    def predict(batch):
+        return np.full((len(batch), 2), 0.25, np.float32)
+
+    monkeypatch.setattr(serve_bundle, "load", lambda *_: serve_bundle.Bundle(tmp_path, manifest_, "float32", predict))
+    films = tmp_path / "films"
+    films.mkdir()
+    for n in range(2):
+        pixels = np.full((40, 40), 60 + 50 * n, np.uint8)
+        pixels[::4] += 30
+        (films / f"{n}.png").write_bytes(cv2.imencode(".png", pixels)[1].tobytes())
+    assert serve_main(["--export", str(tmp_path), "--images", str(films), "--out", str(tmp_path / "out")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "label space" in line]
+    assert lines == [f"lungjax.serve: label space: Edema: {space['Edema']}; Effusion: {space['Effusion']}"]
