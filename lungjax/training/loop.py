@@ -175,13 +175,14 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
     task = tasks.of_config(config)
     build_report = nih.read_build_report(builder)
-    train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
-    stated = train_images
+    train_images = build_report["images"]["train"]
     if task.masked and "state_counts" in build_report:  # count stated entries only (an NIH build states all)
-        train_counts, stated = labelspace.policy_counts(
+        positives, stated = labelspace.policy_counts(
             build_report["state_counts"]["train"], task.class_names, uncertainty=config.data.uncertainty
         )
-        train_counts = train_counts.tolist()
+        train_counts = positives.tolist()
+    else:
+        train_counts, stated = build_report["class_counts"]["train"], train_images
     weights = loss.class_weights(config, train_counts, images=stated, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch

@@ -13,6 +13,7 @@ NIH's findings keep NIH's spelling (``Effusion``, ``Pleural_Thickening``), so th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -129,6 +130,58 @@ def policy_per_label(uncertainty: str | Mapping[str, str], names: Sequence[str])
     return {name: uncertainty.get(name, "ignore") for name in names}
 
 
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """``label_states`` (rows, V) int8 over the whole vocabulary, in ``vocabulary()`` order, -> (``label``,
+    ``label_mask``), both float32 (rows, L): label 1.0 / 0.0, mask 1.0 where stated; for one label set and
+    uncertainty policy, resolved once (``Targets.of``), then applied to any number of batches.
+
+    The one conversion from the four states to what a model trains on, vectorised over a batch: the input
+    pipeline applies it per batch, ``label_matrix`` per table. Not stated is masked. Uncertain entries
+    follow the policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops
+    with the first row that has one (named by ``row_names`` when given).
+    """
+
+    names: tuple[str, ...]  # the labels, in the set's order
+    columns: np.ndarray  # each label's column of label_states
+    as_ones: np.ndarray  # per label: an uncertain entry is stated positive ("ones")
+    as_stated: np.ndarray  # per label: an uncertain entry is stated ("zeros" or "ones")
+    refused: np.ndarray  # per label: an uncertain entry stops ("refuse")
+    width: int  # V, the vocabulary's size
+
+    @classmethod
+    def of(cls, labels: str | Sequence[str], *, uncertainty: str | Mapping[str, str] = "ignore") -> Targets:
+        names = resolve(labels)
+        vocabulary_names = tuple(vocabulary())
+        policies = [policy_per_label(uncertainty, names)[name] for name in names]
+        return cls(
+            names=names,
+            columns=np.array([vocabulary_names.index(name) for name in names], np.int64),
+            as_ones=np.array([p == "ones" for p in policies], bool),
+            as_stated=np.array([p in ("zeros", "ones") for p in policies], bool),
+            refused=np.array([p == "refuse" for p in policies], bool),
+            width=len(vocabulary_names),
+        )
+
+    def __call__(self, states: np.ndarray, row_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        states = np.asarray(states)
+        if states.ndim != 2 or states.shape[1] != self.width:
+            raise contract.SourceError(
+                f"label_states must be (rows, {self.width}) over the vocabulary, got shape {states.shape}"
+            )
+        chosen = states[:, self.columns]
+        uncertain = chosen == contract.UNCERTAIN
+        if (uncertain & self.refused).any():
+            row, column = (int(i) for i in np.argwhere(uncertain & self.refused)[0])
+            where = f"row {row}" if row_names is None else f"row {row} ({row_names[row]})"
+            raise contract.SourceError(
+                f"{where} is uncertain for {self.names[column]!r}, which the uncertainty policy 'refuse' does not allow"
+            )
+        label = (chosen == contract.POSITIVE) | (uncertain & self.as_ones)
+        mask = (chosen == contract.POSITIVE) | (chosen == contract.NEGATIVE) | (uncertain & self.as_stated)
+        return label.astype(np.float32), mask.astype(np.float32)
+
+
 def targets(
     states: np.ndarray,
     labels: str | Sequence[str],
@@ -136,36 +189,8 @@ def targets(
     uncertainty: str | Mapping[str, str] = "ignore",
     row_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``label_states`` (rows, V) int8 over the whole vocabulary, in ``vocabulary()`` order, -> (``label``,
-    ``label_mask``), both float32 (rows, L) over ``labels``: label 1.0 / 0.0, mask 1.0 where stated.
-
-    The one conversion from the four states to what a model trains on, vectorised over a batch: the input
-    pipeline calls it per batch, ``label_matrix`` per table. Not stated is masked. Uncertain entries follow
-    the policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops with the
-    first row that has one (named by ``row_names`` when given).
-    """
-    names = resolve(labels)
-    vocabulary_names = tuple(vocabulary())
-    states = np.asarray(states)
-    if states.ndim != 2 or states.shape[1] != len(vocabulary_names):
-        raise contract.SourceError(
-            f"label_states must be (rows, {len(vocabulary_names)}) over the vocabulary, got shape {states.shape}"
-        )
-    policies = policy_per_label(uncertainty, names)
-    chosen = states[:, [vocabulary_names.index(name) for name in names]]
-    uncertain = chosen == contract.UNCERTAIN
-    refused = np.array([policies[name] == "refuse" for name in names], bool)
-    if (uncertain & refused).any():
-        row, column = (int(i) for i in np.argwhere(uncertain & refused)[0])
-        where = f"row {row}" if row_names is None else f"row {row} ({row_names[row]})"
-        raise contract.SourceError(
-            f"{where} is uncertain for {names[column]!r}, which the uncertainty policy 'refuse' does not allow"
-        )
-    as_ones = np.array([policies[name] == "ones" for name in names], bool)
-    as_stated = np.array([policies[name] in ("zeros", "ones") for name in names], bool)
-    label = (chosen == contract.POSITIVE) | (uncertain & as_ones)
-    mask = (chosen == contract.POSITIVE) | (chosen == contract.NEGATIVE) | (uncertain & as_stated)
-    return label.astype(np.float32), mask.astype(np.float32)
+    """``Targets.of(labels, uncertainty=...)(states, row_names)``: (label, label_mask) for one array."""
+    return Targets.of(labels, uncertainty=uncertainty)(states, row_names)
 
 
 def label_matrix(
