@@ -26,6 +26,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.source = "phantom"
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
+    # A label set of the harmonised vocabulary (masked multi-label; lungjax.data.sources.labelspace): a named
+    # set as one element (("chexpert5",), or --config.data.labels=chexpert5) or harmonised names; empty: the
+    # classes of data.task
+    config.data.labels = ()
+    # uncertain entries of a label set: "ignore" (masked) | "zeros" | "ones" | "irvin2019" (CheXpert's best per finding)
+    config.data.uncertainty = "ignore"
     config.data.views = "both"  # full14 only: "both" | "PA" | "AP"
     config.data.manual_dir = ""  # the download's folder, for every source but "phantom"
     config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds

@@ -19,7 +19,7 @@ from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
 from lungjax.data import augment, dataset, images, labels, metadata, nih, source_builder, tasks
-from lungjax.data.sources import contract, mimic, vindr
+from lungjax.data.sources import contract, labelspace, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
 from lungjax.models import MODEL_NAMES, resnet
@@ -101,11 +101,28 @@ def _build_options_problems(values: dict) -> list[str]:
     return []
 
 
+def _labels_ok(value) -> bool:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        return False
+    try:
+        return not value or bool(tasks.label_set(value))
+    except contract.SourceError:
+        return False
+
+
+# A training run's uncertainty policies: labelspace's, less 'refuse' (a check of a table at build time).
+UNCERTAINTY_POLICIES = (*(p for p in labelspace.POLICIES if p != "refuse"), *labelspace.NAMED_POLICIES)
 POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
         "data.task": one_of(tasks.TASKS),
+        "data.labels": Rule(
+            _labels_ok,
+            f"() (the classes of data.task), one named set ({', '.join(labelspace.named_sets())}) or distinct "
+            f"names of the harmonised vocabulary ({', '.join(labelspace.vocabulary())})",
+        ),
+        "data.uncertainty": one_of(UNCERTAINTY_POLICIES),
         "data.views": one_of(metadata.VIEWS),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
         "data.stored_size": Rule(
@@ -167,7 +184,9 @@ RULES = MappingProxyType(
     }
 )
 # Keys whose type may differ from the base config's value.
-FREE_TYPES = frozenset({"class_weights", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"})
+FREE_TYPES = frozenset(
+    {"class_weights", "data.labels", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"}
+)
 
 
 def _siblings(key: str, schema: dict) -> str:
@@ -226,7 +245,7 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             f"{values['data.stored_size']}; allowed: at most the stored size (more pixels than are stored "
             "would only be interpolated, and cost memory)"
         )
-    task = tasks.get(values["data.task"])
+    task = tasks.label_set(values["data.labels"]) if values["data.labels"] else tasks.get(values["data.task"])
     weights = values["class_weights"]
     if isinstance(weights, (list, tuple)) and len(weights) != task.num_classes:
         found.append(

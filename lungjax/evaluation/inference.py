@@ -85,7 +85,7 @@ def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDi
     ``checkpoint.SAFE_KEYS`` lets a resume change), naming each: such a change could not take effect, and
     silently ignoring it would report on another model than the one asked for."""
     given = trees.flatten(json.loads(json.dumps(config.to_dict())))
-    fixed = trees.flatten(saved.to_dict())
+    fixed = trees.flatten(json.loads(json.dumps(saved.to_dict())))  # both as JSON: a tuple and a list are one value
     differing = [
         key
         for key in given
@@ -216,12 +216,15 @@ def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarra
     """Runs ``predict_fn`` over padded eval batches; returns every real row of the split once, in order.
 
     Each process reads its own contiguous shard of the split (``pipeline.eval_batches``); with
-    several processes the rows are gathered so that every process returns the whole split.
+    several processes the rows are gathered so that every process returns the whole split. A masked
+    task's batches carry ``label_mask`` (1 where the source states the entry), which comes along.
     """
     in_sharding = sharding.batch_sharding(mesh)
     keys = ("label", "image_name", "patient_id", "bbox", "mask")
     outputs: dict[str, list[np.ndarray]] = {"probs": [], **{key: [] for key in keys}}
     for batch in batches:
+        if "label_mask" in batch and "label_mask" not in outputs:
+            keys, outputs["label_mask"] = (*keys, "label_mask"), []
         images = jax.make_array_from_process_local_data(in_sharding, batch["image"])
         probs = np.asarray(jax.device_get(predict_fn(model_state, images)))
         rows = len(batch["mask"])
@@ -255,10 +258,12 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "mask": rows["mask"].astype(np.int32),
         "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width),
     }
+    if "label_mask" in rows:
+        local["label_mask"] = rows["label_mask"].astype(np.float32)
     gathered = {
         key: np.concatenate(list(value)) for key, value in multihost_utils.process_allgather(local, tiled=False).items()
     }
-    return {
+    result = {
         "probs": gathered["probs"],
         "bbox": gathered["bbox"],
         "label": gathered["label"].astype(rows["label"].dtype),
@@ -266,3 +271,6 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "mask": gathered["mask"].astype(bool),
         "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8"),
     }
+    if "label_mask" in rows:
+        result["label_mask"] = gathered["label_mask"].astype(rows["label_mask"].dtype)
+    return result

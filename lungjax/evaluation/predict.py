@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, images, radiograph_files
+from lungjax.data import dataset, images, radiograph_files, tasks
 from lungjax.evaluation import gradcam, inference
 from lungjax.evaluation.fit import decisions, operating_points, temperature, validation
 from lungjax.evaluation.render import overlays
@@ -47,6 +47,9 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         tta_crops=config.eval.tta_crops,
         multi_label=restored.task.multi_label,
     )
+    label_space = tasks.label_space(restored.task)
+    if label_space is not None:  # a label set: what each probability means, once
+        print("label space: " + "; ".join(f"{name}: {definition}" for name, definition in label_space.items()))
     cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     fit = evaluation_fit(workdir, restored, config.eval.tta_crops)
     out = Path(workdir) / OUTPUT_DIR

@@ -13,6 +13,7 @@ import cv2
 import jax
 
 import lungjax
+from lungjax.data import tasks
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.serve import bundle_format
 
@@ -42,12 +43,16 @@ def task_section(task) -> dict:
         if task.multi_label
         else "a softmax over the classes: one probability per class, summing to 1"
     )
-    return {
+    section = {
         "name": task.name,
         "class_names": list(task.class_names),
         "multi_label": task.multi_label,
         "output": {"shape": ["batch", task.num_classes], "dtype": "float32", "meaning": meaning},
     }
+    label_space = tasks.label_space(task)
+    if label_space is not None:  # a label set: each label's one-line definition, for whoever reads the outputs
+        section["label_space"] = label_space
+    return section
 
 
 def input_section(stored_size: int, image_size: int) -> dict:

@@ -62,6 +62,11 @@ class Bundle:
         return self.manifest["task"]["multi_label"]
 
     @property
+    def label_space(self) -> dict[str, str] | None:
+        """A label set's labels and their one-line definitions (None for NIH's tasks)."""
+        return self.manifest["task"].get("label_space")
+
+    @property
     def image_size(self) -> int:
         return self.manifest["input"]["image_size"]
 

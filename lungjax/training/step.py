@@ -77,9 +77,13 @@ def train_step(
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        loss = (loss_lib.weighted_binary_cross_entropy if multi_label else loss_lib.weighted_cross_entropy)(
-            logits, batch["label"], class_weights, label_smoothing=label_smoothing, focal_gamma=focal_gamma
-        )
+        loss_options = dict(label_smoothing=label_smoothing, focal_gamma=focal_gamma)
+        if multi_label:  # a masked task's batches carry label_mask: only stated entries count
+            loss = loss_lib.weighted_binary_cross_entropy(
+                logits, batch["label"], class_weights, mask=batch.get("label_mask"), **loss_options
+            )
+        else:
+            loss = loss_lib.weighted_cross_entropy(logits, batch["label"], class_weights, **loss_options)
         return loss, (logits, nnx.state(model, nnx.BatchStat))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats)

@@ -60,10 +60,10 @@ def youden_thresholds(validation: dict[str, np.ndarray], task: tasks.Task) -> tu
     no threshold and the others keep theirs."""
     kind = kinds.of_task(task)
     try:
-        thresholds = kind.youden_thresholds(validation["label"], validation["probs"], task.class_names)
+        thresholds = kind.youden_thresholds(validation, task.class_names)
     except ValueError as err:
         return None, {"note": f"no thresholds: {err} on the validation split"}
-    on_validation = kind.youden_j(validation["label"], validation["probs"], thresholds, task.class_names)
+    on_validation = kind.youden_j(validation, thresholds, task.class_names)
     record = {"chosen_on": "validation", "on_validation": on_validation}
     undefined = [name for name, t in thresholds.items() if t is None]
     if undefined:
@@ -73,10 +73,12 @@ def youden_thresholds(validation: dict[str, np.ndarray], task: tasks.Task) -> tu
 
 def fit_on_validation(config, validation: dict[str, np.ndarray], task: tasks.Task, fitted_for: FittedFor) -> dict:
     """The temperatures and each operating point's per-class thresholds, chosen on ``validation``
-    (the predictions of the checkpoint and dataset ``fitted_for`` names)."""
-    positive, scores = kinds.of_task(task).columns(validation["label"], validation["probs"], task.class_names)
+    (the predictions of the checkpoint and dataset ``fitted_for`` names), on stated entries only."""
+    kind = kinds.of_task(task)
+    positive, scores = kind.columns(validation["label"], validation["probs"], task.class_names)
+    stated = kind.stated(validation, task.class_names)
     rules = operating_points.parse_all(config.eval.operating_points)
-    chosen = operating_points.choose(rules, positive, scores, task.class_names)
+    chosen = operating_points.choose(rules, positive, scores, task.class_names, stated)
     return {
         **fitted_for.record(),
         "chosen_on": "validation",
@@ -84,7 +86,9 @@ def fit_on_validation(config, validation: dict[str, np.ndarray], task: tasks.Tas
         "task": task.name,
         "class_names": list(task.class_names),
         "multi_label": task.multi_label,
-        "temperature": temperature.fit(validation["label"], validation["probs"], task.class_names, task.multi_label),
+        "temperature": temperature.fit(
+            validation["label"], validation["probs"], task.class_names, task.multi_label, stated
+        ),
         "operating_points": chosen,
         "thresholds_apply_to": "the uncalibrated probabilities; a class is called when its probability >= threshold",
     }

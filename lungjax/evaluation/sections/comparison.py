@@ -21,6 +21,11 @@ class CompareError(ValueError):
     """Two runs cannot be compared on these images; the message names the difference."""
 
 
+def _stated(predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """Which labels the images state: a masked task's ``label_mask``, else all of them."""
+    return predictions.get("label_mask", np.ones_like(predictions["label"], np.float32))
+
+
 def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], task_a: tasks.Task, task_b: tasks.Task) -> dict:
     """``b``'s predictions in ``a``'s image order, or CompareError naming how the two splits differ."""
     if task_a.class_names != task_b.class_names:
@@ -40,7 +45,10 @@ def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], task_a: tasks.Task
     row_of = {name: i for i, name in enumerate(names_b)}
     order = np.array([row_of[name] for name in names_a])
     aligned = {key: value[order] for key, value in b.items()}
-    differing = np.flatnonzero((aligned["label"] != a["label"]).reshape(len(order), -1).any(axis=1))
+    differing = np.flatnonzero(
+        (aligned["label"] != a["label"]).reshape(len(order), -1).any(axis=1)
+        | (_stated(aligned) != _stated(a)).reshape(len(order), -1).any(axis=1)
+    )
     if differing.size:
         raise CompareError(
             f"{differing.size} images carry different labels in the two runs, e.g. "
@@ -62,18 +70,27 @@ def comparison_report(
     kind = kinds.of_task(task)
     positive, scores_a = kind.columns(a["label"], a["probs"], task.class_names)
     _, scores_b = kind.columns(b["label"], b["probs"], task.class_names)
-    support = positive.sum(axis=0)
-    mean_over = np.flatnonzero((support > 0) & (support < len(positive)))
+    stated = kind.stated(a, task.class_names)
+    support = (positive & stated).sum(axis=0)
+    mean_over = np.flatnonzero((support > 0) & (support < stated.sum(axis=0)))
     boot = (
         paired.paired_bootstrap(
-            positive, scores_a, scores_b, mean_over, patient_ids=a["patient_id"], n_bootstrap=n_bootstrap, seed=seed
+            positive,
+            scores_a,
+            scores_b,
+            mean_over,
+            patient_ids=a["patient_id"],
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            stated=stated,
         )
         if n_bootstrap
         else None
     )
     per_class = {}
     for c, name in enumerate(task.class_names):
-        row = paired.delong(positive[:, c], scores_a[:, c], scores_b[:, c])
+        rows = stated[:, c]
+        row = paired.delong(positive[rows, c], scores_a[rows, c], scores_b[rows, c])
         if boot is not None:
             row["difference_ci"] = bootstrap.interval(boot["difference"][:, c])
         per_class[name] = row
