@@ -117,7 +117,8 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     }
     if aug.brightness or aug.contrast:
         stages["intensity"] = per_image_us(
-            lambda image: augmenting.adjust_intensity(image, aug, rng, out=image), [image.copy() for image in warped]
+            lambda image: augmenting.adjust_intensity(image, *augmenting.draw_intensity(aug, rng), out=image),
+            [image.copy() for image in warped],
         )
     stages["whole transform"] = per_image_us(lambda record: transform.random_map(record, rng), raw)
     return stages
