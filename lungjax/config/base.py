@@ -49,6 +49,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.stride_in_1x1 = False
     # The stem's 7x7/2 conv as an exactly equal 4x4/1 one on 2x2 pixel blocks (same parameters): a GPU speed lever.
     config.model.stem_space_to_depth = False
+    # The stem's conv on the image zero-padded to 4 channels (the kernel's extra channels zero;
+    # the same output and parameters): the other GPU speed lever for the stem. Not with stem_space_to_depth.
+    config.model.stem_pad_channels = False
+    # BatchNorm's training gradient written by hand (models.batch_norm), one reduction and one
+    # elementwise pass instead of autodiff's several; the same numbers. A GPU speed lever.
+    config.model.fewer_pass_batch_norm = False
     # A Keras .h5 weights file (the stem's border kernel trains only then), or an earlier lungjax workdir.
     config.model.init_from = ""
     config.model.freeze_backbone_steps = 0  # train only the head for this many steps first

@@ -21,6 +21,8 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
             width=model_config.width,
             dropout_rate=model_config.dropout_rate,
             stem_space_to_depth=model_config.get("stem_space_to_depth", False),  # absent from older saved configs
+            stem_pad_channels=model_config.get("stem_pad_channels", False),
+            fewer_pass_batch_norm=model_config.get("fewer_pass_batch_norm", False),
             dtype=compute_dtype(half_precision),
             seed=seed,
         )
@@ -31,6 +33,8 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
         dropout_rate=model_config.dropout_rate,
         stride_in_1x1=model_config.stride_in_1x1,
         stem_space_to_depth=model_config.get("stem_space_to_depth", False),  # absent from older saved configs
+        stem_pad_channels=model_config.get("stem_pad_channels", False),
+        fewer_pass_batch_norm=model_config.get("fewer_pass_batch_norm", False),
         dtype=compute_dtype(half_precision),
         seed=seed,
     )
