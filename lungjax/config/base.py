@@ -12,7 +12,7 @@ import ml_collections
 # The values of the two keys that choose training code. Here, not with that code (training.optim,
 # whose tables have exactly these keys), so that validating a config imports no training code: every
 # mode validates the whole config before any work, and evaluation must not load training.
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lamb", "lars")
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, over all devices
     config.num_epochs = 30
     config.num_train_steps = -1  # > 0 overrides num_epochs
-    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd"
+    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd" | "lamb" | "lars" (the last two for batches of 768+)
     # The optimizer's mask-free moment updates on one flat vector (optax.flatten): fewer, larger kernels.
     # It changes the optimizer state's structure, so a run resumes only with the value it started with.
     config.optimizer_flatten = False
