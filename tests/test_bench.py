@@ -75,8 +75,12 @@ def test_scaling_output(tmp_path):
     assert "img/s" in table and "[scaling]" not in table  # the table comes last
 
 
-@pytest.mark.slow  # runs the benchmark in a process of its own
+@pytest.mark.slow  # runs the benchmark in a process of its own: every setting compiles, about 5 minutes
 def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
+    """The one device call's script, every setting (the command-buffer ones in a child process with
+    their XLA flags, which the CPU's jaxlib parses too), step only and end to end."""
+    from lungjax.bench import gpu
+
     out = tmp_path / "gpu_bench.json"
     result = run_bench(
         "gpu",
@@ -84,27 +88,34 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
             "--model=resnet18",
             "--width=0.0625",
             "--image_size=32",
-            "--stored_size=32",
-            "--batch_sizes=4",
-            "--precisions=float32",
+            "--stored_size=40",
+            "--batch=4",
+            "--large_batches=6,8",
+            "--precision=float32",
             "--windows=1",
-            "--e2e_batch=4",
             "--e2e_patients=12",
             "--e2e_steps=2",
             "--warmup_batches=1",
             "--workers=0",
             "--build_workers=1",
+            "--budget_seconds=1000",
             f"--out={out}",
         ],
     )  # no worker processes: grain's are tested elsewhere, and each costs seconds
     report = json.loads(out.read_text())
-    (row,) = report["steps"]
-    assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0
-    assert (row["stem"], row["flatten"]) == ("conv", "false")  # the levers' defaults: today's step
-    assert row["train_flops_per_image"] > 0 and row["utilisation_of_bf16_peak"] is None  # no peak for a CPU
-    assert report["build_images"] > 0
-    (end_to_end,) = report["end_to_end"]
-    assert end_to_end["precision"] == "float32" and end_to_end["workers"] == 0
-    assert end_to_end["end_to_end_images_per_sec"] > 0
-    assert end_to_end["pipeline_only_images_per_sec"] > 0
-    assert result.stdout.rstrip().splitlines()[-1].startswith("end to end (")  # the table comes last
+    assert report["build_images"] > 0 and report["jaxlib"]
+    rows = {row["setting"]: row for row in report["settings"]}
+    assert list(rows) == list(gpu.SETTINGS)
+    for name, row in rows.items():
+        assert "skipped" not in row, (name, row.get("skipped"))
+        assert row["step_images_per_sec"] > 0 and row["end_to_end_images_per_sec"] > 0, name
+        assert row["end_to_end_share_of_step"] > 0 and row["main_process_cores"] > 0, name
+        assert row["levers"] == gpu.SETTINGS[name].levers and row["xla_flags"] == gpu.SETTINGS[name].xla_flags
+    assert rows["today"]["levers"] == {} and rows["today"]["batch"] == 4
+    assert [rows[f"all_levers_lars_large_batch_{i}"]["batch"] for i in (0, 1)] == [6, 8]
+    assert rows["command_buffers_flatten"]["xla_flags"] == gpu.COMMAND_BUFFER_FLAGS
+    kernels = {name: row["hlo"]["channel_reduction_kernels"] for name, row in rows.items()}
+    assert kernels["fewer_pass_batch_norm"] < kernels["today"]  # the hand-written gradient reads less
+    lines = result.stdout.rstrip().splitlines()
+    assert lines[-1].startswith("host cores:")  # the table comes last
+    assert sum(line.split()[0] in gpu.SETTINGS for line in lines[-len(gpu.SETTINGS) - 1 :]) == len(gpu.SETTINGS)

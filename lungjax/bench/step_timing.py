@@ -68,6 +68,7 @@ def compile_step(
     config.model.name, config.model.width, config.model.stride_in_1x1 = model_name, width, stride_in_1x1
     config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
     config.seed, config.half_precision, config.label_smoothing = seed, half_precision, 0.1
+    config.image_size = image_size  # what an augment_on_device step warps to
     for key, value in levers.items():
         section, _, name = key.rpartition(".")
         setattr(config[section] if section else config, name, value)
