@@ -1,7 +1,7 @@
 """GPU benchmark: every speed lever of the ResNet-50 train step, on and off, step only and end to end, in one call.
 
-Each setting (``SETTINGS``: today's step, then one lever at a time, then all of them, then large
-batches with LARS) is compiled once and measured twice: step only, the batch already on the device
+Each setting (``SETTINGS``: today's step, one lever at a time, all of them, the command buffers,
+then large batches with LARS) is compiled once and measured twice: step only, the batch already on the device
 (median of ``--windows`` windows of 10 steps), and end to end, a phantom ArrayRecord dataset built
 with the real builder, fed through the real grain pipeline (decode, ``light`` augmentation on the
 host or, with ``augment_on_device``, in the step) and ``prefetch_to_device`` into the same step,
@@ -23,6 +23,7 @@ On the CPU, a tiny smoke run of every setting: ``python -m lungjax.bench.gpu --m
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -38,9 +39,7 @@ from absl import app, flags
 from lungjax import bench
 from lungjax.bench import step_timing
 from lungjax.config.base import base_config
-from lungjax.data import dataset, labels, pipeline, records
-from lungjax.models import flops
-from lungjax.models.resnet import create_model
+from lungjax.data import dataset, pipeline, records
 from lungjax.runtime import sharding
 
 # The command buffers (CUDA graphs) that also capture convolutions. Parsed by jaxlib 0.10.2 and by the
@@ -52,11 +51,13 @@ COMMAND_BUFFER_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION --xla_gpu_g
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """Config keys of the levers (``step_timing.compile_step``'s ``levers``); ``large_batch``: run at the
-    ``--large_batches`` entry of that index instead of ``--batch``; ``xla_flags``: in a child process."""
+    ``--large_batches`` entry of that index instead of ``--batch``; ``xla_flags``: in a child process;
+    ``workers``: end to end with this many grain workers instead of ``--workers``."""
 
     levers: dict
     large_batch: int | None = None
     xla_flags: str = ""
+    workers: int | None = None
 
 
 ALL_LEVERS = {
@@ -73,10 +74,12 @@ SETTINGS = {
     "fewer_pass_batch_norm": Setting({"model.fewer_pass_batch_norm": True}),
     "augment_on_device": Setting({"augment_on_device": True}),
     "all_levers": Setting(ALL_LEVERS),
-    "all_levers_lars_large_batch_0": Setting({**ALL_LEVERS, "optimizer": "lars"}, large_batch=0),
-    "all_levers_lars_large_batch_1": Setting({**ALL_LEVERS, "optimizer": "lars"}, large_batch=1),
+    # The host decodes only: does a third of the workers leave the step's main thread more room?
+    "all_levers_4_workers": Setting(ALL_LEVERS, workers=4),
     "command_buffers_flatten": Setting({"optimizer_flatten": True}, xla_flags=COMMAND_BUFFER_FLAGS),
     "command_buffers_all_levers": Setting(ALL_LEVERS, xla_flags=COMMAND_BUFFER_FLAGS),
+    "all_levers_lars_large_batch_0": Setting({**ALL_LEVERS, "optimizer": "lars"}, large_batch=0),
+    "all_levers_lars_large_batch_1": Setting({**ALL_LEVERS, "optimizer": "lars"}, large_batch=1),
 }
 
 FLAGS = flags.FLAGS
@@ -97,32 +100,10 @@ flags.DEFINE_integer("e2e_steps", 30, "Timed end-to-end steps per setting.")
 flags.DEFINE_integer("warmup_batches", 3, "Untimed end-to-end batches before timing (at least one per worker).")
 flags.DEFINE_integer("workers", max((os.cpu_count() or 2) - 4, 1), "grain worker processes (0: in this process).")
 flags.DEFINE_integer("build_workers", os.cpu_count() or 1, "Processes building the phantom dataset (1: this one).")
-flags.DEFINE_float("budget_seconds", 420.0, "Start no new setting after this long.")
+flags.DEFINE_float("budget_seconds", 400.0, "Start no new setting after this long.")
 flags.DEFINE_string("out", "gpu_bench.json", "Where the JSON results go.")
 flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the best setting's end-to-end steps here.")
 flags.DEFINE_string("data_dir", "", "Internal: the parent's built dataset (a child process measures on it).")
-
-# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets.
-BF16_PEAK_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
-
-
-def card_peak(device_kind: str) -> float | None:
-    for name, peak in BF16_PEAK_FLOPS.items():
-        if name in device_kind:
-            return peak
-    return None
-
-
-def train_flops_per_image(args) -> float:
-    """Training-step FLOPs per image from XLA's cost analysis compiled for the CPU.
-
-    The GPU backend's cost analysis leaves out convolutions that run as cuDNN custom calls (it
-    reported 0.40 GFLOP per image for ResNet50 on an H200, against 23.7 on the CPU), so utilisation
-    is computed from the CPU count, which includes every convolution.
-    """
-    with jax.default_device(jax.devices("cpu")[0]):
-        model = create_model(args.model, num_classes=labels.NUM_CLASSES, width=args.width)
-        return flops.flops_per_image(model, args.image_size, train=True)
 
 
 def batch_of(setting: Setting, args) -> int:
@@ -139,9 +120,10 @@ def phantom_builder(args, workdir: str):
     return builder, time.perf_counter() - start
 
 
-def end_to_end(args, compiled: step_timing.CompiledStep, builder, augment_on_device: bool) -> dict:
-    """grain (``--workers`` processes) -> prefetch_to_device -> the compiled step: images/s, the step's
+def end_to_end(args, compiled: step_timing.CompiledStep, builder, setting: Setting) -> dict:
+    """grain (``workers`` processes) -> prefetch_to_device -> the compiled step: images/s, the step's
     median, and the host cores the main process (dispatch, transfers) and the workers keep busy."""
+    workers = args.workers if setting.workers is None else setting.workers
     source = records.data_source(builder, "train")
     loader = pipeline.train_loader(
         source,
@@ -149,13 +131,18 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, augment_on_dev
         image_size=args.image_size,
         augment="light",
         seed=0,
-        worker_count=args.workers,
-        augment_on_device=augment_on_device,
+        worker_count=workers,
+        augment_on_device=setting.levers.get("augment_on_device", False),
     )
-    mesh = sharding.make_mesh()
-    device_batches = sharding.prefetch_to_device(((b, None) for b in loader), sharding.batch_sharding(mesh))
+    warmup = max(args.warmup_batches, workers)  # workers hand out batches in turn
+    # Exactly the batches used: the transfer thread then ends, and the loader's workers with it.
+    host_batches = iter(loader)
+    device_batches = sharding.prefetch_to_device(
+        ((next(host_batches), None) for _ in range(warmup + args.e2e_steps)),
+        sharding.batch_sharding(sharding.make_mesh()),
+    )
     state = compiled.state
-    for _ in range(max(args.warmup_batches, args.workers)):  # workers hand out batches in turn
+    for _ in range(warmup):
         state, metrics = compiled.step_fn(state, next(device_batches)[0])
     jax.block_until_ready(state)
     step_times = []
@@ -168,16 +155,21 @@ def end_to_end(args, compiled: step_timing.CompiledStep, builder, augment_on_dev
         step_times.append(now - last)
         last = now
     total = time.perf_counter() - start
+    main_cores = (time.process_time() - main_cpu) / total
+    worker_cores = (bench.children_cpu_s() - workers_cpu) / total
     compiled.state = state
+    del device_batches, host_batches  # stops grain's worker processes before the next setting starts its own
+    gc.collect()
     return {
+        "workers": workers,
         "end_to_end_images_per_sec": args.e2e_steps * compiled.batch_size / total,
         "end_to_end_step_ms_median": 1e3 * statistics.median(step_times),
-        "main_process_cores": (time.process_time() - main_cpu) / total,
-        "worker_cores": (bench.children_cpu_s() - workers_cpu) / total,
+        "main_process_cores": main_cores,
+        "worker_cores": worker_cores,
     }
 
 
-def measure(name: str, args, builder, flops_per_image: float, peak: float | None) -> dict:
+def measure(name: str, args, builder) -> dict:
     """One setting in this process: compile, step only, end to end."""
     setting = SETTINGS[name]
     row = {"setting": name, "batch": batch_of(setting, args), "levers": setting.levers, "xla_flags": setting.xla_flags}
@@ -192,16 +184,14 @@ def measure(name: str, args, builder, flops_per_image: float, peak: float | None
             stored_size=args.stored_size,
         )
         timing = step_timing.time_steps(compiled, windows=args.windows)
-        e2e = end_to_end(args, compiled, builder, setting.levers.get("augment_on_device", False))
+        e2e = end_to_end(args, compiled, builder, setting)
     except Exception as err:  # e.g. out of memory at a large batch: record it and measure the rest
         return {**row, "skipped": f"{type(err).__name__}: {err}"[:300]}
-    achieved = flops_per_image * timing["images_per_sec"]
     return {
         **row,
         "compile_seconds": compiled.compile_seconds,
         "step_images_per_sec": timing["images_per_sec"],
         "step_ms": 1e3 * timing["step_seconds_median"],
-        "utilisation_of_bf16_peak": achieved / peak if peak else None,
         "xla_memory_gib": compiled.memory_bytes / 2**30 if compiled.memory_bytes else None,
         "hlo": compiled.hlo,
         **e2e,
@@ -234,7 +224,7 @@ def format_table(result: dict) -> str:
         f"{result['device']}, jax {result['jax']}, jaxlib {result['jaxlib']}, "
         f"{result['model']}@{result['image_size']} {result['precision']}, {result['workers']} grain workers, "
         f"light augmentation, {result['cpu_count']} host cores",
-        f"{'setting':<32}{'batch':>6}{'step img/s':>11}{'e2e img/s':>10}{'e2e/step':>9}{'host cores':>11}"
+        f"{'setting':<32}{'batch':>6}{'workers':>8}{'step img/s':>11}{'e2e img/s':>10}{'e2e/step':>9}{'host cores':>11}"
         f"{'compile s':>10}{'XLA GiB':>8}{'BN kernels':>11}",
     ]
     for row in result["settings"]:
@@ -243,7 +233,7 @@ def format_table(result: dict) -> str:
             continue
         memory = f"{row['xla_memory_gib']:.1f}" if row["xla_memory_gib"] else "-"
         lines.append(
-            f"{row['setting']:<32}{row['batch']:>6}{row['step_images_per_sec']:>11.0f}"
+            f"{row['setting']:<32}{row['batch']:>6}{row['workers']:>8}{row['step_images_per_sec']:>11.0f}"
             f"{row['end_to_end_images_per_sec']:>10.0f}{100 * row['end_to_end_share_of_step']:>8.0f}%"
             f"{row['main_process_cores'] + row['worker_cores']:>11.1f}{row['compile_seconds']:>10.1f}{memory:>8}"
             f"{row['hlo']['channel_reduction_kernels']:>11}"
@@ -273,7 +263,7 @@ def profile_best(result: dict, args, builder, directory: str) -> None:
         stored_size=args.stored_size,
     )
     with jax.profiler.trace(directory):
-        end_to_end(args, compiled, builder, setting.levers.get("augment_on_device", False))
+        end_to_end(args, compiled, builder, setting)
     result["profiled_setting"] = best["setting"]
 
 
@@ -298,6 +288,7 @@ def main(argv) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "settings_requested": list(args.settings),
         "settings": [],
     }
     print(json.dumps(result), flush=True)
@@ -307,7 +298,6 @@ def main(argv) -> None:
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)
 
-    flops_per_image, peak = train_flops_per_image(args), card_peak(device.device_kind)
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.data_dir or scratch
         builder, result["build_seconds"] = phantom_builder(args, workdir)
@@ -319,7 +309,7 @@ def main(argv) -> None:
             elif SETTINGS[name].xla_flags and not args.data_dir:  # the parent: flags need a process of their own
                 result["settings"] += measure_in_child(name, args, workdir, remaining)
             else:
-                result["settings"].append(measure(name, args, builder, flops_per_image, peak))
+                result["settings"].append(measure(name, args, builder))
             print(json.dumps(result["settings"][-1]), flush=True)
             save()
         if args.profile_dir:
