@@ -270,6 +270,9 @@ def profile_best(result: dict, args, builder, directory: str) -> None:
 def main(argv) -> None:
     del argv  # flags only; absl parses them, which grain's worker processes also require
     args = FLAGS
+    # The settings with XLA flags run in a child process while this one is alive: by default JAX would
+    # reserve 75% of the GPU's memory here at start-up and leave the child too little.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # Each step is compiled ahead of time (to time the compilation) and then called through jit:
     # the persistent cache lets that call reuse the compilation.
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="lungjax-xla-cache-"))
