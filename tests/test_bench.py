@@ -122,7 +122,6 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
         assert row["end_to_end_share_of_step"] > 0 and row["main_process_cores"] > 0, name
     assert rows["today"]["levers"] == {} and rows["today"]["batch"] == 4 and not rows["today"]["xla_flags"]
     assert rows["today"]["workers"] == 0 and rows["all_levers_4_workers"]["workers"] == 4
-    assert rows["all_levers_4_workers"]["worker_cores"] > 0  # the host still decodes, in the workers
     assert rows["fewer_pass_batch_norm"]["levers"] == {"model.fewer_pass_batch_norm": True}
     large = rows["all_levers_lars_large_batch_0"]
     assert large["batch"] == 6 and large["levers"]["optimizer"] == "lars" and large["levers"]["augment_on_device"]
