@@ -14,7 +14,7 @@ from lungjax import trees
 # The values of the two keys that choose training code. Here, not with that code (training.optim,
 # whose tables have exactly these keys), so that validating a config imports no training code: every
 # mode validates the whole config before any work, and evaluation must not load training.
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lamb", "lars")
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.image_size = 224  # size fed to the model
     config.augment = "light"  # "none" | "light" | "seed"
     config.worker_count = 0  # grain worker processes (0: in the main process)
+    # The training augmentation's warp and intensity change inside the jitted step (the host only
+    # decodes; the same draws, so the same pixels up to interpolation rounding): a GPU speed lever.
+    config.augment_on_device = False
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet50"
@@ -63,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.stride_in_1x1 = False
     # The stem's 7x7/2 conv as an exactly equal 4x4/1 one on 2x2 pixel blocks (same parameters): a GPU speed lever.
     config.model.stem_space_to_depth = False
+    # The stem's conv on the image zero-padded to 4 channels (the kernel's extra channels zero;
+    # the same output and parameters): the other GPU speed lever for the stem. Not with stem_space_to_depth.
+    config.model.stem_pad_channels = False
+    # BatchNorm's training gradient written by hand (models.batch_norm), one reduction and one
+    # elementwise pass instead of autodiff's several; the same numbers. A GPU speed lever.
+    config.model.fewer_pass_batch_norm = False
     # A Keras .h5 weights file (the stem's border kernel trains only then), or an earlier lungjax workdir.
     config.model.init_from = ""
     config.model.freeze_backbone_steps = 0  # train only the head for this many steps first
@@ -70,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, over all devices
     config.num_epochs = 30
     config.num_train_steps = -1  # > 0 overrides num_epochs
-    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd"
+    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd" | "lamb" | "lars" (the last two for batches of 768+)
     # The optimizer's mask-free moment updates on one flat vector (optax.flatten): fewer, larger kernels.
     # It changes the optimizer state's structure, so a run resumes only with the value it started with.
     config.optimizer_flatten = False

@@ -261,6 +261,11 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
         found.append(
             f"config.data.views: {values['data.views']!r} is not allowed with data.task={task.name!r}; allowed: 'both'"
         )
+    if values["model.stem_space_to_depth"] and values["model.stem_pad_channels"]:
+        found.append(
+            "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
+            "allowed: one of the two stem rewrites at most"
+        )
     if reads_data and values["data.source"] != "phantom" and not values["data.manual_dir"]:
         found.append(
             f"config.data.manual_dir: '' is not allowed with data.source={values['data.source']!r}; allowed: the "

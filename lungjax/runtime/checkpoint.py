@@ -56,6 +56,7 @@ CHECKPOINT_CHOICES = ("best", "latest")
 # in "." is a prefix.
 SAFE_KEYS = (
     "model.stem_space_to_depth",  # the same function of the same parameters
+    "model.stem_pad_channels",  # likewise
     "num_train_steps",
     "num_epochs",
     "log_every_steps",

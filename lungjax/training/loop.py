@@ -207,6 +207,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         seed=config.seed,
         worker_count=config.worker_count,
         multi_label=task.multi_label,
+        augment_on_device=config.augment_on_device,
     )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))

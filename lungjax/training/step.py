@@ -17,6 +17,7 @@ from flax import nnx
 
 from lungjax import models
 from lungjax.runtime import sharding
+from lungjax.training import device_augment
 from lungjax.training import loss as loss_lib
 
 
@@ -69,10 +70,18 @@ def train_step(
     dtype,
     ema_decay: float,
     multi_label: bool = False,
+    image_size: int | None = None,
 ) -> tuple[TrainState, TrainMetrics | MultiLabelTrainMetrics]:
-    """One optimizer step on one global batch. Pure: jit it with ``make_train_step``."""
+    """One optimizer step on one global batch. Pure: jit it with ``make_train_step``.
+
+    A batch with ``"warp"`` and ``"intensity"`` (the pipeline's ``augment_on_device``) carries
+    stored-size images, augmented here to ``image_size`` before anything else.
+    """
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    images = models.images_to_input(batch["image"], dtype)
+    images = batch["image"]
+    if "warp" in batch:
+        images = device_augment.augment(images, batch["warp"], batch["intensity"], image_size)
+    images = models.images_to_input(images, dtype)
 
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
@@ -130,6 +139,7 @@ def make_train_step(
         dtype=models.compute_dtype(config.half_precision),
         ema_decay=config.ema_decay,
         multi_label=multi_label,
+        image_size=config.image_size,
     )
     replicated = sharding.replicated(mesh)
     return jax.jit(
