@@ -174,6 +174,8 @@ EXPECTED_ERRORS = (
     ("lungjax.runtime.checkpoint", "CheckpointError"),
     ("lungjax.data.images", "ImageError"),
     ("lungjax.data.metadata", "MetadataError"),
+    ("lungjax.evaluation.fit.validation", "ValidationFitError"),
+    ("lungjax.data.sources.contract", "SourceError"),
     ("lungjax.evaluation.sections.expert", "ExpertLabelsError"),
     ("lungjax.evaluation.sections.comparison", "CompareError"),
     ("lungjax.export.bundle", "ExportError"),

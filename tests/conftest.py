@@ -222,6 +222,30 @@ def tiny_workdir(tmp_path_factory, tiny_overrides) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def exported(tiny_workdir, tiny_overrides) -> Path:
+    """The bundle ``--mode export`` writes for ``tiny_workdir`` (``<workdir>/export/6``): tests that
+    change a bundle copy it first."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungjax.main",
+            f"--config={CONFIGS / 'tiny.py'}",
+            f"--workdir={tiny_workdir}",
+            "--mode=export",
+            *tiny_overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tiny_workdir / "export" / "6"  # configs/tiny.py trains 6 steps; its best checkpoint is the last
+    assert f"exported: {folder}" in result.stdout
+    return folder
+
+
 # ------------------------------------------------------------------ the training tests' data
 
 

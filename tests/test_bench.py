@@ -19,14 +19,14 @@ from lungjax.bench import cpu
 TINY = ["--model", "resnet18", "--width", "0.0625", "--warmup", "1"]
 
 
-def run_bench(name: str, args: list[str]) -> subprocess.CompletedProcess:
+def run_bench(name: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m lungjax.bench.<name> ARGS`` on the CPU; fails the test when it fails."""
     process = subprocess.run(
         [sys.executable, "-m", f"lungjax.bench.{name}", *args],
         check=False,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert process.returncode == 0, process.stderr[-3000:]
@@ -75,8 +75,20 @@ def test_scaling_output(tmp_path):
     assert "img/s" in table and "[scaling]" not in table  # the table comes last
 
 
-@pytest.mark.slow  # runs the benchmark in a process of its own
+# Every code path of the one device call, in five of its settings (each compiles: all twelve take ~10 minutes here).
+GPU_BENCH_SETTINGS = (
+    "today",
+    "fewer_pass_batch_norm",
+    "all_levers_4_workers",  # the step's augmentation, the padded stem, flatten, grain worker processes
+    "all_levers_lars_large_batch_0",
+    "command_buffers_all_levers",  # a child process with the XLA flags, which the CPU's jaxlib parses too
+)
+
+
+@pytest.mark.slow  # runs the benchmark in a process of its own, five compilations: minutes
 def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
+    """The one device call's script, step only and end to end per setting, the table last. (The module
+    is not imported here: its absl flags share names with the CPU bench's.)"""
     out = tmp_path / "gpu_bench.json"
     result = run_bench(
         "gpu",
@@ -84,27 +96,38 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
             "--model=resnet18",
             "--width=0.0625",
             "--image_size=32",
-            "--stored_size=32",
-            "--batch_sizes=4",
-            "--precisions=float32",
+            "--stored_size=40",
+            "--batch=4",
+            "--large_batches=6,8",
+            "--precision=float32",
+            f"--settings={','.join(GPU_BENCH_SETTINGS)}",
             "--windows=1",
-            "--e2e_batch=4",
             "--e2e_patients=12",
             "--e2e_steps=2",
             "--warmup_batches=1",
             "--workers=0",
             "--build_workers=1",
+            "--budget_seconds=1000",
             f"--out={out}",
         ],
-    )  # no worker processes: grain's are tested elsewhere, and each costs seconds
+        timeout=900,
+    )
     report = json.loads(out.read_text())
-    (row,) = report["steps"]
-    assert row["precision"] == "float32" and row["batch"] == 4 and row["images_per_sec"] > 0
-    assert (row["stem"], row["flatten"]) == ("conv", "false")  # the levers' defaults: today's step
-    assert row["train_flops_per_image"] > 0 and row["utilisation_of_bf16_peak"] is None  # no peak for a CPU
-    assert report["build_images"] > 0
-    (end_to_end,) = report["end_to_end"]
-    assert end_to_end["precision"] == "float32" and end_to_end["workers"] == 0
-    assert end_to_end["end_to_end_images_per_sec"] > 0
-    assert end_to_end["pipeline_only_images_per_sec"] > 0
-    assert result.stdout.rstrip().splitlines()[-1].startswith("end to end (")  # the table comes last
+    assert report["build_images"] > 0 and report["jaxlib"]
+    rows = {row["setting"]: row for row in report["settings"]}
+    assert tuple(rows) == GPU_BENCH_SETTINGS == tuple(report["settings_requested"])
+    for name, row in rows.items():
+        assert "skipped" not in row, (name, row.get("skipped"))
+        assert row["step_images_per_sec"] > 0 and row["end_to_end_images_per_sec"] > 0, name
+        assert row["end_to_end_share_of_step"] > 0 and row["main_process_cores"] > 0, name
+    assert rows["today"]["levers"] == {} and rows["today"]["batch"] == 4 and not rows["today"]["xla_flags"]
+    assert rows["today"]["workers"] == 0 and rows["all_levers_4_workers"]["workers"] == 4
+    assert rows["fewer_pass_batch_norm"]["levers"] == {"model.fewer_pass_batch_norm": True}
+    large = rows["all_levers_lars_large_batch_0"]
+    assert large["batch"] == 6 and large["levers"]["optimizer"] == "lars" and large["levers"]["augment_on_device"]
+    assert "--xla_gpu_enable_command_buffer=+CONVOLUTION" in rows["command_buffers_all_levers"]["xla_flags"]
+    kernels = {name: row["hlo"]["channel_reduction_kernels"] for name, row in rows.items()}
+    assert kernels["fewer_pass_batch_norm"] < kernels["today"]  # the hand-written gradient reads less
+    lines = result.stdout.rstrip().splitlines()
+    assert lines[-1].startswith("host cores:")  # the table comes last
+    assert [line.split()[0] for line in lines[-len(rows) - 1 : -1]] == list(rows)

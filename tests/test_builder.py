@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lungjax.config.base import base_config
-from lungjax.data import dataset, images, labels, metadata, nih, nih_layout, phantom, records
+from lungjax.data import building, dataset, images, labels, metadata, nih, nih_layout, phantom, records
 
 HEADER = nih_layout.DATA_ENTRY_HEADER
 FINDINGS = (
@@ -75,7 +75,7 @@ def assert_nothing_built(data_dir: Path) -> None:
 def test_builds_nested_tree_with_worker_pool(tmp_path):
     names = write_tree(tmp_path / "nih")
     builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 32), num_workers=2)
-    report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
+    report = json.loads((Path(builder.data_dir) / building.BUILD_REPORT).read_text())
     selected = [n for i, n in enumerate(names) if i % len(FINDINGS) < 7]
     assert report["patients_crossing_splits"] == 0 and report["skipped"] == []
     assert builder.info.features["label"].names == list(labels.CLASS_NAMES)
@@ -119,7 +119,7 @@ def test_kaggle_csv_flat_images_manifest_and_seed_split(tmp_path):
     ]
     (tmp_path / "nih" / "Balanced_Chest_Xray_Data.csv").write_text("\n".join(manifest) + "\n")
     builder = nih.build_dataset(tmp_path / "nih", tmp_path / "data", nih.make_config("seed", 32), num_workers=1)
-    report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
+    report = json.loads((Path(builder.data_dir) / building.BUILD_REPORT).read_text())
     assert report["manifest"] == "Balanced_Chest_Xray_Data.csv"
     assert "WARNING" in builder.builder_config.description
     by_name = all_examples(builder)
@@ -242,7 +242,7 @@ def test_skip_bad_images_builds_the_rest_and_reports_them(tmp_path):
     builder = nih.build_dataset(
         root, tmp_path / "data", nih.make_config("patient", 32), num_workers=1, skip_bad_images=True
     )
-    report = json.loads((Path(builder.data_dir) / nih.BUILD_REPORT).read_text())
+    report = json.loads((Path(builder.data_dir) / building.BUILD_REPORT).read_text())
     assert [s["image"] for s in report["skipped"]] == [names[2], names[5]]
     assert report["skipped"][0]["reason"] == "missing"
     assert str(folder / names[5]) in report["skipped"][1]["reason"]
@@ -274,15 +274,15 @@ def test_a_build_from_other_files_is_refused_naming_both(tmp_path):
     root, data_dir, config = tmp_path / "nih", tmp_path / "data", nih.make_config("patient", 32)
     write_tree(root)
     built = nih.build_dataset(root, data_dir, config, num_workers=1)
-    report = json.loads((Path(built.data_dir) / nih.BUILD_REPORT).read_text())
+    report = json.loads((Path(built.data_dir) / building.BUILD_REPORT).read_text())
     assert report["built_from"]["images_found"] == 18 and report["built_from"]["skip_bad_images"] is False
     assert nih.build_dataset(root, data_dir, config, num_workers=1).data_dir == built.data_dir  # same files: reused
-    with pytest.raises(nih.DatasetMismatchError, match=r"skip_bad_images: built from False, now True"):
+    with pytest.raises(building.DatasetMismatchError, match=r"skip_bad_images: built from False, now True"):
         nih.build_dataset(root, data_dir, config, num_workers=1, skip_bad_images=True)
     entry = root / "Data_Entry_2017.csv"
     entry.write_text("".join(entry.read_text().splitlines(keepends=True)[:-2]))  # two rows fewer
     with pytest.raises(
-        nih.DatasetMismatchError,
+        building.DatasetMismatchError,
         match=rf"the dataset in {re.escape(built.data_dir)} was not built from what the config names "
         r"\(files.Data_Entry_2017.csv: built from '[0-9a-f]{64}', now '[0-9a-f]{64}'\); use another "
         r"config.data.data_dir, or delete that folder",
@@ -319,7 +319,7 @@ def test_a_phantom_tree_that_fails_halfway_leaves_nothing_behind(tmp_path, monke
     monkeypatch.undo()
     built = dataset.build(data_config, tmp_path)  # a later run writes the whole tree and builds it
     assert (tree / "BBox_List_2017.csv").read_text().startswith("Image Index,Finding Label,Bbox")
-    assert sum(nih.read_build_report(built)["images"].values()) > 0
+    assert sum(building.read_build_report(built)["images"].values()) > 0
 
 
 def test_full14_builds_nih_split_with_finding_vectors_and_boxes(tmp_path):
@@ -341,7 +341,7 @@ def test_full14_builds_nih_split_with_finding_vectors_and_boxes(tmp_path):
         finding = FINDINGS[names.index(name) % len(FINDINGS)]
         assert example["label"].tolist() == labels.multi_hot(finding).tolist(), name
     assert sorted(e["image_name"].decode() for e in read_split(builder, "test")) == sorted(names[:8])
-    report = nih.read_build_report(builder)
+    report = building.read_build_report(builder)
     assert report["split"].startswith("official: NIH's test_list.txt is the test split")
     assert report["class_names"] == list(labels.FINDINGS14) and report["task"]["multi_label"]
     assert report["boxes"] == {

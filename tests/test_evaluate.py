@@ -462,6 +462,8 @@ def test_a_config_that_changes_what_the_checkpoint_fixes_is_refused_naming_the_k
     saved = ml_collections.ConfigDict(config_base.complete(tiny_config.to_dict()))
     changed = tiny_config.copy_and_resolve_references()
     changed.eval.n_bootstrap, changed.seed = 7, 3
+    changed.data.build_workers, changed.data.manual_dir = 2, "/elsewhere"  # resume may change these too
+    changed.model.stem_space_to_depth = not saved.model.stem_space_to_depth  # the same function
     inference.check_fits(changed, saved, 6)
     changed.model.width, changed.image_size, changed.data.stored_size = 0.5, 64, 64
     with pytest.raises(checkpoint.CheckpointError) as refused:

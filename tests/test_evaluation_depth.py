@@ -17,7 +17,7 @@ import sklearn.metrics as skm
 from conftest import write_nih_tree
 from scipy import stats
 
-from lungjax.data import labels, metadata, nih, tasks
+from lungjax.data import building, labels, metadata, nih, tasks
 from lungjax.evaluation import kinds
 from lungjax.evaluation.fit import operating_points
 from lungjax.evaluation.fit import temperature as temperature_lib
@@ -364,7 +364,7 @@ def test_compare_refuses_other_pixels_under_the_same_names_and_accepts_another_s
 
     def source_pixels(root, size):
         built = nih.build_dataset(root, tmp_path / f"data_{root.name}_{size}", nih.make_config("patient", size))
-        return nih.read_build_report(built)[nih.SOURCE_PIXELS]
+        return building.read_build_report(built)[building.SOURCE_PIXELS]
 
     at_32, at_64, changed = source_pixels(tree, 32), source_pixels(tree, 64), source_pixels(other, 32)
     original = cv2.imread(str(tree / "images_001" / "images" / edited.name), cv2.IMREAD_GRAYSCALE)

@@ -70,29 +70,6 @@ sys.exit(code)
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_workdir, tiny_overrides):
-    """The bundle ``--mode export`` writes for ``tiny_workdir``."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungjax.main",
-            f"--config={CONFIGS / 'tiny.py'}",
-            f"--workdir={tiny_workdir}",
-            "--mode=export",
-            *tiny_overrides,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    folder = tiny_workdir / export_bundle.EXPORT_DIR / str(STEP)
-    assert f"exported: {folder}" in result.stdout
-    return folder
-
-
-@pytest.fixture(scope="module")
 def manifest(exported):
     return json.loads((exported / bundle_format.MANIFEST_FILE).read_text())
 
@@ -152,9 +129,11 @@ def served(exported, nih_tree, tmp_path_factory):
 
 def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, manifest, tiny_workdir, in_process):
     restored, _ = in_process
-    fit = validation.load_validation_fit(tiny_workdir, STEP, 1)
-    assert fit is not None  # the session's workdir was evaluated: the export reuses that record
-    assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 1
+    fit = validation.read(tiny_workdir / "eval" / "test" / validation.VALIDATION_FIT_FILE)
+    assert fit["checkpoint_params_sha256"] == restored.params_sha256  # the session's workdir was evaluated:
+    assert manifest["decision"]["source"].startswith("validation_fit.json")  # the export reuses that record
+    assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 2
+    assert manifest[bundle_format.MANIFEST_DIGEST] == bundle_format.manifest_sha256(manifest)
     assert manifest["task"]["class_names"] == list(restored.task.class_names)
     assert manifest["task"]["multi_label"] is False
     assert manifest["input"]["shape"] == ["batch", 32, 32, 1] and manifest["input"]["dtype"] == "uint8"
@@ -171,6 +150,8 @@ def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, man
     assert provenance["config_sha256"] == hashlib.sha256(config_bytes).hexdigest()
     assert json.loads(config_bytes) == json.loads(json.dumps(restored.config.to_dict()))
     assert provenance["checkpoint_step"] == restored.step == STEP
+    assert provenance["checkpoint_params_sha256"] == restored.params_sha256
+    assert manifest["parity_sha256"] == hashlib.sha256((exported / bundle_format.PARITY_FILE).read_bytes()).hexdigest()
     run_info = json.loads((tiny_workdir / "run_info.json").read_text())
     assert provenance["dataset_fingerprint"] == run_info["dataset_fingerprint"]
     assert provenance["jax_version"] == jax.__version__

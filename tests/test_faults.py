@@ -593,15 +593,22 @@ def test_lock_from_another_host_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"optimzer": "adam"}, r"config.optimzer is not a config key; allowed keys in config: augment, batch_size"),
+        (
+            {"optimzer": "adam"},
+            r"config.optimzer is not a config key; allowed keys in config: augment, augment_on_device, batch_size",
+        ),
         (
             {"model.depth": 50},
             r"config.model.depth is not a config key; allowed keys in config.model: "
-            r"model.dropout_rate, model.freeze_backbone_steps, model.init_from, model.name",
+            r"model.dropout_rate, model.fewer_pass_batch_norm, model.freeze_backbone_steps, model.init_from, "
+            r"model.name",
         ),
         ({"learning_rate": "fast"}, r"config.learning_rate: 'fast' has type str; allowed: a value of type float"),
         ({"half_precision": 1}, r"config.half_precision: 1 has type int; allowed: a value of type bool"),
-        ({"optimizer": "lamb"}, r"config.optimizer: 'lamb' is not allowed; allowed: one of 'adam', 'adamw', 'sgd'"),
+        (
+            {"optimizer": "lion"},
+            r"config.optimizer: 'lion' is not allowed; allowed: one of 'adam', 'adamw', 'sgd', 'lamb', 'lars'",
+        ),
         ({"model.name": "vgg16"}, r"config.model.name: 'vgg16' is not allowed; allowed: one of 'resnet18', "),
         ({"schedule": "linear"}, r"config.schedule: 'linear' is not allowed; allowed: one of 'constant', 'cosine'"),
         ({"augment": "heavy"}, r"config.augment: 'heavy' is not allowed; allowed: one of 'none', 'light', 'seed'"),
@@ -624,6 +631,10 @@ def test_lock_from_another_host_is_refused(tmp_path):
         ),
         ({"data.views": "PA"}, r"config.data.views: 'PA' is not allowed with data.task='six_class'; allowed: 'both'"),
         ({"num_train_steps": -1, "num_epochs": 0}, r"trains nothing; allowed: num_train_steps > 0 or num_epochs > 0"),
+        (
+            {"model.stem_space_to_depth": True, "model.stem_pad_channels": True},
+            r"config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True",
+        ),
     ],
 )
 def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change, message):
@@ -663,7 +674,7 @@ def test_shipped_configs_are_valid(data_root):
         (
             "--config.batch_sise=8",
             "lungjax: error: invalid config: config.batch_sise is not a config key; "
-            "allowed keys in config: augment, batch_size,",
+            "allowed keys in config: augment, augment_on_device, batch_size,",
         ),
         (
             "--config.model.name=resnet19",

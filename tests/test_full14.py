@@ -194,7 +194,7 @@ def test_full14_report_equals_sklearn_on_its_predictions(full14_run):
     predictions = pd.read_csv(workdir / "eval" / "test" / "predictions.csv")
     assert list(predictions.columns) == ["image_name", "patient_id", "true_findings", *labels.FINDINGS14]
     truth = np.stack([labels.multi_hot(value) for value in predictions["true_findings"]])
-    assert report["task"] == "full14" and report["split_scheme"].startswith("official")
+    assert report["task"]["name"] == "full14" and report["split_scheme"].startswith("official")
     for k, name in enumerate(labels.FINDINGS14):
         row = report["per_finding"][name]
         assert row["support"] == int(truth[:, k].sum())

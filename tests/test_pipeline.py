@@ -267,3 +267,48 @@ def test_affine_matrix_equals_the_matrix_product():
         linear = 256 / 224 * rotation @ np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]]) @ np.diag(zoom)
         offset = 255 / 2 + rng.uniform(-0.2, 0.2, size=2) * 256 - linear @ np.full(2, 223 / 2)
         np.testing.assert_allclose(got, np.hstack([linear, offset[:, None]]), rtol=0, atol=1e-12)
+
+
+def textured_source(count: int, size: int) -> records.ExampleSource:
+    """Records with smooth random textures (a radiograph's scale of detail) and label ``i``."""
+    rng = np.random.default_rng(0)
+    images = [cv2.GaussianBlur(rng.integers(0, 256, (size, size), dtype=np.uint8), (5, 5), 1.5) for _ in range(count)]
+    return example_source(
+        [
+            {
+                "image": cv2.imencode(".png", image)[1].tobytes(),
+                "label": i,
+                "image_name": f"{i:08d}_000.png".encode(),
+                "patient_id": i,
+                "bbox": np.full(4, -1.0, np.float32),
+            }
+            for i, image in enumerate(images)
+        ]
+    )
+
+
+@pytest.mark.parametrize("preset", ["light", "seed", "chexnet"])
+def test_augmentation_on_the_device_matches_the_host_path(preset):
+    """The same records, seed and draws give the same augmented pixels on either path, to within
+    OpenCV's fixed-point interpolation: mean absolute difference well under one grey level."""
+    from lungjax.training import device_augment
+
+    source, stored, out = textured_source(8, 48), 48, 40
+    kwargs = dict(batch_size=4, image_size=out, augment=preset, seed=7, worker_count=0)
+    host = iter(pipeline.train_loader(source, **kwargs))
+    device = iter(pipeline.train_loader(source, augment_on_device=True, **kwargs))
+    for _ in range(4):  # two epochs
+        expected, got = next(host), next(device)
+        assert got["image"].shape == (4, stored, stored, 1) and got["image"].dtype == np.uint8
+        assert got["warp"].shape == (4, 2, 3) and got["intensity"].shape == (4, 2)
+        np.testing.assert_array_equal(got["label"], expected["label"])
+        warped = np.asarray(
+            jax.jit(device_augment.augment, static_argnums=3)(got["image"], got["warp"], got["intensity"], out)
+        )
+        assert warped.shape == expected["image"].shape
+        difference = np.abs(warped - expected["image"].astype(np.float32))
+        assert difference.mean() < 0.1 and np.mean(difference > 1) < 0.01, (difference.mean(), difference.max())
+        plain = np.stack(
+            [cv2.resize(image[..., 0], (out, out), interpolation=cv2.INTER_LINEAR) for image in got["image"]]
+        )
+        assert np.abs(warped[..., 0] - plain).mean() > 1  # the augmentation did happen

@@ -115,7 +115,7 @@ def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, cap
     # Per image: the probabilities, then (the workdir was evaluated) the calibrated ones and the calls.
     printed = captured.out.splitlines()[0::3]
     assert [line.split(":")[0] for line in printed] == [str(files[name]) for name in ("good", "mono1", "blank")]
-    fit = validation.load_validation_fit(tiny_workdir, 6, 1)
+    fit = validation.read(tiny_workdir / "eval" / "test" / validation.VALIDATION_FIT_FILE)
     for line, calibrated, calls in zip(printed, captured.out.splitlines()[1::3], captured.out.splitlines()[2::3]):
         probabilities = np.array([float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES])
         assert sum(probabilities) == pytest.approx(1.0, abs=0.01)

@@ -262,6 +262,19 @@ def test_exif_orientation_is_applied_as_opencv_does(tmp_path, kind, order, orien
         assert radiograph.pixels.shape == (40, 24) and radiograph.pixels[:5, -5:].min() > 200
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_reduced_jpeg_decode_turns_the_film_by_its_exif_orientation_once(tmp_path, orientation):
+    """OpenCV's reduced reads apply the EXIF orientation themselves: the reader must not turn the film twice."""
+    film = np.tile(np.linspace(40, 200, 320, dtype=np.uint8), (240, 1))
+    film[:48, :80] = 255
+    path = tmp_path / "film.jpg"
+    path.write_bytes(with_exif(cv2.imencode(".jpg", film)[1].tobytes(), orientation))
+    full, reduced = radiograph_files.read(path), radiograph_files.read(path, at_least=60)
+    assert reduced.pixels.shape == tuple(-(-side // 4) for side in full.pixels.shape)  # read at 1/4
+    shrunk = cv2.resize(full.pixels, reduced.pixels.shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - reduced.pixels).mean() < 2
+
+
 def test_an_invalid_exif_orientation_is_a_warning(tmp_path):
     film = np.tile(np.linspace(40, 200, 40, dtype=np.uint8), (24, 1))
     path = tmp_path / "odd.jpg"

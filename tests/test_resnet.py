@@ -154,22 +154,40 @@ def _stem_outputs_and_kernel_grad(model, x):
 
 
 @pytest.mark.parametrize("height, width", [(32, 32), (33, 35)])
-def test_space_to_depth_stem_is_the_same_function_of_the_same_parameters(height, width):
-    """The rewrite is exact up to float32 summation order, at even and odd sizes, with the same parameters."""
+def test_space_to_depth_and_padded_channel_stems_are_the_same_function_of_the_same_parameters(height, width):
+    """Both rewrites are exact up to float32 summation order, at even and odd sizes, with the same
+    parameters: the space-to-depth 4x4/1 conv and the 7x7/2 conv on the image zero-padded to 4 channels."""
     x = jax.random.uniform(jax.random.key(0), (2, height, width, 1))
-    conv, s2d = (
-        create_model("resnet18", num_classes=NUM_CLASSES, width=0.125, stem_space_to_depth=flag)
-        for flag in (False, True)
-    )
-    assert s2d.stem.space_to_depth and not conv.stem.space_to_depth
-    conv_state, s2d_state = (nnx.state(m, nnx.Param, nnx.BatchStat) for m in (conv, s2d))
-    assert jax.tree.structure(conv_state) == jax.tree.structure(s2d_state)  # checkpoints and imports fit both
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(conv_state), jax.tree.leaves(s2d_state)):
-        assert a.shape == b.shape, jax.tree_util.keystr(path)
-        np.testing.assert_array_equal(a, b)  # same seed, same initial values
-    (conv_outputs, conv_grad), (s2d_outputs, s2d_grad) = (_stem_outputs_and_kernel_grad(m, x) for m in (conv, s2d))
+    stems = {
+        name: create_model("resnet18", num_classes=NUM_CLASSES, width=0.125, **flags)
+        for name, flags in (
+            ("conv", {}),
+            ("space_to_depth", {"stem_space_to_depth": True}),
+            ("pad_channels", {"stem_pad_channels": True}),
+        )
+    }
+    conv = stems.pop("conv")
+    assert not conv.stem.space_to_depth and not conv.stem.pad_channels
+    assert stems["space_to_depth"].stem.space_to_depth and stems["pad_channels"].stem.pad_channels
+    conv_state = nnx.state(conv, nnx.Param, nnx.BatchStat)
+    conv_outputs, conv_grad = _stem_outputs_and_kernel_grad(conv, x)
     assert conv_outputs[0].shape == (2, (height + 3) // 4, (width + 3) // 4, conv.stem.bn.num_features)
-    for name, a, b in zip(("eval stem", "train stem"), conv_outputs, s2d_outputs):
-        _assert_float32_close(b, a, name)
     assert np.any(np.asarray(conv_grad) != 0)
-    _assert_float32_close(s2d_grad, conv_grad)
+    outputs = {}
+    for name, model in stems.items():
+        state = nnx.state(model, nnx.Param, nnx.BatchStat)
+        assert jax.tree.structure(conv_state) == jax.tree.structure(state)  # checkpoints and imports fit all
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(conv_state), jax.tree.leaves(state)):
+            assert a.shape == b.shape, jax.tree_util.keystr(path)
+            np.testing.assert_array_equal(a, b)  # same seed, same initial values
+        outputs[name], grad = _stem_outputs_and_kernel_grad(model, x)
+        for mode, a, b in zip(("eval stem", "train stem"), conv_outputs, outputs[name]):
+            _assert_float32_close(b, a, f"{name} {mode}")
+        _assert_float32_close(grad, conv_grad, name)
+    for a, b in zip(outputs["space_to_depth"], outputs["pad_channels"]):  # and so to each other
+        _assert_float32_close(b, a, "pad_channels against space_to_depth")
+
+
+def test_a_stem_is_not_both_space_to_depth_and_padded():
+    with pytest.raises(ValueError, match="either space-to-depth or padded to 4 channels"):
+        create_model("resnet18", num_classes=NUM_CLASSES, width=0.125, stem_space_to_depth=True, stem_pad_channels=True)

@@ -134,3 +134,23 @@ def test_a_resume_logs_each_replayed_step_once(data_root, built, tmp_path):
     assert train.train(config, tmp_path)
     steps = [json.loads(line)["step"] for line in (tmp_path / logs.METRICS_FILE).read_text().splitlines()]
     assert logged == steps == [2, 4, 6]
+
+
+@pytest.mark.slow  # three more short runs
+def test_augmentation_on_the_device_resumes_bitwise_and_trains_as_on_the_host(straight_run, data_root, tmp_path):
+    """The same draws from the same records: a run with ``augment_on_device`` stops and resumes exactly,
+    and logs the host-augmented run's training losses up to rounding."""
+    config = tiny_train_config(data_root)
+    config.augment_on_device, config.num_train_steps = True, 8
+    assert train.train(config, tmp_path / "straight")
+    config.num_train_steps = 4
+    assert train.train(config, tmp_path / "resumed")
+    config.num_train_steps = 8
+    assert train.train(config, tmp_path / "resumed")
+    on_device = saved_params(tmp_path / "straight")
+    assert_bitwise_equal(on_device, saved_params(tmp_path / "resumed"))
+    host_losses, device_losses = (
+        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (straight_run, tmp_path / "straight")
+    )
+    np.testing.assert_allclose(device_losses, host_losses, rtol=1e-3)

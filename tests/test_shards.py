@@ -17,7 +17,7 @@ from tensorflow_datasets.core import example_serializer, naming, writer
 from tensorflow_datasets.core.utils import shard_utils
 from tensorflow_datasets.proto import tf_example_pb2
 
-from lungjax.data import nih, phantom, shards
+from lungjax.data import building, nih, phantom, shards
 
 FEATURES = tfds.features.FeaturesDict(
     {
@@ -153,7 +153,7 @@ def test_a_build_that_spills_is_the_build_tfds_writes(tmp_path, monkeypatch, spi
     assert sorted(spills) == sorted(f"{split}{shards.SPILL_SUFFIX}" for split in built.info.splits)
     assert len(spills) == 3
     assert sorted(p.name for p in after.iterdir()) == sorted(p.name for p in before.iterdir())
-    for name in ("dataset_info.json", "features.json", nih.BUILD_REPORT):
+    for name in ("dataset_info.json", "features.json", building.BUILD_REPORT):
         assert (after / name).read_bytes() == (before / name).read_bytes()
     assert_same_records_as_tfds(after, before)
 

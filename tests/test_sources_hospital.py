@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import write_dicom
 
+from lungjax.data import source_builder
 from lungjax.data.sources import contract, hospital, labelspace, splits
 
 HEADER = "path,patient_id,study_id,view,sex,age,split,Atelectasis,Cardiomegaly,Effusion"
@@ -62,16 +63,6 @@ def test_without_a_split_the_patients_are_split(export):
     "header, rows, message",
     [
         (
-            HEADER,
-            [ROWS[0], "films/missing.png,P2,,AP,M,,test,0,0,0"],
-            r"labels.csv line 3: films/missing.png does not exist",
-        ),
-        (
-            HEADER,
-            [ROWS[0], "films/a.txt,P2,,AP,M,,test,0,0,0"],
-            r"labels.csv line 3: films/a.txt is not a PNG, JPEG or DICOM",
-        ),
-        (
             HEADER.replace("sex,", ""),
             [r.replace(",F,", ",").replace(",M,", ",") for r in ROWS[:2]],
             r"lacks the columns \['sex'\]",
@@ -96,3 +87,21 @@ def test_bad_input_is_one_line_naming_file_and_line(export, header, rows, messag
     with pytest.raises(contract.SourceError, match=message) as err:
         hospital.read(export)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("films/missing.png,P2,,AP,M,,test,0,0,0", r"table row 1 \(films/missing.png\) does not exist"),
+        ("films/a.txt,P2,,AP,M,,test,0,0,0", r"table row 1 \(films/a.txt\) is not a PNG, JPEG or DICOM"),
+    ],
+)
+def test_a_film_that_is_missing_or_no_image_is_named_by_the_build_or_skipped(export, row, message):
+    """The builder is the one place that checks the films, so ``skip_bad_images`` can build without them."""
+    (export / hospital.CSV).write_text("\n".join([HEADER, ROWS[0], row]) + "\n")
+    config = source_builder.make_config("hospital", 32)
+    with pytest.raises(contract.SourceError, match=rf"hospital \(labels.csv\): {message}") as err:
+        source_builder.plan_build(export, config)
+    assert "\n" not in str(err.value)
+    plan = source_builder.plan_build(export, config, skip_bad_images=True)
+    assert sum(len(part) for part in plan.splits.values()) == 1

@@ -221,3 +221,55 @@ def test_a_run_cannot_switch_optimizer_flatten_on_resume():
     config.optimizer_flatten = True
     with pytest.raises(checkpoint.CheckpointError, match="optimizer_flatten"):
         checkpoint.check_resumable(saved, config.to_dict())
+
+
+@pytest.mark.parametrize("optimizer", ["lamb", pytest.param("lars", marks=pytest.mark.slow)])
+def test_large_batch_optimizers_are_optax_own_with_the_decay_mask_and_warm_up(optimizer):
+    """lamb and lars as make_optimizer builds them (flattened or not) take optax.lamb's and optax.lars's
+    steps with the weight-decay mask (lars: also the trust-ratio mask) of the other optimizers, keep
+    optax's state structure, keep the stem border frozen, and start from the schedule's warm-up at 0."""
+    params = jax.tree.map(lambda p: p + 0.5, tiny_params())
+    leaves = jax.tree.leaves(params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    grads = jax.tree.unflatten(
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+    )
+    config = base_config()
+    config.optimizer, config.weight_decay, config.learning_rate, config.warmup_epochs = optimizer, 0.1, 0.5, 1.0
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=2, total_steps=10)
+    if optimizer == "lamb":
+        reference = optax.lamb(schedule, weight_decay=0.1, mask=optim.decay_mask)
+    else:
+        reference = optax.lars(
+            schedule, weight_decay=0.1, weight_decay_mask=optim.decay_mask, trust_ratio_mask=optim.decay_mask
+        )
+
+    def three_steps(tx):
+        """Parameters after each of three steps, and the state after the last, in one compilation."""
+
+        @jax.jit
+        def run(params):
+            state, trajectory = tx.init(params), []
+            for _ in range(3):
+                updates, state = tx.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+                trajectory.append(params)
+            return trajectory, state
+
+        return run(params)
+
+    (*_, expected), reference_state = three_steps(reference)
+    for flatten in (False, True):
+        config.optimizer_flatten = flatten
+        (after_one, _, got), state = three_steps(optim.make_optimizer(config, schedule))
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after_one), leaves))  # rate 0 at step 0
+        if not flatten:
+            assert jax.tree.structure(state) == jax.tree.structure(reference_state)
+        for (path, want), have, before in zip(
+            jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got), leaves
+        ):
+            if optim.is_stem_border(path):
+                np.testing.assert_array_equal(have, before)
+            else:
+                np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+                assert not np.array_equal(have, before), jax.tree_util.keystr(path)

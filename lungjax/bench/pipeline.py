@@ -11,14 +11,17 @@ Builds a phantom ArrayRecord dataset once (a few hundred films, re-read for seve
   the cores, and the main process's CPU share;
 * where the time goes in one process: record read, Example parse (image and label only), PNG decode,
   affine matrix, warp, intensity, batching, and the whole fused per-record transform;
-* augmentation on the host (OpenCV, one warp per image) against a batched version on the JAX device
-  inside ``jit`` (``jax.scipy.ndimage.map_coordinates``), in images/s on the default device.
+* augmentation on the host (OpenCV, one warp per image) against the train step's batched warp
+  (``training.device_augment``) inside ``jit``, in images/s on the default device;
+* the host's CPU per image with ``augment_on_device`` off and on (one worker process: decode, draw and,
+  when off, warp and relight), medians of ``--repeats`` runs, and their ratio.
 
 Numbers on a shared CPU are noisy: compare runs made together, and read the medians.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -34,6 +37,7 @@ from absl import app, flags
 from lungjax import bench
 from lungjax.data import augment as augmenting
 from lungjax.data import nih, nih_layout, phantom, pipeline, records
+from lungjax.training import device_augment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/lungjax-bench", "Where the phantom dataset and the JSON results go.")
@@ -65,11 +69,20 @@ def make_dataset(workdir: Path, patients: int) -> nih.NihChestXray:
     return builder
 
 
-def loader_rate(source, *, augment: str, workers: int, batches: int, batch_size: int) -> dict[str, float]:
+def loader_rate(
+    source, *, augment: str, workers: int, batches: int, batch_size: int, on_device: bool = False
+) -> dict[str, float]:
     """A fresh training loader after its first two batches: images/s, images per CPU-second of
-    its worker processes (per core), and the CPU share of this (the consuming) process."""
+    its worker processes (per core), and the CPU share of this (the consuming) process.
+    ``on_device``: the loader of ``augment_on_device`` (decode and draw only; the step warps)."""
     loader = pipeline.train_loader(
-        source, batch_size=batch_size, image_size=IMAGE_SIZE, augment=augment, seed=0, worker_count=workers
+        source,
+        batch_size=batch_size,
+        image_size=IMAGE_SIZE,
+        augment=augment,
+        seed=0,
+        worker_count=workers,
+        augment_on_device=on_device,
     )
     iterator = iter(loader)
     next(iterator)
@@ -107,6 +120,7 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     matrices = [augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
     warped = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
     transform = pipeline.TrainExample(aug, IMAGE_SIZE)
+    decode_only = pipeline.TrainExample(aug, IMAGE_SIZE, on_device=True)
     stages = {
         "read record": per_image_us(serialized.__getitem__, indices),
         "parse image+label": per_image_us(records.image_and_label, raw),
@@ -117,9 +131,11 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     }
     if aug.brightness or aug.contrast:
         stages["intensity"] = per_image_us(
-            lambda image: augmenting.adjust_intensity(image, aug, rng, out=image), [image.copy() for image in warped]
+            lambda image: augmenting.adjust_intensity(image, *augmenting.draw_intensity(aug, rng), out=image),
+            [image.copy() for image in warped],
         )
     stages["whole transform"] = per_image_us(lambda record: transform.random_map(record, rng), raw)
+    stages["whole transform, augment_on_device"] = per_image_us(lambda record: decode_only.random_map(record, rng), raw)
     return stages
 
 
@@ -130,32 +146,15 @@ def _stack_us(images: list[np.ndarray], batch_size: int = 64) -> float:
     return (time.perf_counter() - start) / len(images) * 1e6
 
 
-def device_warp_fn(out_size: int):
-    """Batched affine warp on the device: (N, S, S) uint8 and (N, 2, 3) output->input matrices.
-
-    Bilinear (``order=1``) with edge replication (``mode="nearest"``), as the OpenCV path.
-    """
-    rows, cols = jnp.meshgrid(
-        jnp.arange(out_size, dtype=jnp.float32), jnp.arange(out_size, dtype=jnp.float32), indexing="ij"
-    )
-    grid = jnp.stack([cols.ravel(), rows.ravel(), jnp.ones(out_size * out_size)])  # (3, P): x, y, 1
-
-    def warp_one(image, matrix):
-        x, y = matrix @ grid
-        values = jax.scipy.ndimage.map_coordinates(image.astype(jnp.float32), [y, x], order=1, mode="nearest")
-        return values.reshape(out_size, out_size)
-
-    return jax.jit(jax.vmap(warp_one))
-
-
 def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> dict[str, float]:
-    """Images/s: OpenCV per image on the host vs the batched warp on the JAX device (same matrices)."""
+    """Images/s: OpenCV per image on the host vs the train step's batched warp (``training.device_augment``)
+    on the JAX device, with the same matrices."""
     aug = augmenting.augmentation(augment)
     rng = np.random.default_rng(0)
     images = np.stack([records.decode_png(source[i % len(source)]["image"]) for i in range(batch_size)])
     matrices = np.stack([augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in range(batch_size)])
-    on_device = device_warp_fn(IMAGE_SIZE)
-    device_images, device_matrices = jnp.asarray(images), jnp.asarray(matrices, jnp.float32)
+    on_device = jax.jit(functools.partial(device_augment.warp, out_size=IMAGE_SIZE))
+    device_images, device_matrices = jnp.asarray(images[..., None]), jnp.asarray(matrices, jnp.float32)
     reference = on_device(device_images, device_matrices).block_until_ready()
     host = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices)]
     difference = float(np.abs(np.asarray(reference) - np.stack(host).astype(np.float32)).mean())
@@ -174,6 +173,28 @@ def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> d
         "device": str(jax.devices()[0]),
         "mean_abs_difference": difference,
     }
+
+
+def host_cpu_per_image(source, args) -> dict[str, dict[str, float]]:
+    """Per preset: one worker process's CPU microseconds per image, median of ``--repeats`` runs,
+    with ``augment_on_device`` off and on (runs interleaved, so both see the same load), and off/on."""
+    result = {}
+    for preset in PRESETS:
+        runs = {False: [], True: []}
+        for _ in range(args.repeats):
+            for on_device in runs:
+                rate = loader_rate(
+                    source,
+                    augment=preset,
+                    workers=1,
+                    batches=args.batches,
+                    batch_size=args.batch_size,
+                    on_device=on_device,
+                )
+                runs[on_device].append(1e6 / rate["images_per_worker_cpu_s"])
+        off, on = statistics.median(runs[False]), statistics.median(runs[True])
+        result[preset] = {"off": off, "on": on, "off_over_on": off / on}
+    return result
 
 
 def main(argv: list[str]) -> None:
@@ -215,6 +236,8 @@ def main(argv: list[str]) -> None:
             f"{preset}, per image (us): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages_us"][preset].items()),
             flush=True,
         )
+    results["host_cpu_per_image_us"] = host_cpu_per_image(source, args)
+    print("host CPU per image (us), augment_on_device off/on:", json.dumps(results["host_cpu_per_image_us"]))
     results["augment_host_vs_device"] = augment_comparison(source, "seed", args.batch_size, args.repeats)
     print("augment (seed preset):", json.dumps(results["augment_host_vs_device"]))
     table = "\n".join(
@@ -225,6 +248,14 @@ def main(argv: list[str]) -> None:
             "| main process cores (1 / 2) |",
             "|---|---:|---:|---:|---:|---:|---:|",
             *rows,
+            "",
+            "host CPU per image (one worker process, us), augment_on_device off / on:",
+            "| preset | off | on | off / on |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {preset} | {cpu['off']:,.0f} | {cpu['on']:,.0f} | {cpu['off_over_on']:.2f}x |"
+                for preset, cpu in results["host_cpu_per_image_us"].items()
+            ),
         ]
     )
     bench.finish(results, str(workdir / "pipeline_bench.json"), table)

@@ -8,8 +8,11 @@ the state donated.
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +21,7 @@ from flax import nnx
 
 from lungjax import models
 from lungjax.config.base import base_config
-from lungjax.data import labels
+from lungjax.data import augment, labels
 from lungjax.runtime import sharding
 from lungjax.training import loop as train
 from lungjax.training import optim
@@ -36,6 +39,7 @@ class CompiledStep:
     compile_seconds: float
     flops_per_step: float | None
     memory_bytes: int | None  # XLA's estimate: arguments + outputs + temporaries, minus aliased
+    hlo: dict  # ``hlo_summary`` of the compiled step
 
 
 def compile_step(
@@ -47,13 +51,15 @@ def compile_step(
     width: float = 1.0,
     seed: int = 0,
     stride_in_1x1: bool = False,
-    stem_space_to_depth: bool = False,
-    optimizer_flatten: bool = False,
+    levers: Mapping[str, object] = MappingProxyType({}),
+    stored_size: int = 256,
 ) -> CompiledStep:
     """Builds the model and the jit-compiled step, compiles it ahead of time, and measures that.
 
     ``stride_in_1x1=True`` times the ResNet v1 bottleneck (Keras' ResNet50) instead of v1.5;
-    ``stem_space_to_depth`` and ``optimizer_flatten`` set the config keys of those speed levers.
+    ``levers`` sets config keys of the speed levers (dotted: ``{"model.stem_space_to_depth": True}``).
+    With ``augment_on_device`` the batch holds ``stored_size`` images and ``light`` augmentation's
+    transforms, which the step applies.
     """
     mesh = sharding.make_mesh()
     # Model, optimizer and state built as the training loop builds them: AdamW (decay on kernels
@@ -62,17 +68,26 @@ def compile_step(
     config.model.name, config.model.width, config.model.stride_in_1x1 = model_name, width, stride_in_1x1
     config.optimizer, config.schedule, config.learning_rate, config.weight_decay = "adamw", "constant", 1e-4, 1e-4
     config.seed, config.half_precision, config.label_smoothing = seed, half_precision, 0.1
-    config.model.stem_space_to_depth, config.optimizer_flatten = stem_space_to_depth, optimizer_flatten
+    config.image_size = image_size  # what an augment_on_device step warps to
+    for key, value in levers.items():
+        section, _, name = key.rpartition(".")
+        setattr(config[section] if section else config, name, value)
     model = models.from_config(config.model, num_classes=labels.NUM_CLASSES, half_precision=half_precision, seed=seed)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1, 1))
     replicated = sharding.replicated(mesh)
     state = jax.device_put(train.initial_state(config, params, batch_stats, tx), replicated)
     rng = np.random.default_rng(seed)
+    size = stored_size if config.augment_on_device else image_size
     host_batch = {
-        "image": rng.integers(0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8),
+        "image": rng.integers(0, 256, (batch_size, size, size, 1), dtype=np.uint8),
         "label": rng.integers(0, labels.NUM_CLASSES, batch_size).astype(np.int32),
     }
+    if config.augment_on_device:
+        light = augment.augmentation("light")
+        drawn = [augment.draw(light, stored_size, image_size, rng) for _ in range(batch_size)]
+        host_batch["warp"] = np.stack([matrix for matrix, _ in drawn]).astype(np.float32)
+        host_batch["intensity"] = np.stack([intensity for _, intensity in drawn]).astype(np.float32)
     batch = sharding.to_global(host_batch, sharding.batch_sharding(mesh))
     step_fn = step_lib.make_train_step(
         config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(labels.NUM_CLASSES), mesh=mesh
@@ -83,7 +98,44 @@ def compile_step(
     # Timing calls go through the jitted function, as the loop's do (its C++ dispatch path is
     # faster than calling ``compiled``); with the persistent compilation cache enabled its first
     # call loads this compilation instead of compiling again.
-    return CompiledStep(step_fn, state, batch, batch_size, compile_seconds, _flops(compiled), _memory(compiled))
+    return CompiledStep(
+        step_fn, state, batch, batch_size, compile_seconds, _flops(compiled), _memory(compiled), hlo_summary(compiled)
+    )
+
+
+# A reduction over every axis but the channels of an NHWC tensor: what BatchNorm's statistics and
+# its backward's sums are, and nothing else in these models (pooling reduces H and W only).
+_CHANNEL_REDUCTION = re.compile(r" reduce\(.*dimensions=\{0,1,2\}")
+_FUSION = re.compile(r" fusion\(.*calls=%?([\w.-]+)")
+
+
+def hlo_summary(compiled) -> dict:
+    """Kernel counts from the optimized HLO: ``fusions`` (fusion instructions), ``channel_reduction_kernels``
+    (fusions or lone instructions that reduce an NHWC tensor to per-channel values: BatchNorm's passes
+    that read activations to reduce them) and ``channel_reductions`` (such reduce ops, several per kernel
+    when XLA fuses them into one pass), with XLA's ``bytes_accessed`` estimate."""
+    computations, name = {}, None
+    for line in compiled.as_text().splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            computations[name] = []
+        elif name is not None:
+            computations[name].append(line)
+    fused = {match.group(1) for lines in computations.values() for line in lines if (match := _FUSION.search(line))}
+    kernels = reductions = 0
+    for name, lines in computations.items():
+        count = sum(1 for line in lines if _CHANNEL_REDUCTION.search(line))
+        reductions += count
+        kernels += min(count, 1) if name in fused else count
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    return {
+        "fusions": sum(1 for lines in computations.values() for line in lines if _FUSION.search(line)),
+        "channel_reduction_kernels": kernels,
+        "channel_reductions": reductions,
+        "bytes_accessed": float(analysis.get("bytes accessed", 0.0)) if analysis else None,
+    }
 
 
 def _flops(compiled) -> float | None:

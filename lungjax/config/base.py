@@ -14,7 +14,7 @@ from lungjax import trees
 # The values of the two keys that choose training code. Here, not with that code (training.optim,
 # whose tables have exactly these keys), so that validating a config imports no training code: every
 # mode validates the whole config before any work, and evaluation must not load training.
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lamb", "lars")
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
@@ -22,11 +22,18 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "phantom"  # "phantom" (embedded, generated) | "nih" (your download)
+    # "phantom" (embedded, generated) | "nih" | "chexpert" | "mimic" | "padchest" | "vindr" | "hospital" (your download)
+    config.data.source = "phantom"
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
+    # A label set of the harmonised vocabulary (masked multi-label; lungjax.data.sources.labelspace): a named
+    # set as one element (("chexpert5",), or --config.data.labels=chexpert5) or harmonised names; empty: the
+    # classes of data.task
+    config.data.labels = ()
+    # uncertain entries of a label set: "ignore" (masked) | "zeros" | "ones" | "irvin2019" (CheXpert's best per finding)
+    config.data.uncertainty = "ignore"
     config.data.views = "both"  # full14 only: "both" | "PA" | "AP"
-    config.data.manual_dir = ""  # NIH download folder, for source="nih"
+    config.data.manual_dir = ""  # the download's folder, for every source but "phantom"
     config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds
     # "patient" (disjoint, default; full14: NIH's official lists when in manual_dir) | "seed" (the reference's)
     config.data.split_scheme = "patient"
@@ -35,10 +42,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.phantom_seed = 0
     config.data.skip_bad_images = False
     config.data.build_workers = 0  # 0: one per CPU core
+    # Build-time options of the sources (not NIH, not the phantom): each changes what a build stores, and
+    # names the built dataset (lungjax.data.source_builder.make_config); a source refuses another's.
+    config.data.build_options = ml_collections.ConfigDict()
+    config.data.build_options.frontal_only = False  # PA and AP films only
+    config.data.build_options.no_finding_negates = False  # chexpert, mimic: No Finding = 1 negates the unstated
+    config.data.build_options.labeller = "chexpert"  # mimic: "chexpert" | "negbio"
+    config.data.build_options.readers = "majority"  # vindr: "majority" | "any" | "all"
+    config.data.build_options.physician_test = False  # padchest: the physician-labelled rows are the test set
 
     config.image_size = 224  # size fed to the model
     config.augment = "light"  # "none" | "light" | "seed"
     config.worker_count = 0  # grain worker processes (0: in the main process)
+    # The training augmentation's warp and intensity change inside the jitted step (the host only
+    # decodes; the same draws, so the same pixels up to interpolation rounding): a GPU speed lever.
+    config.augment_on_device = False
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet50"
@@ -48,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.stride_in_1x1 = False
     # The stem's 7x7/2 conv as an exactly equal 4x4/1 one on 2x2 pixel blocks (same parameters): a GPU speed lever.
     config.model.stem_space_to_depth = False
+    # The stem's conv on the image zero-padded to 4 channels (the kernel's extra channels zero;
+    # the same output and parameters): the other GPU speed lever for the stem. Not with stem_space_to_depth.
+    config.model.stem_pad_channels = False
+    # BatchNorm's training gradient written by hand (models.batch_norm), one reduction and one
+    # elementwise pass instead of autodiff's several; the same numbers. A GPU speed lever.
+    config.model.fewer_pass_batch_norm = False
     # A Keras .h5 weights file (the stem's border kernel trains only then), or an earlier lungjax workdir.
     config.model.init_from = ""
     config.model.freeze_backbone_steps = 0  # train only the head for this many steps first
@@ -55,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, over all devices
     config.num_epochs = 30
     config.num_train_steps = -1  # > 0 overrides num_epochs
-    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd"
+    config.optimizer = "adamw"  # "adam" | "adamw" | "sgd" | "lamb" | "lars" (the last two for batches of 768+)
     # The optimizer's mask-free moment updates on one flat vector (optax.flatten): fewer, larger kernels.
     # It changes the optimizer state's structure, so a run resumes only with the value it started with.
     config.optimizer_flatten = False

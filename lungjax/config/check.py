@@ -18,7 +18,8 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, source_builder, tasks
+from lungjax.data.sources import contract, labelspace, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
 from lungjax.models import MODEL_NAMES, resnet
@@ -80,11 +81,48 @@ def _eval_checkpoint_ok(value) -> bool:
     )
 
 
+def _build_options_problems(values: dict) -> list[str]:
+    """A source refuses build options it does not take; NIH and the phantom take none."""
+    source = values["data.source"]
+    options = {key.rsplit(".", 1)[1]: v for key, v in values.items() if key.startswith("data.build_options.")}
+    if source in dataset.BUILT_SOURCES:
+        try:
+            source_builder.make_config(source, images.MIN_SIZE, **options)  # the size has its own rule
+        except contract.SourceError as err:
+            return [f"config.data.build_options: {err}"]
+        return []
+    defaults = base_config().data.build_options.to_dict()
+    changed = sorted(key for key, value in options.items() if value != defaults[key])
+    if changed:
+        return [
+            f"config.data.build_options: {changed} are not allowed with data.source={source!r}; allowed: the "
+            "defaults (the options are the built sources')"
+        ]
+    return []
+
+
+def _labels_ok(value) -> bool:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        return False
+    try:
+        return not value or bool(tasks.label_set(value))
+    except contract.SourceError:
+        return False
+
+
+# A training run's uncertainty policies: labelspace's, less 'refuse' (a check of a table at build time).
+UNCERTAINTY_POLICIES = (*(p for p in labelspace.POLICIES if p != "refuse"), *labelspace.NAMED_POLICIES)
 POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
         "data.task": one_of(tasks.TASKS),
+        "data.labels": Rule(
+            _labels_ok,
+            f"() (the classes of data.task), one named set ({', '.join(labelspace.named_sets())}) or distinct "
+            f"names of the harmonised vocabulary ({', '.join(labelspace.vocabulary())})",
+        ),
+        "data.uncertainty": one_of(UNCERTAINTY_POLICIES),
         "data.views": one_of(metadata.VIEWS),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
         "data.stored_size": Rule(
@@ -93,6 +131,8 @@ RULES = MappingProxyType(
         ),
         "data.phantom_patients": at_least(labels.NUM_CLASSES),
         "data.build_workers": at_least(0),
+        "data.build_options.labeller": one_of(mimic.LABELLERS),
+        "data.build_options.readers": one_of(vindr.POLICIES),
         "image_size": at_least(images.MIN_SIZE),
         "augment": one_of(augment.AUGMENTATIONS),
         "seed": at_least(0),
@@ -144,7 +184,9 @@ RULES = MappingProxyType(
     }
 )
 # Keys whose type may differ from the base config's value.
-FREE_TYPES = frozenset({"class_weights", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"})
+FREE_TYPES = frozenset(
+    {"class_weights", "data.labels", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"}
+)
 
 
 def _siblings(key: str, schema: dict) -> str:
@@ -203,7 +245,7 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             f"{values['data.stored_size']}; allowed: at most the stored size (more pixels than are stored "
             "would only be interpolated, and cost memory)"
         )
-    task = tasks.get(values["data.task"])
+    task = tasks.label_set(values["data.labels"]) if values["data.labels"] else tasks.get(values["data.task"])
     weights = values["class_weights"]
     if isinstance(weights, (list, tuple)) and len(weights) != task.num_classes:
         found.append(
@@ -219,10 +261,17 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
         found.append(
             f"config.data.views: {values['data.views']!r} is not allowed with data.task={task.name!r}; allowed: 'both'"
         )
-    if reads_data and values["data.source"] == "nih" and not values["data.manual_dir"]:
+    if values["model.stem_space_to_depth"] and values["model.stem_pad_channels"]:
         found.append(
-            "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
+            "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
+            "allowed: one of the two stem rewrites at most"
         )
+    if reads_data and values["data.source"] != "phantom" and not values["data.manual_dir"]:
+        found.append(
+            f"config.data.manual_dir: '' is not allowed with data.source={values['data.source']!r}; allowed: the "
+            "folder of your download"
+        )
+    found.extend(_build_options_problems(values))
     if values["num_train_steps"] <= 0 and values["num_epochs"] <= 0:
         found.append(
             f"config.num_train_steps: {values['num_train_steps']} with num_epochs "

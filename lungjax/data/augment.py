@@ -90,19 +90,37 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
     )
 
 
-def adjust_intensity(
-    image: np.ndarray, aug: Augmentation, rng: np.random.Generator, out: np.ndarray | None = None
-) -> np.ndarray:
-    """Random contrast about the image mean, then brightness; saturates to uint8 (into ``out``)."""
+def draw_intensity(aug: Augmentation, rng: np.random.Generator) -> tuple[float, float]:
+    """``(contrast factor, brightness in grey levels)``, drawn in that order."""
     contrast = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0
+    return float(contrast), float(brightness)
+
+
+def adjust_intensity(
+    image: np.ndarray, contrast: float, brightness: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Contrast about the image mean, then brightness; saturates to uint8 (into ``out``)."""
     beta = (1.0 - contrast) * cv2.mean(image)[0] + brightness
     return cv2.convertScaleAbs(image, out, alpha=contrast, beta=beta)
 
 
+def draw(aug: Augmentation, in_size: int, out_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One record's random transform: the 2x3 output->input matrix and ``(contrast, brightness)``.
+
+    The only place the draws are made, in one order, for the host path (``augment_image``) and the
+    device path (the train step's warp) alike: the same records get the same transforms either way.
+    Without an intensity change in the preset nothing more is drawn and the pair is the identity (1, 0).
+    """
+    matrix = affine_matrix(aug, in_size, out_size, rng)
+    intensity = draw_intensity(aug, rng) if aug.brightness or aug.contrast else (1.0, 0.0)
+    return matrix, np.array(intensity)
+
+
 def augment_image(image: np.ndarray, aug: Augmentation, out_size: int, rng: np.random.Generator) -> np.ndarray:
     """2-D uint8 at any size -> (out_size, out_size, 1) uint8, warped and (if the preset says so) relit."""
-    image = warp(image, affine_matrix(aug, image.shape[0], out_size, rng), out_size)
+    matrix, (contrast, brightness) = draw(aug, image.shape[0], out_size, rng)
+    image = warp(image, matrix, out_size)
     if aug.brightness or aug.contrast:
-        adjust_intensity(image, aug, rng, out=image)  # in place: no second allocation
+        adjust_intensity(image, contrast, brightness, out=image)  # in place: no second allocation
     return image[..., None]

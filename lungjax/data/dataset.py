@@ -2,6 +2,8 @@
 
 ``source="phantom"`` writes the embedded phantom as an NIH-format tree under the data directory
 (once) and builds it with the same builder that reads a real NIH download (``source="nih"``).
+Any other source (``chexpert``, ``mimic``, ``padchest``, ``vindr``, ``hospital``) is the download in
+``manual_dir``, built by :mod:`lungjax.data.source_builder` with the options of ``data.build_options``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 
 from absl import logging
 
-from lungjax.data import nih, phantom, tasks
+from lungjax.data import building, nih, phantom, source_builder, tasks
 
-SOURCES = ("phantom", "nih")
+# NIH is built by its own builder (six-class and full14); the other sources by the sources' builder.
+BUILT_SOURCES = tuple(name for name in source_builder.SOURCES if name != "nih")
+SOURCES = ("phantom", "nih", *BUILT_SOURCES)
 PHANTOM_DIR = "phantom_nih_tree"
 
 
@@ -24,18 +28,22 @@ def data_dir(data_config, workdir: str | os.PathLike) -> Path:
 
 
 def manual_dir(data_config, workdir: str | os.PathLike) -> Path:
-    """Where the NIH-format tree is: the user's download, or the phantom made for this config."""
-    if data_config.source == "nih":
+    """Where the source's files are: the user's download, or the phantom tree made for this config."""
+    if data_config.source != "phantom":
         if not data_config.manual_dir:
-            raise ValueError("config.data.manual_dir must name your NIH download when data.source='nih'")
+            raise ValueError(f"config.data.manual_dir must name your download when data.source={data_config.source!r}")
         return Path(data_config.manual_dir).absolute()
     name = f"{PHANTOM_DIR}_{data_config.phantom_patients}_{data_config.phantom_seed}_{data_config.stored_size}"
     task = data_config.get("task", tasks.SIX_CLASS.name)
     return data_dir(data_config, workdir) / (name if task == tasks.SIX_CLASS.name else f"{name}_{task}")
 
 
-def builder_config(data_config) -> nih.NihConfig:
+def builder_config(data_config) -> nih.NihConfig | source_builder.SourceConfig:
     """The builder config of a config's ``data`` section (one saved before tasks existed is six-class)."""
+    if data_config.source in BUILT_SOURCES:
+        return source_builder.make_config(
+            data_config.source, data_config.stored_size, **data_config.build_options.to_dict()
+        )
     return nih.make_config(
         data_config.split_scheme,
         data_config.stored_size,
@@ -44,9 +52,17 @@ def builder_config(data_config) -> nih.NihConfig:
     )
 
 
-def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | source_builder.LungjaxSources:
     """The built dataset for this config; generates and builds whatever is missing."""
     tree = manual_dir(data_config, workdir)
+    if data_config.source in BUILT_SOURCES:
+        return source_builder.build_dataset(
+            tree,
+            data_dir(data_config, workdir),
+            builder_config(data_config),
+            num_workers=data_config.build_workers,
+            skip_bad_images=data_config.skip_bad_images,
+        )
     if data_config.source == "phantom" and not tree.is_dir():
         _write_phantom_tree(tree, data_config)
     return nih.build_dataset(
@@ -58,13 +74,20 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
     )
 
 
-def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
-    """The dataset this config built for ``workdir``, never building it: the dataset of another run (one
-    compared with) is that run's to make, in its own workdir."""
+def built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | None:
+    """The dataset for this config if it is built, else None; never builds: for a reader that only
+    checks which dataset is there (``--mode predict`` compares its fingerprint with an evaluation's)."""
     builder = nih.NihChestXray(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
-    if not builder.is_prepared():
-        raise nih.DatasetNotBuiltError(
-            f"the dataset of the run in {workdir} is not built (no {builder.builder_config.name} in "
+    return builder if builder.is_prepared() else None
+
+
+def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+    """The built dataset for this config, never building it: the dataset of another run (one compared
+    with) is that run's to make, in its own workdir."""
+    builder = built(data_config, workdir)
+    if builder is None:
+        raise building.DatasetNotBuiltError(
+            f"the dataset of the run in {workdir} is not built (no {builder_config(data_config).name} in "
             f"{data_dir(data_config, workdir)}): run --mode prepare (or evaluate) with --workdir={workdir} first"
         )
     return builder

@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import cv2
 import numpy as np
@@ -38,6 +39,11 @@ _JPEG_START_OF_SCAN, _JPEG_END = 0xDA, 0xD9
 # films about 3. Past 4 the padded square (``resize_square``) leaves the film under a quarter of the
 # model's input, and bounds that square at 4 x MAX_PIXELS bytes (a 1 x 900,000 PNG would ask 810 GB).
 MAX_ASPECT_RATIO = 4.0
+# libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size by scaling its DCT blocks, skipping most of the
+# inverse transform: what a film of ~2,500 x 2,000 stored at 256 needs (BENCHMARKS.md, reduced decode).
+JPEG_REDUCTIONS = MappingProxyType(
+    {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2}
+)
 
 
 class ImageError(ValueError):
@@ -102,13 +108,25 @@ def check_size(name: str, width: int, height: int) -> None:
         )
 
 
-def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def jpeg_reduction(width: int, height: int, at_least: int) -> int:
+    """The largest libjpeg reduction k (decoding at 1/k) that leaves the film's longer side at least
+    ``at_least`` pixels (1: none). The longer side, because ``resize_square`` pads the film to a square of
+    that side before resizing it to the stored size: at least that size, the resize still shrinks."""
+    longer = max(width, height)
+    return next((k for k in JPEG_REDUCTIONS if -(-longer // k) >= at_least), 1)
+
+
+def decode_gray(data: bytes, name: str = "<bytes>", *, at_least: int | None = None) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> 2-D uint8 grayscale.
 
     The size is read from the header and checked (``check_size``) before decoding; a header that does
     not say is refused, since nothing would bound what the decoder allocates. Colour images are
     converted with luminance weights, alpha is dropped, and 16-bit images are scaled to 8 bits by
     their own min..max range (not clipped: many 16-bit films use 12 bits).
+
+    ``at_least``: a JPEG is decoded at the largest reduction that keeps its longer side at least this
+    many pixels (``jpeg_reduction``; colour as libjpeg's luma), for a film about to be shrunk to that
+    size; without it, or when no reduction applies, at full size.
     """
     if not (data.startswith(PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
         raise ImageError(f"{name}: not a PNG or JPEG image")
@@ -117,13 +135,18 @@ def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
         kind = "PNG IHDR chunk" if data.startswith(PNG_MAGIC) else "JPEG frame header (SOF) before the scan"
         raise ImageError(f"{name}: corrupt or unreadable image: no {kind}, so no size to check before decoding")
     check_size(name, *size)
+    reduction = jpeg_reduction(*size, at_least) if at_least and data.startswith(_JPEG_MAGIC) else 1
+    # OpenCV's reduced grayscale reads turn the film by its EXIF orientation, IMREAD_UNCHANGED does not: the
+    # orientation is applied once, by the caller that reads the tag (radiograph_files), for every path.
+    flag = JPEG_REDUCTIONS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION if reduction > 1 else cv2.IMREAD_UNCHANGED
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as err:
         raise ImageError(f"{name}: corrupt or unreadable image ({err.msg.strip()})") from err
     if image is None:
         raise ImageError(f"{name}: corrupt or unreadable image")
-    if image.shape[:2] != size[::-1]:
+    expected = tuple(-(-side // reduction) for side in size)  # libjpeg rounds a reduced side up
+    if image.shape[:2] != expected[::-1]:
         raise ImageError(f"{name}: decoded {image.shape[1]}x{image.shape[0]} pixels, its header {size[0]}x{size[1]}")
     try:
         return to_gray_uint8(image)

@@ -22,8 +22,8 @@ Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are dec
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
 encoded PNG bytes and written by :mod:`lungjax.data.shards`, so neither building (a split of any
 size) nor reading needs TensorFlow. The build report records, per image, a digest of its source
-film's decoded pixels (``SOURCE_PIXELS``): two builds of one download at different stored sizes share
-them, a download with other pixels under the same names does not.
+film's decoded pixels (``building.SOURCE_PIXELS``): two builds of one download at different stored
+sizes share them, a download with other pixels under the same names does not.
 
 A build either completes or leaves nothing: every check that can fail without pixels (folders,
 CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
@@ -33,32 +33,22 @@ removes whatever the build created under ``data_dir``.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
-from absl import logging
 from tqdm.auto import tqdm
 
-from lungjax import locking, trees
-from lungjax.data import images, labels, metadata, nih_layout, shards, tasks, workers
+from lungjax.data import building, images, labels, metadata, nih_layout, tasks
 
 MANIFEST_NAMES = ("manifest.csv", "Balanced_Chest_Xray_Data.csv")
 # NIH's box list name -> its label name, where they differ.
 BOX_FINDING_NAMES = {box_name: name for name, box_name in labels.BOX_LIST_NAMES.items()}
 NO_BOX = (-1.0, -1.0, -1.0, -1.0)
 SPLIT_SCHEMES = ("patient", "seed")  # six-class; the 14-finding configs split as the module docstring says
-BUILD_REPORT = "build_report.json"
-SOURCE_PIXELS = "source_pixels"  # the build report's key: image name -> images.pixel_digest of its source
-TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 _LEAKAGE_WARNING = (
     "WARNING: the `seed` split is per image, as the reference project did it: one patient's films "
     "land on both sides (on the full NIH metadata, 1,302 of its 1,957 test images belong to patients "
@@ -127,14 +117,6 @@ def make_config(
         task=task,
         views=views,
     )
-
-
-class DatasetMismatchError(metadata.MetadataError):
-    """The dataset in ``data_dir`` was built from other files (or with another policy) than the config names."""
-
-
-class DatasetNotBuiltError(metadata.MetadataError):
-    """A dataset that must already be built is not; the message says how to build it."""
 
 
 def _existing(manual_dir: str | os.PathLike) -> Path:
@@ -294,34 +276,7 @@ def _split_findings14(
     return splits
 
 
-def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int) -> Iterator:
-    """``map(fn, tasks)`` in order, on ``pool`` (or in this process when None).
-
-    At most ``window`` tasks are submitted ahead of the consumer: ``Executor.map`` would submit
-    all 112,120 at once and keep every finished result (an encoded image) in memory until the
-    slower writer asks for it.
-    """
-    if pool is None:
-        yield from map(fn, tasks)
-        return
-    pending = collections.deque(pool.submit(fn, task) for task in tasks[:window])
-    try:
-        for task in tasks[window:]:
-            result = pending.popleft().result()
-            pending.append(pool.submit(fn, task))
-            yield result
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class NihChestXray(tfds.core.GeneratorBasedBuilder):
+class NihChestXray(building.ShardedBuilder):
     """NIH ChestX-ray14 from a manual download: six single-label classes, or the 14 findings."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -333,20 +288,10 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         "point manual_dir at the folder holding Data_Entry_2017.csv and the images/ or images_NNN/ folders."
     )
 
-    def __init__(
-        self, *, file_format: str = "array_record", num_workers: int = 0, skip_bad_images: bool = False, **kwargs
-    ):
-        """``num_workers``: decoding processes (0: one per CPU core; 1: in this process, no pool to
-        start). ``skip_bad_images``: build without missing or unreadable images and list them in
-        the build report, instead of stopping."""
-        config = kwargs.pop("config", None)
-        if isinstance(config, NihConfig):  # TFDS wants the registered instance itself, not an equal one
-            config = next((c for c in self.BUILDER_CONFIGS if c == config), config)
-        super().__init__(file_format=file_format, config=config, **kwargs)
-        self.num_workers, self.skip_bad_images = num_workers, skip_bad_images
+    def __init__(self, **kwargs):
+        """Arguments as for :class:`building.ShardedBuilder`."""
+        super().__init__(**kwargs)
         self._plan: BuildPlan | None = None
-        self.built_from: dict | None = None  # what build_dataset checked this build against
-        self._pool: concurrent.futures.Executor | None = None
         self._class_counts: dict[str, list[int]] = {}
 
     @property
@@ -379,9 +324,6 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
             homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
         )
 
-    def _workers(self) -> int:
-        return self.num_workers or _cpu_count()
-
     def plan(self, manual_dir: str | os.PathLike) -> BuildPlan:
         """The checked build plan (computed once): see ``plan_build``."""
         if self._plan is None:
@@ -393,31 +335,14 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         plan = self.plan(dl_manager.manual_dir)
         return {name: self._generate_examples(name, frame) for name, frame in plan.splits.items() if len(frame)}
 
-    def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
-        """Writes each split with :mod:`lungjax.data.shards` (TFDS's own writer needs TensorFlow for a
-        split over 1 GB): TFDS's layout and records, the same bytes on every rebuild."""
-        return [
-            shards.write_split(
-                name,
-                examples,
-                features=self.info.features,
-                filename_template=self._get_filename_template(split_name=name),
-                shard_config=download_config.get_shard_config(),
-                example_writer=self._example_writer(),
-            )
-            for name, examples in self._split_generators(dl_manager).items()
-        ]
-
     def _download_and_prepare(self, dl_manager, download_config):
-        """Builds with one worker pool for all splits, then writes the report into TFDS's temporary
-        directory, so it lands atomically with the data."""
         self._class_counts = {name: [0] * self.task.num_classes for name in self.plan(dl_manager.manual_dir).splits}
         self._images = dict.fromkeys(self._class_counts, 0)
-        self._source_pixels = {}
-        with workers.process_pool(self._workers()) as self._pool:
-            super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-        plan = self.plan(dl_manager.manual_dir)
-        report = {
+        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+
+    def build_report(self, manual_dir: Path) -> dict:
+        plan = self.plan(manual_dir)
+        return {
             "config": self.builder_config.name,
             "class_names": list(self.task.class_names),
             # images per class; for the 14 findings, positives per finding (an image counts once per finding)
@@ -425,11 +350,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
             **plan.summary,
             "images": self._images,
             "skipped": plan.skipped,
-            "built_from": self.built_from,
-            # per built image, images.pixel_digest of its source film: what a comparison of two runs checks
-            SOURCE_PIXELS: dict(sorted(self._source_pixels.items())),
         }
-        (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
     def _generate_examples(self, split: str, frame: pd.DataFrame):
         config = self.builder_config
@@ -437,9 +358,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
         rows = frame.to_dict("records")
         multi_label = self.task.multi_label
         jobs = [(str(row["path"]), config.image_size, _boxes_to_scale(row["bbox"])) for row in rows]
-        results = ordered_map(
-            images.load_for_build, jobs, self._pool, window=TASKS_IN_FLIGHT_PER_WORKER * self._workers()
-        )
+        results = self.decode(images.load_for_build, jobs)
         for row, (png, box, pixels) in tqdm(
             zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"
         ):
@@ -458,7 +377,7 @@ class NihChestXray(tfds.core.GeneratorBasedBuilder):
                 counts[label] += 1
                 box = NO_BOX if box is None else box
             self._images[split] += 1
-            self._source_pixels[name] = pixels
+            self.source_pixels[name] = pixels
             yield (
                 name,
                 {
@@ -492,14 +411,6 @@ def _scaled_back(bbox: np.ndarray, scaled) -> np.ndarray:
     return out
 
 
-def _created_by_build(data_dir: Path, dataset_path: Path) -> Path:
-    """The outermost folder on the way from ``data_dir`` to ``dataset_path`` that does not exist yet."""
-    created = dataset_path
-    while created.parent != data_dir and not created.parent.exists():
-        created = created.parent
-    return created
-
-
 def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
     """What defines a dataset's content besides its builder config: the digests of the metadata, box,
     manifest and split-list files, how many images the download holds, and the skip policy. Recorded
@@ -511,7 +422,7 @@ def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
         *MANIFEST_NAMES,
         *nih_layout.OFFICIAL_LISTS,
     ]
-    digests = {name: _sha256(manual_dir / name) for name in files if (manual_dir / name).is_file()}
+    digests = {name: building.sha256_file(manual_dir / name) for name in files if (manual_dir / name).is_file()}
     return {
         "files": digests,
         "images_found": len(nih_layout.index_images(manual_dir)),
@@ -519,58 +430,9 @@ def built_from(manual_dir: str | os.PathLike, skip_bad_images: bool) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_built_from(builder: NihChestXray, wanted: dict) -> None:
-    """Refuses a built dataset that was made from other files or another policy than ``wanted``."""
-    recorded = read_build_report(builder).get("built_from")
-    if recorded == wanted:
-        return
-    if recorded is None:
-        difference = "it records no source (built by an earlier lungjax)"
-    else:
-        before, now = trees.flatten(recorded), trees.flatten(wanted)
-        difference = "; ".join(
-            f"{key}: built from {before.get(key)!r}, now {now.get(key)!r}"
-            for key in sorted(before.keys() | now.keys())
-            if before.get(key) != now.get(key)
-        )
-    raise DatasetMismatchError(
-        f"the dataset in {builder.data_dir} was not built from what the config names ({difference}); "
-        "use another config.data.data_dir, or delete that folder to rebuild it"
-    )
-
-
-def read_build_report(builder: NihChestXray) -> dict:
-    """The ``build_report.json`` the build wrote beside the dataset."""
-    return json.loads((Path(builder.data_dir) / BUILD_REPORT).read_text())
-
-
-def _say_waiting(held: locking.LockHeld) -> None:
-    logging.warning(
-        "another build of this dataset is running (%s): waiting for it to finish; if none runs there, delete %s",
-        locking.owner_text(held.owner),
-        held.path,
-    )
-
-
-def _remove_dead_builds(builder: NihChestXray) -> None:
-    """TFDS's ``incomplete.*`` folders of this dataset: builds of it hold the build lock, so under it
-    every such folder is what a killed build left."""
-    for folder in Path(builder.data_path).parent.glob("incomplete.*"):
-        logging.warning("removing %s, left by a build that was stopped", folder)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def build_lock_path(data_dir: Path, config: NihConfig) -> Path:
     """The lock file that builds of this dataset into ``data_dir`` hold."""
-    return data_dir / f".{NihChestXray.name}-{config.name}.lock"
+    return building.build_lock_path(data_dir, NihChestXray.name, config.name)
 
 
 def build_dataset(
@@ -581,40 +443,14 @@ def build_dataset(
     num_workers: int = 0,
     skip_bad_images: bool = False,
 ) -> NihChestXray:
-    """Builds the dataset once (no-op when already built from the same files), with its build report.
-
-    Builds of one dataset into one ``data_dir`` serialise on a lock file beside it (it names its
-    owner and works on a shared filesystem): a second build waits, then finds the first one's
-    dataset. Any failure leaves ``data_dir`` as it was: the plan is checked before TFDS writes, and
-    what this build created (TFDS's incomplete folder and the dataset's folders) is removed on error.
-    """
+    """Builds the dataset once (no-op when already built from the same files), with its build report;
+    see :func:`building.build_once` for the lock and what a failure leaves."""
     data_dir = Path(data_dir).absolute()
-    wanted = built_from(manual_dir, skip_bad_images)
 
     def make_builder() -> NihChestXray:
         return NihChestXray(
             config=config, data_dir=os.fspath(data_dir), num_workers=num_workers, skip_bad_images=skip_bad_images
         )
 
-    builder = make_builder()
-    if builder.is_prepared():
-        _check_built_from(builder, wanted)
-        return builder
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with locking.hold(build_lock_path(data_dir, config), wait=_say_waiting):
-        builder = make_builder()  # another build may have finished while this one waited
-        if builder.is_prepared():
-            _check_built_from(builder, wanted)
-            return builder
-        _remove_dead_builds(builder)
-        builder.plan(manual_dir)
-        builder.built_from = wanted
-        created = [_created_by_build(data_dir, Path(builder.data_path)), data_dir / "downloads"]
-        created = [path for path in created if not path.exists()]
-        try:
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-        except BaseException:
-            for path in created:
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-    return builder
+    wanted = built_from(manual_dir, skip_bad_images)
+    return building.build_once(make_builder, manual_dir, data_dir, wanted, lambda builder: builder.plan(manual_dir))

@@ -4,6 +4,10 @@ Images leave the pipeline as uint8 ``(N, S, S, 1)``: a quarter of the bytes of f
 way to the device; the train step scales them. Everything for one record happens in one transform
 (parse only the needed features, decode, warp, intensity: :mod:`lungjax.data.records` and
 :mod:`lungjax.data.augment`), one grain step per record.
+
+With ``augment_on_device`` the host only decodes: a training batch carries the stored-size images
+with each record's drawn transform (``"warp"``: the 2x3 output->input matrix, ``"intensity"``:
+contrast and brightness), which the train step applies on the device (``training.device_augment``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax
 import numpy as np
 
 from lungjax.data import images, records, sampling
-from lungjax.data.augment import Augmentation, augment_image, augmentation
+from lungjax.data.augment import Augmentation, augment_image, augmentation, draw
 
 # Keys an evaluation batch carries: the image and label, and the identifying ones (kept on the host).
 EVAL_KEYS = ("image", "label", "image_name", "patient_id", "bbox")
@@ -36,15 +40,29 @@ def _one_opencv_thread() -> None:
 
 
 class TrainExample(grain.RandomMapTransform):
-    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int or (C,) uint8}``, randomly augmented."""
+    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int or (C,) uint8}``, randomly augmented.
 
-    def __init__(self, aug: Augmentation, out_size: int, multi_label: bool = False):
-        self.aug, self.out_size, self.multi_label = aug, out_size, multi_label
+    ``on_device``: the image stays at its stored size, unaugmented, and the record's transform, drawn
+    from the same ``rng`` in the same order (``augment.draw``), travels with it as ``"warp"`` and
+    ``"intensity"`` (float32) for the train step to apply.
+    """
+
+    def __init__(self, aug: Augmentation, out_size: int, multi_label: bool = False, on_device: bool = False):
+        self.aug, self.out_size, self.multi_label, self.on_device = aug, out_size, multi_label, on_device
 
     def random_map(self, record, rng: np.random.Generator):
         _one_opencv_thread()
         png, label = records.image_and_label(record, multi_label=self.multi_label)
-        return {"image": augment_image(records.decode_png(png), self.aug, self.out_size, rng), "label": label}
+        image = records.decode_png(png)
+        if not self.on_device:
+            return {"image": augment_image(image, self.aug, self.out_size, rng), "label": label}
+        matrix, intensity = draw(self.aug, image.shape[0], self.out_size, rng)
+        return {
+            "image": image[..., None],
+            "warp": matrix.astype(np.float32),
+            "intensity": intensity.astype(np.float32),
+            "label": label,
+        }
 
 
 class EvalExample(grain.MapTransform):
@@ -69,8 +87,11 @@ def train_loader(
     seed: int,
     worker_count: int = 0,
     multi_label: bool = False,
+    augment_on_device: bool = False,
 ) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
+
+    ``augment_on_device``: batches of decoded stored-size images and their transforms (``TrainExample``).
 
     Deterministic for a seed and worker count (shuffle order and augmentation draws; each worker
     batches its own slice, so another worker count gives other batches), and its iterator's state
@@ -86,7 +107,7 @@ def train_loader(
         sampling.EpochShuffleSampler(len(source), seed), local_batch_size=batch_size, process_count=jax.process_count()
     )
     operations = [
-        TrainExample(augmentation(augment), image_size, multi_label),
+        TrainExample(augmentation(augment), image_size, multi_label, on_device=augment_on_device),
         grain.Batch(batch_size, drop_remainder=True),
     ]
     return grain.DataLoader(

@@ -94,11 +94,12 @@ class Radiograph:
     source: str  # "dicom" | "png" | "jpeg"
 
 
-def read(path: str | os.PathLike, *, allow_lateral: bool = False) -> Radiograph:
+def read(path: str | os.PathLike, *, allow_lateral: bool = False, at_least: int | None = None) -> Radiograph:
     """A DICOM, PNG or JPEG file -> :class:`Radiograph`; every failure is an ImageError naming the file.
 
     A lateral DICOM (the model was trained on frontal films) is refused unless ``allow_lateral``, when
-    it is read with a warning.
+    it is read with a warning. ``at_least``: a JPEG about to be shrunk to this size is decoded at a
+    reduced scale (``images.decode_gray``).
     """
     path = Path(path)
     name = display_name(path)
@@ -107,7 +108,7 @@ def read(path: str | os.PathLike, *, allow_lateral: bool = False) -> Radiograph:
         pixels, warnings, frontal = _read_dicom(data, name, allow_lateral)
         source = "dicom"
     else:
-        pixels, warnings = _read_picture(data, name)
+        pixels, warnings = _read_picture(data, name, at_least)
         frontal, source = True, "png" if data.startswith(images.PNG_MAGIC) else "jpeg"
     return Radiograph(pixels, tuple(warnings + _pixel_warnings(pixels, frontal)), source)
 
@@ -181,9 +182,9 @@ def _midline_contrast(pixels: np.ndarray) -> float:
     return float(profile[MIDLINE_COLUMNS].mean() - lungs.mean())
 
 
-def _read_picture(data: bytes, name: str) -> tuple[np.ndarray, list[str]]:
+def _read_picture(data: bytes, name: str, at_least: int | None = None) -> tuple[np.ndarray, list[str]]:
     """PNG/JPEG bytes -> (H, W) uint8 turned by their EXIF orientation, and a warning for a bad one."""
-    pixels = images.decode_gray(data, name)
+    pixels = images.decode_gray(data, name, at_least=at_least)
     exif = _exif(data)
     orientation = None if exif is None else _tiff_orientation(exif)
     if orientation is None:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import dataset, metadata, nih, records, tasks
+from lungjax.data import building, dataset, metadata, records, tasks
 from lungjax.evaluation import gradcam, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
@@ -30,21 +30,24 @@ from lungjax.runtime import distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
 EVAL_DIR = "eval"  # <workdir>/eval/<split>/: one report per split
-VALIDATION_FIT_FILE = "validation_fit.json"  # what was chosen on validation: temperatures, thresholds
 
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: tasks.Task) -> None:
     """One row per example; probabilities with 9 significant digits: read back as float32, exact.
     The truth is the class name, or for a multi-label task the findings joined with ``|`` (NIH's
-    form; "No Finding" for none)."""
+    form; "No Finding" for none), or for a masked task one column per label, blank where the image
+    does not state it (``kinds.Kind.truth``)."""
+    kind = kinds.of_task(task)
+    masked = "label_mask" in predictions
+    stated = kind.stated(predictions, task.class_names) if masked else [None] * len(predictions["probs"])
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        kind = kinds.of_task(task)
-        writer.writerow(["image_name", "patient_id", kind.truth_column, *task.class_names])
-        for name, pid, label, probs in zip(
-            predictions["image_name"], predictions["patient_id"], predictions["label"], predictions["probs"]
+        writer.writerow(["image_name", "patient_id", *kind.truth_header(task.class_names, masked), *task.class_names])
+        for name, pid, label, row_stated, probs in zip(
+            predictions["image_name"], predictions["patient_id"], predictions["label"], stated, predictions["probs"]
         ):
-            writer.writerow([name, int(pid), kind.truth(label, task.class_names), *(f"{p:.9g}" for p in probs)])
+            truth = kind.truth(label, task.class_names, row_stated)
+            writer.writerow([name, int(pid), *truth, *(f"{p:.9g}" for p in probs)])
 
 
 def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool = True):
@@ -73,7 +76,9 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
 
 def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -> dict:
     """The operating points and the calibration on the evaluated split, from ``validation.fit_on_validation``."""
-    positive, scores = kinds.of_task(task).columns(predictions["label"], predictions["probs"], task.class_names)
+    kind = kinds.of_task(task)
+    positive, scores = kind.columns(predictions["label"], predictions["probs"], task.class_names)
+    stated = kind.stated(predictions, task.class_names)
     rules = operating_points.parse_all(config.eval.operating_points)
     common = dict(patient_ids=predictions["patient_id"], n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
     return {
@@ -81,7 +86,7 @@ def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -
             "chosen_on": "validation",
             "rules": [rule.text for rule in rules],
             "per_rule": operating_point_section.apply(
-                rules, fit["operating_points"], positive, scores, task.class_names, **common
+                rules, fit["operating_points"], positive, scores, task.class_names, stated=stated, **common
             ),
         },
         "calibration": calibration.calibration_report(
@@ -90,6 +95,7 @@ def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -
             fit["temperature"],
             task.class_names,
             multi_label=task.multi_label,
+            stated=stated,
             **common,
         ),
     }
@@ -102,12 +108,14 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
         cells = subgroups.cells_of(predictions["image_name"], data_entry)
     except (metadata.MetadataError, ValueError) as err:
         return {"note": f"no subgroup audit: {err}"}
-    positive, scores = kinds.of_task(task).columns(predictions["label"], predictions["probs"], task.class_names)
+    kind = kinds.of_task(task)
+    positive, scores = kind.columns(predictions["label"], predictions["probs"], task.class_names)
     return subgroups.audit(
         positive,
         scores,
         task.class_names,
         cells,
+        stated=kind.stated(predictions, task.class_names),
         patient_ids=predictions["patient_id"],
         n_bootstrap=config.eval.n_bootstrap,
         seed=config.seed,
@@ -121,8 +129,8 @@ def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored
     restored_b, builder_b, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
     source_pixels = comparison.check_same_pixels(
         predictions["image_name"],
-        build_report.get(nih.SOURCE_PIXELS),
-        nih.read_build_report(builder_b).get(nih.SOURCE_PIXELS),
+        build_report.get(building.SOURCE_PIXELS),
+        building.read_build_report(builder_b).get(building.SOURCE_PIXELS),
     )
     if source_pixels.startswith("not checked"):
         logging.warning("comparing %s with %s: source pixels %s", workdir, other, source_pixels)
@@ -152,7 +160,7 @@ def write_plots(
     true, probs = predictions["label"], predictions["probs"]
     kind = kinds.of_task(task)
     calibrated = temperature.apply(probs, fit["temperature"]["temperatures"], task.multi_label)
-    kind.write_plots(out, true, probs, calibrated, task.class_names, report)
+    kind.write_plots(out, true, probs, calibrated, task.class_names, report, predictions.get("label_mask"))
     if probs_b is not None:
         positive, scores_a = kind.columns(true, probs, task.class_names)
         _, scores_b = kind.columns(true, probs_b, task.class_names)
@@ -161,6 +169,20 @@ def write_plots(
         plots.plot_subgroup_forest(report["subgroups"], out / "subgroups.png")
     if (workdir / workdir_lib.METRICS_FILE).is_file():
         plots.plot_training_curves(workdir / workdir_lib.METRICS_FILE, out / "training_curves.png")
+
+
+def report_task(task: tasks.Task, saved) -> dict:
+    """``report.json``'s ``task`` section: the task as its build recorded it and, for a label set, the
+    labels with their definitions, the uncertainty policy and the source(s) trained on."""
+    section = {**task.describe(), "class_names": list(task.class_names)}
+    label_space = tasks.label_space(task)
+    if label_space is not None:
+        section.update(
+            label_space=label_space,
+            uncertainty=saved.data.uncertainty,
+            sources=[name for name, _ in saved.data.get("sources", ())] or [saved.data.source],
+        )
+    return section
 
 
 def format_table(report: dict) -> str:
@@ -195,21 +217,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if expert_file is not None:
         report["expert_labels"] = expert.compare(predictions, task.class_names, expert_file)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
-    fit = validation_fit.fit_on_validation(config, validation, task, restored.step)
+    fingerprint = run_info.dataset_fingerprint(builder)
+    fitted_for = validation_fit.FittedFor(restored.step, restored.params_sha256, fingerprint)
+    fit = validation_fit.fit_on_validation(config, validation, task, fitted_for)
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
     probs_b = None
-    build_report = nih.read_build_report(builder)
+    build_report = building.read_build_report(builder)
     if config.eval.compare_to:
         report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored, build_report)
         probs_b = report["comparison"].pop("probs_b")
     crossing = build_report.get("patients_crossing_splits")
     report.update(
-        task=task.name,
+        task=report_task(task, saved),
         split=split,
         checkpoint_step=restored.step,
         dataset=builder.builder_config.name,
-        dataset_fingerprint=run_info.dataset_fingerprint(builder),
+        dataset_fingerprint=fingerprint,
         split_scheme=build_report.get("split", saved.data.split_scheme),
         patients_crossing_splits=crossing,
         patient_disjoint=crossing == 0,

@@ -47,6 +47,7 @@ class RestoredModel:
     step: int
     dtype: Any  # compute dtype
     task: tasks.Task  # what the checkpoint's saved config trained
+    params_sha256: str  # ``checkpoint.params_sha256`` of model_state: which weights these are
 
 
 def resolve_step(manager, choice) -> int:
@@ -80,13 +81,18 @@ def resolve_step(manager, choice) -> int:
 
 
 def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, step: int) -> None:
-    """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``), naming each:
-    such a change could not take effect, and silently ignoring it would report on another model than
-    the one asked for."""
+    """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``, less the keys
+    ``checkpoint.SAFE_KEYS`` lets a resume change), naming each: such a change could not take effect, and
+    silently ignoring it would report on another model than the one asked for."""
     given = trees.flatten(json.loads(json.dumps(config.to_dict())))
-    fixed = trees.flatten(saved.to_dict())
+    fixed = trees.flatten(json.loads(json.dumps(saved.to_dict())))  # both as JSON: a tuple and a list are one value
     differing = [
-        key for key in given if key.split(".")[0] in FIXED_BY_CHECKPOINT and key in fixed and given[key] != fixed[key]
+        key
+        for key in given
+        if key.split(".")[0] in FIXED_BY_CHECKPOINT
+        and not checkpoint.is_safe(key)
+        and key in fixed
+        and given[key] != fixed[key]
     ]
     if differing:
         details = "; ".join(f"config.{key}: {given[key]!r}, checkpoint {fixed[key]!r}" for key in differing)
@@ -144,13 +150,15 @@ def _restore_model(manager, step: int, mesh) -> RestoredModel:
     model = models.from_config(saved.model, num_classes=task.num_classes, half_precision=saved.half_precision)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model_state = jax.device_put({"params": params, "batch_stats": batch_stats}, sharding.replicated(mesh))
+    model_state = checkpoint.restore_model(manager, step, model_state)
     return RestoredModel(
         graphdef=graphdef,
-        model_state=checkpoint.restore_model(manager, step, model_state),
+        model_state=model_state,
         config=saved,
         step=int(step),
         dtype=models.compute_dtype(saved.half_precision),
         task=task,
+        params_sha256=checkpoint.params_sha256(model_state),
     )
 
 
@@ -208,12 +216,15 @@ def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarra
     """Runs ``predict_fn`` over padded eval batches; returns every real row of the split once, in order.
 
     Each process reads its own contiguous shard of the split (``pipeline.eval_batches``); with
-    several processes the rows are gathered so that every process returns the whole split.
+    several processes the rows are gathered so that every process returns the whole split. A masked
+    task's batches carry ``label_mask`` (1 where the source states the entry), which comes along.
     """
     in_sharding = sharding.batch_sharding(mesh)
     keys = ("label", "image_name", "patient_id", "bbox", "mask")
     outputs: dict[str, list[np.ndarray]] = {"probs": [], **{key: [] for key in keys}}
     for batch in batches:
+        if "label_mask" in batch and "label_mask" not in outputs:
+            keys, outputs["label_mask"] = (*keys, "label_mask"), []
         images = jax.make_array_from_process_local_data(in_sharding, batch["image"])
         probs = np.asarray(jax.device_get(predict_fn(model_state, images)))
         rows = len(batch["mask"])
@@ -247,10 +258,12 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "mask": rows["mask"].astype(np.int32),
         "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width),
     }
+    if "label_mask" in rows:
+        local["label_mask"] = rows["label_mask"].astype(np.float32)
     gathered = {
         key: np.concatenate(list(value)) for key, value in multihost_utils.process_allgather(local, tiled=False).items()
     }
-    return {
+    result = {
         "probs": gathered["probs"],
         "bbox": gathered["bbox"],
         "label": gathered["label"].astype(rows["label"].dtype),
@@ -258,3 +271,6 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "mask": gathered["mask"].astype(bool),
         "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8"),
     }
+    if "label_mask" in rows:
+        result["label_mask"] = gathered["label_mask"].astype(rows["label_mask"].dtype)
+    return result

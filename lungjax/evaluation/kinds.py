@@ -2,13 +2,17 @@
 
 * single label (the six classes): one softmax over the classes, one true class per image; metrics
   at the argmax, top-1 calibration, a confusion matrix, the reference's figures beside ours;
-* multi label (NIH's 14 findings): an independent sigmoid per finding, any number present per image;
-  each finding scored as its own binary problem, the published tables beside ours.
+* multi label (NIH's 14 findings, or a label set of the harmonised vocabulary): an independent sigmoid
+  per finding, any number present per image; each finding scored as its own binary problem, the
+  published tables beside ours. A label set is *masked*: its predictions carry ``label_mask`` (N, C),
+  1 where the source states the entry, and every statistic counts stated entries only. Masked
+  multi-label is this kind with that mask; without one every entry is stated (all ones), so NIH's
+  numbers are the very numbers of a mask of ones.
 
 Everything that differs between the two (the metrics section, the Youden thresholds, the plots, the
 Grad-CAM figures, the document, the console table, a prediction's truth in ``predictions.csv``) is a
 method of :class:`Kind`; callers ask ``of_task(task)`` or, for a written report, ``of_report(report)``
-(its ``"task"`` key), and never test the task themselves.
+(its ``"task"`` section), and never test the task themselves.
 """
 
 from __future__ import annotations
@@ -52,8 +56,14 @@ class Kind:
         labels_, probs = checks.check_predictions(labels_, probs, class_names)
         return labels_[:, None] == np.arange(len(class_names)), probs
 
+    def stated(self, predictions: dict, class_names) -> np.ndarray:
+        """(N, C) bool: the entries that count, per class column (``columns``): a masked task's
+        ``label_mask``, else every entry."""
+        return checks.check_stated(predictions.get("label_mask"), (len(predictions["probs"]), len(class_names)))
+
     def metrics_section(self, predictions: dict, class_names, *, thresholds, n_bootstrap: int, seed: int) -> dict:
         """The task's metrics beside the published figures it is read against."""
+        masked = {"stated": predictions.get("label_mask")} if self.multi_label else {}
         report = self.metrics_fn(
             predictions["label"],
             predictions["probs"],
@@ -62,31 +72,56 @@ class Kind:
             thresholds=thresholds,
             n_bootstrap=n_bootstrap,
             seed=seed,
+            **masked,
         )
         report[self.context_key] = self.context_fn()
         return report
 
-    def youden_thresholds(self, labels_: np.ndarray, probs: np.ndarray, class_names) -> dict:
-        return self.youden_fn(labels_, probs, class_names)
-
-    def youden_j(self, labels_: np.ndarray, probs: np.ndarray, thresholds: dict, class_names) -> dict:
-        return self.youden_j_fn(labels_, probs, thresholds, class_names)
-
-    def truth(self, label, class_names) -> str:
-        """An example's truth as ``predictions.csv`` writes it: the class name, or the findings joined with
-        ``|`` (NIH's form; "No Finding" for none)."""
+    def youden_thresholds(self, predictions: dict, class_names) -> dict:
         if self.multi_label:
-            return "|".join(n for n, y in zip(class_names, label) if y) or labels.NO_FINDING
-        return class_names[int(label)]
+            return self.youden_fn(
+                predictions["label"], predictions["probs"], class_names, predictions.get("label_mask")
+            )
+        return self.youden_fn(predictions["label"], predictions["probs"], class_names)
 
-    def write_plots(self, out: Path, true, probs, calibrated, class_names, report: dict) -> None:
+    def youden_j(self, predictions: dict, thresholds: dict, class_names) -> dict:
+        if self.multi_label:
+            return self.youden_j_fn(
+                predictions["label"], predictions["probs"], thresholds, class_names, predictions.get("label_mask")
+            )
+        return self.youden_j_fn(predictions["label"], predictions["probs"], thresholds, class_names)
+
+    def truth_header(self, class_names, masked: bool) -> list[str]:
+        """``predictions.csv``'s truth columns: one (the class, or the findings), or for a masked task one
+        per label (``true <label>``: 1, 0, or blank where the image does not state it)."""
+        if masked:
+            return [f"true {name}" for name in class_names]
+        return [self.truth_column]
+
+    def truth(self, label, class_names, stated=None) -> list[str]:
+        """An example's truth as ``predictions.csv`` writes it (``truth_header``): the class name, or the
+        findings joined with ``|`` (NIH's form; "No Finding" for none), or per label of a masked task
+        (``stated`` given) 1, 0 or blank."""
+        if stated is not None:
+            return [str(int(y)) if s else "" for y, s in zip(label, stated)]
+        if self.multi_label:
+            return ["|".join(n for n, y in zip(class_names, label) if y) or labels.NO_FINDING]
+        return [class_names[int(label)]]
+
+    def write_plots(self, out: Path, true, probs, calibrated, class_names, report: dict, stated=None) -> None:
         """ROC, PR, confusion matrix and reliability diagrams before and after temperature scaling; for the
-        14 findings one ROC and one reliability panel per finding."""
+        14 findings (or a label set, on the images stating each label) one ROC and one reliability panel
+        per finding."""
         if self.multi_label:
-            plots.plot_roc_grid(true, probs, class_names, out / "roc.png")
-            plots.plot_reliability_grid(true, probs, class_names, out / "reliability.png")
+            plots.plot_roc_grid(true, probs, class_names, out / "roc.png", stated)
+            plots.plot_reliability_grid(true, probs, class_names, out / "reliability.png", stated=stated)
             plots.plot_reliability_grid(
-                true, calibrated, class_names, out / "reliability_calibrated.png", title=CALIBRATED_TITLE
+                true,
+                calibrated,
+                class_names,
+                out / "reliability_calibrated.png",
+                title=CALIBRATED_TITLE,
+                stated=stated,
             )
             return
         plots.plot_roc_curves(true, probs, class_names, out / "roc.png")
@@ -139,5 +174,5 @@ def of_task(task: tasks.Task) -> Kind:
 
 
 def of_report(report: dict) -> Kind:
-    """The kind of a written report, from the task it names."""
-    return of_task(tasks.get(report["task"]))
+    """The kind of a written report, from its ``task`` section."""
+    return MULTI_LABEL if report["task"]["multi_label"] else SINGLE_LABEL

@@ -18,11 +18,11 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax.data import images, radiograph_files
+from lungjax.data import dataset, images, radiograph_files, tasks
 from lungjax.evaluation import gradcam, inference
 from lungjax.evaluation.fit import decisions, operating_points, temperature, validation
 from lungjax.evaluation.render import overlays
-from lungjax.runtime import sharding
+from lungjax.runtime import run_info, sharding
 
 OUTPUT_DIR = "predict"
 
@@ -47,15 +47,11 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         tta_crops=config.eval.tta_crops,
         multi_label=restored.task.multi_label,
     )
+    label_space = tasks.label_space(restored.task)
+    if label_space is not None:  # a label set: what each probability means, once
+        print("label space: " + "; ".join(f"{name}: {definition}" for name, definition in label_space.items()))
     cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    fit = validation.load_validation_fit(workdir, restored.step, config.eval.tta_crops)
-    if fit is None:
-        print(
-            f"note: no evaluation of checkpoint step {restored.step} (test-time crops {config.eval.tta_crops}) in "
-            f"{Path(workdir) / 'eval'}: the probabilities are uncalibrated and no operating point is applied; "
-            "run --mode evaluate first",
-            file=sys.stderr,
-        )
+    fit = evaluation_fit(workdir, restored, config.eval.tta_crops)
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
     for number, path in enumerate(paths):
@@ -87,6 +83,33 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         if fit is not None:
             print("  " + fitted_lines(probs, fit, restored.task.multi_label))
     return failures
+
+
+def evaluation_fit(workdir: str | os.PathLike, restored: inference.RestoredModel, tta_crops: int) -> dict | None:
+    """The validation fit an evaluation made for this very checkpoint (its weights' digest) and the dataset
+    on disk, or None with a note saying why the probabilities stay uncalibrated. A fit made for other
+    weights or another dataset raises ``validation.ValidationFitError``: applying it would be wrong."""
+    uncalibrated = "the probabilities are uncalibrated and no operating point is applied"
+    builder = dataset.built(restored.config.data, workdir)
+    if builder is None:
+        where = dataset.data_dir(restored.config.data, workdir)
+        print(
+            f"note: the dataset of checkpoint step {restored.step} is not built in {where}, so no evaluation's "
+            f"thresholds can be checked against it: {uncalibrated}",
+            file=sys.stderr,
+        )
+        return None
+    fitted_for = validation.FittedFor(restored.step, restored.params_sha256, run_info.dataset_fingerprint(builder))
+    fit, passed_over = validation.find(workdir, fitted_for, restored.task, tta_crops)
+    for note in passed_over:
+        print(f"note: {note}: not used, {uncalibrated}; run --mode evaluate again to refit it", file=sys.stderr)
+    if fit is None and not passed_over:
+        print(
+            f"note: no evaluation of checkpoint step {restored.step} (test-time crops {tta_crops}) in "
+            f"{Path(workdir) / 'eval'}: {uncalibrated}; run --mode evaluate first",
+            file=sys.stderr,
+        )
+    return fit
 
 
 def fitted_lines(probs: np.ndarray, fit: dict, multi_label: bool) -> str:

@@ -1,9 +1,14 @@
 """Writes ``<workdir>/export/<step>/``: the checkpoint ``config.eval.checkpoint`` names, as a deployable bundle.
 
 The thresholds and temperatures are the evaluation's own: the ``validation_fit.json`` that an
-evaluation of the same step without test-time crops wrote (the exported function has none), or,
-when there is none, ``validation.fit_on_validation`` on this checkpoint's validation predictions, so
-that either way the numbers come from one piece of code. Everything is written into a folder of
+evaluation of this very checkpoint (its step and weights, ``validation.find``) on the dataset on disk
+wrote without test-time crops (the exported function has none), when it chose the operating points
+``config.eval.operating_points`` asks for. Otherwise (no such evaluation, one of other weights or
+another dataset, one damaged or without the weights' digest, other operating points) the export
+fits them again with ``validation.fit_on_validation`` on this checkpoint's validation predictions,
+says why in one line, and records it in the manifest: either way the numbers come from one piece of
+code, for this model. Refitting rather than refusing, because the export holds the checkpoint and the
+validation split already, and the refit is what an evaluation would write. Everything is written into a folder of
 this process's own and renamed into place only after the parity check passed: a failed export
 leaves no bundle behind, and a bundle is never one checkpoint's model beside another's manifest.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -23,7 +29,7 @@ from flax import nnx
 from lungjax import models
 from lungjax.data import records
 from lungjax.evaluation import evaluate, inference
-from lungjax.evaluation.fit import validation
+from lungjax.evaluation.fit import operating_points, validation
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
@@ -50,7 +56,9 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     mesh = sharding.make_mesh()
     restored, builder, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
     workdir_lib.check_output(workdir / EXPORT_DIR / str(restored.step))
-    fit, fit_source = _validation_fit(config, workdir, restored, predict)
+    fingerprint = run_info.dataset_fingerprint(builder)
+    fitted_for = validation.FittedFor(restored.step, restored.params_sha256, fingerprint)
+    fit, fit_source = _validation_fit(config, workdir, fitted_for, restored.task, predict)
     saved, task = restored.config, restored.task
     pairs = _exported_and_reference(restored, mesh)
     batches = inference.split_batches(
@@ -62,6 +70,12 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     measured = parity.measure(pairs, batches, parity_images)
     _check(measured)
     config_json = json.dumps(saved.to_dict(), indent=2, sort_keys=True).encode()
+    parity_record = {
+        "split": PARITY_SPLIT,
+        "reference": "lungjax.evaluation.inference.make_predict_fn (tta_crops=1) on the restored checkpoint",
+        "models": {MODEL_FILES[precision]: result for precision, result in measured.items()},
+    }
+    parity_json = json.dumps(parity_record, indent=2).encode()
     model_files = {
         precision: {
             "file": MODEL_FILES[precision],
@@ -80,31 +94,42 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
         fitted_dtype="bfloat16" if saved.half_precision else "float32",
         model_files=model_files,
         config_sha256=hashlib.sha256(config_json).hexdigest(),
+        parity_sha256=hashlib.sha256(parity_json).hexdigest(),
         dataset_name=builder.builder_config.name,
-        dataset_fingerprint=run_info.dataset_fingerprint(builder),
+        dataset_fingerprint=fingerprint,
         step=restored.step,
+        params_sha256=restored.params_sha256,
     )
-    parity_record = {
-        "split": PARITY_SPLIT,
-        "reference": "lungjax.evaluation.inference.make_predict_fn (tta_crops=1) on the restored checkpoint",
-        "models": {MODEL_FILES[precision]: result for precision, result in measured.items()},
-    }
     files = {
         **{MODEL_FILES[precision]: data for precision, (data, _) in pairs.items()},
         CONFIG_FILE: config_json,
-        PARITY_FILE: json.dumps(parity_record, indent=2).encode(),
+        PARITY_FILE: parity_json,
         MANIFEST_FILE: json.dumps(record, indent=2).encode(),
     }
     return _write(workdir / EXPORT_DIR / str(restored.step), files)
 
 
-def _validation_fit(config, workdir: Path, restored, predict) -> tuple[dict, str]:
-    """The evaluation's record for this step without crops, or the same fit made now; and which it is."""
-    fit = validation.load_validation_fit(workdir, restored.step, 1)
+def _validation_fit(config, workdir: Path, fitted_for, task, predict) -> tuple[dict, str]:
+    """The evaluation's record for this checkpoint and dataset without crops, when it holds the operating
+    points asked for; otherwise the same fit made now, with a note saying why; and which it is."""
+    asked = [rule.text for rule in operating_points.parse_all(config.eval.operating_points)]
+    try:
+        fit, reasons = validation.find(workdir, fitted_for, task, 1)
+    except validation.ValidationFitError as err:
+        fit, reasons = None, [err.reason]
+    if fit is not None and list(fit["operating_points"]) != asked:
+        reasons.append(
+            f"the evaluation chose the operating points {list(fit['operating_points'])}, "
+            f"config.eval.operating_points asks for {asked}"
+        )
+        fit = None
     if fit is not None:
-        return fit, "validation_fit.json of an evaluation of this checkpoint without test-time crops"
-    fit = validation.fit_on_validation(config, predict("validation"), restored.task, restored.step)
-    return fit, "validation.fit_on_validation at export (no evaluation of this checkpoint without crops was found)"
+        return fit, "validation_fit.json of an evaluation of this checkpoint (step and weights) without test-time crops"
+    for reason in reasons:
+        print(f"note: {reason}: the export fits the thresholds and temperatures again on validation", file=sys.stderr)
+    why = "; ".join(reasons) or "no evaluation of this checkpoint without test-time crops was found"
+    fit = validation.fit_on_validation(config, predict("validation"), task, fitted_for)
+    return fit, f"validation.fit_on_validation at export ({why})"
 
 
 def _exported_and_reference(restored, mesh) -> dict[str, tuple[bytes, object]]:

@@ -13,6 +13,7 @@ import cv2
 import jax
 
 import lungjax
+from lungjax.data import tasks
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.serve import bundle_format
 
@@ -42,12 +43,16 @@ def task_section(task) -> dict:
         if task.multi_label
         else "a softmax over the classes: one probability per class, summing to 1"
     )
-    return {
+    section = {
         "name": task.name,
         "class_names": list(task.class_names),
         "multi_label": task.multi_label,
         "output": {"shape": ["batch", task.num_classes], "dtype": "float32", "meaning": meaning},
     }
+    label_space = tasks.label_space(task)
+    if label_space is not None:  # a label set: each label's one-line definition, for whoever reads the outputs
+        section["label_space"] = label_space
+    return section
 
 
 def input_section(stored_size: int, image_size: int) -> dict:
@@ -95,12 +100,16 @@ def build(
     fitted_dtype: str,
     model_files: dict[str, dict],
     config_sha256: str,
+    parity_sha256: str,
     dataset_name: str,
     dataset_fingerprint: str,
     step: int,
+    params_sha256: str,
 ) -> dict:
-    """The whole manifest; ``model_files`` is ``{precision: {"file", "sha256", ...}}``."""
-    return {
+    """The whole manifest, sealed with its own digest (``bundle_format.manifest_sha256``); ``model_files``
+    is ``{precision: {"file", "sha256", ...}}``. The provenance names the checkpoint by its step and the
+    digest of its weights (``runtime.checkpoint.params_sha256``), as the validation fit does."""
+    record = {
         "format": bundle_format.FORMAT,
         "format_version": bundle_format.FORMAT_VERSION,
         "task": task_section(task),
@@ -108,8 +117,10 @@ def build(
         "models": model_files,
         "decision": decision_section(fit, fit_source, fitted_dtype),
         "parity_file": bundle_format.PARITY_FILE,
+        "parity_sha256": parity_sha256,
         "provenance": {
             "checkpoint_step": int(step),
+            "checkpoint_params_sha256": params_sha256,
             "model": saved_config.model.name,
             "model_width": saved_config.model.width,
             "half_precision": bool(saved_config.half_precision),
@@ -121,3 +132,4 @@ def build(
             "jax_version": jax.__version__,
         },
     }
+    return {**record, bundle_format.MANIFEST_DIGEST: bundle_format.manifest_sha256(record)}

@@ -21,6 +21,8 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
             width=model_config.width,
             dropout_rate=model_config.dropout_rate,
             stem_space_to_depth=model_config.stem_space_to_depth,
+            stem_pad_channels=model_config.stem_pad_channels,
+            fewer_pass_batch_norm=model_config.fewer_pass_batch_norm,
             dtype=compute_dtype(half_precision),
             seed=seed,
         )
@@ -31,6 +33,8 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
         dropout_rate=model_config.dropout_rate,
         stride_in_1x1=model_config.stride_in_1x1,
         stem_space_to_depth=model_config.stem_space_to_depth,
+        stem_pad_channels=model_config.stem_pad_channels,
+        fewer_pass_batch_norm=model_config.fewer_pass_batch_norm,
         dtype=compute_dtype(half_precision),
         seed=seed,
     )

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lungjax.models import batch_norm as batch_norm_lib
 from lungjax.models.resnet import STEM_WIDTH, GrayStem, PooledClassifier, batch_norm, pointwise, same3x3, scaled
 
 BLOCKS_121 = (6, 12, 24, 16)
@@ -98,6 +99,8 @@ class DenseNet(PooledClassifier):
         dropout_rate: float = 0.0,
         blocks: tuple[int, ...] = BLOCKS_121,
         stem_space_to_depth: bool = False,
+        stem_pad_channels: bool = False,
+        fewer_pass_batch_norm: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -111,7 +114,7 @@ class DenseNet(PooledClassifier):
         growth = scaled(GROWTH_RATE, width)
 
         in_ch = scaled(STEM_WIDTH, width)
-        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
+        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, pad_channels=stem_pad_channels, **kw)
         stages, transitions = [], []
         for index, n_layers in enumerate(blocks):
             if index > 0:
@@ -124,6 +127,7 @@ class DenseNet(PooledClassifier):
         self.num_features = in_ch
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+        batch_norm_lib.use_fewer_passes(self, fewer_pass_batch_norm)
 
     def _run(self, x, first: int, last: int, *, train: bool):
         """Stages ``first + 1`` .. ``last`` (1-based), each led by the transition before it."""
@@ -155,6 +159,8 @@ def create_densenet(
     width: float = 1.0,
     dropout_rate: float = 0.0,
     stem_space_to_depth: bool = False,
+    stem_pad_channels: bool = False,
+    fewer_pass_batch_norm: bool = False,
     dtype=jnp.float32,
     seed: int = 0,
 ) -> DenseNet:
@@ -167,6 +173,8 @@ def create_densenet(
         width=width,
         dropout_rate=dropout_rate,
         stem_space_to_depth=stem_space_to_depth,
+        stem_pad_channels=stem_pad_channels,
+        fewer_pass_batch_norm=fewer_pass_batch_norm,
         dtype=dtype,
         rngs=nnx.Rngs(params=seed),
     )

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lungjax.models import batch_norm as batch_norm_lib
+
 STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)
 NUM_STAGES = len(STAGE_WIDTHS)
@@ -29,6 +31,9 @@ STEM_KERNEL = 7
 STEM_PADDING = 3  # Keras: ZeroPadding2D(3) then a valid 7×7/2 conv.
 POOL_WINDOW = 3
 POOL_PADDING = 1  # Keras: ZeroPadding2D(1) then a valid 3×3/2 max pool.
+# The stem's input channels with ``pad_channels``: cuDNN's fast bf16 convolutions want a multiple of 4
+# (XLA pads channels itself for float16 only).
+PADDED_STEM_CHANNELS = 4
 
 # Flax convention: running = momentum * running + (1 - momentum) * batch. 0.9 (PyTorch's
 # 0.1) rather than Keras' 0.99 so running statistics catch up within a short fine-tuning run.
@@ -77,7 +82,7 @@ def _conv(in_ch, out_ch, kernel, stride, padding, *, dtype, param_dtype, rngs, i
 
 
 def batch_norm(features, *, zero_scale=False, dtype, param_dtype, rngs):
-    return nnx.BatchNorm(
+    return batch_norm_lib.BatchNorm(
         features,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
@@ -111,15 +116,42 @@ class GrayStem(nnx.Module):
     ``space_to_depth=True`` computes the same ``conv(x, kernel)`` from the same stored 7×7×1×C kernel
     as a 4×4/1 convolution over 2×2 pixel blocks (``_space_to_depth_conv``): a one-channel input
     leaves a GPU convolution's channel lanes mostly idle, four channels fewer so.
+    ``pad_channels=True`` computes it as the same 7×7/2 convolution of the image zero-padded to
+    ``PADDED_STEM_CHANNELS`` channels with the kernel's extra input channels zero (``_padded_channels_conv``).
     """
 
-    def __init__(self, out_ch: int, *, space_to_depth: bool = False, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        out_ch: int,
+        *,
+        space_to_depth: bool = False,
+        pad_channels: bool = False,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        if space_to_depth and pad_channels:
+            raise ValueError("the stem is either space-to-depth or padded to 4 channels, not both")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         padding = ((STEM_PADDING, STEM_PADDING),) * 2
         self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
         self.border_conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw)
         self.bn = batch_norm(out_ch, **kw)
-        self.space_to_depth = space_to_depth
+        self.space_to_depth, self.pad_channels = space_to_depth, pad_channels
+
+    def _padded_channels_conv(self, x):
+        """``self.conv(x)`` with the input's and the kernel's input channels zero-padded to 4: the extra
+        products are all zero, so the output is the same; the stored kernel keeps its one channel."""
+        extra = ((0, 0),) * 3 + ((0, PADDED_STEM_CHANNELS - x.shape[-1]),)
+        kernel = jnp.pad(self.conv.kernel[...], ((0, 0), (0, 0), extra[-1], (0, 0)))
+        dtype = self.conv.dtype
+        return jax.lax.conv_general_dilated(
+            jnp.pad(x, extra).astype(dtype),
+            kernel.astype(dtype),
+            (2, 2),
+            ((STEM_PADDING, STEM_PADDING),) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
 
     def _space_to_depth_conv(self, x):
         """``self.conv(x)`` rewritten exactly: pad as the 7×7/2 conv does, fold 2×2 blocks into 4
@@ -142,7 +174,12 @@ class GrayStem(nnx.Module):
 
     def __call__(self, x, *, train: bool):
         valid_mask = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        image_term = self._space_to_depth_conv(x) if self.space_to_depth else self.conv(x)
+        if self.space_to_depth:
+            image_term = self._space_to_depth_conv(x)
+        elif self.pad_channels:
+            image_term = self._padded_channels_conv(x)
+        else:
+            image_term = self.conv(x)
         x = image_term + self.border_conv(valid_mask)
         x = nnx.relu(self.bn(x, use_running_average=not train))
         # Zero padding equals -inf padding here because the input is post-ReLU (>= 0).
@@ -231,6 +268,8 @@ class ResNet(PooledClassifier):
     compute dtype (bfloat16 on GPU) while parameters use ``param_dtype`` and BatchNorm statistics
     and logits stay float32. ``zero_init_residual`` zeroes the last BatchNorm scale of each block
     so every block starts as the identity, which helps training from scratch.
+    ``fewer_pass_batch_norm``: every BatchNorm trains with the hand-written gradient of
+    ``models.batch_norm`` (same numbers, fewer passes over memory).
     """
 
     def __init__(
@@ -243,6 +282,8 @@ class ResNet(PooledClassifier):
         zero_init_residual: bool = True,
         stride_in_1x1: bool = False,
         stem_space_to_depth: bool = False,
+        stem_pad_channels: bool = False,
+        fewer_pass_batch_norm: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -257,7 +298,7 @@ class ResNet(PooledClassifier):
         bottleneck = depth in BOTTLENECK_DEPTHS
 
         in_ch = scaled(STEM_WIDTH, width)
-        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, **kw)
+        self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, pad_channels=stem_pad_channels, **kw)
         stages = []
         for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS)):
             blocks = []
@@ -283,6 +324,7 @@ class ResNet(PooledClassifier):
         self.num_features = in_ch
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+        batch_norm_lib.use_fewer_passes(self, fewer_pass_batch_norm)
 
     def feature_map(self, x: jax.Array, *, train: bool = False, stages: int | None = None) -> jax.Array:
         """The feature map (N, h, w, C) after the first ``stages`` stages (all by default), float32.
@@ -315,6 +357,8 @@ def create_model(
     zero_init_residual: bool = True,
     stride_in_1x1: bool = False,
     stem_space_to_depth: bool = False,
+    stem_pad_channels: bool = False,
+    fewer_pass_batch_norm: bool = False,
 ) -> ResNet:
     """Build a ResNet by name (``resnet18`` … ``resnet152``) with parameters initialised from ``seed``.
 
@@ -330,6 +374,8 @@ def create_model(
         zero_init_residual=zero_init_residual,
         stride_in_1x1=stride_in_1x1,
         stem_space_to_depth=stem_space_to_depth,
+        stem_pad_channels=stem_pad_channels,
+        fewer_pass_batch_norm=fewer_pass_batch_norm,
         dtype=dtype,
         rngs=nnx.Rngs(params=seed),
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
@@ -57,6 +59,7 @@ CHECKPOINT_CHOICES = ("best", "latest")
 # in "." is a prefix.
 SAFE_KEYS = (
     "model.stem_space_to_depth",  # the same function of the same parameters
+    "model.stem_pad_channels",  # likewise
     "num_train_steps",
     "num_epochs",
     "log_every_steps",
@@ -178,7 +181,25 @@ def restore_model(manager: ocp.CheckpointManager, step: int, model_state: Any) -
     ]
 
 
-def _is_safe(key: str) -> bool:
+def params_sha256(model_state: Any) -> str:
+    """sha256 of a model item's values in a canonical order: each leaf's path (as JAX names it in the
+    tree that ``evaluation.inference`` restores), dtype, shape and bytes, leaves sorted by path. What
+    every artifact fitted for a checkpoint names it by (with its step): a retrained model saved at the
+    same step has other weights, hence another digest. Deterministic across processes and restores
+    (replicated arrays are read from this process's first copy), and cheap: one pass over the weights
+    on the host (about 0.1 s for DenseNet-121's 28 MB)."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(model_state)[0]
+    named = sorted(((jax.tree_util.keystr(path), leaf) for path, leaf in leaves), key=lambda item: item[0])
+    for name, leaf in named:
+        value = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        digest.update(f"{name}|{value.dtype.name}|{value.shape}\n".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def is_safe(key: str) -> bool:
+    """Whether a change of ``key`` leaves the model, its data and its optimisation as they were."""
     return any(key.startswith(safe) if safe.endswith(".") else key == safe for safe in SAFE_KEYS)
 
 
@@ -191,7 +212,7 @@ def check_resumable(saved_config: dict, config: dict, complete: Callable[[dict],
     saved = trees.flatten(json.loads(json.dumps(saved_config if complete is None else complete(saved_config))))
     current = trees.flatten(json.loads(json.dumps(config)))
     differing = sorted(
-        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not _is_safe(key)
+        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and not is_safe(key)
     )
     if differing:
         details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, config {current.get(key)!r}" for key in differing)

@@ -6,7 +6,7 @@ The standalone predictor of an exported bundle (:mod:`lungjax.export`): it needs
 the decision rule (:mod:`lungjax.evaluation.fit.decisions`) and the XLA CPU defaults (:mod:`lungjax.xla_cpu`),
 and none of the training stack (Flax,
 Optax, Orbax, grain, TFDS), so a serving machine installs little and runs the very numbers that were
-exported. The model file is checked against the manifest's sha256 before it is loaded.
+exported. The bundle is trusted whole or refused before the first image (:mod:`lungjax.serve.bundle`).
 
 Per image, in the order given (folders walked in name order): one row of ``predictions.csv`` and
 one record of ``predictions.jsonl`` with the probabilities, the calibrated probabilities, the

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (xla_cpu.SettingError, bundle.BundleError) as err:
         print(f"lungjax.serve: error: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
+    if loaded.label_space:  # a label set: what each output means, once, before the images
+        meanings = "; ".join(f"{name}: {definition}" for name, definition in loaded.label_space.items())
+        print(f"lungjax.serve: label space: {meanings}", file=sys.stderr)
     paths, skipped = files.expand(args.images)
     if skipped:
         count = f"{len(skipped)} other file{'s' if len(skipped) > 1 else ''}"

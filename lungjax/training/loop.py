@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from lungjax import models
 from lungjax.config import base
 from lungjax.config import check as config_check
-from lungjax.data import dataset, nih, pipeline, records, sampling, tasks
+from lungjax.data import building, dataset, pipeline, records, sampling, tasks
+from lungjax.data.sources import labelspace
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -172,10 +173,17 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
-    task = tasks.get(config.data.task)
-    build_report = nih.read_build_report(builder)
-    train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
-    weights = loss.class_weights(config, train_counts, images=train_images, multi_label=task.multi_label)
+    task = tasks.of_config(config)
+    build_report = building.read_build_report(builder)
+    train_images = build_report["images"]["train"]
+    if task.masked and "label_states" in build_report:  # count stated entries only (an NIH build states all)
+        positives, stated = labelspace.policy_counts(
+            build_report["label_states"]["train"], task.class_names, uncertainty=config.data.uncertainty
+        )
+        train_counts = positives.tolist()
+    else:
+        train_counts, stated = build_report["class_counts"]["train"], train_images
+    weights = loss.class_weights(config, train_counts, images=stated, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     fingerprint = run_info.dataset_fingerprint(builder)
@@ -199,6 +207,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         seed=config.seed,
         worker_count=config.worker_count,
         multi_label=task.multi_label,
+        augment_on_device=config.augment_on_device,
     )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))

@@ -1,5 +1,6 @@
 """The training losses: class-weighted cross-entropy (one class per image) and positive-weighted
-binary cross-entropy per finding (multi-label), each with label smoothing and an optional focal term.
+binary cross-entropy per finding (multi-label, optionally masked to the entries a source states),
+each with label smoothing and an optional focal term.
 
 Separate from the step so it can be checked against a NumPy float64 reference on its own.
 """
@@ -14,13 +15,17 @@ import optax
 from lungjax.evaluation.stats.class_weights import compute_class_weights
 
 
-def class_weights(config, train_counts: list[int], *, images: int = 0, multi_label: bool = False) -> np.ndarray:
+def class_weights(
+    config, train_counts: list[int], *, images: int | np.ndarray = 0, multi_label: bool = False
+) -> np.ndarray:
     """``balanced``, ``none``, or an explicit list, one number per class.
 
     Single-label: per-class weights, ``balanced`` being scikit-learn's formula on the training split
     (``train_counts`` images per class). Multi-label: per-finding weights of the positive term,
     ``balanced`` being negatives / positives on the training split (``train_counts`` positives per
-    finding of ``images``; a finding without positives gets 1), as in CheXNet's weighted loss.
+    finding of ``images``; a finding without positives gets 1), as in CheXNet's weighted loss. A masked
+    task counts stated entries only: ``images`` is then per label the training images that state it,
+    and ``train_counts`` the stated positives.
     """
     if config.class_weights == "balanced":
         counts = np.asarray(train_counts)
@@ -69,13 +74,16 @@ def weighted_binary_cross_entropy(
     *,
     label_smoothing: float = 0.0,
     focal_gamma: float = 0.0,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Per finding, sigmoid binary cross-entropy with a weighted positive term, averaged over examples
     and findings (PyTorch's ``BCEWithLogitsLoss(pos_weight=w)``).
 
     Per element: ``-(w_c q (1 - p)^gamma log p + (1 - q) p^gamma log(1 - p))`` with ``p = sigmoid(z)``
     and smoothed targets ``q = (1 - eps) y + eps / 2`` (each finding is a two-class problem).
-    ``gamma = 0`` is plain cross-entropy; ``gamma > 0`` the focal loss. Always float32.
+    ``gamma = 0`` is plain cross-entropy; ``gamma > 0`` the focal loss. Always float32. With ``mask``
+    (1 where a source states the entry) the mean runs over stated entries only: their sum over their
+    count, and 0 for a batch that states none.
     """
     logits = logits.astype(jnp.float32)
     targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + label_smoothing / 2
@@ -84,4 +92,8 @@ def weighted_binary_cross_entropy(
     if focal_gamma:
         positive = positive * (-jnp.expm1(log_p)) ** focal_gamma
         negative = negative * jnp.exp(log_p) ** focal_gamma
-    return -(positive_weights * positive + negative).mean()
+    elements = -(positive_weights * positive + negative)
+    if mask is None:
+        return elements.mean()
+    mask = mask.astype(jnp.float32)
+    return (elements * mask).sum() / jnp.maximum(mask.sum(), 1.0)

@@ -59,6 +59,24 @@ OPTIMIZERS = MappingProxyType(
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
             flat(optax.sgd(schedule, momentum=0.9, nesterov=True)),
         ),
+        # Large batches (768, 1024): layer-wise trust ratios, so each layer's step is a fixed share of its
+        # weights' norm; with the schedule's linear warm-up (warmup_epochs) as in their papers. optax.lamb's
+        # and optax.lars's chains spelt out (same state when not flattened): the trust ratio and weight
+        # decay are per layer, only the moments and the momentum run on the flat vector.
+        "lamb": lambda config, schedule, flat: optax.chain(
+            flat(optax.scale_by_adam(eps=1e-6)),
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.scale_by_trust_ratio(),
+            optax.scale_by_learning_rate(schedule),
+        ),
+        # You et al. 2017 and MLPerf's ResNet-50: BatchNorm parameters and biases get neither weight decay
+        # nor a trust ratio.
+        "lars": lambda config, schedule, flat: optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.masked(optax.scale_by_trust_ratio(trust_coefficient=0.001), decay_mask),
+            optax.scale_by_learning_rate(schedule),
+            flat(optax.trace(decay=0.9)),
+        ),
     }
 )
 

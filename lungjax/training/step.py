@@ -17,6 +17,7 @@ from flax import nnx
 
 from lungjax import models
 from lungjax.runtime import sharding
+from lungjax.training import device_augment
 from lungjax.training import loss as loss_lib
 
 
@@ -69,17 +70,29 @@ def train_step(
     dtype,
     ema_decay: float,
     multi_label: bool = False,
+    image_size: int | None = None,
 ) -> tuple[TrainState, TrainMetrics | MultiLabelTrainMetrics]:
-    """One optimizer step on one global batch. Pure: jit it with ``make_train_step``."""
+    """One optimizer step on one global batch. Pure: jit it with ``make_train_step``.
+
+    A batch with ``"warp"`` and ``"intensity"`` (the pipeline's ``augment_on_device``) carries
+    stored-size images, augmented here to ``image_size`` before anything else.
+    """
     dropout_key = jax.random.fold_in(state.rng, state.step)
-    images = models.images_to_input(batch["image"], dtype)
+    images = batch["image"]
+    if "warp" in batch:
+        images = device_augment.augment(images, batch["warp"], batch["intensity"], image_size)
+    images = models.images_to_input(images, dtype)
 
     def loss_fn(params, batch_stats):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        loss = (loss_lib.weighted_binary_cross_entropy if multi_label else loss_lib.weighted_cross_entropy)(
-            logits, batch["label"], class_weights, label_smoothing=label_smoothing, focal_gamma=focal_gamma
-        )
+        loss_options = dict(label_smoothing=label_smoothing, focal_gamma=focal_gamma)
+        if multi_label:  # a masked task's batches carry label_mask: only stated entries count
+            loss = loss_lib.weighted_binary_cross_entropy(
+                logits, batch["label"], class_weights, mask=batch.get("label_mask"), **loss_options
+            )
+        else:
+            loss = loss_lib.weighted_cross_entropy(logits, batch["label"], class_weights, **loss_options)
         return loss, (logits, nnx.state(model, nnx.BatchStat))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
@@ -126,6 +139,7 @@ def make_train_step(
         dtype=models.compute_dtype(config.half_precision),
         ema_decay=config.ema_decay,
         multi_label=multi_label,
+        image_size=config.image_size,
     )
     replicated = sharding.replicated(mesh)
     return jax.jit(

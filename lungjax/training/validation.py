@@ -39,7 +39,7 @@ def confusion_image(confusion: np.ndarray, class_names) -> np.ndarray:
 class Validator:
     def __init__(self, builder, config, graphdef, mesh):
         self._source = records.data_source(builder, "validation")
-        self._config, self._mesh, self._task = config, mesh, tasks.get(config.data.task)
+        self._config, self._mesh, self._task = config, mesh, tasks.of_config(config)
         self._predict = inference.make_predict_fn(
             graphdef, mesh, models.compute_dtype(config.half_precision), multi_label=self._task.multi_label
         )
@@ -63,7 +63,8 @@ class Validator:
         predictions = inference.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
         true, probs = predictions["label"].astype(np.int64), predictions["probs"]
         if self._task.multi_label:
-            scalars, images = self._multi_label_scalars(true, probs, predictions["patient_id"]), {}
+            stated = predictions.get("label_mask")
+            scalars, images = self._multi_label_scalars(true, probs, predictions["patient_id"], stated), {}
         else:
             scalars = {
                 "val_loss": calibration.log_loss(true, probs),
@@ -78,12 +79,15 @@ class Validator:
             images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)
         return Validation(scalars, images)
 
-    def _multi_label_scalars(self, true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray) -> dict[str, float]:
-        """Mean binary cross-entropy (unweighted) and mean AUROC over the findings where it is defined."""
+    def _multi_label_scalars(
+        self, true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray, stated: np.ndarray | None
+    ) -> dict[str, float]:
+        """Mean binary cross-entropy (unweighted) and mean AUROC over the findings where it is defined; a
+        masked task's on the stated entries (``stated``) only."""
         report = multi_label.multilabel_report(
-            true, probs, self._task.class_names, patient_ids=patient_ids, n_bootstrap=0
+            true, probs, self._task.class_names, patient_ids=patient_ids, n_bootstrap=0, stated=stated
         )
-        losses = [row["log_loss"] for row in report["per_finding"].values()]
+        losses = [row["log_loss"] for row in report["per_finding"].values() if row["log_loss"] is not None]
         scalars = {"val_loss": float(np.mean(losses))}
         if report["mean_auroc"] is not None:
             scalars["val_macro_auc"] = report["mean_auroc"]

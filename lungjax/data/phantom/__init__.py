@@ -16,8 +16,12 @@ The modules, each importing only those above it:
 
 * ``anatomy``: the patient and the normal chest on a film, its units and its exposure;
 * ``signs``: each finding's radiological sign, drawn onto a film;
+* ``sites``: hospitals, what makes their films and labels differ (``Site``, the presets ``SITES``);
 * ``six_class`` and ``findings14``: the two kinds of film, and a patient's series of them;
-* ``tree``: the NIH-format tree of a task's films (``write_nih_tree``).
+* ``tree``: the NIH-format tree of a task's films (``write_nih_tree``);
+* ``studies``: a patient's studies of 14-finding films for the source trees, laterals included;
+* ``source_trees``: the trees of the other sources, each in its real format (``write_chexpert_tree``,
+  ``write_mimic_tree``, ``write_padchest_tree``, ``write_vindr_tree``, ``write_hospital_tree``).
 """
 
 from lungjax.data.phantom.anatomy import FIELD_OF_VIEW_MM, PatientAnatomy, sample_anatomy
@@ -30,7 +34,16 @@ from lungjax.data.phantom.findings14 import (
     render_findings,
 )
 from lungjax.data.phantom.signs import MASS_DIAMETER_MM
+from lungjax.data.phantom.sites import SITES, Site
 from lungjax.data.phantom.six_class import CLASS_PROBABILITIES, cardiothoracic_ratio, render_radiograph
+from lungjax.data.phantom.source_trees import (
+    SourceTree,
+    write_chexpert_tree,
+    write_hospital_tree,
+    write_mimic_tree,
+    write_padchest_tree,
+    write_vindr_tree,
+)
 from lungjax.data.phantom.tree import write_nih_tree
 
 __all__ = [
@@ -42,10 +55,18 @@ __all__ = [
     "NODULE_DIAMETER_RANGE_MM",
     "FindingCombinations",
     "PatientAnatomy",
+    "SITES",
+    "Site",
+    "SourceTree",
     "cardiothoracic_ratio",
     "finding_combinations",
     "render_findings",
     "render_radiograph",
     "sample_anatomy",
+    "write_chexpert_tree",
+    "write_hospital_tree",
+    "write_mimic_tree",
     "write_nih_tree",
+    "write_padchest_tree",
+    "write_vindr_tree",
 ]

@@ -49,6 +49,7 @@ from lungjax.data.phantom.signs import (
     hyperinflated,
     lose_volume,
 )
+from lungjax.data.phantom.sites import Site
 
 # NIH's finding combinations and their image counts over all 112,120 rows of Data_Entry_2017_v2020,
 # shipped in lungjax.data (pyproject's package-data) because a tree is written where NIH's metadata
@@ -205,9 +206,11 @@ class FindingCombinations:
     images: np.ndarray
     pa_images: np.ndarray
 
-    def draw(self, rng: np.random.Generator) -> int:
-        """Index of a combination, in NIH's proportions."""
-        return int(rng.choice(len(self.findings), p=self.images / self.images.sum()))
+    def draw(self, rng: np.random.Generator, probabilities: np.ndarray | None = None) -> int:
+        """Index of a combination, in NIH's proportions (or in ``probabilities``, one per combination)."""
+        if probabilities is None:
+            probabilities = self.images / self.images.sum()
+        return int(rng.choice(len(self.findings), p=probabilities))
 
 
 @functools.cache
@@ -224,17 +227,27 @@ def finding_combinations() -> FindingCombinations:
 
 
 def films(
-    anatomy: PatientAnatomy, count: int, rng: np.random.Generator, size: int
+    anatomy: PatientAnatomy, count: int, rng: np.random.Generator, size: int, site: Site | None = None
 ) -> Iterator[tuple[str, str, np.ndarray, dict]]:
     """(view, Finding Labels, image, boxes) per film: one of NIH's combinations, kept on follow-ups as
-    the six-class films keep their class, and the view NIH shows that combination in."""
+    the six-class films keep their class, and the view NIH shows that combination in.
+
+    A ``site`` sets the combinations' proportions, the view, the film's look and what its labeller
+    reports (Finding Labels and boxes are those of the reported findings); without one, the draws are
+    exactly those of the trees written before sites existed.
+    """
     table = finding_combinations()
-    index = table.draw(rng)
+    probabilities = None if site is None else site.combination_probabilities(table.images, table.findings)
+    index = table.draw(rng, probabilities)
     for follow_up in range(count):
         if follow_up and rng.random() >= REPEAT_FINDING_PROBABILITY:
-            index = table.draw(rng)
+            index = table.draw(rng, probabilities)
         findings = table.findings[index]
-        view = "PA" if rng.random() < table.pa_images[index] / table.images[index] else "AP"
+        pa_share = table.pa_images[index] / table.images[index]
+        view = ("PA" if rng.random() < pa_share else "AP") if site is None else site.view(pa_share, rng)
+        reported = findings if site is None else site.labelled(findings, rng)
         image, boxes = render_findings(findings, jitter_anatomy(anatomy, rng), rng, size)
-        boxed = {name: box for name, box in boxes.items() if name in labels.BOXED_FINDINGS}
-        yield view, "|".join(findings) or labels.NO_FINDING, image, boxed
+        if site is not None:
+            image = site.expose(image, rng)
+        boxed = {name: box for name, box in boxes.items() if name in labels.BOXED_FINDINGS and name in reported}
+        yield view, "|".join(reported) or labels.NO_FINDING, image, boxed

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import zlib
 
 import cv2
 import numpy as np
 
 from lungjax.data import images, labels, nih_layout, tasks, workers
-from lungjax.data.phantom import findings14, six_class
+from lungjax.data.phantom import findings14, sites, six_class
 from lungjax.data.phantom.anatomy import FIELD_OF_VIEW_MM, sample_anatomy
 
 
@@ -32,15 +33,23 @@ def _patient_films(
     films_per_patient: tuple[int, int],
     image_dir: str,
     task: str,
+    site: sites.Site | None,
 ) -> list[_FilmRecord]:
-    """Render and write one patient's films; its own seed makes the result worker-independent."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, patient_id]))
+    """Render and write one patient's films; its own seed makes the result worker-independent (a site's
+    patients have seeds of their own: another hospital, other patients)."""
+    entropy = [seed, patient_id] if site is None else [seed, zlib.crc32(site.name.encode("utf-8")), patient_id]
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
     anatomy = sample_anatomy(rng)
     count = int(rng.integers(films_per_patient[0], films_per_patient[1] + 1))
     spacing = FIELD_OF_VIEW_MM / image_size
     age = anatomy.age
     records = []
-    for follow_up, (view, finding_labels, image, boxes) in enumerate(_FILMS[task](anatomy, count, rng, image_size)):
+    films = (
+        _FILMS[task](anatomy, count, rng, image_size)
+        if site is None
+        else findings14.films(anatomy, count, rng, image_size, site)
+    )
+    for follow_up, (view, finding_labels, image, boxes) in enumerate(films):
         name = f"{patient_id:08d}_{follow_up:03d}.png"
         if not cv2.imwrite(os.path.join(image_dir, name), image):
             raise OSError(f"could not write {os.path.join(image_dir, name)}")
@@ -67,6 +76,7 @@ def write_nih_tree(
     num_workers: int = 1,
     progress: bool = False,
     task: str = "six_class",
+    site: str | sites.Site | None = None,
 ) -> pathlib.Path:
     """Write phantom films as an NIH ChestX-ray14 tree, so the real builder runs on them unchanged.
 
@@ -76,6 +86,10 @@ def write_nih_tree(
     "full14" draws NIH's own finding combinations (several findings on a film, No Finding on about
     half) with a box row per boxed finding. The output is byte-identical for a seed whatever
     ``num_workers`` is. Workers are spawned, never forked, because the parent may hold JAX's threads.
+
+    ``site`` (a preset name of :data:`sites.SITES` or a :class:`sites.Site`; full14 only) gives the films
+    a hospital's look, views, prevalence and labeller; without one the tree is the same bytes as before
+    sites existed. The six-class films stay as the demo published them.
     """
     if not isinstance(num_patients, int) or num_patients < 1:
         raise ValueError(f"num_patients must be an integer >= 1, got {num_patients!r}")
@@ -87,12 +101,15 @@ def write_nih_tree(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers!r}")
     tasks.get(task)  # names the known tasks when it is not one
+    site = sites.site(site)
+    if site is not None and task != "full14":
+        raise ValueError(f"a site applies to full14 films; the {task} films stay as the demo published them")
 
     root = pathlib.Path(root)
     image_dir = root / nih_layout.FIRST_IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     patient_ids = range(1, num_patients + 1)
-    job = (seed, image_size, (low, high), str(image_dir), task)
+    job = (seed, image_size, (low, high), str(image_dir), task, site)
     with workers.process_pool(num_workers) as executor:
         if executor is None:
             results = (_patient_films(pid, *job) for pid in patient_ids)

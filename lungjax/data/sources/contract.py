@@ -143,17 +143,6 @@ def select_views(table: SourceTable, views=FRONTAL) -> SourceTable:
     return table.with_frame(table.frame[kept], views=tuple(views), rows_of_other_views=int((~kept).sum()))
 
 
-def check_files(table: SourceTable, manual_dir: str | os.PathLike, file_name: str) -> None:
-    """Every path names an existing image file of a known format; the first that does not is refused,
-    naming the metadata file and its line (header = line 1)."""
-    root = Path(manual_dir)
-    for row, path in enumerate(table.frame["path"]):
-        if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
-            raise SourceError(f"{file_name} line {row + 2}: {path} is not a PNG, JPEG or DICOM file {IMAGE_SUFFIXES}")
-        if not (root / path).is_file():
-            raise SourceError(f"{file_name} line {row + 2}: {path} does not exist under {root}")
-
-
 def labels_frame(states: Mapping[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
     """Harmonised label states as the table's label columns (int8)."""
     return pd.DataFrame({name: np.asarray(v, dtype=np.int8) for name, v in states.items()}, index=index)

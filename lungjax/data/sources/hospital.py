@@ -15,8 +15,9 @@
 * every other column is a label named exactly as in the harmonised vocabulary
   (:func:`.labelspace.vocabulary`), holding 1 (positive), 0 (negative), -1 (uncertain) or blank (not stated).
 
-A missing column, an unknown label column, a value outside these, or a path that does not exist is
-refused in one line naming the file and its line.
+A missing column, an unknown label column or a value outside these is refused in one line naming the
+file and its line; the build (:mod:`lungjax.data.source_builder`) checks that each film exists, and
+names or, when asked, skips those that do not.
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ def read(manual_dir: str | os.PathLike, *, file_name: str = CSV) -> contract.Sou
     root = Path(manual_dir)
     path = root / file_name
     csv = contract.read_csv(path, str(path), dtype=str, keep_default_na=False)
-    result = table(csv, str(path))
-    contract.check_files(result, root, str(path))
-    return result
+    return table(csv, str(path))
 
 
 def table(csv: pd.DataFrame, file_name: str = CSV) -> contract.SourceTable:

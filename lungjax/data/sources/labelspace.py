@@ -13,11 +13,12 @@ NIH's findings keep NIH's spelling (``Effusion``, ``Pleural_Thickening``), so th
 from __future__ import annotations
 
 import csv
+import dataclasses
+import importlib.resources
 import io
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-import importlib_resources
 import numpy as np
 
 from lungjax.data import labels as nih_labels
@@ -45,7 +46,7 @@ NAMED_POLICIES = MappingProxyType({"irvin2019": IRVIN2019})
 
 
 def _data_file(name: str) -> list[dict[str, str]]:
-    text = importlib_resources.files("lungjax.data.sources").joinpath(name).read_text(encoding="utf-8")
+    text = importlib.resources.files("lungjax.data.sources").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(io.StringIO(text)))
 
 
@@ -129,31 +130,104 @@ def policy_per_label(uncertainty: str | Mapping[str, str], names: Sequence[str])
     return {name: uncertainty.get(name, "ignore") for name in names}
 
 
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """``label_states`` (rows, V) int8 over the whole vocabulary, in ``vocabulary()`` order, -> (``label``,
+    ``label_mask``), both float32 (rows, L): label 1.0 / 0.0, mask 1.0 where stated; for one label set and
+    uncertainty policy, resolved once (``Targets.of``), then applied to any number of batches.
+
+    The one conversion from the four states to what a model trains on, vectorised over a batch: the input
+    pipeline applies it per batch, ``label_matrix`` per table. Not stated is masked. Uncertain entries
+    follow the policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops
+    with the first row that has one (named by ``row_names`` when given).
+    """
+
+    names: tuple[str, ...]  # the labels, in the set's order
+    columns: np.ndarray  # each label's column of label_states
+    as_ones: np.ndarray  # per label: an uncertain entry is stated positive ("ones")
+    as_stated: np.ndarray  # per label: an uncertain entry is stated ("zeros" or "ones")
+    refused: np.ndarray  # per label: an uncertain entry stops ("refuse")
+    width: int  # V, the vocabulary's size
+
+    @classmethod
+    def of(cls, labels: str | Sequence[str], *, uncertainty: str | Mapping[str, str] = "ignore") -> Targets:
+        names = resolve(labels)
+        vocabulary_names = tuple(vocabulary())
+        policies = [policy_per_label(uncertainty, names)[name] for name in names]
+        return cls(
+            names=names,
+            columns=np.array([vocabulary_names.index(name) for name in names], np.int64),
+            as_ones=np.array([p == "ones" for p in policies], bool),
+            as_stated=np.array([p in ("zeros", "ones") for p in policies], bool),
+            refused=np.array([p == "refuse" for p in policies], bool),
+            width=len(vocabulary_names),
+        )
+
+    def __call__(self, states: np.ndarray, row_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        states = np.asarray(states)
+        if states.ndim != 2 or states.shape[1] != self.width:
+            raise contract.SourceError(
+                f"label_states must be (rows, {self.width}) over the vocabulary, got shape {states.shape}"
+            )
+        chosen = states[:, self.columns]
+        uncertain = chosen == contract.UNCERTAIN
+        if (uncertain & self.refused).any():
+            row, column = (int(i) for i in np.argwhere(uncertain & self.refused)[0])
+            where = f"row {row}" if row_names is None else f"row {row} ({row_names[row]})"
+            raise contract.SourceError(
+                f"{where} is uncertain for {self.names[column]!r}, which the uncertainty policy 'refuse' does not allow"
+            )
+        label = (chosen == contract.POSITIVE) | (uncertain & self.as_ones)
+        mask = (chosen == contract.POSITIVE) | (chosen == contract.NEGATIVE) | (uncertain & self.as_stated)
+        return label.astype(np.float32), mask.astype(np.float32)
+
+
+def targets(
+    states: np.ndarray,
+    labels: str | Sequence[str],
+    *,
+    uncertainty: str | Mapping[str, str] = "ignore",
+    row_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Targets.of(labels, uncertainty=...)(states, row_names)``: (label, label_mask) for one array."""
+    return Targets.of(labels, uncertainty=uncertainty)(states, row_names)
+
+
 def label_matrix(
     table: contract.SourceTable, labels: str | Sequence[str], *, uncertainty: str | Mapping[str, str] = "ignore"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(values, mask), both (rows, labels): values 1.0 / 0.0, mask True where the entry is stated.
 
-    Not stated, and a label outside the source's vocabulary, are masked. Uncertain entries follow the
-    policy: ``ignore`` masks them, ``zeros`` / ``ones`` state them as 0 / 1, ``refuse`` stops with the
-    first row that has one.
+    ``targets`` on the table's states; a label outside the source's vocabulary is not stated.
     """
+    vocabulary_names = tuple(vocabulary())
+    states = np.full((len(table.frame), len(vocabulary_names)), contract.NOT_STATED, np.int8)
+    for k, name in enumerate(vocabulary_names):
+        if name in table.labels:
+            states[:, k] = table.frame[name].to_numpy()
+    try:
+        values, mask = targets(states, labels, uncertainty=uncertainty, row_names=table.frame["path"].tolist())
+    except contract.SourceError as err:
+        raise contract.SourceError(f"{table.source}: {err}") from None
+    return values, mask.astype(bool)
+
+
+def policy_counts(
+    state_counts: Mapping[str, Mapping[str, int]],
+    labels: str | Sequence[str],
+    *,
+    uncertainty: str | Mapping[str, str] = "ignore",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, stated), both int64 (L,): how many images state each label, and how many of those as
+    positive, under the policy, from counts of the four states per label (``state_counts[label][state
+    name]``, the names of ``contract.STATE_NAMES``; a label absent is stated nowhere). What ``targets``
+    would give summed over the images, for the class weights of a masked task."""
     names = resolve(labels)
-    policies = policy_per_label(uncertainty, names)
-    values = np.zeros((len(table.frame), len(names)), np.float32)
-    mask = np.zeros((len(table.frame), len(names)), bool)
-    for k, name in enumerate(names):
-        if name not in table.labels:
-            continue
-        states = table.frame[name].to_numpy()
-        uncertain = states == contract.UNCERTAIN
-        if policies[name] == "refuse" and uncertain.any():
-            row = int(np.flatnonzero(uncertain)[0])
-            raise contract.SourceError(
-                f"{table.source}: row {row} ({table.frame['path'].iloc[row]}) is uncertain for {name!r}, "
-                "which the uncertainty policy 'refuse' does not allow"
-            )
-        values[:, k] = (states == contract.POSITIVE) | (uncertain & (policies[name] == "ones"))
-        mask[:, k] = (states == contract.POSITIVE) | (states == contract.NEGATIVE)
-        mask[:, k] |= uncertain & (policies[name] in ("zeros", "ones"))
-    return values, mask
+    states = tuple(contract.STATE_NAMES)
+    rows = np.repeat(np.array(states, np.int8)[:, None], len(vocabulary()), axis=1)  # one row per state
+    label, mask = targets(rows, names, uncertainty=uncertainty)
+    counts = np.array(
+        [[state_counts.get(name, {}).get(contract.STATE_NAMES[state], 0) for name in names] for state in states],
+        np.int64,
+    )
+    return (counts * label * mask).sum(axis=0).astype(np.int64), (counts * mask).sum(axis=0).astype(np.int64)

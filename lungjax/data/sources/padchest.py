@@ -62,7 +62,7 @@ def parse_labels(value: str) -> list[str]:
     """One ``Labels`` cell -> its stripped strings; anything but a literal list of strings is refused."""
     try:
         parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError) as err:
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:  # literal_eval's refusals
         raise contract.SourceError(f"Labels {value!r} is not a list literal") from err
     if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
         raise contract.SourceError(f"Labels {value!r} is not a list of strings")

@@ -89,7 +89,7 @@ def _rates_dict(values: dict[str, np.ndarray], index: int) -> dict[str, float | 
 def choose_one(rule: Rule, positive: np.ndarray, scores: np.ndarray) -> dict:
     """``{"threshold": t or None, "validation": rates at t, "reason": why there is none}`` for one class."""
     if positive.all() or not positive.any():
-        side = "negative" if positive.all() else "positive"
+        side = "stated" if positive.size == 0 else "negative" if positive.all() else "positive"
         return {"threshold": None, "validation": None, "reason": f"no {side} images on validation"}
     thresholds, rates = _candidates(positive, scores)
     if rule.metric is None:
@@ -109,10 +109,17 @@ def choose_one(rule: Rule, positive: np.ndarray, scores: np.ndarray) -> dict:
     return {"threshold": float(thresholds[best]), "validation": _rates_dict(rates, best), "reason": None}
 
 
-def choose(rules: Sequence[Rule], positive: np.ndarray, scores: np.ndarray, class_names) -> dict:
-    """``{rule text: {class: choose_one(...)}}`` on the validation columns (``kinds.columns``)."""
+def choose(
+    rules: Sequence[Rule], positive: np.ndarray, scores: np.ndarray, class_names, stated: np.ndarray | None = None
+) -> dict:
+    """``{rule text: {class: choose_one(...)}}`` on the validation columns (``kinds.Kind.columns``), each
+    class on the images that state it (``kinds.Kind.stated``; all when None)."""
+    stated = np.ones(positive.shape, bool) if stated is None else stated
     return {
-        rule.text: {name: choose_one(rule, positive[:, c], scores[:, c]) for c, name in enumerate(class_names)}
+        rule.text: {
+            name: choose_one(rule, positive[stated[:, c], c], scores[stated[:, c], c])
+            for c, name in enumerate(class_names)
+        }
         for rule in rules
     }
 

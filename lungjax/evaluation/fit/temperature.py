@@ -74,13 +74,16 @@ def _golden_section(nll) -> float:
     return math.exp((low + high) / 2.0)
 
 
-def fit(labels: np.ndarray, probs: np.ndarray, class_names, multi_label: bool) -> dict:
+def fit(
+    labels: np.ndarray, probs: np.ndarray, class_names, multi_label: bool, stated: np.ndarray | None = None
+) -> dict:
     """Temperatures fitted on validation predictions, with the reason for each one left at 1.
 
     Returns ``{"temperatures": [T] or [T_c per finding], "not_fitted": {name: reason}, "at_bound":
     [names]}``. A finding without positives or without negatives on validation has no optimum (the
     NLL falls as T goes to 0), so its temperature stays 1 with the reason. A fit that lands on a
-    bound of the search range is named in ``at_bound``: the true optimum may lie beyond it.
+    bound of the search range is named in ``at_bound``: the true optimum may lie beyond it. With
+    ``stated`` (N, C), a masked task's ``label_mask``, each finding is fitted on the images that state it.
     """
     labels = np.asarray(labels)
     z = log_odds(probs, multi_label)
@@ -90,13 +93,15 @@ def fit(labels: np.ndarray, probs: np.ndarray, class_names, multi_label: bool) -
         at_bound = ["all classes"] if any(math.isclose(t, b, rel_tol=1e-5) for b in bounds) else []
         return {"temperatures": [t], "not_fitted": {}, "at_bound": at_bound}
     temperatures, not_fitted, at_bound = [], {}, []
+    stated = np.ones(labels.shape, bool) if stated is None else np.asarray(stated).astype(bool)
     for c, name in enumerate(class_names):
-        positive = labels[:, c].astype(bool)
+        positive, column = labels[stated[:, c], c].astype(bool), z[stated[:, c], c]
         if positive.all() or not positive.any():
             temperatures.append(1.0)
-            not_fitted[name] = f"no {'negative' if positive.all() else 'positive'} validation images"
+            side = "stated" if positive.size == 0 else "negative" if positive.all() else "positive"
+            not_fitted[name] = f"no {side} validation images"
             continue
-        t = _golden_section(lambda temperature: _nll_binary(z[:, c], positive, temperature))
+        t = _golden_section(lambda temperature: _nll_binary(column, positive, temperature))
         temperatures.append(t)
         if any(math.isclose(t, b, rel_tol=1e-5) for b in bounds):
             at_bound.append(name)

@@ -33,7 +33,7 @@ from lungjax.evaluation.stats.calibration import (
     finding_calibration_bins,
     finding_ece,
 )
-from lungjax.evaluation.stats.checks import check_multilabel_predictions, check_predictions
+from lungjax.evaluation.stats.checks import check_multilabel_predictions, check_predictions, check_stated
 from lungjax.evaluation.stats.ranking import macro_auc
 
 DPI = 120
@@ -299,15 +299,24 @@ def _finding_grid(num_findings: int) -> tuple[Figure, list[Axes]]:
     return figure, panels[:num_findings]
 
 
-def plot_roc_grid(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
+def plot_roc_grid(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    stated: np.ndarray | None = None,
+) -> None:
     """Multi-label ROC: one panel per finding with its AUROC in the title and the chance diagonal.
 
     Fourteen curves on one axes are unreadable; separate panels with shared axes keep each legible
-    and comparable. A finding without positives or negatives gets an empty panel saying so.
+    and comparable. A finding without positives or negatives gets an empty panel saying so. With
+    ``stated`` (N, C) each finding's curve runs over the images that state it.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
+    stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for axes, name, positive, scores in zip(panels, class_names, labels.T, probs.T):
+    for c, (axes, name) in enumerate(zip(panels, class_names)):
+        positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
         if positive.all() or not positive.any():
             axes.set_title(f"{name}\nAUROC undefined (one class only)", fontsize="small")
@@ -330,15 +339,22 @@ def plot_reliability_grid(
     path: str | Path,
     n_bins: int = FINDING_ECE_BINS,
     title: str = "Reliability diagrams",
+    stated: np.ndarray | None = None,
 ) -> None:
     """Per-finding reliability: observed frequency against predicted probability per equal-width bin.
 
     The bins and ECE in each title are the report's (:func:`stats.calibration.finding_calibration_bins`).
-    Most films of a rare finding sit in the lowest bin, so the counts above the bars matter.
+    Most films of a rare finding sit in the lowest bin, so the counts above the bars matter. With
+    ``stated`` (N, C) each finding's panel counts the images that state it.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
+    stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for axes, name, positive, scores in zip(panels, class_names, labels.T, probs.T):
+    for c, (axes, name) in enumerate(zip(panels, class_names)):
+        positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
+        if positive.size == 0:
+            axes.set_title(f"{name}\nstated on no image", fontsize="small")
+            continue
         bins = finding_calibration_bins(positive, scores, n_bins)
         edges, counts = bins["edges"], bins["counts"]
         filled = counts > 0

@@ -19,6 +19,7 @@ from lungjax.evaluation.stats.calibration import (
     TOP1_ECE_BINS,
     weighted_expected_calibration_error,
 )
+from lungjax.evaluation.stats.numeric import divide, optional_float
 
 FIGURES = ("log_loss", "ece")
 
@@ -38,20 +39,22 @@ def _finding_figures(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray
     p = np.clip(prob, eps, 1.0 - eps)
     loss = -np.where(positive, np.log(p), np.log(1.0 - p))
     return {
-        "log_loss": weights @ loss / weights.sum(axis=1),
+        "log_loss": divide(weights @ loss, weights.sum(axis=1)),
         "ece": weighted_expected_calibration_error(positive.astype(np.float64), prob, FINDING_ECE_BINS, weights),
     }
 
 
-def _figures(labels, probs, multi_label: bool, weights) -> dict[str, np.ndarray]:
-    """Headline log-loss and ECE (B,), and for multi-label each finding's (B, C) as ``<figure>_per_finding``."""
+def _figures(labels, probs, multi_label: bool, weights, stated) -> dict[str, np.ndarray]:
+    """Headline log-loss and ECE (B,), and for multi-label each finding's (B, C) as ``<figure>_per_finding``,
+    each finding over the images that state it."""
     if not multi_label:
         return _single_label_figures(labels, probs, weights)
-    per = [_finding_figures(labels[:, c], probs[:, c], weights) for c in range(probs.shape[1])]
+    per = [_finding_figures(labels[:, c], probs[:, c], weights * stated[:, c]) for c in range(probs.shape[1])]
+    anywhere = np.flatnonzero(stated.any(axis=0))  # the headline means over the findings stated somewhere
     out = {}
     for key in FIGURES:
         out[f"{key}_per_finding"] = np.stack([p[key] for p in per], axis=1)
-        out[key] = out[f"{key}_per_finding"].mean(axis=1)
+        out[key] = out[f"{key}_per_finding"][:, anywhere].mean(axis=1)
     return out
 
 
@@ -65,19 +68,22 @@ def calibration_report(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    stated: np.ndarray | None = None,
 ) -> dict:
     """Log-loss and ECE before and after applying ``fitted`` (``temperature.fit``'s record), with
-    patient-bootstrap intervals of each and of the change (after - before)."""
+    patient-bootstrap intervals of each and of the change (after - before). Multi-label ``stated``
+    (N, C), a masked task's ``label_mask``: each finding's figures count the images that state it."""
     if multi_label:
         labels, probs = checks.check_multilabel_predictions(labels, probs, class_names, patient_ids)
+        stated = checks.check_stated(stated, labels.shape)
     else:
         labels, probs = checks.check_predictions(labels, probs, class_names, patient_ids)
     calibrated = temperature.apply(probs, fitted["temperatures"], multi_label)
 
     def replicate(weights):
         before, after = (
-            _figures(labels, probs, multi_label, weights),
-            _figures(labels, calibrated, multi_label, weights),
+            _figures(labels, probs, multi_label, weights, stated),
+            _figures(labels, calibrated, multi_label, weights, stated),
         )
         out = {}
         for key, value in before.items():
@@ -90,7 +96,7 @@ def calibration_report(
 
     def figure(key: str, column: int | None = None) -> dict:
         value = point[key] if column is None else point[key][column]
-        row = {"value": float(value)}
+        row = {"value": optional_float(value)}
         if boot is not None:
             row["ci"] = bootstrap.interval(boot[key] if column is None else boot[key][:, column])
         return row

@@ -3,7 +3,7 @@
 Run a is the workdir evaluated, run b the one ``config.eval.compare_to`` names. Each model predicts
 the images of its own dataset; the comparison needs those to be the same images with the same
 labels and the same classes, and refuses otherwise, naming the difference. Same images means the same
-source pixels, as each build report records them per image (``nih.SOURCE_PIXELS``): two builds of one
+source pixels, as each build report records them per image (``building.SOURCE_PIXELS``): two builds of one
 download at different stored sizes hold the same images, so a 224 px model can be compared with a
 128 px one, while a download with other pixels under the same names is refused. Per class: both
 AUROCs, the difference a - b with a paired patient-bootstrap interval, and DeLong's test; for the
@@ -27,7 +27,7 @@ def check_same_pixels(names, pixels_a: dict[str, str] | None, pixels_b: dict[str
     """Refuses when an evaluated image of run a has other source pixels in run b's dataset, naming how many
     and which; otherwise says what was checked (the comparison section's ``source_pixels``).
 
-    ``pixels_*``: each build report's ``nih.SOURCE_PIXELS`` (image name -> digest of the decoded source
+    ``pixels_*``: each build report's ``building.SOURCE_PIXELS`` (image name -> digest of the decoded source
     film), None for a dataset built before lungjax recorded them: then nothing can be checked, and the
     sentence returned says so (rebuilding that dataset would record them, but would also change its
     fingerprint, which a run's checkpoints are tied to). Names only one dataset holds are ``align``'s.
@@ -49,6 +49,11 @@ def check_same_pixels(names, pixels_a: dict[str, str] | None, pixels_b: dict[str
     return f"checked: the {len(names)} evaluated images have the same source pixels in both datasets"
 
 
+def _stated(predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """Which labels the images state: a masked task's ``label_mask``, else all of them."""
+    return predictions.get("label_mask", np.ones_like(predictions["label"], np.float32))
+
+
 def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], task_a: tasks.Task, task_b: tasks.Task) -> dict:
     """``b``'s predictions in ``a``'s image order, or CompareError naming how the two splits differ."""
     if task_a.class_names != task_b.class_names:
@@ -68,7 +73,10 @@ def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], task_a: tasks.Task
     row_of = {name: i for i, name in enumerate(names_b)}
     order = np.array([row_of[name] for name in names_a])
     aligned = {key: value[order] for key, value in b.items()}
-    differing = np.flatnonzero((aligned["label"] != a["label"]).reshape(len(order), -1).any(axis=1))
+    differing = np.flatnonzero(
+        (aligned["label"] != a["label"]).reshape(len(order), -1).any(axis=1)
+        | (_stated(aligned) != _stated(a)).reshape(len(order), -1).any(axis=1)
+    )
     if differing.size:
         raise CompareError(
             f"{differing.size} images carry different labels in the two runs, e.g. "
@@ -90,18 +98,27 @@ def comparison_report(
     kind = kinds.of_task(task)
     positive, scores_a = kind.columns(a["label"], a["probs"], task.class_names)
     _, scores_b = kind.columns(b["label"], b["probs"], task.class_names)
-    support = positive.sum(axis=0)
-    mean_over = np.flatnonzero((support > 0) & (support < len(positive)))
+    stated = kind.stated(a, task.class_names)
+    support = (positive & stated).sum(axis=0)
+    mean_over = np.flatnonzero((support > 0) & (support < stated.sum(axis=0)))
     boot = (
         paired.paired_bootstrap(
-            positive, scores_a, scores_b, mean_over, patient_ids=a["patient_id"], n_bootstrap=n_bootstrap, seed=seed
+            positive,
+            scores_a,
+            scores_b,
+            mean_over,
+            patient_ids=a["patient_id"],
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            stated=stated,
         )
         if n_bootstrap
         else None
     )
     per_class = {}
     for c, name in enumerate(task.class_names):
-        row = paired.delong(positive[:, c], scores_a[:, c], scores_b[:, c])
+        rows = stated[:, c]
+        row = paired.delong(positive[rows, c], scores_a[rows, c], scores_b[rows, c])
         if boot is not None:
             row["difference_ci"] = bootstrap.interval(boot["difference"][:, c])
         per_class[name] = row

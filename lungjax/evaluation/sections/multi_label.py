@@ -2,7 +2,9 @@
 
 Every function takes ``labels`` (N, C) 0/1, ``probs`` (N, C) independent sigmoid probabilities and,
 where relevant, ``patient_ids`` (N,). Each finding is scored on its own, as a binary problem, and
-the headline is the mean over findings, as in every published ChestX-ray14 table.
+the headline is the mean over findings, as in every published ChestX-ray14 table. A masked task
+(a label set over sources that state some labels of an image and not others) passes ``stated``
+(N, C): each label is then scored on the images that state it, and nothing else.
 
 The statistics and conventions are :mod:`lungjax.evaluation.stats`' (shared with the six-class section):
 
@@ -25,24 +27,34 @@ import numpy as np
 
 from lungjax.evaluation.stats.bootstrap import CI_LEVEL, bootstrap_replicates, interval
 from lungjax.evaluation.stats.calibration import FINDING_ECE_BINS, finding_ece, log_loss
-from lungjax.evaluation.stats.checks import binary_view, check_finding_thresholds, check_multilabel_predictions
+from lungjax.evaluation.stats.checks import (
+    binary_view,
+    check_finding_thresholds,
+    check_multilabel_predictions,
+    check_stated,
+)
 from lungjax.evaluation.stats.numeric import optional_float
 from lungjax.evaluation.stats.ranking import weighted_auroc, weighted_average_precision
 from lungjax.evaluation.stats.rates import rates_at_finding_thresholds
 
 
 def _replicate_metrics(
-    labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, mean_over: np.ndarray
+    labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, mean_over: np.ndarray, stated: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-finding AUROC and AP (B, C) and their means over ``mean_over`` (B,) for each row of ``weights``.
 
     With all weights 1 this is the point estimate, so the bootstrap runs the very code the tests
     compare with scikit-learn. A replicate in which a ``mean_over`` finding is undefined has a NaN
-    mean and is skipped, never averaged over a different set of findings.
+    mean and is skipped, never averaged over a different set of findings. An image that does not state
+    a finding weighs 0 in it: the finding is scored on the images that state it.
     """
-    auroc = np.stack([weighted_auroc(labels[:, c], probs[:, c], weights) for c in range(probs.shape[1])], axis=1)
+    columns = range(probs.shape[1])
+    auroc = np.stack(
+        [weighted_auroc(labels[:, c] & stated[:, c], probs[:, c], weights * stated[:, c]) for c in columns], axis=1
+    )
     pr_auc = np.stack(
-        [weighted_average_precision(labels[:, c], probs[:, c], weights) for c in range(probs.shape[1])], axis=1
+        [weighted_average_precision(labels[:, c] & stated[:, c], probs[:, c], weights * stated[:, c]) for c in columns],
+        axis=1,
     )
     return {
         "auroc": auroc,
@@ -67,10 +79,13 @@ def _bootstrap_intervals(
     mean_over: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    stated: np.ndarray,
 ) -> dict:
-    """95% percentile intervals from ``n_bootstrap`` patient-level resamples, drawn as metrics draws them."""
+    """95% percentile intervals from ``n_bootstrap`` patient-level resamples, drawn as metrics draws them.
+    The split's patients are resampled together (so the means have an interval) and each finding is
+    scored on the drawn images that state it."""
     replicates = bootstrap_replicates(
-        lambda weights: _replicate_metrics(labels, probs, weights, mean_over), patient_ids, n_bootstrap, seed
+        lambda weights: _replicate_metrics(labels, probs, weights, mean_over, stated), patient_ids, n_bootstrap, seed
     )
     return {
         "level": CI_LEVEL,
@@ -86,12 +101,25 @@ def _bootstrap_intervals(
     }
 
 
-def _note(support: int, n_images: int) -> str | None:
+def _note(support: int, n_stated: int) -> str | None:
+    if n_stated == 0:
+        return "stated on no image: every metric is undefined; left out of the means"
     if support == 0:
         return "no positive examples: auroc and pr_auc are undefined; left out of the means"
-    if support == n_images:
+    if support == n_stated:
         return "no negative examples: auroc is undefined; left out of the means"
     return None
+
+
+def _calibration_figures(positive: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
+    """Log-loss, Brier score and ECE of one finding on the images that state it (None on none)."""
+    if positive.size == 0:
+        return {"log_loss": None, "brier": None, "ece": None}
+    return {
+        "log_loss": log_loss(*binary_view(positive, prob)),
+        "brier": float(np.mean((prob - positive) ** 2)),
+        "ece": finding_ece(positive, prob),
+    }
 
 
 def multilabel_report(
@@ -103,37 +131,42 @@ def multilabel_report(
     thresholds: Mapping[str, float] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    stated: np.ndarray | None = None,
 ) -> dict:
     """All multi-label evaluation numbers as one JSON-serialisable dict (undefined values are None).
 
     Keys: n_images, n_patients, mean_auroc, mean_pr_auc, means_over (the findings with both
-    positives and negatives, over which both means run), ece_bins, per_finding (support,
+    positives and negatives, over which both means run), ece_bins, per_finding (stated, support,
     prevalence, auroc, pr_auc, log_loss, brier, ece, and a note when a metric is undefined),
     confidence_intervals (None when ``n_bootstrap=0``), and at_thresholds (thresholds, and
-    sensitivity, specificity, precision, F1 per finding) when ``thresholds`` is given.
+    sensitivity, specificity, precision, F1 per finding) when ``thresholds`` is given. ``stated``
+    (N, C), a masked task's ``label_mask``: each finding's figures count the images that state it
+    (``stated``: how many; ``support``: how many of them are positive); None: every image states every
+    finding.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names, patient_ids)
+    stated = check_stated(stated, labels.shape)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     threshold_values = None if thresholds is None else check_finding_thresholds(thresholds, class_names)
     n_images = labels.shape[0]
-    support = labels.sum(axis=0)
-    mean_over = np.flatnonzero((support > 0) & (support < n_images))
+    n_stated = stated.sum(axis=0)
+    support = (labels & stated).sum(axis=0)
+    mean_over = np.flatnonzero((support > 0) & (support < n_stated))
 
-    point = _replicate_metrics(labels, probs, np.ones((1, n_images)), mean_over)
+    point = _replicate_metrics(labels, probs, np.ones((1, n_images)), mean_over, stated)
     per_finding = {}
     for c, name in enumerate(class_names):
-        positive, prob = labels[:, c], probs[:, c]
+        rows = stated[:, c]
         per_finding[name] = {
+            "stated": int(n_stated[c]),
             "support": int(support[c]),
-            "prevalence": float(support[c] / n_images),
+            "prevalence": optional_float(support[c] / n_stated[c]) if n_stated[c] else None,
             "auroc": optional_float(point["auroc"][0, c]),
             "pr_auc": optional_float(point["pr_auc"][0, c]),
-            "log_loss": log_loss(*binary_view(positive, prob)),
-            "brier": float(np.mean((prob - positive) ** 2)),
-            "ece": finding_ece(positive, prob),
+            **_calibration_figures(labels[rows, c], probs[rows, c]),
         }
-        if note := _note(int(support[c]), n_images):
+        if note := _note(int(support[c]), int(n_stated[c])):
             per_finding[name]["note"] = note
 
     report = {
@@ -146,10 +179,12 @@ def multilabel_report(
         "per_finding": per_finding,
         "confidence_intervals": None
         if n_bootstrap == 0
-        else _bootstrap_intervals(labels, probs, np.asarray(patient_ids), class_names, mean_over, n_bootstrap, seed),
+        else _bootstrap_intervals(
+            labels, probs, np.asarray(patient_ids), class_names, mean_over, n_bootstrap, seed, stated
+        ),
     }
     if threshold_values is not None:
-        rates = rates_at_finding_thresholds(labels, probs, threshold_values)
+        rates = rates_at_finding_thresholds(labels, probs, threshold_values, stated)
         report["at_thresholds"] = {
             "thresholds": {name: optional_float(t) for name, t in zip(class_names, threshold_values)},
             "per_finding": {

@@ -34,8 +34,11 @@ def apply(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    stated: np.ndarray | None = None,
 ) -> dict:
-    """Each chosen threshold applied to the evaluated split's columns, with intervals and the verdict."""
+    """Each chosen threshold applied to the evaluated split's columns, with intervals and the verdict; each
+    class counts the images that state it (``kinds.Kind.stated``; all when None)."""
+    stated = np.ones(positive.shape, bool) if stated is None else stated
     placed = [
         (rule, c, name, chosen[rule.text][name]["threshold"])
         for rule in rules
@@ -46,7 +49,8 @@ def apply(
     def replicate(weights):
         out = {}
         for rule, c, name, threshold in placed:
-            values = rates.predictive_rates(rates.weighted_counts(positive[:, c], scores[:, c] >= threshold, weights))
+            counts = rates.weighted_counts(positive[:, c], scores[:, c] >= threshold, weights * stated[:, c])
+            values = rates.predictive_rates(counts)
             out.update({f"{rule.text}|{name}|{key}": value for key, value in values.items()})
         return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: ``task`` is a section (name, class names, kind; a label set's label space)
 
 SINGLE_LABEL_METRICS = (
     "n_images",
@@ -45,7 +45,7 @@ DECISION_SECTIONS = ("operating_points", "calibration", "subgroups")
 class Identity(TypedDict):
     """What was evaluated, on what: the keys after the sections."""
 
-    task: str
+    task: dict
     split: str
     checkpoint_step: int
     dataset: str

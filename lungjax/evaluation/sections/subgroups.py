@@ -73,37 +73,42 @@ def audit(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    stated: np.ndarray | None = None,
 ) -> dict:
     """``{"attributes": {attribute: {cell: {images, patients, per_class: {...}}}}, ...}`` (module doc).
 
-    ``positive``/``scores`` are the evaluated split's columns (``kinds.Kind.columns``). Each class row
-    holds positives, negatives and either ``auroc`` with its ``ci`` and ``below_overall``, or
-    ``too_small`` with the reason.
+    ``positive``/``scores`` are the evaluated split's columns (``kinds.Kind.columns``), ``stated`` the
+    entries that count (``kinds.Kind.stated``; all when None): each class is scored on the images of the
+    cell that state it. Each class row holds positives, negatives and either ``auroc`` with its ``ci``
+    and ``below_overall``, or ``too_small`` with the reason.
     """
     patient_ids = np.asarray(patient_ids)
-    ones = np.ones((1, len(scores)))
-    overall_auroc = [ranking.weighted_auroc(positive[:, c], scores[:, c], ones)[0] for c in range(len(class_names))]
+    stated = np.ones(positive.shape, bool) if stated is None else stated
+    overall_auroc = [  # an image that does not state a class weighs 0 in it
+        ranking.weighted_auroc(positive[:, c], scores[:, c], stated[None, :, c].astype(np.float64))[0]
+        for c in range(len(class_names))
+    ]
     report = {}
     for attribute in ATTRIBUTES:
         values = cells[attribute]
         report[attribute] = {}
         for cell in _cell_order(attribute, values):
             inside = values == cell
-            cell_positive, cell_scores, cell_patients = positive[inside], scores[inside], patient_ids[inside]
             per_class = {}
             for c, name in enumerate(class_names):
-                n_pos = int(cell_positive[:, c].sum())
-                n_neg = int(inside.sum()) - n_pos
+                rows = inside & stated[:, c]
+                n_pos = int(positive[rows, c].sum())
+                n_neg = int(rows.sum()) - n_pos
                 row = {"positives": n_pos, "negatives": n_neg}
                 if min(n_pos, n_neg) < MIN_CELL_CLASS_COUNT:
                     row["too_small"] = f"fewer than {MIN_CELL_CLASS_COUNT} positives or negatives"
                 else:
-                    column = (cell_positive[:, c], cell_scores[:, c])
+                    column = (positive[rows, c], scores[rows, c])
                     row["auroc"] = float(ranking.weighted_auroc(*column, np.ones((1, n_pos + n_neg)))[0])
                     if n_bootstrap:
                         draws = bootstrap.bootstrap_replicates(
                             lambda weights, column=column: {"auroc": ranking.weighted_auroc(*column, weights)},
-                            cell_patients,
+                            patient_ids[rows],
                             n_bootstrap,
                             seed,
                         )
@@ -113,7 +118,7 @@ def audit(
                 per_class[name] = row
             report[attribute][cell] = {
                 "images": int(inside.sum()),
-                "patients": int(np.unique(cell_patients).size),
+                "patients": int(np.unique(patient_ids[inside]).size),
                 "per_class": per_class,
             }
     flagged = [

@@ -57,10 +57,10 @@ def weighted_expected_calibration_error(
     hit: np.ndarray, confidence: np.ndarray, n_bins: int, weights: np.ndarray
 ) -> np.ndarray:
     """ECE (B,) for each row of image ``weights`` (B, N): sum over bins of |weighted hits - weighted
-    confidence| / total weight."""
+    confidence| / total weight (NaN for a row of zero weights)."""
     bins = bin_matrix(confidence, n_bins)
     gaps = weights @ (bins * hit[:, None]) - weights @ (bins * confidence[:, None])
-    return np.abs(gaps).sum(axis=1) / weights.sum(axis=1)
+    return divide(np.abs(gaps).sum(axis=1), weights.sum(axis=1))
 
 
 def top1(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

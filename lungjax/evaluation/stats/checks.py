@@ -99,6 +99,21 @@ def check_multilabel_predictions(
     return labels.astype(bool), probs
 
 
+def check_stated(stated: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """A masked task's ``label_mask`` (N, C), 1 where the source states the entry, as bool; every entry
+    stated when None (NIH's tasks state every finding of every image)."""
+    if stated is None:
+        return np.ones(shape, bool)
+    stated = np.asarray(stated)
+    if stated.shape != shape:
+        raise ValueError(f"label_mask must have the labels' shape {shape}, got {stated.shape}")
+    if ((stated != 0) & (stated != 1)).any():
+        raise ValueError(
+            f"label_mask must be 0 or 1, found {np.unique(stated[(stated != 0) & (stated != 1)]).tolist()}"
+        )
+    return stated.astype(bool)
+
+
 def binary_view(positive: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One finding as a two-class single-label problem: labels (N,) with PRESENT/ABSENT, probs (N, 2)."""
     return np.where(positive, PRESENT, ABSENT), np.stack([prob, 1.0 - prob], axis=1)

@@ -82,14 +82,17 @@ def paired_bootstrap(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    stated: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """AUROC(a) - AUROC(b) per class (B, C) and their mean over ``mean_over`` (B,), same draws for both."""
+    """AUROC(a) - AUROC(b) per class (B, C) and their mean over ``mean_over`` (B,), same draws for both;
+    with ``stated`` (N, C) each class on the drawn images that state it."""
+    stated = np.ones(positive.shape, bool) if stated is None else stated
 
     def replicate(weights):
         difference = np.stack(
             [
-                weighted_auroc(positive[:, c], scores_a[:, c], weights)
-                - weighted_auroc(positive[:, c], scores_b[:, c], weights)
+                weighted_auroc(positive[:, c], scores_a[:, c], weights * stated[:, c])
+                - weighted_auroc(positive[:, c], scores_b[:, c], weights * stated[:, c])
                 for c in range(positive.shape[1])
             ],
             axis=1,

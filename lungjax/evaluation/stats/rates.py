@@ -55,15 +55,19 @@ def rates_at_class_thresholds(labels: np.ndarray, probs: np.ndarray, thresholds:
     )
 
 
-def rates_at_finding_thresholds(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+def rates_at_finding_thresholds(
+    labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, stated: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Sensitivity, specificity, precision, F1 (C,) when finding c is called iff probs[:, c] >= thresholds[c];
-    NaN (undefined) for a finding whose threshold is NaN."""
+    NaN (undefined) for a finding whose threshold is NaN. With ``stated`` (N, C) bool each finding counts
+    the images that state it only."""
     called = probs >= thresholds
+    counted = np.ones(labels.shape, bool) if stated is None else stated
     rates = one_vs_rest_rates(
-        (called & labels).sum(axis=0),
-        (called & ~labels).sum(axis=0),
-        (~called & labels).sum(axis=0),
-        (~called & ~labels).sum(axis=0),
+        (called & labels & counted).sum(axis=0),
+        (called & ~labels & counted).sum(axis=0),
+        (~called & labels & counted).sum(axis=0),
+        (~called & ~labels & counted).sum(axis=0),
     )
     return {key: np.where(np.isnan(thresholds), np.nan, value) for key, value in rates.items()}
 

@@ -12,6 +12,7 @@ from lungjax.evaluation.stats.checks import (
     check_finding_thresholds,
     check_multilabel_predictions,
     check_predictions,
+    check_stated,
     check_thresholds,
 )
 from lungjax.evaluation.stats.numeric import optional_float
@@ -64,42 +65,50 @@ def youden_j(
 
 
 def youden_thresholds_multilabel(
-    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], stated: np.ndarray | None = None
 ) -> dict[str, float | None]:
     """Per-finding threshold maximising Youden's J, exactly as :func:`metrics.youden_thresholds`.
 
     Same candidates (the distinct scores) and tie rule (the highest threshold), because it is that
     function applied to each finding's binary view. A finding without positives or negatives has no
     ROC curve, so its threshold is None (NIH's rarest findings can lack validation positives; the
-    other findings keep theirs).
+    other findings keep theirs). With ``stated`` (N, C) each finding is chosen on the images that state it.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
+    stated = check_stated(stated, labels.shape)
     thresholds = {}
     for c, name in enumerate(class_names):
-        if labels[:, c].all() or not labels[:, c].any():
+        positive, prob = labels[stated[:, c], c], probs[stated[:, c], c]
+        if positive.all() or not positive.any():
             thresholds[name] = None
             continue
-        binary_labels, binary_probs = binary_view(labels[:, c], probs[:, c])
+        binary_labels, binary_probs = binary_view(positive, prob)
         thresholds[name] = youden_thresholds(binary_labels, binary_probs, (name, f"not {name}"))[name]
     return thresholds
 
 
 def youden_j_multilabel(
-    labels: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float], class_names: Sequence[str]
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Mapping[str, float],
+    class_names: Sequence[str],
+    stated: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
     """Per finding: Youden's J reached at its threshold, with the positive and negative counts.
 
     The shape of :func:`metrics.youden_j`'s answer, for the report's ``on_validation``; J is None
-    where sensitivity or specificity is undefined.
+    where sensitivity or specificity is undefined. With ``stated`` (N, C) each finding counts the
+    images that state it.
     """
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
-    rates = rates_at_finding_thresholds(labels, probs, check_finding_thresholds(thresholds, class_names))
-    positives = labels.sum(axis=0)
+    stated = check_stated(stated, labels.shape)
+    rates = rates_at_finding_thresholds(labels, probs, check_finding_thresholds(thresholds, class_names), stated)
+    positives = (labels & stated).sum(axis=0)
     return {
         name: {
             "youden_j": optional_float(rates["sensitivity"][c] + rates["specificity"][c] - 1),
             "positives": int(positives[c]),
-            "negatives": int(labels.shape[0] - positives[c]),
+            "negatives": int(stated[:, c].sum() - positives[c]),
         }
         for c, name in enumerate(class_names)
     }
