@@ -19,6 +19,7 @@ from lungjax.evaluation.stats.calibration import (
     TOP1_ECE_BINS,
     weighted_expected_calibration_error,
 )
+from lungjax.evaluation.stats.numeric import divide
 
 FIGURES = ("log_loss", "ece")
 
@@ -38,16 +39,17 @@ def _finding_figures(positive: np.ndarray, prob: np.ndarray, weights: np.ndarray
     p = np.clip(prob, eps, 1.0 - eps)
     loss = -np.where(positive, np.log(p), np.log(1.0 - p))
     return {
-        "log_loss": weights @ loss / weights.sum(axis=1),
+        "log_loss": divide(weights @ loss, weights.sum(axis=1)),
         "ece": weighted_expected_calibration_error(positive.astype(np.float64), prob, FINDING_ECE_BINS, weights),
     }
 
 
-def _figures(labels, probs, multi_label: bool, weights) -> dict[str, np.ndarray]:
-    """Headline log-loss and ECE (B,), and for multi-label each finding's (B, C) as ``<figure>_per_finding``."""
+def _figures(labels, probs, multi_label: bool, weights, stated) -> dict[str, np.ndarray]:
+    """Headline log-loss and ECE (B,), and for multi-label each finding's (B, C) as ``<figure>_per_finding``,
+    each over the films that state it (``stated`` (N, C), 1 = stated)."""
     if not multi_label:
         return _single_label_figures(labels, probs, weights)
-    per = [_finding_figures(labels[:, c], probs[:, c], weights) for c in range(probs.shape[1])]
+    per = [_finding_figures(labels[:, c], probs[:, c], weights * stated[:, c]) for c in range(probs.shape[1])]
     out = {}
     for key in FIGURES:
         out[f"{key}_per_finding"] = np.stack([p[key] for p in per], axis=1)
@@ -65,19 +67,22 @@ def calibration_report(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    label_mask: np.ndarray | None = None,
 ) -> dict:
     """Log-loss and ECE before and after applying ``fitted`` (``temperature.fit``'s record), with
-    patient-bootstrap intervals of each and of the change (after - before)."""
+    patient-bootstrap intervals of each and of the change (after - before); with ``label_mask`` (N, C)
+    each finding counts only the films that state it."""
     if multi_label:
         labels, probs = checks.check_multilabel_predictions(labels, probs, class_names, patient_ids)
     else:
         labels, probs = checks.check_predictions(labels, probs, class_names, patient_ids)
     calibrated = temperature.apply(probs, fitted["temperatures"], multi_label)
+    stated = np.ones(probs.shape) if label_mask is None else np.asarray(label_mask, np.float64)
 
     def replicate(weights):
         before, after = (
-            _figures(labels, probs, multi_label, weights),
-            _figures(labels, calibrated, multi_label, weights),
+            _figures(labels, probs, multi_label, weights, stated),
+            _figures(labels, calibrated, multi_label, weights, stated),
         )
         out = {}
         for key, value in before.items():

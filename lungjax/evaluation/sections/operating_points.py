@@ -34,8 +34,11 @@ def apply(
     patient_ids: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    label_mask: np.ndarray | None = None,
 ) -> dict:
-    """Each chosen threshold applied to the evaluated split's columns, with intervals and the verdict."""
+    """Each chosen threshold applied to the evaluated split's columns, with intervals and the verdict;
+    with ``label_mask`` (N, C) each class counts only the films that state it (1 = stated)."""
+    stated = np.ones(positive.shape) if label_mask is None else np.asarray(label_mask, np.float64)
     placed = [
         (rule, c, name, chosen[rule.text][name]["threshold"])
         for rule in rules
@@ -46,7 +49,9 @@ def apply(
     def replicate(weights):
         out = {}
         for rule, c, name, threshold in placed:
-            values = rates.predictive_rates(rates.weighted_counts(positive[:, c], scores[:, c] >= threshold, weights))
+            values = rates.predictive_rates(
+                rates.weighted_counts(positive[:, c], scores[:, c] >= threshold, weights * stated[:, c])
+            )
             out.update({f"{rule.text}|{name}|{key}": value for key, value in values.items()})
         return out
 

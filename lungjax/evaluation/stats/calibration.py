@@ -60,7 +60,7 @@ def weighted_expected_calibration_error(
     confidence| / total weight."""
     bins = bin_matrix(confidence, n_bins)
     gaps = weights @ (bins * hit[:, None]) - weights @ (bins * confidence[:, None])
-    return np.abs(gaps).sum(axis=1) / weights.sum(axis=1)
+    return divide(np.abs(gaps).sum(axis=1), weights.sum(axis=1))
 
 
 def top1(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
