@@ -27,6 +27,16 @@ MAX_NEWTON_STEPS = 100
 SEPARABLE_AUROC = 0.9
 
 
+def block_mean(images: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W) films shrunk ``factor`` times by averaging factor x factor blocks: the pixel probe's input,
+    coarse enough that it reads the look of the film (exposure, noise, shutters, markers), not its anatomy."""
+    images = np.asarray(images, np.float64)
+    n, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"films of {h} x {w} do not divide into {factor} x {factor} blocks")
+    return images.reshape(n, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+
+
 def fit_logistic(features: np.ndarray, positive: np.ndarray, c: float = PROBE_C) -> tuple[np.ndarray, float]:
     """(weights (D,), intercept) minimising ``||w||^2 / 2 + c * sum log(1 + exp(-y_i (x_i w + b)))``."""
     x = np.asarray(features, np.float64)
