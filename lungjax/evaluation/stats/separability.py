@@ -6,8 +6,9 @@ standardised features, one source against the rest; it minimises exactly what sc
 ``LogisticRegression(C=C)`` does (``||w||^2 / 2 + C * sum of log-losses``, intercept not penalised), so
 the two agree to the solvers' tolerance. Films are scored out of fold: the patients are split into
 ``n_folds`` groups and each group is scored by the probe fitted on the others, so no patient is both
-fitted and scored. The AUROC (one-vs-rest, macro over sources for more than two) has a
-patient-bootstrap interval over the out-of-fold scores, the fitted probes held fixed.
+fitted and scored. The AUROC (one-vs-rest, macro over sources for more than two) compares films scored
+by the same probe (``within_fold_auroc`` says why) and has a patient-bootstrap interval over the
+out-of-fold scores, the fitted probes held fixed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lungjax.evaluation.stats.bootstrap import bootstrap_replicates, interval
-from lungjax.evaluation.stats.numeric import optional_float
+from lungjax.evaluation.stats.numeric import divide, optional_float
 from lungjax.evaluation.stats.ranking import weighted_ovr_auc
 
 PROBE_C = 1.0  # inverse penalty, scikit-learn's default
@@ -88,11 +89,34 @@ def out_of_fold_scores(
     return scores
 
 
-def _probe_auroc(source_index: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC of the probe (B,): source 1 against source 0 for two sources, else the one-vs-rest macro mean."""
-    if scores.shape[1] == 2:
-        return weighted_ovr_auc(source_index, scores, weights)[:, 1]
-    return weighted_ovr_auc(source_index, scores, weights).mean(axis=1)
+def within_fold_auroc(
+    source_index: np.ndarray, scores: np.ndarray, folds: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """One-vs-rest AUROC (B, S) comparing only films scored in the same fold: the per-fold AUROCs averaged
+    with weights W_pos W_neg, which is the share of within-fold (positive, negative) pairs ranked right.
+
+    Pooling scores across folds would compare films scored by different probes, whose intercepts follow
+    their training folds' source mix, the opposite of their held-out folds': under no difference at all
+    the pooled AUROC falls well below 0.5. Within a fold one probe scores every film, so chance is 0.5.
+    """
+    n_sources = scores.shape[1]
+    wins, pairs = np.zeros((weights.shape[0], n_sources)), np.zeros((weights.shape[0], n_sources))
+    for fold in np.unique(folds):
+        held = folds == fold
+        fold_weights = weights[:, held]
+        present = source_index[held][:, None] == np.arange(n_sources)
+        pair_weight = (fold_weights @ present) * (fold_weights @ ~present)
+        auc = weighted_ovr_auc(source_index[held], scores[held], fold_weights)
+        defined = pair_weight > 0
+        wins += np.where(defined, np.nan_to_num(auc) * pair_weight, 0.0)
+        pairs += pair_weight
+    return divide(wins, pairs)
+
+
+def _probe_auroc(source_index: np.ndarray, scores: np.ndarray, folds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of the probe (B,): source 2 against source 1 for two sources, else the one-vs-rest macro mean."""
+    auroc = within_fold_auroc(source_index, scores, folds, weights)
+    return auroc[:, 1] if scores.shape[1] == 2 else auroc.mean(axis=1)
 
 
 def shortcut_probe(
@@ -117,7 +141,7 @@ def shortcut_probe(
     groups = np.char.add(np.char.add(sources, "\x1f"), np.asarray(patient_ids).astype(str))
     folds = patient_folds(groups, n_folds, seed)
     scores = out_of_fold_scores(features, source_index, len(names), folds, c)
-    point = _probe_auroc(source_index, scores, np.ones((1, len(scores))))[0]
+    point = _probe_auroc(source_index, scores, folds, np.ones((1, len(scores))))[0]
     report = {
         "sources": [str(name) for name in names],
         "n_films": int(len(sources)),
@@ -128,14 +152,15 @@ def shortcut_probe(
         "auroc_kind": "source 2 vs source 1" if len(names) == 2 else "one-vs-rest, macro mean over sources",
         "method": (
             f"L2 logistic regression (C = {c}) on standardised features, {n_folds}-fold out-of-fold scores with "
-            "patients split across folds; the interval resamples patients with the probes held fixed"
+            "patients split across folds; AUROC over pairs of films scored in the same fold; the interval "
+            "resamples patients with the probes held fixed"
         ),
         "separable_at": SEPARABLE_AUROC,
         "separable": bool(point >= SEPARABLE_AUROC),
     }
     if n_bootstrap:
         replicates = bootstrap_replicates(
-            lambda weights: {"auroc": _probe_auroc(source_index, scores, weights)}, groups, n_bootstrap, seed
+            lambda weights: {"auroc": _probe_auroc(source_index, scores, folds, weights)}, groups, n_bootstrap, seed
         )
         report["ci"] = interval(replicates["auroc"])
     return report
