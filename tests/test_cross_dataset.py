@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.render import cross_dataset as render_cross_dataset
 from lungjax.evaluation.sections import cross_dataset
-from lungjax.evaluation.stats import bootstrap
+from lungjax.evaluation.stats import bootstrap, separability
 from lungjax.evaluation.stats.calibration import finding_ece
 
 LABELS = ("Cardiomegaly", "Effusion", "Nodule")
@@ -58,7 +58,16 @@ def matrix():
                 predictions["label_mask"][:, 2] = 0
                 predictions["label"][:, 2] = 0
             tests.append(cross_dataset.TestSet(run.name, source, source_labels, predictions))
-    report = cross_dataset.cross_dataset_report(runs, tests, n_bootstrap=N_BOOTSTRAP, seed=3)
+    features = rng.normal(size=(60, 8)) + np.repeat([0.0, 3.0], 30)[:, None]  # two sources far apart
+    shortcut = {
+        "penultimate features": separability.shortcut_probe(
+            features, np.repeat(["a", "b"], 30), np.tile(np.arange(30), 2), n_bootstrap=N_BOOTSTRAP
+        )
+    }
+    ood = {"site A": {"threshold": 2.0, "false_alarm_rate": 0.05, "per_source": {"b": np.linspace(0.0, 4.0, 41)}}}
+    report = cross_dataset.cross_dataset_report(
+        runs, tests, n_bootstrap=N_BOOTSTRAP, seed=3, shortcut=shortcut, ood=ood
+    )
     return runs, tests, report
 
 
@@ -120,6 +129,10 @@ def test_every_report_says_which_source_trained_and_which_tested_and_what_was_le
     left_out = {(row["run"], row["source"], row["label"]): row["reason"] for row in report["left_out"]}
     assert left_out[("site A", "c", "Nodule")] == "c does not state it"
     assert left_out[("site A", "c", "Edema")] == "site A was not trained on it"
+    assert report["shortcut"]["penultimate features"]["separable"]
+    assert report["shortcut"]["penultimate features"]["warning"].startswith("WARNING: a linear probe")
+    unlike = report["out_of_distribution"]["site A"]["per_source"]["b"]
+    assert (unlike["n_unlike"], unlike["n_films"]) == (20, 41) and unlike["ci"]["low"] < 20 / 41 < unlike["ci"]["high"]
     assert report["references"]["cohen2020"]["auroc"] == {"Cardiomegaly": 0.87, "Effusion": 0.89, "Nodule": 0.67}
     json.dumps(report, allow_nan=False)
 
@@ -195,6 +208,7 @@ def test_external_report_html_opens_offline_and_shows_report_json_numbers(matrix
     assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
     assert len(cells) > 60
     check_number_cells(cells, written)
-    for title in (*LABELS, "Transfer of operating points and calibration", "Labels left out", "References"):
+    titles = ("Transfer of operating points and calibration", "Shortcut check", "Unlike the training films")
+    for title in (*LABELS, *titles, "Labels left out", "References"):
         assert title in headings
     assert len(images) == len(LABELS) + 1 and all(width > 0 for width in images)
