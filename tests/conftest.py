@@ -14,6 +14,8 @@ import gzip
 import importlib.util
 import io
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -363,3 +365,50 @@ def xrv_table(xrv_wheel):
             return io.BytesIO(gzip.decompress(wheel.read(f"torchxrayvision/data/{name}")))
 
         yield open_table
+
+
+# ------------------------------------------------------------------------------ the HTML pages in a browser
+
+CHROMIUM = shutil.which("chromium")
+# As the machine's own probe starts it (README of the environment): without the background-networking
+# flags Chromium opens connections of its own, which the page test would count against the page.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def browser_or_skip():
+    """The sync Playwright API and Chromium's path; skipped on a machine without them, failed in CI."""
+    missing = None if CHROMIUM else "Debian's chromium (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api, missing = None, missing or "playwright (pip install '.[test]')"
+    if missing:
+        if os.environ.get("LUNGJAX_REQUIRE_BROWSER"):
+            pytest.fail(f"the HTML report test needs {missing}")
+        pytest.skip(f"needs {missing}")
+    return sync_api
+
+
+def check_number_cells(cells: list, report: dict) -> None:
+    """Every number a page's cell shows equals, to the 3 decimals shown, the report.json value its
+    ``data-keys`` name (cells as ``[text, keys]`` read from the page)."""
+    for shown, keys in cells:
+        numbers = [float(n) for n in NUMBER.findall(shown.replace("\u2212", ""))]
+        values = []
+        for key in keys:
+            node = report
+            for part in key:
+                node = node[part]
+            values.append(node)
+        assert len(numbers) >= len(values), (shown, keys)
+        for number, value in zip(numbers, values):
+            assert number == (value if isinstance(value, int) else round(value, 3)), (shown, keys, value)

@@ -451,3 +451,55 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
     figure.supxlabel("AUROC with 95% patient-bootstrap interval (dashed: whole split; red: interval below it)")
     save_png(figure, path)
     return True
+
+
+def plot_cross_dataset_heatmap(report: dict, label: str, path: str | Path) -> None:
+    """One label's train x test AUROC matrix as a heatmap, each cell annotated with its value and interval."""
+    runs, sources = list(report["runs"]), list(report["test_sources"])
+    matrix = report["per_label"][label]["matrix"]
+    values = np.full((len(runs), len(sources)), np.nan)
+    figure = Figure(figsize=(1.6 * len(sources) + 2.5, 0.9 * len(runs) + 1.6), layout="constrained")
+    axes = figure.add_subplot()
+    for i, run in enumerate(runs):
+        for j, source in enumerate(sources):
+            cell = matrix.get(run, {}).get(source)
+            if cell is None:
+                axes.text(j, i, "left out", ha="center", va="center", fontsize="small", color="grey")
+                continue
+            values[i, j] = cell["auroc"]
+            ci = cell.get("ci") or {}
+            interval_text = f"\n[{ci['low']:.2f}, {ci['high']:.2f}]" if ci.get("low") is not None else ""
+            marker = " (int.)" if cell["internal"] else ""
+            axes.text(j, i, f"{cell['auroc']:.3f}{marker}{interval_text}", ha="center", va="center", fontsize="small")
+    image = axes.imshow(values, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    figure.colorbar(image, ax=axes, label="AUROC (stated films)")
+    axes.set_xticks(range(len(sources)), sources)
+    axes.set_yticks(range(len(runs)), runs)
+    axes.set_xlabel("tested on")
+    axes.set_ylabel("trained run")
+    axes.set_title(f"{label}: AUROC, train x test")
+    save_png(figure, path)
+
+
+def plot_cross_dataset_summary(report: dict, path: str | Path) -> None:
+    """Every external AUROC gap (external minus internal) with its 95% interval, one row per (label, run, source)."""
+    rows = [
+        (f"{label}: {run} -> {source}", gap)
+        for label in report["labels"]
+        for run, per_source in report["per_label"][label]["gap"].items()
+        for source, gap in per_source.items()
+    ]
+    figure = Figure(figsize=(8.0, 0.32 * max(len(rows), 1) + 1.6), layout="constrained")
+    axes = figure.add_subplot()
+    for y, (_, gap) in enumerate(rows):
+        ci = gap.get("ci") or {}
+        if ci.get("low") is not None:
+            axes.plot([ci["low"], ci["high"]], [y, y], color="tab:blue", linewidth=1.5)
+        axes.plot(gap["value"], y, "o", color="tab:blue", markersize=4)
+    axes.axvline(0.0, color="grey", **BASELINE_STYLE)
+    axes.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize="x-small")
+    axes.set_ylim(len(rows) - 0.5, -0.5)
+    axes.set_xlabel("External minus internal AUROC, 95% interval (independent patient bootstraps)")
+    axes.set_title("Generalisation gap per label and pair" if rows else "No external pair scored")
+    axes.grid(alpha=0.3, axis="x")
+    save_png(figure, path)
