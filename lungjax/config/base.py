@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "phantom"  # "phantom" (embedded, generated) | "nih" (your download)
+    # A union: ((source, weight), ...), each source drawn in proportion to its weight; empty: data.source alone
+    config.data.sources = ()
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
     config.data.views = "both"  # full14 only: "both" | "PA" | "AP"

@@ -18,7 +18,7 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, sampling, tasks
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
 from lungjax.models import MODEL_NAMES, resnet
@@ -60,6 +60,29 @@ def _class_weights_ok(value) -> bool:
     )
 
 
+def _sources_ok(value) -> bool:
+    """``data.sources``: (name, weight) pairs, each a known source once, with weights a mix can draw."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    if not all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and pair[0] in dataset.SOURCES
+        and isinstance(pair[1], (int, float))
+        and not isinstance(pair[1], bool)
+        for pair in value
+    ):
+        return False
+    if not value:
+        return True
+    names, weights = zip(*value)
+    try:
+        sampling.period_counts(weights)
+    except ValueError:
+        return False
+    return len(set(names)) == len(names)
+
+
 def _operating_points_ok(value) -> bool:
     if not isinstance(value, (list, tuple)) or not value:
         return False
@@ -84,6 +107,11 @@ POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
+        "data.sources": Rule(
+            _sources_ok,
+            f"a tuple of (source, weight) pairs, each source one of {', '.join(map(repr, dataset.SOURCES))} and named "
+            f"once, each weight a number > 0 and at least 1/{sampling.MAX_PERIOD} of the weights' sum",
+        ),
         "data.task": one_of(tasks.TASKS),
         "data.views": one_of(metadata.VIEWS),
         "data.split_scheme": one_of(nih.SPLIT_SCHEMES),
@@ -144,7 +172,9 @@ RULES = MappingProxyType(
     }
 )
 # Keys whose type may differ from the base config's value.
-FREE_TYPES = frozenset({"class_weights", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"})
+FREE_TYPES = frozenset(
+    {"class_weights", "data.sources", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"}
+)
 
 
 def _siblings(key: str, schema: dict) -> str:
@@ -219,7 +249,8 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
         found.append(
             f"config.data.views: {values['data.views']!r} is not allowed with data.task={task.name!r}; allowed: 'both'"
         )
-    if reads_data and values["data.source"] == "nih" and not values["data.manual_dir"]:
+    sources = [name for name, _ in values["data.sources"]] or [values["data.source"]]
+    if reads_data and "nih" in sources and not values["data.manual_dir"]:
         found.append(
             "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
         )

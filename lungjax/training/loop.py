@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lungjax import models
 from lungjax.config import base
 from lungjax.config import check as config_check
-from lungjax.data import dataset, nih, pipeline, records, sampling, tasks
+from lungjax.data import nih, pipeline, sampling, tasks, union
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -171,14 +171,15 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Dataset, model, optimizer, loader and checkpoint manager; resumes from the latest good checkpoint."""
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
+    builders = distributed.process_zero_first(lambda: union.build(config.data, workdir))
+    _, mix_weights = union.names_and_weights(config.data)
     task = tasks.get(config.data.task)
-    build_report = nih.read_build_report(builder)
-    train_counts, train_images = build_report["class_counts"]["train"], build_report["images"]["train"]
+    reports = {name: nih.read_build_report(builder) for name, builder in builders.items()}
+    train_counts, train_images = union.mixed_class_counts(reports, mix_weights)
     weights = loss.class_weights(config, train_counts, images=train_images, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    fingerprint = run_info.dataset_fingerprint(builder)
+    fingerprint = union.combined_fingerprint({name: run_info.dataset_fingerprint(b) for name, b in builders.items()})
 
     model = models.from_config(
         config.model, num_classes=task.num_classes, half_precision=config.half_precision, seed=config.seed
@@ -192,13 +193,14 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     state = jax.device_put(initial_state(config, params, batch_stats, tx), sharding.replicated(mesh))
 
     loader = pipeline.train_loader(
-        records.data_source(builder, "train"),
+        union.split(builders, "train"),
         batch_size=local_batch,
         image_size=config.image_size,
         augment=config.augment,
         seed=config.seed,
         worker_count=config.worker_count,
         multi_label=task.multi_label,
+        weights=mix_weights,
     )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
@@ -207,7 +209,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     run_info.write(  # only now: a run refused above leaves the accepted run's record as it was
         workdir,
         config=config,
-        builder=builder,
+        dataset_name=union.dataset_name(builders),
         fingerprint=fingerprint,
         task=task,
         train_counts=train_counts,
@@ -230,7 +232,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         fingerprint=fingerprint,
         schedule=schedule,
         train_step=train_step,
-        validator=validation.Validator(builder, config, graphdef, mesh),
+        validator=validation.Validator(union.split(builders, "validation"), config, graphdef, mesh),
         state=state,
         data_iterator=data_iterator,
         manager=manager,
