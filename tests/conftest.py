@@ -170,7 +170,9 @@ def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **at
 
 # Fixtures that train a model or build one at full size (here and in the test modules): a test that
 # uses one is marked ``slow``, so that ``-m "not slow"`` is the quick edit loop (README).
-SLOW_FIXTURES = frozenset({"tiny_workdir", "four_device_run", "base_run", "straight_run", "keras_files"})
+SLOW_FIXTURES = frozenset(
+    {"tiny_workdir", "four_device_run", "base_run", "straight_run", "straight_union_run", "keras_files"}
+)
 
 
 def pytest_collection_modifyitems(items):
