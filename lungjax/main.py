@@ -108,10 +108,10 @@ def main(argv):
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
         _print_outputs(workdir, config.eval.split)
     elif FLAGS.mode == "prepare":
-        from lungjax.data import dataset
+        from lungjax.data import union
 
-        builder = dataset.build(config.data, workdir)
-        print(f"dataset ready: {builder.data_dir}")
+        for builder in union.build(config.data, workdir).values():
+            print(f"dataset ready: {builder.data_dir}")
     else:
         from lungjax.training import loop as train
 

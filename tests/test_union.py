@@ -13,6 +13,7 @@ from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check
 from lungjax.data import nih, pipeline, records, sampling, union
+from lungjax.evaluation import evaluate
 from lungjax.runtime import checkpoint, logs
 from lungjax.training import loop as train
 
@@ -294,3 +295,9 @@ def test_union_validation_logs_each_source_beside_the_overall_figures(straight_u
     info = json.loads((straight_union_run / "run_info.json").read_text())
     assert info["dataset"] == "nih:patient_32 + phantom:patient_32"
     assert info["config"]["data"]["sources"] == [list(pair) for pair in UNION_SOURCES]
+
+
+def test_evaluating_a_union_is_refused_in_one_line_and_keeps_the_checkpoints(straight_union_run, data_root):
+    with pytest.raises(checkpoint.CheckpointError, match=r"was trained on a union of sources .* not built yet"):
+        evaluate.evaluate(union_run_config(data_root, 8), straight_union_run)
+    assert checkpoint.make_manager(straight_union_run, read_only=True).latest_step() == 8
