@@ -83,8 +83,7 @@ def check_fits(config: ml_collections.ConfigDict, saved: ml_collections.ConfigDi
     """Refuses a config that changes a key the checkpoint fixes (``FIXED_BY_CHECKPOINT``), naming each:
     such a change could not take effect, and silently ignoring it would report on another model than
     the one asked for."""
-    given = trees.flatten(json.loads(json.dumps(config.to_dict())))
-    fixed = trees.flatten(saved.to_dict())
+    given, fixed = (trees.flatten(json.loads(json.dumps(c.to_dict()))) for c in (config, saved))  # tuples as lists
     differing = [
         key for key in given if key.split(".")[0] in FIXED_BY_CHECKPOINT and key in fixed and given[key] != fixed[key]
     ]
