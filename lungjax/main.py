@@ -126,7 +126,10 @@ def _print_outputs(workdir: str, split: str) -> None:
 
     if jax.process_index() == 0:
         root = Path(workdir).absolute()
-        print(f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)")
+        if (root / "eval" / split / "report.html").is_file():  # a union's run has none yet
+            print(
+                f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)"
+            )
         print(f"checkpoints: {root / 'checkpoints'}; logs: {root / 'metrics.jsonl'}, tensorboard --logdir {root}")
 
 
