@@ -5,7 +5,9 @@ p*L .. p*L + L - 1 of each (``ProcessBatchSampler``, L the local batch), so the 
 ``make_array_from_process_local_data`` assembles is, row for row, the batch one process would
 read, and a data position means the same thing for any process count. ``data_state_for_process``
 turns the iterator state a checkpoint holds (process 0's) into this process's state, for the
-process count and worker count of the resuming run.
+process count and worker count of the resuming run. A union of sources (``MixedSampler``) is one
+such stream as well: what position i reads follows from the seed and i alone, so all of the above
+holds for it unchanged.
 """
 
 from __future__ import annotations
