@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
 
-from lungjax.data import dataset, labels, nih_layout, records  # noqa: E402
+from lungjax.data import dataset, labels, nih_layout, records, union  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -172,7 +172,9 @@ def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **at
 
 # Fixtures that train a model or build one at full size (here and in the test modules): a test that
 # uses one is marked ``slow``, so that ``-m "not slow"`` is the quick edit loop (README).
-SLOW_FIXTURES = frozenset({"tiny_workdir", "four_device_run", "base_run", "straight_run", "keras_files"})
+SLOW_FIXTURES = frozenset(
+    {"tiny_workdir", "four_device_run", "base_run", "straight_run", "straight_union_run", "keras_files"}
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -279,6 +281,18 @@ def tiny_train_config(data_root: Path):
     return config
 
 
+# A union of two NIH-format builds: the training tree (``nih``) drawn twice as often as a small phantom.
+UNION_SOURCES = (("nih", 2.0), ("phantom", 1.0))
+UNION_PHANTOM_PATIENTS = 12
+
+
+def union_train_config(data_root: Path):
+    """``tiny_train_config`` training on ``UNION_SOURCES`` (each source built under ``tfds/<source>``)."""
+    config = tiny_train_config(data_root)
+    config.data.sources, config.data.phantom_patients = UNION_SOURCES, UNION_PHANTOM_PATIENTS
+    return config
+
+
 def command_line_overrides(data_root: Path) -> list[str]:
     """The same config for ``python -m lungjax.main --config configs/tiny.py``."""
     values = {**TRAIN_OVERRIDES, "data.manual_dir": data_root / "nih", "data.data_dir": data_root / "tfds"}
@@ -295,6 +309,12 @@ def compilation_cache() -> dict[str, str]:
 def built(data_root):
     """Builds the training tests' dataset once; returns the builder."""
     return dataset.build(tiny_train_config(data_root).data, data_root)
+
+
+@pytest.fixture(scope="session")
+def union_built(data_root):
+    """Builds the union config's sources once; returns source name -> builder."""
+    return union.build(union_train_config(data_root).data, data_root)
 
 
 # The multi-device reference: SGD, as Adam's g / sqrt(v) turns rounding noise in near-zero

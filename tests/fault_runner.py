@@ -5,7 +5,9 @@ fork of this already-imported (but not yet JAX-initialised: no backend, one thre
 training at once, so a dozen kills and restarts fit the CI budget. Each run is still its own OS
 process, killed with SIGKILL, and sets JAX up from scratch.
 
-    python fault_runner.py DATA_ROOT WORKDIR NUM_STEPS CHECKPOINT_EVERY EVAL_EVERY
+    python fault_runner.py DATA_ROOT WORKDIR NUM_STEPS CHECKPOINT_EVERY EVAL_EVERY [single|union]
+
+``union`` trains on conftest's union of sources instead of the single training tree.
 
 Protocol, one line each way: ``run`` on stdin starts a run and answers ``pid <n>``; when that run
 ends the launcher prints ``exit <code>`` (negative: killed by that signal; 0 finished; 1 failed).
@@ -18,13 +20,15 @@ import traceback
 from pathlib import Path
 
 
-def main(data_root: str, workdir: str, num_steps: str, checkpoint_every: str, eval_every: str) -> None:
+def main(
+    data_root: str, workdir: str, num_steps: str, checkpoint_every: str, eval_every: str, data: str = "single"
+) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import tiny_train_config
+    from conftest import tiny_train_config, union_train_config
 
     from lungjax.training import loop as train
 
-    config = tiny_train_config(Path(data_root))
+    config = {"single": tiny_train_config, "union": union_train_config}[data](Path(data_root))
     config.num_train_steps, config.checkpoint_every_steps = int(num_steps), int(checkpoint_every)
     config.eval_every_steps = int(eval_every)
     print("ready", flush=True)

@@ -18,7 +18,7 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, source_builder, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, sampling, source_builder, tasks
 from lungjax.data.sources import contract, labelspace, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
@@ -59,6 +59,29 @@ def _class_weights_ok(value) -> bool:
         and len(value) > 0
         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
     )
+
+
+def _sources_ok(value) -> bool:
+    """``data.sources``: (name, weight) pairs, each a known source once, with weights a mix can draw."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    if not all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and pair[0] in dataset.SOURCES
+        and isinstance(pair[1], (int, float))
+        and not isinstance(pair[1], bool)
+        for pair in value
+    ):
+        return False
+    if not value:
+        return True
+    names, weights = zip(*value)
+    try:
+        sampling.period_counts(weights)
+    except ValueError:
+        return False
+    return len(set(names)) == len(names)
 
 
 def _operating_points_ok(value) -> bool:
@@ -116,6 +139,11 @@ POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
+        "data.sources": Rule(
+            _sources_ok,
+            f"a tuple of (source, weight) pairs, each source one of {', '.join(map(repr, dataset.SOURCES))} and named "
+            f"once, each weight a number > 0 and at least 1/{sampling.MAX_PERIOD} of the weights' sum",
+        ),
         "data.task": one_of(tasks.TASKS),
         "data.labels": Rule(
             _labels_ok,
@@ -185,7 +213,14 @@ RULES = MappingProxyType(
 )
 # Keys whose type may differ from the base config's value.
 FREE_TYPES = frozenset(
-    {"class_weights", "data.labels", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"}
+    {
+        "class_weights",
+        "data.labels",
+        "data.sources",
+        "eval.checkpoint",
+        "eval.compare_checkpoint",
+        "eval.operating_points",
+    }
 )
 
 

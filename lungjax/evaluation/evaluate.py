@@ -26,7 +26,7 @@ from lungjax.evaluation.fit import validation as validation_fit
 from lungjax.evaluation.render import html, markdown, plots
 from lungjax.evaluation.sections import calibration, comparison, expert, schema, subgroups
 from lungjax.evaluation.sections import operating_points as operating_point_section
-from lungjax.runtime import distributed, run_info, sharding
+from lungjax.runtime import checkpoint, distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
 
@@ -52,6 +52,12 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
     """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``;
     ``own_run=False`` for a run compared with, whose model and data may differ (``inference.restore``)."""
     restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice, own_run=own_run)
+    if restored.config.data.get("sources"):
+        raise checkpoint.CheckpointError(
+            f"{workdir} was trained on a union of sources (config.data.sources="
+            f"{tuple(map(tuple, restored.config.data.sources))}); evaluating and exporting a union is not built yet: "
+            "its checkpoints are kept, and its validation figures, overall and per source, are in metrics.jsonl"
+        )
     builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
     predict_fn = inference.make_predict_fn(
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
