@@ -82,6 +82,9 @@ def main(argv):
     from lungjax.config import check as config_check  # after initialize: it counts the devices
 
     config_check.validate(config, reads_data=FLAGS.mode in ("train", "prepare"))
+    not_yet = config_check.mode_problems(config, FLAGS.mode)
+    if not_yet:
+        raise config_check.ConfigError("; ".join(not_yet))
     if FLAGS.mode == "predict":
         from lungjax.evaluation import predict  # imports no training code
 

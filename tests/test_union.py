@@ -229,7 +229,7 @@ def test_a_union_with_nih_needs_its_download_folder(data_root):
     assert check.problems(config) == []
     config.data.source, config.data.manual_dir = "phantom", ""
     assert check.problems(config) == [
-        "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your NIH download"
+        "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your download"
     ]
 
 

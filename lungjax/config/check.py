@@ -301,9 +301,10 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
-    if reads_data and values["data.source"] != "phantom" and not values["data.manual_dir"]:
+    downloads = [name for name, *_ in values["data.sources"] or [(values["data.source"],)] if name != "phantom"]
+    if reads_data and downloads and not values["data.manual_dir"]:
         found.append(
-            f"config.data.manual_dir: '' is not allowed with data.source={values['data.source']!r}; allowed: the "
+            f"config.data.manual_dir: '' is not allowed with data.source={downloads[0]!r}; allowed: the "
             "folder of your download"
         )
     found.extend(_build_options_problems(values))
@@ -319,6 +320,27 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
                 f"config.{key}: {values[key]} does not split over the {devices} devices of "
                 f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}"
             )
+    return found
+
+
+def mode_problems(config, mode: str) -> list[str]:
+    """What ``mode`` cannot do with ``config`` yet: the sources' builds (``label_states``) are built by
+    ``--mode prepare``; the input pipeline does not read them, so no other mode takes them, nor a label set."""
+    if mode == "prepare":
+        return []
+    values = trees.flatten(config)
+    names = [name for name, *_ in values["data.sources"]] or [values["data.source"]]
+    found = [
+        f"config.data.source: {name!r} is not allowed with --mode {mode}; allowed: --mode prepare builds it, "
+        "training and evaluating on a built source come with the input pipeline's reading of its label states"
+        for name in names
+        if name in dataset.BUILT_SOURCES
+    ]
+    if values["data.labels"]:
+        found.append(
+            f"config.data.labels: {tuple(values['data.labels'])!r} is not allowed with --mode {mode} yet; allowed: "
+            "() (a label set trains on built sources, which the input pipeline does not read yet)"
+        )
     return found
 
 
