@@ -12,7 +12,7 @@ from conftest import UNION_SOURCES, example_source, tiny_train_config, union_tra
 from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check
-from lungjax.data import nih, pipeline, records, sampling, union
+from lungjax.data import building, pipeline, records, sampling, union
 from lungjax.evaluation import evaluate
 from lungjax.runtime import checkpoint, logs
 from lungjax.training import loop as train
@@ -246,7 +246,7 @@ def test_each_source_builds_on_its_own_and_keeps_patients_within_one_split(union
         assert not patients["train"] & patients["test"]
         assert not patients["validation"] & patients["test"]
     train_split = union.split(union_built, "train")
-    reports = {name: nih.read_build_report(b) for name, b in union_built.items()}
+    reports = {name: building.read_build_report(b) for name, b in union_built.items()}
     assert train_split.sizes == tuple(r["images"]["train"] for r in reports.values())
 
 
@@ -284,7 +284,7 @@ def test_union_validation_logs_each_source_beside_the_overall_figures(straight_u
     records = [json.loads(line) for line in (straight_union_run / logs.METRICS_FILE).read_text().splitlines()]
     validated = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in validated] == [4, 8]
-    sizes = {name: nih.read_build_report(b)["images"]["validation"] for name, b in union_built.items()}
+    sizes = {name: building.read_build_report(b)["images"]["validation"] for name, b in union_built.items()}
     for record in validated:
         for name in sizes:
             assert {f"val_loss/{name}", f"val_accuracy/{name}"} <= set(record)
