@@ -430,5 +430,5 @@ def check_number_cells(cells: list, report: dict) -> None:
                 node = node[part]
             values.append(node)
         assert len(numbers) >= len(values), (shown, keys)
-        for number, value in zip(numbers, values):
+        for number, value in zip(numbers, values, strict=True):
             assert number == (value if isinstance(value, int) else round(value, 3)), (shown, keys, value)

@@ -173,7 +173,7 @@ def assert_same_report(a, b, path: str = "report") -> None:
             assert_same_report(a[key], b[key], f"{path}.{key}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_report(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
         assert same_number(a, b), f"{path}: {a} != {b}"

@@ -75,7 +75,9 @@ def test_each_source_reads_each_of_its_records_once_per_its_own_epoch():
     read = [sampler.source_and_record(i) for i in range(400)]
     for k, size in enumerate(sizes):
         own = [record for source, record in read if source == k]
-        assert all(offsets[k] <= key < offsets[k] + size for key, (source, _) in zip(keys, read) if source == k)
+        assert all(
+            offsets[k] <= key < offsets[k] + size for key, (source, _) in zip(keys, read, strict=True) if source == k
+        )
         epochs = [own[e * size : (e + 1) * size] for e in range(len(own) // size)]
         assert len(epochs) >= 4
         for epoch in epochs:

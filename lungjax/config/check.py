@@ -76,7 +76,7 @@ def _sources_ok(value) -> bool:
         return False
     if not value:
         return True
-    names, weights = zip(*value)
+    names, weights = zip(*value, strict=True)
     try:
         sampling.period_counts(weights)
     except ValueError:

@@ -25,7 +25,7 @@ def names_and_weights(data_config) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """The union's source names and mixing weights; empty weights for a single source."""
     if not data_config.sources:
         return (data_config.source,), ()
-    names, weights = zip(*data_config.sources)
+    names, weights = zip(*data_config.sources, strict=True)
     return tuple(names), tuple(float(w) for w in weights)
 
 
@@ -81,7 +81,7 @@ def mixed_class_counts(reports: Mapping[str, dict], weights: Sequence[float]) ->
         return [int(c) for c in counts[0]], images[0]
     shares = np.asarray(weights, np.float64) / np.sum(weights)
     total = sum(images)
-    frequency = sum(share * c / n for share, c, n in zip(shares, counts, images))
+    frequency = sum(share * c / n for share, c, n in zip(shares, counts, images, strict=True))
     return [int(c) for c in np.round(frequency * total)], total
 
 
@@ -128,7 +128,7 @@ class UnionSource(Sequence):
 
     def ranges(self) -> dict[str, range]:
         """Source name -> its records' indices in the union (and rows of predictions over it, in order)."""
-        return {name: range(o, o + n) for name, o, n in zip(self.names, self.offsets, self.sizes)}
+        return {name: range(o, o + n) for name, o, n in zip(self.names, self.offsets, self.sizes, strict=True)}
 
     def __getitem__(self, index: int) -> dict:
         example = records.parse_example(self.records[index], self.specs)

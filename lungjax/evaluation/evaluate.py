@@ -42,7 +42,12 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: task
         writer = csv.writer(handle)
         writer.writerow(["image_name", "patient_id", *kind.truth_header(task.class_names, masked), *task.class_names])
         for name, pid, label, row_stated, probs in zip(
-            predictions["image_name"], predictions["patient_id"], predictions["label"], stated, predictions["probs"]
+            predictions["image_name"],
+            predictions["patient_id"],
+            predictions["label"],
+            stated,
+            predictions["probs"],
+            strict=True,
         ):
             truth = kind.truth(label, task.class_names, row_stated)
             writer.writerow([name, int(pid), *truth, *(f"{p:.9g}" for p in probs)])

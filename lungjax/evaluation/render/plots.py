@@ -256,7 +256,7 @@ def _plot_series(axes: Axes, records: list[dict], keys: Sequence[str], ylabel: s
     for key in keys:
         points = [(r["step"], r[key]) for r in records if "step" in r and r.get(key) is not None]
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             axes.plot(steps, values, marker="." if len(points) < 50 else None, label=key)
             plotted = True
     if plotted:
@@ -315,7 +315,7 @@ def plot_roc_grid(
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
     stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
         if positive.all() or not positive.any():
@@ -350,7 +350,7 @@ def plot_reliability_grid(
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
     stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
         if positive.size == 0:
             axes.set_title(f"{name}\nstated on no image", fontsize="small")
@@ -388,14 +388,14 @@ def plot_paired_roc(
 ) -> None:
     """Two runs' ROC curves on the same images, one panel per class (``kinds.Kind.columns`` inputs)."""
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
         column = positive[:, c]
         if column.all() or not column.any():
             axes.set_title(f"{name}\nundefined (one class only)", fontsize="small")
         else:
             titles = []
-            for run, scores in zip(run_names, (scores_a[:, c], scores_b[:, c])):
+            for run, scores in zip(run_names, (scores_a[:, c], scores_b[:, c]), strict=True):
                 fpr, tpr, value = _roc(column, scores)
                 axes.plot(fpr, tpr, linewidth=1.5, label=run)
                 titles.append(f"{value:.3f}")
@@ -425,9 +425,9 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
     if not any("auroc" in per_class[name] for _, per_class in rows for name in class_names):
         return False
     figure, panels = _finding_grid(len(class_names))
-    for axes, name in zip(panels, class_names):
+    for axes, name in zip(panels, class_names, strict=True):
         shown = [audit["overall_auroc"][name] or 1.0]
-        for y, (label, per_class) in enumerate(rows):
+        for y, (_label, per_class) in enumerate(rows):
             figures = per_class[name]
             if "auroc" not in figures:
                 continue
