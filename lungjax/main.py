@@ -82,6 +82,9 @@ def main(argv):
     from lungjax.config import check as config_check  # after initialize: it counts the devices
 
     config_check.validate(config, reads_data=FLAGS.mode in ("train", "prepare"))
+    not_yet = config_check.mode_problems(config, FLAGS.mode)
+    if not_yet:
+        raise config_check.ConfigError("; ".join(not_yet))
     if FLAGS.mode == "predict":
         from lungjax.evaluation import predict  # imports no training code
 
@@ -108,10 +111,10 @@ def main(argv):
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
         _print_outputs(workdir, config.eval.split)
     elif FLAGS.mode == "prepare":
-        from lungjax.data import dataset
+        from lungjax.data import union
 
-        builder = dataset.build(config.data, workdir)
-        print(f"dataset ready: {builder.data_dir}")
+        for builder in union.build(config.data, workdir).values():
+            print(f"dataset ready: {builder.data_dir}")
     else:
         from lungjax.training import loop as train
 
@@ -126,7 +129,10 @@ def _print_outputs(workdir: str, split: str) -> None:
 
     if jax.process_index() == 0:
         root = Path(workdir).absolute()
-        print(f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)")
+        if (root / "eval" / split / "report.html").is_file():  # a union's run has none yet
+            print(
+                f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)"
+            )
         print(f"checkpoints: {root / 'checkpoints'}; logs: {root / 'metrics.jsonl'}, tensorboard --logdir {root}")
 
 

@@ -14,6 +14,8 @@ import gzip
 import importlib.util
 import io
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
 
-from lungjax.data import dataset, labels, nih_layout, records  # noqa: E402
+from lungjax.data import dataset, labels, nih_layout, records, union  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -170,7 +172,9 @@ def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **at
 
 # Fixtures that train a model or build one at full size (here and in the test modules): a test that
 # uses one is marked ``slow``, so that ``-m "not slow"`` is the quick edit loop (README).
-SLOW_FIXTURES = frozenset({"tiny_workdir", "four_device_run", "base_run", "straight_run", "keras_files"})
+SLOW_FIXTURES = frozenset(
+    {"tiny_workdir", "four_device_run", "base_run", "straight_run", "straight_union_run", "keras_files"}
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -277,6 +281,18 @@ def tiny_train_config(data_root: Path):
     return config
 
 
+# A union of two NIH-format builds: the training tree (``nih``) drawn twice as often as a small phantom.
+UNION_SOURCES = (("nih", 2.0), ("phantom", 1.0))
+UNION_PHANTOM_PATIENTS = 12
+
+
+def union_train_config(data_root: Path):
+    """``tiny_train_config`` training on ``UNION_SOURCES`` (each source built under ``tfds/<source>``)."""
+    config = tiny_train_config(data_root)
+    config.data.sources, config.data.phantom_patients = UNION_SOURCES, UNION_PHANTOM_PATIENTS
+    return config
+
+
 def command_line_overrides(data_root: Path) -> list[str]:
     """The same config for ``python -m lungjax.main --config configs/tiny.py``."""
     values = {**TRAIN_OVERRIDES, "data.manual_dir": data_root / "nih", "data.data_dir": data_root / "tfds"}
@@ -293,6 +309,12 @@ def compilation_cache() -> dict[str, str]:
 def built(data_root):
     """Builds the training tests' dataset once; returns the builder."""
     return dataset.build(tiny_train_config(data_root).data, data_root)
+
+
+@pytest.fixture(scope="session")
+def union_built(data_root):
+    """Builds the union config's sources once; returns source name -> builder."""
+    return union.build(union_train_config(data_root).data, data_root)
 
 
 # The multi-device reference: SGD, as Adam's g / sqrt(v) turns rounding noise in near-zero
@@ -363,3 +385,50 @@ def xrv_table(xrv_wheel):
             return io.BytesIO(gzip.decompress(wheel.read(f"torchxrayvision/data/{name}")))
 
         yield open_table
+
+
+# ------------------------------------------------------------------------------ the HTML pages in a browser
+
+CHROMIUM = shutil.which("chromium")
+# As the machine's own probe starts it (README of the environment): without the background-networking
+# flags Chromium opens connections of its own, which the page test would count against the page.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def browser_or_skip():
+    """The sync Playwright API and Chromium's path; skipped on a machine without them, failed in CI."""
+    missing = None if CHROMIUM else "Debian's chromium (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api, missing = None, missing or "playwright (pip install '.[test]')"
+    if missing:
+        if os.environ.get("LUNGJAX_REQUIRE_BROWSER"):
+            pytest.fail(f"the HTML report test needs {missing}")
+        pytest.skip(f"needs {missing}")
+    return sync_api
+
+
+def check_number_cells(cells: list, report: dict) -> None:
+    """Every number a page's cell shows equals, to the 3 decimals shown, the report.json value its
+    ``data-keys`` name (cells as ``[text, keys]`` read from the page)."""
+    for shown, keys in cells:
+        numbers = [float(n) for n in NUMBER.findall(shown.replace("\u2212", ""))]
+        values = []
+        for key in keys:
+            node = report
+            for part in key:
+                node = node[part]
+            values.append(node)
+        assert len(numbers) >= len(values), (shown, keys)
+        for number, value in zip(numbers, values, strict=True):
+            assert number == (value if isinstance(value, int) else round(value, 3)), (shown, keys, value)

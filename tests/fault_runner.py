@@ -5,8 +5,10 @@ fork of this already-imported (but not yet JAX-initialised: no backend, one thre
 its run at once, so a dozen kills and restarts fit the CI budget. Each run is still its own OS
 process, killed with a real signal, and sets JAX up from scratch.
 
-    python fault_runner.py train DATA_ROOT WORKDIR NUM_STEPS CHECKPOINT_EVERY EVAL_EVERY
+    python fault_runner.py train DATA_ROOT WORKDIR NUM_STEPS CHECKPOINT_EVERY EVAL_EVERY [single|union]
     python fault_runner.py export|evaluate DATA_ROOT WORKDIR
+
+``union`` trains on conftest's union of sources instead of the single training tree.
 
 Protocol, one line each way: ``run`` on stdin starts a run and answers ``pid <n>``; when that run
 ends the launcher prints ``exit <code>`` (negative: killed by that signal; 0 finished; 1 failed).
@@ -79,20 +81,20 @@ def _run(mode: str, config, workdir: str) -> bool:
 
 def main(mode: str, data_root: str, workdir: str, *train_args: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import tiny_train_config
+    from conftest import tiny_train_config, union_train_config
 
     from lungjax.export import bundle  # noqa: F401  (imported before the fork, like the rest)
     from lungjax.training import loop  # noqa: F401
 
-    config = tiny_train_config(Path(data_root))
     if mode == "train":
-        num_steps, checkpoint_every, eval_every = map(int, train_args)
-        config.num_train_steps, config.checkpoint_every_steps, config.eval_every_steps = (
-            num_steps,
-            checkpoint_every,
-            eval_every,
+        num_steps, checkpoint_every, eval_every, *data = train_args
+        config = {"single": tiny_train_config, "union": union_train_config}[data[0] if data else "single"](
+            Path(data_root)
         )
+        config.num_train_steps, config.checkpoint_every_steps = int(num_steps), int(checkpoint_every)
+        config.eval_every_steps = int(eval_every)
     else:
+        config = tiny_train_config(Path(data_root))
         config.eval.checkpoint, config.eval.n_bootstrap, config.eval.explain_examples = "latest", 0, 2
     print("ready", flush=True)
     for line in sys.stdin:

@@ -107,6 +107,6 @@ def test_a_resnet_with_fewer_pass_batch_norm_trains_the_same_numbers():
         results.append((aux, grads))
     (flax_aux, flax_grads), (our_aux, our_grads) = results
     for (path, a), b in zip(
-        jax.tree_util.tree_leaves_with_path((flax_aux, flax_grads)), jax.tree.leaves((our_aux, our_grads))
+        jax.tree_util.tree_leaves_with_path((flax_aux, flax_grads)), jax.tree.leaves((our_aux, our_grads)), strict=True
     ):
         assert_close(b, a, jax.tree_util.keystr(path))

@@ -136,14 +136,14 @@ def test_train_mode_backpropagates_and_updates_batch_stats_eval_mode_does_not(ti
     before = _leaves(model, nnx.BatchStat)
     model.train()  # mode flags must not matter: behaviour is chosen by the train= argument.
     _eval_logits(model, tiny_images)
-    assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(model, nnx.BatchStat)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(model, nnx.BatchStat), strict=True))
 
     logits, grads = _train_step(model, tiny_images, nnx.Rngs(dropout=_key(0)))
     assert logits.shape == (TINY_INPUT[0], NUM_CLASSES) and logits.dtype == jnp.float32
     gradients = [np.asarray(g) for g in jax.tree.leaves(grads)]
     assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in gradients)
     assert len(gradients) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert all(not np.array_equal(a, b) for a, b in zip(before, _leaves(model, nnx.BatchStat)))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, _leaves(model, nnx.BatchStat), strict=True))
 
 
 def test_dropout_uses_the_rngs_passed_at_call_time(tiny, tiny_images):

@@ -24,11 +24,20 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from conftest import FOUR_DEVICE_OPTIMIZER, FOUR_DEVICE_STEPS, command_line_overrides, example_source, tiny_train_config
+from conftest import (
+    FOUR_DEVICE_OPTIMIZER,
+    FOUR_DEVICE_STEPS,
+    UNION_SOURCES,
+    command_line_overrides,
+    example_source,
+    tiny_train_config,
+    union_train_config,
+)
 from test_resume import saved_params
 
 from lungjax.data import pipeline, sampling
 from lungjax.data import records as records_lib
+from lungjax.data import union as union_lib
 from lungjax.evaluation import evaluate
 from lungjax.runtime import checkpoint, distributed
 from lungjax.training import loop as train
@@ -164,7 +173,7 @@ def assert_same_report(a, b, path: str = "report") -> None:
             assert_same_report(a[key], b[key], f"{path}.{key}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_report(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
         assert same_number(a, b), f"{path}: {a} != {b}"
@@ -254,6 +263,37 @@ def test_two_process_training_resumes_in_one_process(two_process_run, data_root,
     assert json.loads(mapped) == json.loads(one["data"])
     # 4 steps on 4 devices then 2 on 1 against 6 on 1: the device counts' rounding differences
     # (<= 1e-5 after 4 steps) grow a little; rows read in another order already differed by 5e-3.
+    assert_same_model(saved_params(workdir), saved_params(tmp_path / "uninterrupted"), rtol=1e-4)
+
+
+def test_two_process_union_training_resumes_in_one_process(data_root, union_built, compilation_cache, tmp_path):
+    """A union of sources maps across process counts as one source does: 4 steps on 2 processes then 2
+    on 1 read what 6 uninterrupted steps on 1 process read (the mixed sampler's positions)."""
+    workdir = tmp_path / "two"
+    union_flags = (
+        f"--config.data.sources={UNION_SOURCES!r}",
+        f"--config.data.phantom_patients={union_train_config(data_root).data.phantom_patients}",
+    )
+    wait_all(launch_two(workdir, data_root, compilation_cache, *RUN_FLAGS, *union_flags), workdir, RUN_TIMEOUT_S)
+    assert "evaluating it on a test split is not built yet" in logs_of(workdir)
+    two = saved_items(workdir, STEPS)
+    assert two["run"]["process_count"] == 2
+
+    def union_config(steps):
+        config = union_train_config(data_root)
+        config.num_train_steps, config.optimizer, config.checkpoint_every_steps = steps, FOUR_DEVICE_OPTIMIZER, 1
+        return config
+
+    assert train.train(union_config(STEPS + 2), workdir)
+    assert train.train(union_config(STEPS + 2), tmp_path / "uninterrupted")
+    mapped = sampling.data_state_for_process(
+        two["data"],
+        saved_process_count=2,
+        worker_count=0,
+        global_batch_size=union_config(STEPS).batch_size,
+        num_records=len(union_lib.split(union_built, "train")),
+    )
+    assert json.loads(mapped) == json.loads(saved_items(tmp_path / "uninterrupted", STEPS)["data"])
     assert_same_model(saved_params(workdir), saved_params(tmp_path / "uninterrupted"), rtol=1e-4)
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, browser_or_skip, check_number_cells
 from sklearn import metrics as skm
 
 from lungjax import trees
@@ -385,39 +384,10 @@ def test_validation_fit_is_chosen_on_validation_and_held_on_test(compared, tiny_
     assert (workdir / "eval" / "test" / "reliability_calibrated.png").read_bytes().startswith(b"\x89PNG")
 
 
-CHROMIUM = shutil.which("chromium")
-# As the machine's own probe starts it (README of the environment): without the background-networking
-# flags Chromium opens connections of its own, which the page test would count against the page.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def _browser_or_skip():
-    """The sync Playwright API and Chromium's path; skipped on a machine without them, failed in CI."""
-    missing = None if CHROMIUM else "Debian's chromium (apt-get install chromium)"
-    try:
-        from playwright import sync_api
-    except ImportError:
-        sync_api, missing = None, missing or "playwright (pip install '.[test]')"
-    if missing:
-        if os.environ.get("LUNGJAX_REQUIRE_BROWSER"):
-            pytest.fail(f"the HTML report test needs {missing}")
-        pytest.skip(f"needs {missing}")
-    return sync_api
-
-
 def test_html_report_opens_offline_and_shows_report_json_numbers(compared, tmp_path):
     """In a real headless browser: no console error, no request outside the file, every number cell
     equal to report.json, all sections present, and a screenshot that is not blank."""
-    sync_api = _browser_or_skip()
+    sync_api = browser_or_skip()
     workdir, report, _ = compared
     page_path = workdir / "eval" / "test" / "report.html"
     errors, requests = [], []
@@ -438,17 +408,7 @@ def test_html_report_opens_offline_and_shows_report_json_numbers(compared, tmp_p
     assert not errors, errors
     assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
     assert len(cells) > 100
-    for shown, keys in cells:
-        numbers = [float(n) for n in NUMBER.findall(shown.replace("−", ""))]
-        values = []
-        for key in keys:
-            node = report
-            for part in key:
-                node = node[part]
-            values.append(node)
-        assert len(numbers) >= len(values), (shown, keys)
-        for number, value in zip(numbers, values):
-            assert number == (value if isinstance(value, int) else round(value, 3)), (shown, keys, value)
+    check_number_cells(cells, report)
     for title in ("Subgroup audit", "Operating points", "Calibration", "Comparison with another run", "Run identity"):
         assert title in headings
     assert images and all(width > 0 and src == "data:image/png;base64," for width, src in images)

@@ -225,9 +225,9 @@ def test_serve_writes_one_record_per_file(served, manifest, in_process):
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     calibrated = np.array([[r["calibrated"][name] for name in names] for r in ok])
     np.testing.assert_allclose(calibrated, temperature.apply(probs, temperatures, False), rtol=0, atol=1e-12)
-    for record, row in zip(ok, probs):
+    for record, row in zip(ok, probs, strict=True):
         for rule, per_class in thresholds.items():
-            called = [n for n, p in zip(names, row) if per_class[n] is not None and p >= per_class[n]]
+            called = [n for n, p in zip(names, row, strict=True) if per_class[n] is not None and p >= per_class[n]]
             assert record["called"][rule] == called
             assert rows[files.index(record["file"])][f"called:{rule}"] == "|".join(called)
 

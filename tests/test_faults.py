@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import command_line_overrides, load_config, tiny_train_config
+from conftest import command_line_overrides, load_config, tiny_train_config, union_train_config
 from test_builder import assert_nothing_built
 from test_resume import assert_bitwise_equal, saved_params
 
@@ -128,10 +128,13 @@ def kill_at(kind: str, target: int, pid: int, checkpoints: Path, rng: np.random.
 
 
 @pytest.mark.slow
-def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_cache, tmp_path):
+@pytest.mark.parametrize("data", ["single", "union"])
+def test_kill9_at_random_moments_resumes_bitwise(data_root, request, compilation_cache, tmp_path, data):
     """Every restart resumes from the last complete checkpoint, ignoring and cleaning the partial
-    ones, and the killed run ends with the parameters of a run never killed."""
-    config = tiny_train_config(data_root)
+    ones, and the killed run ends with the parameters of a run never killed; on one source, and on a
+    union of two (the mixed sampler's position restored)."""
+    request.getfixturevalue("built" if data == "single" else "union_built")
+    config = (tiny_train_config if data == "single" else union_train_config)(data_root)
     config.num_train_steps, config.checkpoint_every_steps = KILL_STEPS, KILL_EVERY
     config.eval_every_steps = KILL_EVAL_EVERY
     assert train.train(config, tmp_path / "reference")
@@ -154,6 +157,7 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, built, compilation_c
                 str(KILL_STEPS),
                 str(KILL_EVERY),
                 str(KILL_EVAL_EVERY),
+                data,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

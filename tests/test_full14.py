@@ -68,7 +68,9 @@ def test_official_test_split_counts_per_finding(official):
     assert {name: counts[name] for name in TEST_COUNTS} == TEST_COUNTS
     assert counts[labels.NO_FINDING] == TEST_NO_FINDING
     vectors = np.stack(test["findings"].to_numpy())
-    assert dict(zip(labels.FINDINGS14, vectors.sum(axis=0).tolist())) == {n: counts[n] for n in labels.FINDINGS14}
+    assert dict(zip(labels.FINDINGS14, vectors.sum(axis=0).tolist(), strict=True)) == {
+        n: counts[n] for n in labels.FINDINGS14
+    }
     assert int((vectors.sum(axis=1) == 0).sum()) == TEST_NO_FINDING
 
 

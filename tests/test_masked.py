@@ -438,8 +438,8 @@ def test_predictions_csv_leaves_unstated_entries_blank(tmp_path, masked_predicti
     with (tmp_path / "predictions.csv").open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["image_name", "patient_id", *(f"true {n}" for n in LABELS), *LABELS]
-    for row, label, mask, probs in zip(rows[1:], p["label"], p["label_mask"], p["probs"]):
-        assert row[2:6] == [str(int(y)) if m else "" for y, m in zip(label, mask)]
+    for row, label, mask, probs in zip(rows[1:], p["label"], p["label_mask"], p["probs"], strict=True):
+        assert row[2:6] == [str(int(y)) if m else "" for y, m in zip(label, mask, strict=True)]
         assert np.array(row[6:], np.float32).tolist() == probs.tolist()
     unmasked = {key: value for key, value in p.items() if key != "label_mask"}
     evaluate.write_predictions(tmp_path / "full14.csv", unmasked, tasks.label_set(LABELS))
@@ -575,7 +575,7 @@ def test_the_train_step_takes_the_mask_from_the_batch():
     ]
     (first, first_metrics), (second, second_metrics) = results
     assert float(first_metrics.compute()["loss"]) == float(second_metrics.compute()["loss"])
-    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     _, unmasked = train_step(copy(state), {"image": image, "label": jnp.asarray(label)})
     _, masked_ones = train_step(

@@ -52,7 +52,7 @@ def test_patient_split_is_disjoint_and_stratified(subset):
     assert metadata.patients_crossing(splits) == 0
     assert sum(len(s) for s in splits.values()) == len(subset)
     overall = np.bincount(subset["label"], minlength=6) / len(subset)
-    for name, share in zip(metadata.SPLIT_NAMES, metadata.PATIENT_SPLIT_SHARES):
+    for name, share in zip(metadata.SPLIT_NAMES, metadata.PATIENT_SPLIT_SHARES, strict=True):
         frame = splits[name]
         assert abs(len(frame) / len(subset) - share) < 0.02, name
         class_share = np.bincount(frame["label"], minlength=6) / len(frame)

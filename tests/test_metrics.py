@@ -129,7 +129,7 @@ def test_class_without_positives_is_none_with_note():
 
 def test_at_thresholds_equal_sklearn_one_vs_rest(predictions):
     labels, probs = predictions
-    thresholds = dict(zip(CLASS_NAMES, np.linspace(0.15, 0.4, NUM_CLASSES)))
+    thresholds = dict(zip(CLASS_NAMES, np.linspace(0.15, 0.4, NUM_CLASSES), strict=True))
     report = classification_report(labels, probs, CLASS_NAMES, thresholds=thresholds, n_bootstrap=0)
     assert report["at_thresholds"]["thresholds"] == pytest.approx(thresholds)
     for k, name in enumerate(CLASS_NAMES):

@@ -80,7 +80,7 @@ def test_weighted_replicates_equal_sklearn_with_sample_weights():
         weights = rng.integers(0, 4, size=(4, n)).astype(np.float64)
         auroc = weighted_auroc(positive, scores, weights)
         average_precision = weighted_average_precision(positive, scores, weights)
-        for w, a, ap in zip(weights, auroc, average_precision):
+        for w, a, ap in zip(weights, auroc, average_precision, strict=True):
             if (w * positive).sum() == 0:
                 assert np.isnan(a) and np.isnan(ap)
                 continue
@@ -132,7 +132,7 @@ def test_intervals_equal_an_explicit_resampling_loop():
     expected = explicit_percentile_bootstrap(labels, probs, draws, seed=5)
     assert intervals["mean_auroc"] == expected["mean_auroc"]
     assert intervals["mean_pr_auc"] == expected["mean_pr_auc"]
-    for name, finding in zip(names, expected["per_finding"]):
+    for name, finding in zip(names, expected["per_finding"], strict=True):
         assert intervals["per_finding"][name] == finding
     assert intervals["mean_auroc"]["n_used"] <= intervals["per_finding"][names[0]]["auroc"]["n_used"] < draws
     assert (intervals["level"], intervals["n_bootstrap"], intervals["seed"]) == (0.95, draws, 5)
@@ -179,7 +179,7 @@ def test_intervals_are_seeded_and_contain_the_point_estimate():
 
 def test_at_thresholds_equal_sklearn(predictions):
     labels, probs = predictions
-    thresholds = dict(zip(FINDINGS14, np.linspace(0.1, 0.8, NUM_FINDINGS)))
+    thresholds = dict(zip(FINDINGS14, np.linspace(0.1, 0.8, NUM_FINDINGS), strict=True))
     thresholds["Hernia"] = 1.5  # nothing is called: precision is 0/0
     report = multilabel_report(
         labels, probs, FINDINGS14, patient_ids=np.arange(len(labels)), thresholds=thresholds, n_bootstrap=0
@@ -278,7 +278,7 @@ def lead_report(**extra) -> dict:
     """A report with the keys evaluate.py adds, as the renderer receives it."""
     labels, probs = random_predictions(300, seed=11)
     labels[:, FINDINGS14.index("Hernia")] = 0
-    thresholds = dict(zip(FINDINGS14, np.full(NUM_FINDINGS, 0.3)))
+    thresholds = dict(zip(FINDINGS14, np.full(NUM_FINDINGS, 0.3), strict=True))
     report = multilabel_report(
         labels, probs, FINDINGS14, patient_ids=np.arange(300) // 3, thresholds=thresholds, n_bootstrap=50
     )

@@ -244,7 +244,7 @@ def test_full14_boxes_name_nihs_boxed_findings_inside_the_image(full14_tree):
     assert header == NIH_BBOX_HEADER
     expected = {
         (name, labels.BOX_LIST_NAMES.get(finding, finding))
-        for name, finding_labels in zip(entries["Image Index"], entries["Finding Labels"])
+        for name, finding_labels in zip(entries["Image Index"], entries["Finding Labels"], strict=True)
         for finding in labels.split_findings(finding_labels)
         if finding in labels.BOXED_FINDINGS
     }

@@ -128,7 +128,10 @@ def test_prevalence_follows_the_sites_weight_factors(site_c_films, finding):
     table = findings14.finding_combinations()
     factors = dict(sites.SITES["C"].prevalence)
     weights = np.array(
-        [count * np.prod([factors.get(n, 1.0) for n in names]) for count, names in zip(table.images, table.findings)]
+        [
+            count * np.prod([factors.get(n, 1.0) for n in names])
+            for count, names in zip(table.images, table.findings, strict=True)
+        ]
     )
     has = np.array([finding in names for names in table.findings])
     expected = weights[has].sum() / weights.sum()

@@ -116,7 +116,9 @@ def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, cap
     printed = captured.out.splitlines()[0::3]
     assert [line.split(":")[0] for line in printed] == [str(files[name]) for name in ("good", "mono1", "blank")]
     fit = validation.read(tiny_workdir / "eval" / "test" / validation.VALIDATION_FIT_FILE)
-    for line, calibrated, calls in zip(printed, captured.out.splitlines()[1::3], captured.out.splitlines()[2::3]):
+    for line, calibrated, calls in zip(
+        printed, captured.out.splitlines()[1::3], captured.out.splitlines()[2::3], strict=True
+    ):
         probabilities = np.array([float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES])
         assert sum(probabilities) == pytest.approx(1.0, abs=0.01)
         expected = temperature.apply(probabilities[None], fit["temperature"]["temperatures"], False)[0]
@@ -128,7 +130,7 @@ def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, cap
     (warning,) = [line for line in lines if line.startswith("warning: ")]  # the blank film's, and no other's
     assert len(errors) == 3 and len(lines) == 4
     assert warning.startswith(f"warning: {files['blank']}: The image is nearly uniform")
-    for line, name in zip(errors, ("text", "huge", "missing")):
+    for line, name in zip(errors, ("text", "huge", "missing"), strict=True):
         assert str(files[name]) in line
     heatmaps = sorted(p.name for p in (tiny_workdir / predict.OUTPUT_DIR).glob("*.png"))
     assert heatmaps == ["0_good.png", "2_mono1.png", "5_blank.png"]
@@ -162,5 +164,6 @@ def test_predict_names_each_file_that_lies_in_one_line_and_goes_on(tiny_workdir,
         errors,
         names[1:],
         ("a symbolic link that leads back to itself", "a dangling symbolic link", "sides in a ratio of 900,000.0 to 1"),
+        strict=True,
     ):
         assert line.startswith(f"error: {tmp_path / name}: ") and said in line

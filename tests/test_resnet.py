@@ -31,7 +31,9 @@ def test_headless_resnet50_param_count_matches_keras_up_to_the_stem_and_conv_bia
     dropped_rgb_channels = 2 * stem_kernel  # Keras' stem sees 3 channels, ours 1.
     # Every Keras conv has a bias (folded into the next BatchNorm on import); ours have none.
     # Bottleneck convs output (f, f, 4f) plus a 4f projection shortcut in each stage's first block.
-    conv_biases = 64 + sum(n_blocks * (f + f + 4 * f) + 4 * f for n_blocks, f in zip((3, 4, 6, 3), (64, 128, 256, 512)))
+    conv_biases = 64 + sum(
+        n_blocks * (f + f + 4 * f) + 4 * f for n_blocks, f in zip((3, 4, 6, 3), (64, 128, 256, 512), strict=True)
+    )
     border_kernel = stem_kernel  # GrayStem's padding-aware bias conv (one input channel).
     assert conv_biases == 26_560
     assert KERAS_RESNET50_NOTOP_PARAMS - ours == dropped_rgb_channels + conv_biases - border_kernel
@@ -78,10 +80,12 @@ def test_batch_stats_update_only_in_train_mode():
     before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     model.train()  # mode flags must not matter: behaviour is chosen by the train= argument.
     model(x, train=False)
-    assert all(np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(nnx.state(model, nnx.BatchStat))))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(nnx.state(model, nnx.BatchStat)), strict=True)
+    )
     model(x, train=True)
     after = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
-    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_dropout_uses_the_rngs_passed_at_call_time():
@@ -177,14 +181,14 @@ def test_space_to_depth_and_padded_channel_stems_are_the_same_function_of_the_sa
     for name, model in stems.items():
         state = nnx.state(model, nnx.Param, nnx.BatchStat)
         assert jax.tree.structure(conv_state) == jax.tree.structure(state)  # checkpoints and imports fit all
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(conv_state), jax.tree.leaves(state)):
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(conv_state), jax.tree.leaves(state), strict=True):
             assert a.shape == b.shape, jax.tree_util.keystr(path)
             np.testing.assert_array_equal(a, b)  # same seed, same initial values
         outputs[name], grad = _stem_outputs_and_kernel_grad(model, x)
-        for mode, a, b in zip(("eval stem", "train stem"), conv_outputs, outputs[name]):
+        for mode, a, b in zip(("eval stem", "train stem"), conv_outputs, outputs[name], strict=True):
             _assert_float32_close(b, a, f"{name} {mode}")
         _assert_float32_close(grad, conv_grad, name)
-    for a, b in zip(outputs["space_to_depth"], outputs["pad_channels"]):  # and so to each other
+    for a, b in zip(outputs["space_to_depth"], outputs["pad_channels"], strict=True):  # and so to each other
         _assert_float32_close(b, a, "pad_channels against space_to_depth")
 
 

@@ -114,13 +114,16 @@ def test_ema_is_the_exact_running_average_of_the_raw_params(run, saved):
         raw = train_item["params"]  # with an EMA, the train item keeps the optimised parameters
         expected = jax.tree.map(lambda e, p: EMA_DECAY * e + (1 - EMA_DECAY) * p, ema, raw)
         for (path, got), want in zip(
-            jax.tree_util.tree_leaves_with_path(model_item["params"]), jax.tree.leaves(expected)
+            jax.tree_util.tree_leaves_with_path(model_item["params"]), jax.tree.leaves(expected), strict=True
         ):
             np.testing.assert_allclose(
                 got, want, rtol=1e-6, atol=1e-7, err_msg=f"step {step} {jax.tree_util.keystr(path)}"
             )
         ema = model_item["params"]
-        moved = max(moved, max(float(np.abs(e - p).max()) for e, p in zip(jax.tree.leaves(ema), jax.tree.leaves(raw))))
+        moved = max(
+            moved,
+            max(float(np.abs(e - p).max()) for e, p in zip(jax.tree.leaves(ema), jax.tree.leaves(raw), strict=True)),
+        )
     assert moved > 1e-4  # the model item really is not the raw parameters
 
 

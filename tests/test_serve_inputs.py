@@ -95,7 +95,7 @@ def test_every_file_that_lies_gets_its_record_and_the_run_goes_on(lying_folder, 
         "h_name\\xff.png",
         "sub/i_good.png",
     ]
-    errors = {name: record["error"] for name, record in zip(named, found) if record["status"] == "error"}
+    errors = {name: record["error"] for name, record in zip(named, found, strict=True) if record["status"] == "error"}
     expected = {
         "b_dangling.png": "a dangling symbolic link (to ",
         "c_pipe.png": "a FIFO (named pipe), not an image file: not opened",
@@ -107,7 +107,7 @@ def test_every_file_that_lies_gets_its_record_and_the_run_goes_on(lying_folder, 
     assert sorted(errors) == sorted(expected)
     for name, said in expected.items():
         assert errors[name].startswith(f"{lying_folder / name}: ") and said in errors[name], errors[name]
-    for name, record in zip(named, found):
+    for name, record in zip(named, found, strict=True):
         if record["status"] == "ok":  # the stand-in's rule on the prepared film, as serve prepares it
             path = (
                 lying_folder / name

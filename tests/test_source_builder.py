@@ -149,7 +149,7 @@ def test_each_source_builds_and_reads_back_as_its_table(tmp_path, source):
     builder = dataset.build(data_config(source, manual, tmp_path / "tfds"), tmp_path)
     assert builder.name == "lungjax_sources" and builder.builder_config.name == f"{source}_{SIZE}"
     table = source_builder.read_table(manual, builder.builder_config)
-    expected = dict(zip(table.frame["path"], source_builder.states_over_vocabulary(table)))
+    expected = dict(zip(table.frame["path"], source_builder.states_over_vocabulary(table), strict=True))
     rows = table.frame.set_index("path")
     examples = read_back(builder)
     assert sum(len(e) for e in examples.values()) == len(table.frame)  # every row, once
@@ -194,7 +194,7 @@ def test_nih_as_a_source_builds_split_by_patient(tmp_path):
         tree, tmp_path / "tfds", source_builder.make_config("nih", SIZE), num_workers=1
     )
     table = chestxray14.read(tree)
-    expected = dict(zip(table.frame["path"], source_builder.states_over_vocabulary(table)))
+    expected = dict(zip(table.frame["path"], source_builder.states_over_vocabulary(table), strict=True))
     examples = read_back(builder)
     assert sum(len(e) for e in examples.values()) == len(table.frame)
     for split_examples in examples.values():
@@ -407,7 +407,7 @@ def test_padchest_labels_in_the_build_are_exactly_the_mapped_strings(tmp_path):
     for split in read_back(builder).values():
         for example in split:
             labels = raw.loc[Path(example["image_name"].decode()).name, "Labels"]
-            states = dict(zip(names, example["label_states"].tolist()))
+            states = dict(zip(names, example["label_states"].tolist(), strict=True))
             if not labels:
                 assert all(states[n] == contract.NOT_STATED for n in names)
                 continue
@@ -423,3 +423,15 @@ def test_reduced_decode_bench_reports_both_paths(tmp_path):
     result = json.loads(out.read_text())
     assert result["reductions"] == [8] and len(result["reduced_images_per_s"]) == 1
     assert result["full_images_per_s"][0] > 0 and 0 < result["mean_abs_difference"][0] < 2
+
+
+def test_only_prepare_takes_a_built_source_until_the_pipeline_reads_label_states():
+    config = base_config()
+    config.data.source, config.data.manual_dir = "chexpert", "/data/chexpert"
+    assert check.mode_problems(config, "prepare") == []
+    for mode in ("train", "evaluate", "predict", "export"):
+        (problem,) = check.mode_problems(config, mode)
+        assert problem.startswith(f"config.data.source: 'chexpert' is not allowed with --mode {mode}; ")
+    config.data.source, config.data.labels = "phantom", ("chexpert5",)
+    (problem,) = check.mode_problems(config, "train")
+    assert problem.startswith("config.data.labels: ('chexpert5',) is not allowed with --mode train yet")

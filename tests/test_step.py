@@ -86,7 +86,7 @@ def test_weight_decay_skips_batchnorm_and_biases():
     # zero gradients: only decay moves weights (jitted: op by op, every leaf shape compiles apart)
     updates, _ = jax.jit(tx.update)(zeros, jax.jit(tx.init)(params), params)
     kinds = set()
-    for (path, p), u in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(updates)):
+    for (path, p), u in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(updates), strict=True):
         name = jax.tree_util.keystr(path).removesuffix(".value")
         decayed = bool(np.any(np.asarray(u) != 0))
         if name.endswith("['kernel']"):
@@ -110,13 +110,15 @@ def test_stem_border_kernel_trains_only_from_keras_weights(optimizer, init_from)
     leaves = jax.tree.leaves(params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     grads = jax.tree.unflatten(
-        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
     )
     trained = params
     for _ in range(3):
         updates, state = update(grads, state, trained)
         trained = optax.apply_updates(trained, updates)
-    for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(trained)):
+    for (path, before), after in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(trained), strict=True
+    ):
         moved = bool(np.any(np.asarray(before) != np.asarray(after)))
         assert moved == (not optim.is_stem_border(path) or bool(init_from)), jax.tree_util.keystr(path)
 
@@ -187,7 +189,7 @@ def test_flattened_optimizer_takes_the_same_steps_and_keeps_masks_and_freezing(o
     leaves = jax.tree.leaves(params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     grads = jax.tree.unflatten(
-        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
     )
     trained = {}
     for flatten in (False, True):
@@ -209,7 +211,7 @@ def test_flattened_optimizer_takes_the_same_steps_and_keeps_masks_and_freezing(o
             reference = optax.adamw(optax.constant_schedule(0.1), weight_decay=0.1, mask=optim.decay_mask).init(params)
             assert jax.tree.structure(state[1]) == jax.tree.structure(reference)  # after clipping's state
     for (path, a), b, before in zip(
-        jax.tree_util.tree_leaves_with_path(trained[False]), jax.tree.leaves(trained[True]), leaves
+        jax.tree_util.tree_leaves_with_path(trained[False]), jax.tree.leaves(trained[True]), leaves, strict=True
     ):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
         assert np.array_equal(b, before) == optim.is_stem_border(path), jax.tree_util.keystr(path)
@@ -232,7 +234,7 @@ def test_large_batch_optimizers_are_optax_own_with_the_decay_mask_and_warm_up(op
     leaves = jax.tree.leaves(params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     grads = jax.tree.unflatten(
-        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+        jax.tree.structure(params), [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
     )
     config = base_config()
     config.optimizer, config.weight_decay, config.learning_rate, config.warmup_epochs = optimizer, 0.1, 0.5, 1.0
@@ -262,11 +264,13 @@ def test_large_batch_optimizers_are_optax_own_with_the_decay_mask_and_warm_up(op
     for flatten in (False, True):
         config.optimizer_flatten = flatten
         (after_one, _, got), state = three_steps(optim.make_optimizer(config, schedule))
-        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after_one), leaves))  # rate 0 at step 0
+        assert all(
+            np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after_one), leaves, strict=True)
+        )  # rate 0 at step 0
         if not flatten:
             assert jax.tree.structure(state) == jax.tree.structure(reference_state)
         for (path, want), have, before in zip(
-            jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got), leaves
+            jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got), leaves, strict=True
         ):
             if optim.is_stem_border(path):
                 np.testing.assert_array_equal(have, before)

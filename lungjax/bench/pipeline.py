@@ -118,7 +118,7 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     pngs = [records.image_and_label(r)[0] for r in raw]
     decoded = [records.decode_png(png) for png in pngs]
     matrices = [augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
-    warped = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices)]
+    warped = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices, strict=True)]
     transform = pipeline.TrainExample(aug, IMAGE_SIZE)
     decode_only = pipeline.TrainExample(aug, IMAGE_SIZE, on_device=True)
     stages = {
@@ -126,7 +126,9 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
         "parse image+label": per_image_us(records.image_and_label, raw),
         "decode PNG": per_image_us(records.decode_png, pngs),
         "draw matrix": per_image_us(lambda _: augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
-        "warp": per_image_us(lambda pair: augmenting.warp(pair[0], pair[1], IMAGE_SIZE), list(zip(decoded, matrices))),
+        "warp": per_image_us(
+            lambda pair: augmenting.warp(pair[0], pair[1], IMAGE_SIZE), list(zip(decoded, matrices, strict=True))
+        ),
         "batch (stack)": _stack_us(warped),
     }
     if aug.brightness or aug.contrast:
@@ -156,12 +158,12 @@ def augment_comparison(source, augment: str, batch_size: int, repeats: int) -> d
     on_device = jax.jit(functools.partial(device_augment.warp, out_size=IMAGE_SIZE))
     device_images, device_matrices = jnp.asarray(images[..., None]), jnp.asarray(matrices, jnp.float32)
     reference = on_device(device_images, device_matrices).block_until_ready()
-    host = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices)]
+    host = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(images, matrices, strict=True)]
     difference = float(np.abs(np.asarray(reference) - np.stack(host).astype(np.float32)).mean())
     host_times, device_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        for image, matrix in zip(images, matrices):
+        for image, matrix in zip(images, matrices, strict=True):
             augmenting.warp(image, matrix, IMAGE_SIZE)
         host_times.append(time.perf_counter() - start)
         start = time.perf_counter()

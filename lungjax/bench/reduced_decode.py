@@ -77,7 +77,7 @@ def main(argv):
         reductions = [images.jpeg_reduction(*FILM_SIZES[k % len(FILM_SIZES)][::-1], size) for k in range(len(paths))]
         megabytes = sum(p.stat().st_size for p in paths) / 2**20
     rate = {reduced: [len(paths) / s for s in spent] for reduced, spent in seconds.items()}
-    ratios = [full / reduced for full, reduced in zip(seconds[False], seconds[True])]
+    ratios = [full / reduced for full, reduced in zip(seconds[False], seconds[True], strict=True)]
     result = {
         "films": len(paths),
         "film_sizes": [list(FILM_SIZES[k % len(FILM_SIZES)]) for k in range(len(paths))],

@@ -108,7 +108,11 @@ def time_serve(folder: Path, paths: list[Path], out: Path) -> dict:
     for round_index in range(FLAGS.rounds):
         stamps = [time.perf_counter()]
         predictions.classify(
-            loaded, paths, out, batch_size=FLAGS.batch_size, progress=lambda n: stamps.append(time.perf_counter())
+            loaded,
+            paths,
+            out,
+            batch_size=FLAGS.batch_size,
+            progress=lambda n, stamps=stamps: stamps.append(time.perf_counter()),
         )
         intervals = np.diff(stamps).tolist()
         if round_index == 0:

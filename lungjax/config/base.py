@@ -24,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     # "phantom" (embedded, generated) | "nih" | "chexpert" | "mimic" | "padchest" | "vindr" | "hospital" (your download)
     config.data.source = "phantom"
+    # A union: ((source, weight), ...), each source drawn in proportion to its weight; empty: data.source alone
+    config.data.sources = ()
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
     # A label set of the harmonised vocabulary (masked multi-label; lungjax.data.sources.labelspace): a named

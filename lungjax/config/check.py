@@ -18,7 +18,7 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, source_builder, tasks
+from lungjax.data import augment, dataset, images, labels, metadata, nih, sampling, source_builder, tasks
 from lungjax.data.sources import contract, labelspace, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
@@ -59,6 +59,29 @@ def _class_weights_ok(value) -> bool:
         and len(value) > 0
         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in value)
     )
+
+
+def _sources_ok(value) -> bool:
+    """``data.sources``: (name, weight) pairs, each a known source once, with weights a mix can draw."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    if not all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and pair[0] in dataset.SOURCES
+        and isinstance(pair[1], (int, float))
+        and not isinstance(pair[1], bool)
+        for pair in value
+    ):
+        return False
+    if not value:
+        return True
+    names, weights = zip(*value, strict=True)
+    try:
+        sampling.period_counts(weights)
+    except ValueError:
+        return False
+    return len(set(names)) == len(names)
 
 
 def _operating_points_ok(value) -> bool:
@@ -116,6 +139,11 @@ POSITIVE = Rule(lambda v: v > 0, "a number > 0")
 RULES = MappingProxyType(
     {
         "data.source": one_of(dataset.SOURCES),
+        "data.sources": Rule(
+            _sources_ok,
+            f"a tuple of (source, weight) pairs, each source one of {', '.join(map(repr, dataset.SOURCES))} and named "
+            f"once, each weight a number > 0 and at least 1/{sampling.MAX_PERIOD} of the weights' sum",
+        ),
         "data.task": one_of(tasks.TASKS),
         "data.labels": Rule(
             _labels_ok,
@@ -185,7 +213,14 @@ RULES = MappingProxyType(
 )
 # Keys whose type may differ from the base config's value.
 FREE_TYPES = frozenset(
-    {"class_weights", "data.labels", "eval.checkpoint", "eval.compare_checkpoint", "eval.operating_points"}
+    {
+        "class_weights",
+        "data.labels",
+        "data.sources",
+        "eval.checkpoint",
+        "eval.compare_checkpoint",
+        "eval.operating_points",
+    }
 )
 
 
@@ -266,9 +301,10 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
-    if reads_data and values["data.source"] != "phantom" and not values["data.manual_dir"]:
+    downloads = [name for name, *_ in values["data.sources"] or [(values["data.source"],)] if name != "phantom"]
+    if reads_data and downloads and not values["data.manual_dir"]:
         found.append(
-            f"config.data.manual_dir: '' is not allowed with data.source={values['data.source']!r}; allowed: the "
+            f"config.data.manual_dir: '' is not allowed with data.source={downloads[0]!r}; allowed: the "
             "folder of your download"
         )
     found.extend(_build_options_problems(values))
@@ -284,6 +320,27 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
                 f"config.{key}: {values[key]} does not split over the {devices} devices of "
                 f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}"
             )
+    return found
+
+
+def mode_problems(config, mode: str) -> list[str]:
+    """What ``mode`` cannot do with ``config`` yet: the sources' builds (``label_states``) are built by
+    ``--mode prepare``; the input pipeline does not read them, so no other mode takes them, nor a label set."""
+    if mode == "prepare":
+        return []
+    values = trees.flatten(config)
+    names = [name for name, *_ in values["data.sources"]] or [values["data.source"]]
+    found = [
+        f"config.data.source: {name!r} is not allowed with --mode {mode}; allowed: --mode prepare builds it, "
+        "training and evaluating on a built source come with the input pipeline's reading of its label states"
+        for name in names
+        if name in dataset.BUILT_SOURCES
+    ]
+    if values["data.labels"]:
+        found.append(
+            f"config.data.labels: {tuple(values['data.labels'])!r} is not allowed with --mode {mode} yet; allowed: "
+            "() (a label set trains on built sources, which the input pipeline does not read yet)"
+        )
     return found
 
 

@@ -309,7 +309,7 @@ def split_official(
     neither = [n for n in all_names if n not in train_val_set and n not in test_set]
     if neither:
         problems.append(f"{len(neither)} metadata rows are on neither list, e.g. {neither[:NAMES_SHOWN]}")
-    patient_of = dict(zip(all_names, all_patients))
+    patient_of = dict(zip(all_names, all_patients, strict=True))
     crossing = sorted(
         {patient_of[n] for n in test_set if n in patient_of} & {patient_of[n] for n in train_val_set if n in patient_of}
     )

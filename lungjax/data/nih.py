@@ -135,7 +135,9 @@ def attach_boxes(subset: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
         (row[0], row[1]): tuple(map(float, row[2:]))
         for row in first[["Image Index", "label", "x", "y", "w", "h"]].itertuples(index=False)
     }
-    bbox = [keyed.get((name, label), NO_BOX) for name, label in zip(subset["Image Index"], subset["label"])]
+    bbox = [
+        keyed.get((name, label), NO_BOX) for name, label in zip(subset["Image Index"], subset["label"], strict=True)
+    ]
     return subset.assign(bbox=bbox)
 
 
@@ -148,7 +150,9 @@ def attach_finding_boxes(chosen: pd.DataFrame, boxes: pd.DataFrame) -> tuple[pd.
     row_of = {name: i for i, name in enumerate(chosen["Image Index"])}
     bbox = np.tile(np.asarray(NO_BOX, np.float32), (len(chosen), len(labels.FINDINGS14), 1))
     attached, dropped = collections.Counter(), collections.Counter()
-    for name, finding, *box in zip(boxes["Image Index"], finding_names, boxes["x"], boxes["y"], boxes["w"], boxes["h"]):
+    for name, finding, *box in zip(
+        boxes["Image Index"], finding_names, boxes["x"], boxes["y"], boxes["w"], boxes["h"], strict=True
+    ):
         row, k = row_of.get(name), index.get(finding)
         if row is None:
             continue  # an image this build does not hold (another view)
@@ -360,7 +364,7 @@ class NihChestXray(building.ShardedBuilder):
         jobs = [(str(row["path"]), config.image_size, _boxes_to_scale(row["bbox"])) for row in rows]
         results = self.decode(images.load_for_build, jobs)
         for row, (png, box, pixels) in tqdm(
-            zip(rows, results), total=len(rows), desc=f"{split}: decode+resize", unit="img"
+            zip(rows, results, strict=True), total=len(rows), desc=f"{split}: decode+resize", unit="img"
         ):
             name = row["Image Index"]
             if png is None:

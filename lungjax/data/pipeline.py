@@ -21,7 +21,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
-from lungjax.data import images, records, sampling
+from lungjax.data import images, records, sampling, union
 from lungjax.data.augment import Augmentation, augment_image, augmentation, draw
 
 # Keys an evaluation batch carries: the image and label, and the identifying ones (kept on the host).
@@ -79,7 +79,7 @@ class EvalExample(grain.MapTransform):
 
 
 def train_loader(
-    source: records.ExampleSource,
+    source: records.ExampleSource | union.UnionSource,
     *,
     batch_size: int,
     image_size: int,
@@ -88,6 +88,7 @@ def train_loader(
     worker_count: int = 0,
     multi_label: bool = False,
     augment_on_device: bool = False,
+    weights: tuple[float, ...] = (),
 ) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
 
@@ -102,10 +103,16 @@ def train_loader(
     rows of each global batch (``sampling.ProcessBatchSampler``): without grain workers the
     processes' batches together are, row for row, the batch one process would read, and a position
     in the stream means the same for any process count (``sampling.data_state_for_process``).
+
+    ``weights``: for a union of sources (``union.UnionSource``), each source's mixing weight
+    (``sampling.MixedSampler``); empty for one source.
     """
-    sampler = sampling.ProcessBatchSampler(
-        sampling.EpochShuffleSampler(len(source), seed), local_batch_size=batch_size, process_count=jax.process_count()
+    order = (
+        sampling.MixedSampler(source.sizes, weights, seed)
+        if weights
+        else sampling.EpochShuffleSampler(len(source), seed)
     )
+    sampler = sampling.ProcessBatchSampler(order, local_batch_size=batch_size, process_count=jax.process_count())
     operations = [
         TrainExample(augmentation(augment), image_size, multi_label, on_device=augment_on_device),
         grain.Batch(batch_size, drop_remainder=True),

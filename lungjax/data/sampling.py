@@ -5,7 +5,9 @@ p*L .. p*L + L - 1 of each (``ProcessBatchSampler``, L the local batch), so the 
 ``make_array_from_process_local_data`` assembles is, row for row, the batch one process would
 read, and a data position means the same thing for any process count. ``data_state_for_process``
 turns the iterator state a checkpoint holds (process 0's) into this process's state, for the
-process count and worker count of the resuming run.
+process count and worker count of the resuming run. A union of sources (``MixedSampler``) is one
+such stream as well: what position i reads follows from the seed and i alone, so all of the above
+holds for it unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,34 @@ import numpy as np
 from absl import logging
 
 
+class EpochPermutations:
+    """A new permutation of ``num_records`` records every epoch, drawn from ``(*key, epoch)``; the
+    latest epoch's is kept, so a position is a lookup."""
+
+    def __init__(self, num_records: int, key: tuple[int, ...]):
+        if num_records <= 0:
+            raise ValueError(f"a sampler needs at least one record, got {num_records}")
+        self.num_records, self._key = num_records, key
+        self._epoch_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The record indices of ``epoch`` in the order they are read."""
+        cached_epoch, order = self._epoch_order  # one read: grain may call from several threads
+        if cached_epoch != epoch:
+            order = np.random.default_rng([*self._key, epoch]).permutation(self.num_records)
+            self._epoch_order = (epoch, order)
+        return order
+
+
+def record_metadata(index: int, record_key: int, seed: int) -> grain.RecordMetadata:
+    """Position ``index`` of the stream reads ``record_key``, with grain's per-record generator
+    ``Philox(key=seed + index)`` for its augmentation draws: a position's draws never depend on what
+    was read before it."""
+    return grain.RecordMetadata(
+        index=index, record_key=record_key, rng=np.random.Generator(np.random.Philox(key=seed + index))
+    )
+
+
 class EpochShuffleSampler:
     """Endless record order for training: a new permutation of the records every epoch, drawn
     from ``(seed, epoch)``, and grain's per-record generator (``Philox(key=seed + index)``) for
@@ -32,32 +62,106 @@ class EpochShuffleSampler:
     """
 
     def __init__(self, num_records: int, seed: int):
-        if num_records <= 0:
-            raise ValueError(f"a sampler needs at least one record, got {num_records}")
-        self._num_records, self._seed = num_records, seed
-        self._epoch_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
+        self._permutations, self._seed = EpochPermutations(num_records, (seed,)), seed
 
     def __len__(self) -> int:
         return sys.maxsize  # endless
 
     def order(self, epoch: int) -> np.ndarray:
         """The record indices of ``epoch`` in the order they are read."""
-        cached_epoch, order = self._epoch_order  # one read: grain may call from several threads
-        if cached_epoch != epoch:
-            order = np.random.default_rng([self._seed, epoch]).permutation(self._num_records)
-            self._epoch_order = (epoch, order)
-        return order
+        return self._permutations.order(epoch)
 
     def __getitem__(self, index: int) -> grain.RecordMetadata:
-        epoch, position = divmod(index, self._num_records)
-        return grain.RecordMetadata(
-            index=index,
-            record_key=int(self.order(epoch)[position]),
-            rng=np.random.Generator(np.random.Philox(key=self._seed + index)),
-        )
+        epoch, position = divmod(index, self._permutations.num_records)
+        return record_metadata(index, int(self.order(epoch)[position]), self._seed)
 
     def __repr__(self) -> str:
-        return f"EpochShuffleSampler(num_records={self._num_records}, seed={self._seed})"
+        return f"EpochShuffleSampler(num_records={self._permutations.num_records}, seed={self._seed})"
+
+
+# The longest period of a mix: weights whose exact proportions need more draws are rounded to this many.
+MAX_PERIOD = 1000
+
+
+def period_counts(weights) -> np.ndarray:
+    """Draws of each source in one period of a mix: the shortest period (at most ``MAX_PERIOD`` draws)
+    whose counts are exactly proportional to ``weights`` (1:2 -> 1, 2; 0.7:0.3 -> 7, 3), else
+    ``MAX_PERIOD`` draws shared out by largest remainder (each share within 1/MAX_PERIOD of its weight's)."""
+    weights = np.asarray(weights, np.float64)
+    if weights.ndim != 1 or not len(weights) or not np.isfinite(weights).all() or (weights <= 0).any():
+        raise ValueError(f"mixing weights must be positive numbers, got {weights.tolist()}")
+    shares = weights / weights.sum()
+    for period in range(1, MAX_PERIOD + 1):
+        counts = np.round(shares * period)
+        if np.abs(shares * period - counts).max() < 1e-9 and (counts > 0).all():
+            return counts.astype(np.int64)
+    exact = shares * MAX_PERIOD
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(counts - exact, kind="stable")[: MAX_PERIOD - counts.sum()]] += 1
+    if (counts == 0).any():
+        raise ValueError(
+            f"mixing weights {weights.tolist()}: each must be at least 1/{MAX_PERIOD} of their sum to be drawn"
+        )
+    return counts
+
+
+def interleaving(counts: np.ndarray) -> np.ndarray:
+    """One period's sources in draw order, by smooth weighted round robin: every draw goes to the
+    source furthest behind its share (ties to the first), so each source's draws are spread evenly
+    over the period rather than bunched (3:1 reads a a b a, not a a a b)."""
+    total = int(counts.sum())
+    credit, order = np.zeros(len(counts), np.int64), np.empty(total, np.int64)
+    for slot in range(total):
+        credit += counts
+        order[slot] = source = int(np.argmax(credit))
+        credit[source] -= total
+    return order
+
+
+class MixedSampler:
+    """Endless record order over several sources concatenated (source k's records at
+    ``offsets[k] ..``), drawn in proportion to their weights.
+
+    Global position i is computed in O(1), from ``(seed, i)`` alone: its slot in the period
+    (``interleaving``) names the source and how many draws of it came before, and that count walks
+    the source's own per-epoch permutation (a source's epoch: its draws so far // its size, drawn
+    from ``(seed, k, epoch)``), so each source reads each of its records once per its epoch whatever
+    the others' sizes. Augmentation draws are ``Philox(key=seed + i)`` as for one source. A position
+    thus means the same for any process and worker count, and ``ProcessBatchSampler`` and
+    ``data_state_for_process`` apply unchanged.
+    """
+
+    def __init__(self, source_sizes, weights, seed: int):
+        if len(source_sizes) != len(weights):
+            raise ValueError(f"{len(source_sizes)} sources but {len(weights)} mixing weights")
+        self._sizes = np.asarray(source_sizes, np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self._sizes)[:-1]])
+        self._counts, self._seed = period_counts(weights), seed
+        self._sources = interleaving(self._counts)
+        # slot -> draws of its source earlier in the period
+        self._earlier = np.array([np.sum(self._sources[:slot] == k) for slot, k in enumerate(self._sources)])
+        self._permutations = [EpochPermutations(int(size), (seed, k)) for k, size in enumerate(self._sizes)]
+
+    def __len__(self) -> int:
+        return sys.maxsize  # endless
+
+    def source_and_record(self, index: int) -> tuple[int, int]:
+        """Global position ``index`` -> (source k, record index within source k)."""
+        period, slot = divmod(index, len(self._sources))
+        source = int(self._sources[slot])
+        draws = period * int(self._counts[source]) + int(self._earlier[slot])
+        epoch, position = divmod(draws, int(self._sizes[source]))
+        return source, int(self._permutations[source].order(epoch)[position])
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        source, record = self.source_and_record(index)
+        return record_metadata(index, int(self._offsets[source]) + record, self._seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"MixedSampler(source_sizes={self._sizes.tolist()}, draws_per_period={self._counts.tolist()}, "
+            f"seed={self._seed})"
+        )
 
 
 class ProcessBatchSampler:

@@ -309,7 +309,7 @@ class LungjaxSources(building.ShardedBuilder):
         written = self._written.setdefault(split, [])
         jobs = [(os.fspath(root / path), size) for path in frame["path"]]
         results = self.decode(load_film, jobs)
-        rows = zip(frame.index, frame.to_dict("records"), results)
+        rows = zip(frame.index, frame.to_dict("records"), results, strict=True)
         for index, row, (png, said) in tqdm(rows, total=len(frame), desc=f"{split}: decode+resize", unit="img"):
             if png is None:
                 if not self.skip_bad_images:

@@ -26,7 +26,7 @@ from lungjax.evaluation.fit import validation as validation_fit
 from lungjax.evaluation.render import html, markdown, plots
 from lungjax.evaluation.sections import calibration, comparison, expert, schema, subgroups
 from lungjax.evaluation.sections import operating_points as operating_point_section
-from lungjax.runtime import distributed, run_info, sharding
+from lungjax.runtime import checkpoint, distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
 EVAL_DIR = "eval"  # <workdir>/eval/<split>/: one report per split
@@ -44,7 +44,12 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: task
         writer = csv.writer(handle)
         writer.writerow(["image_name", "patient_id", *kind.truth_header(task.class_names, masked), *task.class_names])
         for name, pid, label, row_stated, probs in zip(
-            predictions["image_name"], predictions["patient_id"], predictions["label"], stated, predictions["probs"]
+            predictions["image_name"],
+            predictions["patient_id"],
+            predictions["label"],
+            stated,
+            predictions["probs"],
+            strict=True,
         ):
             truth = kind.truth(label, task.class_names, row_stated)
             writer.writerow([name, int(pid), *truth, *(f"{p:.9g}" for p in probs)])
@@ -54,6 +59,12 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
     """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``;
     ``own_run=False`` for a run compared with, whose model and data may differ (``inference.restore``)."""
     restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice, own_run=own_run)
+    if restored.config.data.get("sources"):
+        raise checkpoint.CheckpointError(
+            f"{workdir} was trained on a union of sources (config.data.sources="
+            f"{tuple(map(tuple, restored.config.data.sources))}); evaluating and exporting a union is not built yet: "
+            "its checkpoints are kept, and its validation figures, overall and per source, are in metrics.jsonl"
+        )
     if own_run:
         builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
     else:  # never build in another run's workdir

@@ -100,7 +100,7 @@ def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
         return {"n": 0, "hits": 0, "flat": 0, "hit_rate": None, "chance": None}
     height, width = heatmaps.shape[1:3]
     hits = flat = 0
-    for heatmap, (x, y, w, h) in zip(heatmaps, boxes):
+    for heatmap, (x, y, w, h) in zip(heatmaps, boxes, strict=True):
         if heatmap.max() == heatmap.min():
             flat += 1
             continue
@@ -116,7 +116,7 @@ def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.nd
     """Rows ``indices`` of a split as the model sees them (N, S, S, 1) uint8, checked by name."""
     to_example = pipeline.EvalExample(source.specs, image_size)
     out = np.zeros((len(indices), image_size, image_size, 1), np.uint8)
-    for row, (index, name) in enumerate(zip(indices, names)):
+    for row, (index, name) in enumerate(zip(indices, names, strict=True)):
         record = to_example.map(source.records[int(index)])
         stored_name = record["image_name"]
         stored_name = stored_name.decode() if isinstance(stored_name, bytes) else str(stored_name)
@@ -158,7 +158,7 @@ def explain_split(
         return [
             f"{predictions['image_name'][r]}\ntrue {labels.CLASS_NAMES[predictions['label'][r]]} "
             f"p={true_prob[r]:.2f}\npred {labels.CLASS_NAMES[p]}"
-            for r, p in zip(selected, predicted)
+            for r, p in zip(selected, predicted, strict=True)
         ]
 
     def grid(selected, path):

@@ -103,9 +103,9 @@ class Kind:
         findings joined with ``|`` (NIH's form; "No Finding" for none), or per label of a masked task
         (``stated`` given) 1, 0 or blank."""
         if stated is not None:
-            return [str(int(y)) if s else "" for y, s in zip(label, stated)]
+            return [str(int(y)) if s else "" for y, s in zip(label, stated, strict=True)]
         if self.multi_label:
-            return ["|".join(n for n, y in zip(class_names, label) if y) or labels.NO_FINDING]
+            return ["|".join(n for n, y in zip(class_names, label, strict=True) if y) or labels.NO_FINDING]
         return [class_names[int(label)]]
 
     def write_plots(self, out: Path, true, probs, calibrated, class_names, report: dict, stated=None) -> None:

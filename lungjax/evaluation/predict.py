@@ -28,7 +28,7 @@ OUTPUT_DIR = "predict"
 
 
 def format_probabilities(probs: np.ndarray, class_names) -> str:
-    return "  ".join(f"{name} {p:.3f}" for name, p in zip(class_names, probs))
+    return "  ".join(f"{name} {p:.3f}" for name, p in zip(class_names, probs, strict=True))
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike, paths: Sequence[str]) -> int:

@@ -142,7 +142,7 @@ def _read_keras3(f: h5py.File, units: list[str]) -> dict[str, dict[str, np.ndarr
         )
     return {
         u: {**keras3_layer(layers, c, CONV_VARS), **keras3_layer(layers, b, BN_VARS)}
-        for u, c, b in zip(units, convs, bns)
+        for u, c, b in zip(units, convs, bns, strict=True)
     }
 
 

@@ -89,7 +89,7 @@ def _read_keras3(f: h5py.File, layers: list[tuple[str, nnx.Module]]) -> dict[str
             f"not a Keras DenseNet121 weights file: expected {len(convs)} Conv2D and {len(bns)} "
             f"BatchNormalization layers, found {len(file_convs)} and {len(file_bns)}"
         )
-    auto_name = dict(zip(convs, file_convs)) | dict(zip(bns, file_bns))
+    auto_name = dict(zip(convs, file_convs, strict=True)) | dict(zip(bns, file_bns, strict=True))
     return {
         name: pretrained.keras3_layer(in_file, auto_name[name], _var_names(module), f"{auto_name[name]} ({name})")
         for name, module in layers

@@ -300,7 +300,7 @@ class ResNet(PooledClassifier):
         in_ch = scaled(STEM_WIDTH, width)
         self.stem = GrayStem(in_ch, space_to_depth=stem_space_to_depth, pad_channels=stem_pad_channels, **kw)
         stages = []
-        for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS)):
+        for stage, (n_blocks, stage_width) in enumerate(zip(BLOCKS_PER_STAGE[depth], STAGE_WIDTHS, strict=True)):
             blocks = []
             for b in range(n_blocks):
                 stride = 2 if stage > 0 and b == 0 else 1

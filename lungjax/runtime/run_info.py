@@ -35,7 +35,7 @@ def write(
     workdir: Path,
     *,
     config,
-    builder,
+    dataset_name: str,
     fingerprint: str,
     task,
     train_counts: list[int],
@@ -48,11 +48,11 @@ def write(
     (workdir / RUN_INFO_FILE).write_text(
         json.dumps(
             {
-                "dataset": builder.builder_config.name,
+                "dataset": dataset_name,
                 "dataset_fingerprint": fingerprint,
                 "task": task.name,
-                "train_class_counts": dict(zip(task.class_names, train_counts)),
-                "class_weights": dict(zip(task.class_names, class_weights.tolist())),
+                "train_class_counts": dict(zip(task.class_names, train_counts, strict=True)),
+                "class_weights": dict(zip(task.class_names, class_weights.tolist(), strict=True)),
                 "devices": [str(d) for d in jax.devices()],
                 "process_count": jax.process_count(),
                 "steps_per_epoch": steps_per_epoch,

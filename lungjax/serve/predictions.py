@@ -102,7 +102,7 @@ def classify(
     drafts = [folders.draft_of(final) for final in finals]
     try:
         failures = _write(bundle, paths, *drafts, batch_size, allow_lateral, progress)
-        for draft, final in zip(drafts, finals):
+        for draft, final in zip(drafts, finals, strict=True):
             folders.swap_in(draft, final)
     finally:
         for draft in drafts:
@@ -129,9 +129,9 @@ def _write(
             if ready:
                 probs = _predict(bundle, [image for _, image in ready], batch_size)
                 calibrated = temperature.apply(probs, bundle.temperatures, bundle.multi_label)
-                for (record, _), row, row_calibrated in zip(ready, probs, calibrated):
-                    record["probabilities"] = dict(zip(bundle.class_names, map(float, row)))
-                    record["calibrated"] = dict(zip(bundle.class_names, map(float, row_calibrated)))
+                for (record, _), row, row_calibrated in zip(ready, probs, calibrated, strict=True):
+                    record["probabilities"] = dict(zip(bundle.class_names, map(float, row), strict=True))
+                    record["calibrated"] = dict(zip(bundle.class_names, map(float, row_calibrated), strict=True))
                     record["called"] = decisions.called(row.tolist(), bundle.thresholds, bundle.class_names)
             for record, image in chunk:
                 failures += image is None

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 from lungjax import models
 from lungjax.config import base
 from lungjax.config import check as config_check
-from lungjax.data import building, dataset, pipeline, records, sampling, tasks
-from lungjax.data.sources import labelspace
+from lungjax.data import building, pipeline, sampling, tasks, union
 from lungjax.evaluation import evaluate
 from lungjax.models import init as model_init
 from lungjax.runtime import checkpoint, distributed, logs, run_info, sharding
@@ -172,21 +171,20 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Dataset, model, optimizer, loader and checkpoint manager; resumes from the latest good checkpoint."""
     mesh = sharding.make_mesh()
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    builder = distributed.process_zero_first(lambda: dataset.build(config.data, workdir))
+    builders = distributed.process_zero_first(lambda: union.build(config.data, workdir))
+    _, mix_weights = union.names_and_weights(config.data)
     task = tasks.of_config(config)
-    build_report = building.read_build_report(builder)
-    train_images = build_report["images"]["train"]
-    if task.masked and "label_states" in build_report:  # count stated entries only (an NIH build states all)
-        positives, stated = labelspace.policy_counts(
-            build_report["label_states"]["train"], task.class_names, uncertainty=config.data.uncertainty
-        )
+    reports = {name: building.read_build_report(builder) for name, builder in builders.items()}
+    train_images = sum(report["images"]["train"] for report in reports.values())
+    if task.masked:  # count stated entries only, each source in proportion to its weight
+        positives, stated = union.mixed_stated_counts(reports, mix_weights, task.class_names, config.data.uncertainty)
         train_counts = positives.tolist()
     else:
-        train_counts, stated = build_report["class_counts"]["train"], train_images
+        train_counts, stated = union.mixed_class_counts(reports, mix_weights)  # stated: every image
     weights = loss.class_weights(config, train_counts, images=stated, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    fingerprint = run_info.dataset_fingerprint(builder)
+    fingerprint = union.combined_fingerprint({name: run_info.dataset_fingerprint(b) for name, b in builders.items()})
 
     model = models.from_config(
         config.model, num_classes=task.num_classes, half_precision=config.half_precision, seed=config.seed
@@ -200,7 +198,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     state = jax.device_put(initial_state(config, params, batch_stats, tx), sharding.replicated(mesh))
 
     loader = pipeline.train_loader(
-        records.data_source(builder, "train"),
+        union.split(builders, "train"),
         batch_size=local_batch,
         image_size=config.image_size,
         augment=config.augment,
@@ -208,6 +206,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         worker_count=config.worker_count,
         multi_label=task.multi_label,
         augment_on_device=config.augment_on_device,
+        weights=mix_weights,
     )
     data_iterator = iter(loader)
     workdir_lib.check_free_space(workdir, workdir_lib.tree_bytes((model_variables(state), resume_variables(state))))
@@ -216,7 +215,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     run_info.write(  # only now: a run refused above leaves the accepted run's record as it was
         workdir,
         config=config,
-        builder=builder,
+        dataset_name=union.dataset_name(builders),
         fingerprint=fingerprint,
         task=task,
         train_counts=train_counts,
@@ -239,7 +238,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         fingerprint=fingerprint,
         schedule=schedule,
         train_step=train_step,
-        validator=validation.Validator(builder, config, graphdef, mesh),
+        validator=validation.Validator(union.split(builders, "validation"), config, graphdef, mesh),
         state=state,
         data_iterator=data_iterator,
         manager=manager,
@@ -342,9 +341,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """Trains (resuming if possible), then evaluates ``config.eval.checkpoint`` on ``config.eval.split``;
-    None when a signal stopped the training (a checkpoint of where it stopped is saved)."""
+    None when a signal stopped the training (a checkpoint of where it stopped is saved); an empty report
+    for a union of sources, whose evaluation is not built yet (it says so)."""
     if not train(config, workdir):
         return None
+    if config.data.sources:
+        if jax.process_index() == 0:
+            print(
+                "lungjax: a union of sources is trained and validated (overall and per source in metrics.jsonl); "
+                "evaluating it on a test split is not built yet",
+                file=sys.stderr,
+            )
+        return {}
     report = evaluate.evaluate(config, workdir)
     if jax.process_index() == 0:
         print(evaluate.format_table(report))

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from lungjax import models
-from lungjax.data import records, tasks
+from lungjax.data import records, tasks, union
 from lungjax.evaluation import inference
 from lungjax.evaluation.render import plots
 from lungjax.evaluation.sections import multi_label
@@ -27,7 +27,8 @@ NUM_SAMPLE_IMAGES = 4
 
 @dataclasses.dataclass
 class Validation:
-    scalars: dict[str, float]  # val_loss, val_accuracy and (when defined) val_macro_auc
+    # val_loss, val_accuracy and (when defined) val_macro_auc; for a union also each per source, "val_loss/<source>"
+    scalars: dict[str, float]
     images: dict[str, np.ndarray]  # a strip of input images and the confusion matrix, uint8
 
 
@@ -37,8 +38,12 @@ def confusion_image(confusion: np.ndarray, class_names) -> np.ndarray:
 
 
 class Validator:
-    def __init__(self, builder, config, graphdef, mesh):
-        self._source = records.data_source(builder, "validation")
+    """Scores a model on the validation split: for a union of sources (``union.UnionSource``) over
+    all of them, and each source's split on its own beside it (``val_loss/<source>``, ...)."""
+
+    def __init__(self, source: records.ExampleSource | union.UnionSource, config, graphdef, mesh):
+        self._source = source
+        self._ranges = source.ranges() if isinstance(source, union.UnionSource) else {}
         self._config, self._mesh, self._task = config, mesh, tasks.of_config(config)
         self._predict = inference.make_predict_fn(
             graphdef, mesh, models.compute_dtype(config.half_precision), multi_label=self._task.multi_label
@@ -61,23 +66,32 @@ class Validator:
                 yield batch
 
         predictions = inference.predict_split(self._predict, model_state, keep_first(batches), self._mesh)
-        true, probs = predictions["label"].astype(np.int64), predictions["probs"]
-        if self._task.multi_label:
-            stated = predictions.get("label_mask")
-            scalars, images = self._multi_label_scalars(true, probs, predictions["patient_id"], stated), {}
-        else:
-            scalars = {
-                "val_loss": calibration.log_loss(true, probs),
-                "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
-            }
-            auc = ranking.macro_auc(true, probs)
-            if auc is not None:
-                scalars["val_macro_auc"] = auc
-            confusion = rates.confusion_matrix(true, probs.argmax(axis=1), probs.shape[1])
-            images = {"validation/confusion_matrix": confusion_image(confusion, self._task.class_names)}
+        scalars, images = self._scalars(predictions), {}
+        for name, rows in self._ranges.items():  # predictions are in the union's order
+            if len(rows):
+                part = {key: value[rows.start : rows.stop] for key, value in predictions.items()}
+                scalars.update({f"{key}/{name}": value for key, value in self._scalars(part).items()})
+        if not self._task.multi_label:
+            true, predicted = predictions["label"].astype(np.int64), predictions["probs"].argmax(axis=1)
+            confusion = rates.confusion_matrix(true, predicted, predictions["probs"].shape[1])
+            images["validation/confusion_matrix"] = confusion_image(confusion, self._task.class_names)
         if first and len(first[0]):
             images["validation/inputs"] = np.concatenate(list(first[0]), axis=1)
         return Validation(scalars, images)
+
+    def _scalars(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        """Loss, accuracy (single-label) and macro AUROC (when defined) of these predictions."""
+        true, probs = predictions["label"].astype(np.int64), predictions["probs"]
+        if self._task.multi_label:
+            return self._multi_label_scalars(true, probs, predictions["patient_id"], predictions.get("label_mask"))
+        scalars = {
+            "val_loss": calibration.log_loss(true, probs),
+            "val_accuracy": float((probs.argmax(axis=1) == true).mean()),
+        }
+        auc = ranking.macro_auc(true, probs)
+        if auc is not None:
+            scalars["val_macro_auc"] = auc
+        return scalars
 
     def _multi_label_scalars(
         self, true: np.ndarray, probs: np.ndarray, patient_ids: np.ndarray, stated: np.ndarray | None

@@ -122,7 +122,9 @@ def validate(table: SourceTable) -> SourceTable:
         if len(crossing):
             patient = crossing[0]
             rows = frame[frame["patient_id"] == patient]
-            shown = ", ".join(f"{p} ({s})" for p, s in zip(rows["path"][:ROWS_SHOWN], rows["split"][:ROWS_SHOWN]))
+            shown = ", ".join(
+                f"{p} ({s})" for p, s in zip(rows["path"][:ROWS_SHOWN], rows["split"][:ROWS_SHOWN], strict=True)
+            )
             raise SourceError(
                 f"{name}: patient {patient} is on two official splits ({len(crossing)} patients are): {shown}"
             )

@@ -16,6 +16,10 @@ def called(
 ) -> dict[str, list[str]]:
     """``{operating point: [class names called]}`` for one image's probabilities."""
     return {
-        rule: [name for name, p in zip(class_names, probs) if per_class.get(name) is not None and p >= per_class[name]]
+        rule: [
+            name
+            for name, p in zip(class_names, probs, strict=True)
+            if per_class.get(name) is not None and p >= per_class[name]
+        ]
         for rule, per_class in thresholds.items()
     }

@@ -101,7 +101,9 @@ def fit(
             side = "stated" if positive.size == 0 else "negative" if positive.all() else "positive"
             not_fitted[name] = f"no {side} validation images"
             continue
-        t = _golden_section(lambda temperature: _nll_binary(column, positive, temperature))
+        t = _golden_section(
+            lambda temperature, column=column, positive=positive: _nll_binary(column, positive, temperature)
+        )
         temperatures.append(t)
         if any(math.isclose(t, b, rel_tol=1e-5) for b in bounds):
             at_bound.append(name)

@@ -328,7 +328,7 @@ def _subgroup_sections(report: dict) -> Section:
             for cell, row in cells.items()
         ]
         rows = []
-        for name, overall in audit["overall_auroc"].items():
+        for name in audit["overall_auroc"]:
             row = [text(name), number(report, "subgroups", "overall_auroc", name)]
             for cell in cells:
                 key = ("subgroups", "attributes", attribute, cell, "per_class", name)
@@ -552,7 +552,7 @@ def _per_finding(report: dict) -> Table:
     """Our figures per finding, then each published AUROC; a last row holds the means."""
     published = _published_columns(report)
     rows = []
-    for name, row in report["per_finding"].items():
+    for name in report["per_finding"]:
         ci = ("confidence_intervals", "per_finding", name)
         rows.append(
             [

@@ -256,7 +256,7 @@ def _plot_series(axes: Axes, records: list[dict], keys: Sequence[str], ylabel: s
     for key in keys:
         points = [(r["step"], r[key]) for r in records if "step" in r and r.get(key) is not None]
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             axes.plot(steps, values, marker="." if len(points) < 50 else None, label=key)
             plotted = True
     if plotted:
@@ -315,7 +315,7 @@ def plot_roc_grid(
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
     stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
         if positive.all() or not positive.any():
@@ -350,7 +350,7 @@ def plot_reliability_grid(
     labels, probs = check_multilabel_predictions(labels, probs, class_names)
     stated = check_stated(stated, labels.shape)
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         positive, scores = labels[stated[:, c], c], probs[stated[:, c], c]
         if positive.size == 0:
             axes.set_title(f"{name}\nstated on no image", fontsize="small")
@@ -388,14 +388,14 @@ def plot_paired_roc(
 ) -> None:
     """Two runs' ROC curves on the same images, one panel per class (``kinds.Kind.columns`` inputs)."""
     figure, panels = _finding_grid(len(class_names))
-    for c, (axes, name) in enumerate(zip(panels, class_names)):
+    for c, (axes, name) in enumerate(zip(panels, class_names, strict=True)):
         axes.plot([0.0, 1.0], [0.0, 1.0], color="grey", **BASELINE_STYLE)
         column = positive[:, c]
         if column.all() or not column.any():
             axes.set_title(f"{name}\nundefined (one class only)", fontsize="small")
         else:
             titles = []
-            for run, scores in zip(run_names, (scores_a[:, c], scores_b[:, c])):
+            for run, scores in zip(run_names, (scores_a[:, c], scores_b[:, c]), strict=True):
                 fpr, tpr, value = _roc(column, scores)
                 axes.plot(fpr, tpr, linewidth=1.5, label=run)
                 titles.append(f"{value:.3f}")
@@ -425,9 +425,9 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
     if not any("auroc" in per_class[name] for _, per_class in rows for name in class_names):
         return False
     figure, panels = _finding_grid(len(class_names))
-    for axes, name in zip(panels, class_names):
+    for axes, name in zip(panels, class_names, strict=True):
         shown = [audit["overall_auroc"][name] or 1.0]
-        for y, (label, per_class) in enumerate(rows):
+        for y, (_label, per_class) in enumerate(rows):
             figures = per_class[name]
             if "auroc" not in figures:
                 continue
@@ -451,3 +451,55 @@ def plot_subgroup_forest(audit: dict, path: str | Path) -> bool:
     figure.supxlabel("AUROC with 95% patient-bootstrap interval (dashed: whole split; red: interval below it)")
     save_png(figure, path)
     return True
+
+
+def plot_cross_dataset_heatmap(report: dict, label: str, path: str | Path) -> None:
+    """One label's train x test AUROC matrix as a heatmap, each cell annotated with its value and interval."""
+    runs, sources = list(report["runs"]), list(report["test_sources"])
+    matrix = report["per_label"][label]["matrix"]
+    values = np.full((len(runs), len(sources)), np.nan)
+    figure = Figure(figsize=(1.6 * len(sources) + 2.5, 0.9 * len(runs) + 1.6), layout="constrained")
+    axes = figure.add_subplot()
+    for i, run in enumerate(runs):
+        for j, source in enumerate(sources):
+            cell = matrix.get(run, {}).get(source)
+            if cell is None:
+                axes.text(j, i, "left out", ha="center", va="center", fontsize="small", color="grey")
+                continue
+            values[i, j] = cell["auroc"]
+            ci = cell.get("ci") or {}
+            interval_text = f"\n[{ci['low']:.2f}, {ci['high']:.2f}]" if ci.get("low") is not None else ""
+            marker = " (int.)" if cell["internal"] else ""
+            axes.text(j, i, f"{cell['auroc']:.3f}{marker}{interval_text}", ha="center", va="center", fontsize="small")
+    image = axes.imshow(values, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    figure.colorbar(image, ax=axes, label="AUROC (stated films)")
+    axes.set_xticks(range(len(sources)), sources)
+    axes.set_yticks(range(len(runs)), runs)
+    axes.set_xlabel("tested on")
+    axes.set_ylabel("trained run")
+    axes.set_title(f"{label}: AUROC, train x test")
+    save_png(figure, path)
+
+
+def plot_cross_dataset_summary(report: dict, path: str | Path) -> None:
+    """Every external AUROC gap (external minus internal) with its 95% interval, one row per (label, run, source)."""
+    rows = [
+        (f"{label}: {run} -> {source}", gap)
+        for label in report["labels"]
+        for run, per_source in report["per_label"][label]["gap"].items()
+        for source, gap in per_source.items()
+    ]
+    figure = Figure(figsize=(8.0, 0.32 * max(len(rows), 1) + 1.6), layout="constrained")
+    axes = figure.add_subplot()
+    for y, (_, gap) in enumerate(rows):
+        ci = gap.get("ci") or {}
+        if ci.get("low") is not None:
+            axes.plot([ci["low"], ci["high"]], [y, y], color="tab:blue", linewidth=1.5)
+        axes.plot(gap["value"], y, "o", color="tab:blue", markersize=4)
+    axes.axvline(0.0, color="grey", **BASELINE_STYLE)
+    axes.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize="x-small")
+    axes.set_ylim(len(rows) - 0.5, -0.5)
+    axes.set_xlabel("External minus internal AUROC, 95% interval (independent patient bootstraps)")
+    axes.set_title("Generalisation gap per label and pair" if rows else "No external pair scored")
+    axes.grid(alpha=0.3, axis="x")
+    save_png(figure, path)

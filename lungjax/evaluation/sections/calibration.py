@@ -104,7 +104,7 @@ def calibration_report(
     report = {
         "method": "temperature scaling, fitted on the validation split (minimum log-loss)",
         "scope": "one temperature per finding" if multi_label else "one temperature for all classes",
-        "temperatures": {name: float(t) for name, t in zip(class_names, fitted["temperatures"])}
+        "temperatures": {name: float(t) for name, t in zip(class_names, fitted["temperatures"], strict=True)}
         if multi_label
         else {"all classes": float(fitted["temperatures"][0])},
         "not_fitted": fitted["not_fitted"],

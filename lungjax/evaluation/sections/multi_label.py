@@ -186,7 +186,7 @@ def multilabel_report(
     if threshold_values is not None:
         rates = rates_at_finding_thresholds(labels, probs, threshold_values, stated)
         report["at_thresholds"] = {
-            "thresholds": {name: optional_float(t) for name, t in zip(class_names, threshold_values)},
+            "thresholds": {name: optional_float(t) for name, t in zip(class_names, threshold_values, strict=True)},
             "per_finding": {
                 name: {key: optional_float(rates[key][c]) for key in rates} for c, name in enumerate(class_names)
             },

@@ -147,7 +147,7 @@ def classification_report(
     if threshold_values is not None:
         at_threshold = rates_at_class_thresholds(labels, probs, threshold_values)
         report["at_thresholds"] = {
-            "thresholds": {name: float(t) for name, t in zip(class_names, threshold_values)},
+            "thresholds": {name: float(t) for name, t in zip(class_names, threshold_values, strict=True)},
             "per_class": {
                 name: {key: optional_float(at_threshold[key][k]) for key in at_threshold}
                 for k, name in enumerate(class_names)

@@ -130,7 +130,7 @@ def audit(
     ]
     return {
         "min_cell_class_count": MIN_CELL_CLASS_COUNT,
-        "overall_auroc": {name: numeric.optional_float(a) for name, a in zip(class_names, overall_auroc)},
+        "overall_auroc": {name: numeric.optional_float(a) for name, a in zip(class_names, overall_auroc, strict=True)},
         "attributes": report,
         "flagged": flagged,
     }

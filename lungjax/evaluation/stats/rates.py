@@ -4,6 +4,7 @@ PPV and NPV, at the argmax or at per-class thresholds, weighted for the bootstra
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from lungjax.evaluation.stats.numeric import divide
 
@@ -88,3 +89,13 @@ def predictive_rates(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "ppv": divide(tp, tp + fp),
         "npv": divide(tn, tn + fn),
     }
+
+
+def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> dict[str, float | None]:
+    """Exact binomial interval of a rate: ``{"low", "high"}`` (None without trials)."""
+    if trials == 0:
+        return {"low": None, "high": None}
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(stats.beta.ppf(1.0 - tail, successes + 1, trials - successes))
+    return {"low": low, "high": high}

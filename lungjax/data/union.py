@@ -1,0 +1,163 @@
+"""Training on several sources as one (``config.data.sources``): each source built by its own data
+config, their splits concatenated into one random-access source that the loaders read like a
+single split.
+
+Each source of a union builds under ``<data_dir>/<source>/``: two sources of one builder (the NIH
+builder reads both ``phantom`` and ``nih``) never meet in one dataset folder. Splits come from each
+source's own build, so a patient never crosses splits within a source. With ``data.sources`` empty
+there is one source, ``data.source``, built where it always was, and its split is read as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from lungjax.data import dataset, records
+from lungjax.data.sources import labelspace
+
+
+def names_and_weights(data_config) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The union's source names and mixing weights; empty weights for a single source."""
+    if not data_config.sources:
+        return (data_config.source,), ()
+    names, weights = zip(*data_config.sources, strict=True)
+    return tuple(names), tuple(float(w) for w in weights)
+
+
+def source_config(data_config, name: str, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The data config that builds source ``name`` of a union: the union's own, naming one source,
+    with the dataset under ``<data_dir>/<name>``."""
+    config = ml_collections.ConfigDict(data_config.to_dict())
+    config.source, config.sources = name, ()
+    config.data_dir = os.fspath(dataset.data_dir(data_config, workdir) / name)
+    return config
+
+
+def build(data_config, workdir: str | os.PathLike) -> dict[str, object]:
+    """Source name -> its built dataset, in the config's order; generates and builds what is missing."""
+    if not data_config.sources:
+        return {data_config.source: dataset.build(data_config, workdir)}
+    names, _ = names_and_weights(data_config)
+    return {name: dataset.build(source_config(data_config, name, workdir), workdir) for name in names}
+
+
+def split(builders: Mapping[str, object], split_name: str) -> records.ExampleSource | UnionSource:
+    """A split of every source: one source's as it is, several concatenated in ``builders``' order."""
+    parts = {name: records.data_source(builder, split_name) for name, builder in builders.items()}
+    return next(iter(parts.values())) if len(parts) == 1 else UnionSource(parts)
+
+
+def dataset_name(builders: Mapping[str, object]) -> str:
+    """The built dataset's config name; for a union each source's, after the source's name."""
+    if len(builders) == 1:
+        return next(iter(builders.values())).builder_config.name
+    return " + ".join(f"{name}:{builder.builder_config.name}" for name, builder in builders.items())
+
+
+def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
+    """One fingerprint for the datasets a run reads: a single source's own, else a digest of each
+    source's name and fingerprint, so that rebuilding any source refuses a resume."""
+    if len(fingerprints) == 1:
+        return next(iter(fingerprints.values()))
+    text = "".join(f"{name}:{fingerprint}\n" for name, fingerprint in fingerprints.items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mixed_class_counts(reports: Mapping[str, dict], weights: Sequence[float]) -> tuple[list[int], int]:
+    """(training images per class, training images) that class weights are computed from.
+
+    One source: its build report's counts. A union: the class frequencies of the mix (each source's
+    frequencies weighted by its share of the draws), over as many images as the sources hold
+    together, rounded to whole images.
+    """
+    counts = [np.asarray(r["class_counts"]["train"], np.float64) for r in reports.values()]
+    images = [r["images"]["train"] for r in reports.values()]
+    if not weights:
+        return [int(c) for c in counts[0]], images[0]
+    shares = np.asarray(weights, np.float64) / np.sum(weights)
+    total = sum(images)
+    frequency = sum(share * c / n for share, c, n in zip(shares, counts, images, strict=True))
+    return [int(c) for c in np.round(frequency * total)], total
+
+
+def mixed_stated_counts(
+    reports: Mapping[str, dict], weights: Sequence[float], labels: Sequence[str], uncertainty: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, stated) per label (L,) that a masked task's class weights are computed from: each
+    source's training entries under the uncertainty policy (``labelspace.policy_counts`` of its build
+    report's ``label_states``), mixed as :func:`mixed_class_counts` mixes class counts."""
+    counts = [
+        labelspace.policy_counts(r["label_states"]["train"], labels, uncertainty=uncertainty) for r in reports.values()
+    ]
+    images = [r["images"]["train"] for r in reports.values()]
+    if not weights:
+        return counts[0]
+    shares = np.asarray(weights, np.float64) / np.sum(weights)
+    total = sum(images)
+    positives = sum(share * pos / n for share, (pos, _), n in zip(shares, counts, images, strict=True))
+    stated = sum(share * st / n for share, (_, st), n in zip(shares, counts, images, strict=True))
+    return np.round(positives * total).astype(np.int64), np.round(stated * total).astype(np.int64)
+
+
+class UnionSource(Sequence):
+    """Several sources' splits as one random-access source: source k's records at ``offsets[k]`` ..
+    ``offsets[k] + sizes[k] - 1``. ``records`` is what the loaders hand to grain (picklable);
+    ``union[i]`` is example i parsed, with its ``source`` name."""
+
+    def __init__(self, parts: Mapping[str, records.ExampleSource]):
+        first_name, first = next(iter(parts.items()))
+        for name, part in parts.items():
+            if part.specs != first.specs:
+                raise ValueError(
+                    f"sources {first_name!r} and {name!r} store different features ({sorted(first.specs)} vs "
+                    f"{sorted(part.specs)}): a union needs sources of one label space"
+                )
+        self.names = tuple(parts)
+        self.sizes = tuple(len(part) for part in parts.values())
+        self.offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(self.sizes)[:-1]]))
+        self.records = ConcatenatedRecords([part.records for part in parts.values()])
+        self.specs = first.specs
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def ranges(self) -> dict[str, range]:
+        """Source name -> its records' indices in the union (and rows of predictions over it, in order)."""
+        return {name: range(o, o + n) for name, o, n in zip(self.names, self.offsets, self.sizes, strict=True)}
+
+    def __getitem__(self, index: int) -> dict:
+        example = records.parse_example(self.records[index], self.specs)
+        example["source"] = self.names[self.records.part_of(index)]
+        return example
+
+    def __repr__(self) -> str:
+        return f"UnionSource({', '.join(self.names)})"
+
+
+class ConcatenatedRecords(Sequence):
+    """Random-access sequences of serialized records, one after another."""
+
+    def __init__(self, parts: Sequence[Sequence[bytes]]):
+        self.parts = list(parts)
+        self._ends = np.cumsum([len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def part_of(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        return int(np.searchsorted(self._ends, index, side="right"))
+
+    def __getitem__(self, index: int) -> bytes:
+        part = self.part_of(index)
+        start = int(self._ends[part - 1]) if part else 0
+        return self.parts[part][index - start]
+
+    def __repr__(self) -> str:
+        return f"ConcatenatedRecords({', '.join(repr(part) for part in self.parts)})"

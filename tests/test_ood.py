@@ -1,0 +1,71 @@
+"""The out-of-distribution score: Ledoit-Wolf as scikit-learn computes it, the distance as a float64 direct
+computation, the false-alarm rate held on new in-distribution draws, far inputs flagged, the record
+through JSON."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.covariance import LedoitWolf
+
+from lungjax.evaluation.fit import ood
+
+DIMENSIONS = 32
+RATE = 0.05
+N_TRAIN, N_VALIDATION, N_TEST = 400, 2000, 4000
+
+
+def _draws(rng, n, mixing):
+    """Correlated, skewed features: a Gaussian mixed by ``mixing``, then a softplus (like ReLU features)."""
+    return np.logaddexp(0.0, rng.normal(size=(n, DIMENSIONS)) @ mixing)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(DIMENSIONS, DIMENSIONS)) / np.sqrt(DIMENSIONS)
+    score = ood.fit(_draws(rng, N_TRAIN, mixing), _draws(rng, N_VALIDATION, mixing), RATE)
+    return score, _draws(rng, N_TEST, mixing), mixing
+
+
+def test_the_shrunk_covariance_is_scikit_learns_ledoit_wolf(fitted):
+    rng = np.random.default_rng(1)
+    x = _draws(rng, 100, fitted[2])
+    mean, covariance, shrinkage = ood.ledoit_wolf(x)
+    reference = LedoitWolf().fit(x)
+    np.testing.assert_allclose(covariance, reference.covariance_, atol=1e-12)
+    np.testing.assert_allclose(mean, reference.location_)
+    assert shrinkage == pytest.approx(reference.shrinkage_)
+
+
+def test_the_distance_is_the_direct_float64_mahalanobis_distance(fitted):
+    score, test, _ = fitted
+    centred = test[:50] - score.mean
+    direct = np.sqrt(np.einsum("nd,de,ne->n", centred, np.linalg.inv(score.covariance), centred))
+    np.testing.assert_allclose(score.score(test[:50]), direct, rtol=1e-10)
+
+
+def test_in_distribution_films_are_flagged_at_the_chosen_rate(fitted):
+    """The threshold is a validation quantile, so the flagged share of new draws is the chosen rate up to
+    two binomial errors: the quantile's own (its coverage has variance p(1-p)/n_validation) and the new
+    draws' (p(1-p)/n_test). Four standard deviations of both bound it."""
+    score, test, _ = fitted
+    flagged = score.is_unlike(test).mean()
+    bound = 4 * np.sqrt(RATE * (1 - RATE) * (1 / N_VALIDATION + 1 / N_TEST))
+    assert abs(flagged - RATE) < bound
+
+
+def test_far_away_inputs_fire_and_the_record_survives_json(fitted):
+    score, test, _ = fitted
+    far = test[:20] + 10 * test.std(axis=0)
+    assert score.is_unlike(far).all()
+    again = ood.OutOfDistribution.from_dict(json.loads(json.dumps(score.to_dict())))
+    np.testing.assert_array_equal(again.score(test[:100]), score.score(test[:100]))
+    assert again.threshold == score.threshold and again.false_alarm_rate == RATE
+
+
+def test_bad_input_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="false_alarm_rate must lie in"):
+        ood.fit(np.zeros((5, 2)), np.zeros((5, 2)), 1.5)
+    with pytest.raises(ValueError, match="one D"):
+        ood.fit(np.zeros((5, 2)), np.zeros((5, 3)))
