@@ -132,7 +132,7 @@ def write_split(
             raise ValueError(f"split {split!r} has no examples")
         num_shards = shard_config.get_number_shards(keyed.num_bytes, keyed.num_examples)
         ends = shard_utils.get_shard_boundaries(keyed.num_examples, num_shards)
-        lengths = [end - start for start, end in zip([0, *ends], ends, strict=True)]
+        lengths = [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         progress = tqdm(keyed.in_key_order(), total=keyed.num_examples, desc=f"{split}: write", unit="img")
         with contextlib.closing(iter(progress)) as ordered:
             for index, length in enumerate(lengths):
