@@ -18,11 +18,11 @@ from sklearn import metrics as skm
 from lungjax import trees
 from lungjax.config import base as config_base
 from lungjax.config.base import base_config
-from lungjax.data import dataset, labels, records
+from lungjax.data import dataset, labels, nih, records
 from lungjax.evaluation import evaluate, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
-from lungjax.evaluation.sections import schema
+from lungjax.evaluation.sections import comparison, schema
 from lungjax.evaluation.stats import youden
 from lungjax.runtime import checkpoint, sharding
 
@@ -288,6 +288,61 @@ def test_evaluate_mode_refuses_bad_input_in_one_line(tiny_workdir, tiny_override
     result = _cli([config, f"--workdir={tiny_workdir}", "--mode=evaluate", *tiny_overrides, *overrides])
     for message in messages:
         _assert_one_line_error(result, message)
+
+
+def _listing(root) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+def _copy_run(tiny_workdir, to, *leave_out):
+    shutil.copytree(tiny_workdir, to, ignore=shutil.ignore_patterns("eval", "export", *leave_out))
+    return to
+
+
+@pytest.mark.slow
+def test_compare_with_a_run_whose_dataset_is_not_built_is_one_line_and_builds_nothing_there(
+    tmp_path, tiny_workdir, tiny_overrides
+):
+    """The dataset of the run compared with is that run's to build: never built inside its workdir."""
+    run_a, run_b = _copy_run(tiny_workdir, tmp_path / "a"), _copy_run(tiny_workdir, tmp_path / "b", "tfds")
+    before = _listing(run_b)
+    config = f"--config={REPO / 'configs' / 'tiny.py'}"
+    result = _cli(
+        [config, f"--workdir={run_a}", "--mode=compare", f"--config.eval.compare_to={run_b}", *tiny_overrides]
+    )
+    _assert_one_line_error(
+        result, f"the dataset of the run in {run_b} is not built (no patient_32 in {run_b / 'tfds'}): run --mode "
+    )
+    assert f"prepare (or evaluate) with --workdir={run_b} first" in result.stderr
+    assert _listing(run_b) == before and not (run_a / "eval").exists()
+
+
+@pytest.mark.slow
+def test_compare_refuses_a_run_built_from_other_pixels_under_the_same_names(
+    tmp_path, tiny_workdir, tiny_config, nih_tree
+):
+    """Run b's dataset is rebuilt from a copy of the download with one test film's pixels changed (names,
+    labels and everything else the same): the comparison is refused, naming that film."""
+    run_a, run_b = _copy_run(tiny_workdir, tmp_path / "a"), _copy_run(tiny_workdir, tmp_path / "b", "tfds")
+    test_names = sorted(_names(dataset.build(tiny_config.data, run_a), "test"))
+    other_tree = tmp_path / "nih_other"
+    shutil.copytree(nih_tree, other_tree)
+    (film,) = list(other_tree.rglob(test_names[0]))
+    cv2.imwrite(str(film), 255 - cv2.imread(str(film), cv2.IMREAD_GRAYSCALE))
+    nih.build_dataset(other_tree, run_b / "tfds", dataset.builder_config(tiny_config.data), num_workers=1)
+    config = _with_eval(tiny_config, compare_to=str(run_b), n_bootstrap=0, explain_examples=0)
+    with pytest.raises(
+        comparison.CompareError,
+        match=rf"1 of the {len(test_names)} evaluated images have other pixels .* \['{test_names[0]}'\]",
+    ):
+        evaluate.evaluate(config, run_a)
+    assert not (run_a / "eval").exists()
+
+
+def _names(builder, split):
+    source = records.data_source(builder, split)
+    names = [source[i]["image_name"] for i in range(len(source))]
+    return [name.decode() if isinstance(name, bytes) else name for name in names]
 
 
 @pytest.mark.slow

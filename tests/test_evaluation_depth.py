@@ -3,17 +3,21 @@ scikit-learn, SciPy, and direct computations from each statistic's definition.""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import sklearn.metrics as skm
+from conftest import write_nih_tree
 from scipy import stats
 
-from lungjax.data import labels, metadata, tasks
+from lungjax.data import building, labels, metadata, nih, tasks
 from lungjax.evaluation import kinds
 from lungjax.evaluation.fit import operating_points
 from lungjax.evaluation.fit import temperature as temperature_lib
@@ -345,6 +349,37 @@ def test_align_reorders_run_b_and_refuses_different_images_labels_or_classes():
         compare.align(a, relabelled, tasks.SIX_CLASS, tasks.SIX_CLASS)
     with pytest.raises(compare.CompareError, match="different classes"):
         compare.align(a, b, tasks.SIX_CLASS, tasks.FULL14)
+
+
+def test_compare_refuses_other_pixels_under_the_same_names_and_accepts_another_stored_size(tmp_path):
+    """Two downloads with the same names and labels but other pixels in one film are refused, naming it;
+    one download built at 32 and at 64 px holds the same images. The build report's digest is the
+    decoded source film's (checked against a direct computation from the PNG)."""
+    tree = write_nih_tree(tmp_path / "nih", patients=12, films=1)
+    other = tmp_path / "nih_other"
+    shutil.copytree(tree, other)
+    edited = sorted((other / "images_001" / "images").iterdir())[3]
+    pixels = cv2.imread(str(edited), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(edited), 255 - pixels)  # the same name and label, other pixels
+
+    def source_pixels(root, size):
+        built = nih.build_dataset(root, tmp_path / f"data_{root.name}_{size}", nih.make_config("patient", size))
+        return building.read_build_report(built)[building.SOURCE_PIXELS]
+
+    at_32, at_64, changed = source_pixels(tree, 32), source_pixels(tree, 64), source_pixels(other, 32)
+    original = cv2.imread(str(tree / "images_001" / "images" / edited.name), cv2.IMREAD_GRAYSCALE)
+    direct = hashlib.sha256(f"{original.shape[0]}x{original.shape[1]}:".encode() + original.tobytes()).hexdigest()
+    assert at_32[edited.name] == direct and len(at_32) == 12
+    names = sorted(at_32)
+    assert at_32 == at_64
+    assert compare.check_same_pixels(names, at_32, at_64) == (
+        "checked: the 12 evaluated images have the same source pixels in both datasets"
+    )
+    with pytest.raises(
+        compare.CompareError, match=rf"1 of the 12 evaluated images have other pixels .* e.g. \['{edited.name}'\]"
+    ):
+        compare.check_same_pixels(names, at_32, changed)
+    assert compare.check_same_pixels(names, at_32, None).startswith("not checked: the dataset of run b records no")
 
 
 def test_comparison_report_differences_and_paired_intervals():

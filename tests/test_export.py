@@ -15,7 +15,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, write_dicom
+from conftest import CONFIGS, REPO, write_dicom
 
 from lungjax.data import dataset, images, radiograph_files, records
 from lungjax.evaluation import inference
@@ -40,6 +40,7 @@ SERVE_MAY_IMPORT = {
     "lungjax.evaluation.fit",
     "lungjax.evaluation.fit.decisions",
     "lungjax.evaluation.fit.temperature",
+    "lungjax.folders",
     "lungjax.xla_cpu",
 }
 TRAINING_STACK = (
@@ -245,3 +246,35 @@ def test_serve_imports_none_of_the_training_stack(served):
         name for name in modules if name.startswith("lungjax.serve")
     }
     assert "pydicom" in loaded  # read lazily, for the DICOM film
+
+
+@pytest.mark.parametrize("in_the_way", ["export", f"export/{STEP}"])
+def test_a_file_where_the_bundle_goes_is_one_line_exit_2_and_kept(tmp_path, tiny_workdir, tiny_overrides, in_the_way):
+    """``<workdir>/export`` or ``export/<step>`` that is a file: refused before anything is written (the
+    step's folder once the checkpoint names the step), the file as it was."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_workdir, workdir, ignore=shutil.ignore_patterns("export"))
+    (workdir / in_the_way).parent.mkdir(exist_ok=True)
+    (workdir / in_the_way).write_text("a file of the user's")
+    before = sorted(workdir.rglob("*"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungjax.main",
+            f"--config={CONFIGS / 'tiny.py'}",
+            f"--workdir={workdir}",
+            "--mode=export",
+            *tiny_overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lungjax: error: {workdir / in_the_way} is a file, not a folder: move it away, then run again "
+        "(nothing was written)"
+    ), result.stderr[-3000:]
+    assert (workdir / in_the_way).read_text() == "a file of the user's"
+    assert sorted(workdir.rglob("*")) == before

@@ -6,6 +6,9 @@ RELIABILITY.md tabulates what these tests inject and what survives.
 
 import ast
 import errno
+import gc
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -148,6 +151,7 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, request, compilation
             [
                 sys.executable,
                 str(TESTS / "fault_runner.py"),
+                "train",
                 str(data_root),
                 str(workdir),
                 str(KILL_STEPS),
@@ -195,6 +199,77 @@ def test_kill9_at_random_moments_resumes_bitwise(data_root, request, compilation
     assert_bitwise_equal(saved_params(tmp_path / "reference"), saved_params(workdir))
 
 
+# Each kill of an export or an evaluation: where the run stops itself and with which signal
+# (tests/fault_runner.py's KILL_POINTS), in the order the test kills.
+OUTPUT_KILLS = (("writing", "TERM"), ("writing", "KILL"), ("swapping", "KILL"), ("set_aside", "TERM"))
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What stopped writers left in an output folder: drafts and set-aside outputs (the lock's files aside)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and not p.name.startswith(".lock"))
+
+
+@pytest.mark.parametrize("mode", ["export", "evaluate"])
+def test_kills_while_writing_an_output_leave_no_half_output_and_a_rerun_finishes(
+    mode, base_run, data_root, tmp_path, compilation_cache
+):
+    """SIGTERM and kill -9 while a bundle or a report is written: the output folder is the previous one
+    whole (or, after a kill between a fall-back swap's two renames, absent), never partial; the next run
+    of the same command removes every draft and set-aside folder the killed ones left, and finishes."""
+    workdir = copy_run(base_run, tmp_path)
+    folder, final = {"export": ("export", "6"), "evaluate": ("eval", "test")}[mode]
+    output = workdir / folder / final
+    env = {**os.environ, **compilation_cache, "JAX_PLATFORMS": "cpu"}
+    log_path = tmp_path / "runs.log"
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            [sys.executable, str(TESTS / "fault_runner.py"), mode, str(data_root), str(workdir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        ) as launcher,
+    ):
+
+        def run(request: str) -> tuple[int, int]:
+            launcher.stdin.write(request + "\n")
+            launcher.stdin.flush()
+            pid = int(launcher.stdout.readline().split()[1])
+            line = launcher.stdout.readline()
+            assert line.startswith("exit"), log_path.read_text()[-3000:]
+            return pid, int(line.split()[1])
+
+        assert launcher.stdout.readline().strip() == "ready", log_path.read_text()[-3000:]
+        assert run("run")[1] == 0, log_path.read_text()[-3000:]  # a first output, for the kills to replace
+        first = listing(output)
+        for point, name in OUTPUT_KILLS:
+            pid, code = run(f"run {point} {name}")
+            assert code == -getattr(signal, f"SIG{name}"), log_path.read_text()[-3000:]
+            if point == "set_aside":
+                assert not output.exists()  # the fall-back's instant without an output, made to last
+                assert leftovers(workdir / folder) == [f".{final}.{pid}", f".{final}.old.{pid}"]
+            else:
+                assert listing(output) == first  # the previous output, whole
+                # This run's draft only: it removed the one the kill before left.
+                assert leftovers(workdir / folder) == [f".{final}.{pid}"]
+        _, code = run("run")
+        assert code == 0, log_path.read_text()[-3000:]
+        launcher.stdin.close()
+    assert leftovers(workdir / folder) == []
+    assert not (workdir / folder / workdir_lib.LOCK_FILE).exists()
+    assert listing(output).keys() == first.keys()
+    if mode == "export":
+        manifest = json.loads((output / "manifest.json").read_text())
+        for model in manifest["models"].values():
+            assert hashlib.sha256((output / model["file"]).read_bytes()).hexdigest() == model["sha256"]
+    else:
+        assert json.loads((output / "report.json").read_text())["checkpoint_step"] == 6
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+
+
 # --- damaged checkpoints -------------------------------------------------------------------------
 
 
@@ -238,6 +313,34 @@ def test_evaluation_falls_back_past_a_damaged_latest_and_says_so(base_run, data_
         checkpoint.CheckpointError, match=r"can be read for evaluation \(step 6: .*; step 4: .*; step 2"
     ):
         evaluate.evaluate(config, workdir)
+
+
+def halve_model_arrays(step_dir: Path) -> None:
+    """Every array file of the model item cut to half: Orbax opens the arrays, then their reads fail."""
+    for path in (step_dir / "model" / "ocdbt.process_0" / "d").iterdir():
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_evaluation_past_damaged_checkpoints_leaves_no_abandoned_reads_to_print(
+    base_run, data_root, tmp_path, monkeypatch
+):
+    """Orbax's reads of a damaged step are coroutines; those abandoned when one failed raised again when
+    collected (``Exception ignored in: <coroutine ...>``, pages of TensorStore specs at exit, after or
+    before the one line that says no checkpoint can be read). They are collected where the step is
+    found damaged, and nothing of theirs reaches ``sys.unraisablehook``."""
+    workdir = copy_run(base_run, tmp_path)
+    for step in (2, 4, 6):
+        halve_model_arrays(workdir / checkpoint.CHECKPOINT_DIR / str(step))
+    config = checkpoint_config(data_root, 6)
+    config.eval.checkpoint, config.eval.n_bootstrap, config.eval.explain_examples = "latest", 0, 0
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"can be read for evaluation \(step 6: .*; step 4: .*; step 2"
+    ):
+        evaluate.evaluate(config, workdir)
+    gc.collect()
+    assert [repr(unraisable.object) for unraisable in printed] == []
 
 
 def peer_cannot_read_the_first_step(monkeypatch) -> None:

@@ -33,11 +33,16 @@ from lungjax import locking, trees
 from lungjax.data import metadata, shards, workers
 
 BUILD_REPORT = "build_report.json"
+SOURCE_PIXELS = "source_pixels"  # the build report's key: image name -> images.pixel_digest of its source
 TASKS_IN_FLIGHT_PER_WORKER = 8  # enough to keep workers busy, few enough to bound memory
 
 
 class DatasetMismatchError(metadata.MetadataError):
     """The dataset in ``data_dir`` was built from other files (or with another policy) than the config names."""
+
+
+class DatasetNotBuiltError(metadata.MetadataError):
+    """A dataset that must already be built is not; the message says how to build it."""
 
 
 def ordered_map(fn: Callable, tasks: Sequence, pool: concurrent.futures.Executor | None, window: int) -> Iterator:
@@ -89,6 +94,8 @@ class ShardedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.num_workers, self.skip_bad_images = num_workers, skip_bad_images
         self.built_from: dict | None = None  # what build_once checked this build against
         self._pool: concurrent.futures.Executor | None = None
+        # image name -> images.pixel_digest of its decoded source film, for the builders that record it
+        self.source_pixels: dict[str, str] = {}
 
     def workers(self) -> int:
         return self.num_workers or cpu_count()
@@ -122,6 +129,8 @@ class ShardedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         with workers.process_pool(self.workers()) as self._pool:
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         report = {**self.build_report(Path(dl_manager.manual_dir)), "built_from": self.built_from}
+        if self.source_pixels:  # what a comparison of two runs checks: the same pixels under each name
+            report[SOURCE_PIXELS] = dict(sorted(self.source_pixels.items()))
         (Path(self.data_dir) / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
 

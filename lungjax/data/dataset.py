@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import logging
 
-from lungjax.data import nih, phantom, source_builder, tasks
+from lungjax.data import building, nih, phantom, source_builder, tasks
 
 # NIH is built by its own builder (six-class and full14); the other sources by the sources' builder.
 BUILT_SOURCES = tuple(name for name in source_builder.SOURCES if name != "nih")
@@ -79,6 +79,18 @@ def built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | None:
     checks which dataset is there (``--mode predict`` compares its fingerprint with an evaluation's)."""
     builder = nih.NihChestXray(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
     return builder if builder.is_prepared() else None
+
+
+def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+    """The built dataset for this config, never building it: the dataset of another run (one compared
+    with) is that run's to make, in its own workdir."""
+    builder = built(data_config, workdir)
+    if builder is None:
+        raise building.DatasetNotBuiltError(
+            f"the dataset of the run in {workdir} is not built (no {builder_config(data_config).name} in "
+            f"{data_dir(data_config, workdir)}): run --mode prepare (or evaluate) with --workdir={workdir} first"
+        )
+    return builder
 
 
 def _write_phantom_tree(tree: Path, data_config) -> None:

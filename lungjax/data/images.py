@@ -11,6 +11,7 @@ enlarging, where area would be nearest-neighbour). Boxes follow the same mapping
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,18 +254,27 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def load_for_build(
     task: tuple[str, int, tuple[float, float, float, float] | None],
-) -> tuple[bytes | None, tuple[float, float, float, float] | str | None]:
-    """The builder's worker: (path, size, box or None) -> (PNG of the square, scaled box or None).
+) -> tuple[bytes | None, tuple[float, float, float, float] | str | None, str | None]:
+    """The builder's worker: (path, size, box or None) -> (PNG of the square, scaled box or None,
+    ``pixel_digest`` of the source's pixels).
 
     ``box`` may also be a (k, 4) array of boxes (the 14-finding task's): each is scaled.
 
-    A bad file gives (None, the reason naming it) instead of raising, so the builder can skip it.
+    A bad file gives (None, the reason naming it, None) instead of raising, so the builder can skip it.
     """
     path, size, box = task
     try:
         gray = read_gray(path)
     except ImageError as err:
-        return None, str(err)
+        return None, str(err), None
     if box is not None:
         box = scale_box(box, gray.shape, size) if np.ndim(box) == 1 else [scale_box(b, gray.shape, size) for b in box]
-    return encode_png(resize_square(gray, size)[..., None]), box
+    return encode_png(resize_square(gray, size)[..., None]), box, pixel_digest(gray)
+
+
+def pixel_digest(gray: np.ndarray) -> str:
+    """sha256 of a decoded film's shape and 8-bit pixels: the same for two builds of one download at any
+    stored size, different for other pixels under the same name (however the file encodes them)."""
+    digest = hashlib.sha256(f"{gray.shape[0]}x{gray.shape[1]}:".encode())
+    digest.update(np.ascontiguousarray(gray, np.uint8).tobytes())
+    return digest.hexdigest()

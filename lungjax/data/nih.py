@@ -21,7 +21,9 @@ The user points ``manual_dir`` at their NIH download (or at a phantom tree with 
 Which images go where is decided by :mod:`lungjax.data.metadata`; pixels are decoded, converted to
 8-bit gray and resized in worker processes by :mod:`lungjax.data.images`. Examples are yielded as
 encoded PNG bytes and written by :mod:`lungjax.data.shards`, so neither building (a split of any
-size) nor reading needs TensorFlow.
+size) nor reading needs TensorFlow. The build report records, per image, a digest of its source
+film's decoded pixels (``building.SOURCE_PIXELS``): two builds of one download at different stored
+sizes share them, a download with other pixels under the same names does not.
 
 A build either completes or leaves nothing: every check that can fail without pixels (folders,
 CSVs, columns, missing images) runs before TFDS writes anything, and a failure during image work
@@ -361,7 +363,7 @@ class NihChestXray(building.ShardedBuilder):
         multi_label = self.task.multi_label
         jobs = [(str(row["path"]), config.image_size, _boxes_to_scale(row["bbox"])) for row in rows]
         results = self.decode(images.load_for_build, jobs)
-        for row, (png, box) in tqdm(
+        for row, (png, box, pixels) in tqdm(
             zip(rows, results, strict=True), total=len(rows), desc=f"{split}: decode+resize", unit="img"
         ):
             name = row["Image Index"]
@@ -379,6 +381,7 @@ class NihChestXray(building.ShardedBuilder):
                 counts[label] += 1
                 box = NO_BOX if box is None else box
             self._images[split] += 1
+            self.source_pixels[name] = pixels
             yield (
                 name,
                 {

@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from lungjax.data import building, dataset, metadata, records, tasks
 from lungjax.evaluation import gradcam, inference, kinds
@@ -28,6 +28,8 @@ from lungjax.evaluation.sections import calibration, comparison, expert, schema,
 from lungjax.evaluation.sections import operating_points as operating_point_section
 from lungjax.runtime import checkpoint, distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
+
+EVAL_DIR = "eval"  # <workdir>/eval/<split>/: one report per split
 
 
 def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: tasks.Task) -> None:
@@ -63,7 +65,10 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
             f"{tuple(map(tuple, restored.config.data.sources))}); evaluating and exporting a union is not built yet: "
             "its checkpoints are kept, and its validation figures, overall and per source, are in metrics.jsonl"
         )
-    builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
+    if own_run:
+        builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
+    else:  # never build in another run's workdir
+        builder = dataset.open_built(restored.config.data, workdir)
     predict_fn = inference.make_predict_fn(
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
     )
@@ -128,10 +133,18 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
     )
 
 
-def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored) -> dict:
-    """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a."""
+def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored, build_report: dict) -> dict:
+    """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a.
+    Refused before run b predicts when the two datasets hold other pixels under the same image names."""
     other = Path(config.eval.compare_to)
-    restored_b, _, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    restored_b, builder_b, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    source_pixels = comparison.check_same_pixels(
+        predictions["image_name"],
+        build_report.get(building.SOURCE_PIXELS),
+        building.read_build_report(builder_b).get(building.SOURCE_PIXELS),
+    )
+    if source_pixels.startswith("not checked"):
+        logging.warning("comparing %s with %s: source pixels %s", workdir, other, source_pixels)
     aligned = comparison.align(predictions, predict_b(config.eval.split), restored.task, restored_b.task)
     report = comparison.comparison_report(
         predictions,
@@ -141,7 +154,7 @@ def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored
         n_bootstrap=config.eval.n_bootstrap,
         seed=config.seed,
     )
-    return {**report, "probs_b": aligned["probs"]}
+    return {**report, "source_pixels": source_pixels, "probs_b": aligned["probs"]}
 
 
 def write_plots(
@@ -197,6 +210,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if split not in inference.EVAL_SPLITS:
         raise ValueError(f"config.eval.split must be one of {inference.EVAL_SPLITS}, got {split!r}")
     workdir = Path(workdir)
+    final = workdir / EVAL_DIR / split
+    workdir_lib.check_output(final)
     mesh = sharding.make_mesh()
     restored, builder, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
     saved, task = restored.config, restored.task
@@ -219,10 +234,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
     probs_b = None
-    if config.eval.compare_to:
-        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored)
-        probs_b = report["comparison"].pop("probs_b")
     build_report = building.read_build_report(builder)
+    if config.eval.compare_to:
+        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored, build_report)
+        probs_b = report["comparison"].pop("probs_b")
     crossing = build_report.get("patients_crossing_splits")
     report.update(
         task=report_task(task, saved),
@@ -239,28 +254,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 
-    final = workdir / "eval" / split
-    out = final.with_name(f".{split}.{os.getpid()}")  # the report is written aside, then swapped in
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    write_predictions(out / "predictions.csv", predictions, task)
-    cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
-    cam_args = dict(
-        image_size=saved.image_size,
-        box_scale=saved.image_size / builder.builder_config.image_size,
-        n_examples=config.eval.explain_examples,
-        batch_size=sharding.process_batch_size(config.eval.batch_size),
-    )
-    source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
-    report["explain"] = kind.explain(
-        cam_fn, model_state, source, predictions, out, class_names=task.class_names, **cam_args
-    )
-    write_plots(out, predictions, report, workdir, task, fit, probs_b)
-    figures = sorted(p.name for p in out.glob("*.png"))
-    (out / validation_fit.VALIDATION_FIT_FILE).write_text(json.dumps(fit, indent=2))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    doc = kind.document(report, figures)
-    (out / "report.md").write_text(markdown.to_markdown(doc))
-    (out / "report.html").write_text(html.render(doc, out))
-    workdir_lib.swap_in(out, final)  # a report folder is complete or absent, never two checkpoints' mix
+    # The report is written into a draft, swapped in whole: complete or absent, never two checkpoints' mix.
+    with workdir_lib.writing(final, is_output=lambda name: name in inference.EVAL_SPLITS) as out:
+        write_predictions(out / "predictions.csv", predictions, task)
+        cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
+        cam_args = dict(
+            image_size=saved.image_size,
+            box_scale=saved.image_size / builder.builder_config.image_size,
+            n_examples=config.eval.explain_examples,
+            batch_size=sharding.process_batch_size(config.eval.batch_size),
+        )
+        source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
+        report["explain"] = kind.explain(
+            cam_fn, model_state, source, predictions, out, class_names=task.class_names, **cam_args
+        )
+        write_plots(out, predictions, report, workdir, task, fit, probs_b)
+        figures = sorted(p.name for p in out.glob("*.png"))
+        (out / validation_fit.VALIDATION_FIT_FILE).write_text(json.dumps(fit, indent=2))
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        doc = kind.document(report, figures)
+        (out / "report.md").write_text(markdown.to_markdown(doc))
+        (out / "report.html").write_text(html.render(doc, out))
     return report

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -52,9 +51,11 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     if parity_images < 1:
         raise ExportError(f"the parity check needs at least one validation image, got parity_images={parity_images}")
     workdir = Path(workdir)
+    workdir_lib.check_output(workdir / EXPORT_DIR)  # before any work: export/ is a folder or absent
     config = _without_crops(config)
     mesh = sharding.make_mesh()
     restored, builder, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
+    workdir_lib.check_output(workdir / EXPORT_DIR / str(restored.step))
     fingerprint = run_info.dataset_fingerprint(builder)
     fitted_for = validation.FittedFor(restored.step, restored.params_sha256, fingerprint)
     fit, fit_source = _validation_fit(config, workdir, fitted_for, restored.task, predict)
@@ -178,14 +179,9 @@ def _check(measured: dict[str, dict]) -> None:
 
 
 def _write(final: Path, files: dict[str, bytes]) -> Path:
-    """Writes ``files`` into a draft folder beside ``final``, then swaps it in whole."""
-    draft = final.with_name(f".{final.name}.{os.getpid()}")
-    shutil.rmtree(draft, ignore_errors=True)
-    draft.mkdir(parents=True)
-    try:
+    """Writes ``files`` into a draft folder beside ``final``, then swaps it in whole (``workdir.writing``:
+    under ``export/lock.json``, after deleting the drafts that stopped exports left)."""
+    with workdir_lib.writing(final, is_output=str.isdigit) as draft:
         for name, data in files.items():
             (draft / name).write_bytes(data)
-        workdir_lib.swap_in(draft, final)
-    finally:
-        shutil.rmtree(draft, ignore_errors=True)
     return final

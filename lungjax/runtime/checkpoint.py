@@ -26,12 +26,15 @@ items are Orbax array or JSON items only.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,16 +262,38 @@ def first_readable(steps, read: Callable[[int], Any]) -> tuple[int | None, Any, 
     is None when none could. Training (which moves the damaged steps aside) and evaluation (which only
     reads) both fall back through this loop, so every process settles on the same step."""
     failures = {}
-    for step in steps:
-        try:
-            restored, reason = read(step), None
-        except Damaged as err:
-            restored, reason = None, short_reason(str(err))
-        if not distributed.everywhere(reason is None):
-            failures[step] = reason or "unreadable on another process"
-            continue
-        return step, restored, failures
+    with _abandoned_reads_collected():
+        for step in steps:
+            try:
+                restored, reason = read(step), None
+            except Damaged as err:
+                restored, reason = None, short_reason(str(err))
+            if not distributed.everywhere(reason is None):
+                failures[step] = reason or "unreadable on another process"
+                continue
+            return step, restored, failures
     return None, None, failures
+
+
+@contextlib.contextmanager
+def _abandoned_reads_collected() -> Iterator[None]:
+    """Orbax reads a step's arrays in coroutines; when one fails, the others are abandoned, and each
+    raises again when it is garbage collected (``Exception ignored in: <coroutine ...>``, a TensorStore
+    spec of dozens of lines each, at exit: pages for one damaged step). The failure is already the step's
+    reported damage: those coroutines are collected here, and only what they raise is dropped."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
 
 
 def restore_latest_good(

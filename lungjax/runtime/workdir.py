@@ -12,13 +12,14 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+from absl import logging
 
-from lungjax import locking
+from lungjax import folders, locking
 
 LOCK_FILE = "lock.json"
 # What the training loop logs into the workdir (lungjax.runtime.logs); named here, where evaluation can
@@ -92,13 +93,44 @@ def lock(workdir: Path) -> Iterator[None]:
         yield
 
 
-def swap_in(draft: Path, final: Path) -> None:
-    """Replaces the folder ``final`` by the complete folder ``draft`` (beside it, on the same disk): readers
-    see the old folder or the new one whole, never a mix, wherever a signal stops the writer."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        os.rename(final, old)
-        os.rename(draft, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(draft, final)
+def check_output(final: Path) -> None:
+    """Refuses, before any work, an output folder ``final`` that a file is in the way of (``final`` or
+    its folder): the output could not be written there, and a file is never replaced by a folder."""
+    for path in (final.parent, final):
+        if os.path.lexists(path) and not path.is_dir():
+            raise WorkdirError(f"{path} is a file, not a folder: move it away, then run again (nothing was written)")
+
+
+def _say_waiting(held: locking.LockHeld) -> None:
+    logging.warning(
+        "another run is writing into %s (%s): waiting for it to finish; if none runs there, delete %s",
+        held.path.parent,
+        locking.owner_text(held.owner),
+        held.path,
+    )
+
+
+@contextlib.contextmanager
+def writing(final: Path, is_output: Callable[[str], bool]) -> Iterator[Path]:
+    """A fresh draft of the output folder ``final``, swapped in whole when the ``with`` block ends
+    without error, deleted otherwise.
+
+    Writers into one output folder (``final.parent``: ``eval/``, ``export/``) serialise on its own
+    ``lock.json``, waiting for each other, and under it delete what stopped writers left there (every
+    draft and set-aside folder whose name ``is_output`` accepts: none can be a live writer's). A lock
+    per output folder, not the workdir's: a training run holds the workdir's for hours, and the
+    evaluation of a checkpoint, or its export, while it trains is useful and touches nothing it writes.
+    """
+    check_output(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with locking.hold(final.parent / LOCK_FILE, wait=_say_waiting):
+        for path in folders.remove_leftovers(final.parent, is_output):
+            logging.warning("removed %s, left by a run that was stopped while writing it", path)
+        draft = folders.draft_of(final)
+        draft.mkdir()
+        try:
+            yield draft
+            folders.swap_in(draft, final)
+        finally:
+            if draft.exists():
+                shutil.rmtree(draft)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungjax import folders
 from lungjax.data import images, radiograph_files
 from lungjax.evaluation.fit import decisions, temperature
 from lungjax.serve.bundle import Bundle
@@ -98,11 +99,11 @@ def classify(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     finals = (out / CSV_FILE, out / JSONL_FILE)
-    drafts = [final.with_name(f".{final.name}.{os.getpid()}") for final in finals]
+    drafts = [folders.draft_of(final) for final in finals]
     try:
         failures = _write(bundle, paths, *drafts, batch_size, allow_lateral, progress)
         for draft, final in zip(drafts, finals, strict=True):
-            os.replace(draft, final)
+            folders.swap_in(draft, final)
     finally:
         for draft in drafts:
             draft.unlink(missing_ok=True)

@@ -444,6 +444,7 @@ def _comparison_section(report: dict) -> Section | None:
         f"Run a: `{comparison['run_a']}`; run b: `{comparison['run_b']}`; both on the same "
         f"{comparison['n_images']} images of {comparison['n_patients']} patients. The difference is a - b with a "
         f"paired 95% patient-bootstrap interval; p is DeLong's test. {comparison['delong_note']}"
+        + (f" Source pixels {comparison['source_pixels']}." if "source_pixels" in comparison else "")
     )
     rows = []
     for name in comparison["per_class"]:

@@ -2,10 +2,12 @@
 
 Run a is the workdir evaluated, run b the one ``config.eval.compare_to`` names. Each model predicts
 the images of its own dataset; the comparison needs those to be the same images with the same
-labels and the same classes, and refuses otherwise, naming the difference (two builds of one
+labels and the same classes, and refuses otherwise, naming the difference. Same images means the same
+source pixels, as each build report records them per image (``building.SOURCE_PIXELS``): two builds of one
 download at different stored sizes hold the same images, so a 224 px model can be compared with a
-128 px one). Per class: both AUROCs, the difference a - b with a paired patient-bootstrap interval,
-and DeLong's test; for the six-class task, McNemar's test on the argmax decisions.
+128 px one, while a download with other pixels under the same names is refused. Per class: both
+AUROCs, the difference a - b with a paired patient-bootstrap interval, and DeLong's test; for the
+six-class task, McNemar's test on the argmax decisions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,32 @@ from lungjax.evaluation.stats import bootstrap, paired
 
 class CompareError(ValueError):
     """Two runs cannot be compared on these images; the message names the difference."""
+
+
+def check_same_pixels(names, pixels_a: dict[str, str] | None, pixels_b: dict[str, str] | None) -> str:
+    """Refuses when an evaluated image of run a has other source pixels in run b's dataset, naming how many
+    and which; otherwise says what was checked (the comparison section's ``source_pixels``).
+
+    ``pixels_*``: each build report's ``building.SOURCE_PIXELS`` (image name -> digest of the decoded source
+    film), None for a dataset built before lungjax recorded them: then nothing can be checked, and the
+    sentence returned says so (rebuilding that dataset would record them, but would also change its
+    fingerprint, which a run's checkpoints are tied to). Names only one dataset holds are ``align``'s.
+    """
+    names = [str(name) for name in names]
+    unrecorded = [run for run, pixels in (("a", pixels_a), ("b", pixels_b)) if pixels is None]
+    if unrecorded:
+        return (
+            f"not checked: the dataset of run {' and '.join(unrecorded)} records no digests of its source images "
+            "(built by an earlier lungjax); only the image names and labels were compared"
+        )
+    differing = [name for name in names if name in pixels_b and pixels_a.get(name) != pixels_b[name]]
+    if differing:
+        raise CompareError(
+            f"{len(differing)} of the {len(names)} evaluated images have other pixels in run b's dataset than in "
+            f"run a's under the same name, e.g. {differing[: metadata.NAMES_SHOWN]} (digests of the decoded "
+            "source films in each build_report.json); compare runs built from the same download"
+        )
+    return f"checked: the {len(names)} evaluated images have the same source pixels in both datasets"
 
 
 def _stated(predictions: dict[str, np.ndarray]) -> np.ndarray:
