@@ -131,6 +131,7 @@ def _eval_logits(model, x):
     return model(x), [model.logits_from(model.feature_map(x, stages=s), stage=s) for s in range(NUM_STAGES + 1)]
 
 
+@pytest.mark.slow
 def test_train_mode_backpropagates_and_updates_batch_stats_eval_mode_does_not(tiny, tiny_images):
     model = nnx.clone(tiny)
     before = _leaves(model, nnx.BatchStat)

@@ -544,6 +544,7 @@ def test_read_only_workdir_fails_before_any_work(data_root, tmp_path):
     assert not any(workdir.iterdir())
 
 
+@pytest.mark.slow
 def test_too_little_free_space_fails_before_the_first_step(data_root, built, tmp_path, monkeypatch):
     monkeypatch.setattr(workdir_lib, "free_bytes", lambda path: 100_000)
     with pytest.raises(
@@ -766,6 +767,7 @@ def test_checkpoint_with_pickled_metadata_is_refused_without_unpickling(base_run
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_weights_file_with_a_non_numeric_dataset_is_refused(tmp_path):
     model = resnet.create_model("resnet50", num_classes=6, width=0.125, stride_in_1x1=True)
     units = pretrained._keras_units()

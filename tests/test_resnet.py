@@ -125,6 +125,7 @@ def test_resnet50_forward_flops_at_224():
     assert abs(flops / RESNET50_224_FLOPS - 1) <= FLOPS_TOLERANCE
 
 
+@pytest.mark.slow
 def test_training_step_costs_about_three_forward_passes():
     # Backward ≈ 2 × forward (gradients w.r.t. both activations and weights).
     model = create_model("resnet18", num_classes=NUM_CLASSES, width=0.25)

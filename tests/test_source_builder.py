@@ -416,6 +416,7 @@ def test_padchest_labels_in_the_build_are_exactly_the_mapped_strings(tmp_path):
             assert all(states[n] == contract.NEGATIVE for n in used if n not in positive)
 
 
+@pytest.mark.slow
 def test_reduced_decode_bench_reports_both_paths(tmp_path):
     out = tmp_path / "decode.json"
     command = [sys.executable, "-m", "lungjax.bench.reduced_decode", "--films=1", "--repeats=1", f"--out={out}"]

@@ -98,7 +98,10 @@ def test_weight_decay_skips_batchnorm_and_biases():
     assert kinds == {"kernel", "'scale']", "'bias']"}
 
 
-@pytest.mark.parametrize("optimizer", base.OPTIMIZERS)
+@pytest.mark.parametrize(
+    "optimizer",
+    [pytest.param(name, marks=pytest.mark.slow) if name in ("lamb", "lars") else name for name in base.OPTIMIZERS],
+)
 @pytest.mark.parametrize("init_from", ["", "resnet50_imagenet.h5"])
 def test_stem_border_kernel_trains_only_from_keras_weights(optimizer, init_from):
     """From scratch the border kernel lies along BatchNorm's invisible direction: frozen, decay included."""
@@ -225,7 +228,8 @@ def test_a_run_cannot_switch_optimizer_flatten_on_resume():
         checkpoint.check_resumable(saved, config.to_dict())
 
 
-@pytest.mark.parametrize("optimizer", ["lamb", pytest.param("lars", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["lamb", "lars"])
 def test_large_batch_optimizers_are_optax_own_with_the_decay_mask_and_warm_up(optimizer):
     """lamb and lars as make_optimizer builds them (flattened or not) take optax.lamb's and optax.lars's
     steps with the weight-decay mask (lars: also the trust-ratio mask) of the other optimizers, keep
