@@ -80,8 +80,13 @@ def film(nih_tree):
 
 @pytest.fixture
 def workdir_copy(tiny_workdir, tmp_path):
-    """A throwaway copy of ``tiny_workdir`` (its dataset, checkpoints and evaluation)."""
-    return shutil.copytree(tiny_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("export", "predict"))
+    """A throwaway copy of ``tiny_workdir`` (its dataset, checkpoints and test evaluation: another test
+    of the session may have evaluated other splits there, whose fits would match too)."""
+    copy = shutil.copytree(tiny_workdir, tmp_path / "run", ignore=shutil.ignore_patterns("export", "predict"))
+    for evaluation in (copy / "eval").iterdir():
+        if evaluation.name != FIT_PATH[1]:
+            shutil.rmtree(evaluation) if evaluation.is_dir() else evaluation.unlink()
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -176,11 +176,11 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     task = tasks.of_config(config)
     reports = {name: building.read_build_report(builder) for name, builder in builders.items()}
     train_images = sum(report["images"]["train"] for report in reports.values())
-    if task.masked:  # count stated entries only, each source in proportion to its weight
+    if task.masked and all("label_states" in r for r in reports.values()):  # stated entries, mixed by weight
         positives, stated = union.mixed_stated_counts(reports, mix_weights, task.class_names, config.data.uncertainty)
         train_counts = positives.tolist()
     else:
-        train_counts, stated = union.mixed_class_counts(reports, mix_weights)  # stated: every image
+        train_counts, stated = union.mixed_class_counts(reports, mix_weights)  # NIH's builds state every entry
     weights = loss.class_weights(config, train_counts, images=stated, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
