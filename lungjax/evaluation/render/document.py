@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from lungjax.evaluation.fit import operating_points
+from lungjax.evaluation.sections import reference as reference_section
 from lungjax.evaluation.sections import subgroups
 
 FIGURE_TITLES = MappingProxyType(
@@ -87,18 +88,6 @@ class Document:
     intro: list[str]
     sections: list[Section]
     figure_titles: MappingProxyType
-
-
-def reference_figures() -> dict:
-    """The reference Keras ResNet50's published test figures (per-image split, argmax decisions)."""
-    return {
-        "accuracy": 0.55,
-        "macro_auc": 0.87,
-        "per_class": {
-            "Cardiomegaly": {"sensitivity": 0.85, "specificity": 0.96},
-            "Pneumothorax": {"sensitivity": 0.77, "specificity": 0.86},
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -177,7 +166,7 @@ def _ci_line(report: dict) -> str:
 
 
 def _comparison(report: dict) -> Table:
-    reference = reference_figures()
+    reference = reference_section.reference_figures()
     thresholded = "per_class" in report.get("at_thresholds", {})
     rows = [
         [
