@@ -545,21 +545,14 @@ def test_the_train_step_takes_the_mask_from_the_batch():
 
     from lungjax import models
     from lungjax.runtime import sharding
-    from lungjax.training import optim, step
+    from lungjax.training import loop, optim, step
 
     config = base_config()
     config.model.name, config.model.width = "resnet18", 0.125
     model = models.from_config(config.model, num_classes=4, half_precision=False, seed=0)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 10, 100))
-    state = step.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-        plateau=optim.init_plateau(config),
-    )
+    state = loop.initial_state(config, params, batch_stats, tx)  # the training loop's own
     train_step = step.make_train_step(
         config, graphdef=graphdef, tx=tx, class_weights=jnp.ones(4), mesh=sharding.make_mesh(), multi_label=True
     )
