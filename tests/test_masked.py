@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -155,7 +154,20 @@ def test_bad_label_sets_and_policies_are_refused_in_one_line(overrides, message)
 def test_a_good_label_set_config_is_accepted():
     config = base_config()
     config.data.labels, config.data.uncertainty = ("Edema", "Effusion"), "irvin2019"
+    config.data.task = "full14"  # the phantom's NIH-format build of the 14 findings
     assert check.problems(config) == []
+    config.data.source, config.data.manual_dir, config.data.task = "chexpert", "/data/chexpert", "six_class"
+    assert check.problems(config) == []  # a source's build: data.task is NIH's alone
+
+
+def test_a_source_needs_a_label_set_and_a_label_set_needs_nihs_14_findings():
+    config = base_config()
+    config.data.source, config.data.manual_dir = "chexpert", "/data/chexpert"
+    (problem,) = check.problems(config)
+    assert problem.startswith("config.data.labels: () is not allowed with data.source='chexpert'; allowed: a label")
+    config.data.source, config.data.labels = "phantom", ("chexpert5",)
+    (problem,) = check.problems(config)
+    assert problem.startswith("config.data.task: 'six_class' is not allowed with data.labels and an NIH-format")
 
 
 # ------------------------------------------------------------------ the loss and the class weights
@@ -463,64 +475,52 @@ def test_report_task_section_export_manifest_and_kind_carry_the_label_space():
     assert "label_space" not in manifest.task_section(tasks.FULL14)
 
 
-# ------------------------------------------------------------------ end to end: a masked run on a phantom build
-
-
-def stated_of(record: bytes) -> np.ndarray:
-    """The test's source: a third of the images state NIH's first seven findings only, a third the last
-    seven only, a third all fourteen; fixed by the record's bytes, so training and evaluation agree."""
-    mask = np.ones(len(nih_labels.FINDINGS14), np.float32)
-    which = zlib.crc32(record) % 3
-    if which < 2:
-        mask[7 * which : 7 * which + 7] = 0.0
-    return mask
+# ------------------------------------------------------------------ end to end: a masked run on a source's build
 
 
 @pytest.fixture(scope="module")
-def masked_run(nih_tree, tmp_path_factory):
-    """``configs/tiny.py`` training the label set nih14 on the 14-finding phantom build, its batches given
-    ``label_mask`` through the pipeline's example transforms (what a source build's ``label_states``
-    become there)."""
+def masked_run(tmp_path_factory):
+    """``configs/tiny.py`` training the label set nih14 on a phantom hospital export (a source's build:
+    label states over the vocabulary, a fifth of the entries not stated and a tenth uncertain), through
+    the real input pipeline."""
     from conftest import load_config
 
-    from lungjax.data import pipeline
+    from lungjax.data.phantom import source_trees
     from lungjax.training import loop as train
 
-    train_map, eval_map = pipeline.TrainExample.random_map, pipeline.EvalExample.map
-
-    def train_with_mask(self, record, rng):
-        return {**train_map(self, record, rng), "label_mask": stated_of(record)}
-
-    def eval_with_mask(self, record):
-        return {**eval_map(self, record), "label_mask": stated_of(record)}
-
     root = tmp_path_factory.mktemp("masked")
+    tree = source_trees.write_hospital_tree(
+        root / "hospital", 40, image_size=32, formats=("png",), not_stated_rate=0.2, uncertain_rate=0.1
+    )
     config = load_config("tiny")
-    config.data.source, config.data.manual_dir, config.data.task = "nih", str(nih_tree), "full14"
-    config.data.labels = ("nih14",)
+    config.data.source, config.data.manual_dir = "hospital", str(tree.manual_dir)
+    config.data.labels, config.data.uncertainty = ("nih14",), "ones"
     config.eval.n_bootstrap = 20
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline.TrainExample, "random_map", train_with_mask)
-        patch.setattr(pipeline.EvalExample, "map", eval_with_mask)
-        report = train.train_and_evaluate(config, root / "run")
-        yield config, root / "run", report
+    report = train.train_and_evaluate(config, root / "run")
+    yield config, root / "run", report, tree
 
 
 @pytest.mark.slow
-def test_a_masked_run_trains_evaluates_and_predicts_on_the_stated_entries(masked_run, nih_tree, capsys):
+def test_a_masked_run_trains_evaluates_and_predicts_on_the_stated_entries(masked_run, capsys):
     import pandas as pd
 
+    from lungjax.data.sources import hospital
     from lungjax.evaluation import predict
 
-    config, workdir, report = masked_run
+    config, workdir, report, tree = masked_run
     names = nih_labels.FINDINGS14
     assert report["task"]["name"] == tasks.LABELS and report["task"]["class_names"] == list(names)
     assert list(report["task"]["label_space"]) == list(names) and report["task"]["masked"]
-    rows = pd.read_csv(workdir / "eval" / "test" / "predictions.csv", keep_default_na=False)
+    rows = pd.read_csv(workdir / "eval" / "test" / "predictions.csv", keep_default_na=False, dtype=str)
     assert list(rows.columns) == ["image_name", "patient_id", *(f"true {n}" for n in names), *names]
+    # The truth is the export's own entry: 1 and 0 as written; uncertain (-1) and blank are not scored,
+    # whatever policy trained (uncertainty="ones" here).
+    export = pd.read_csv(tree.manual_dir / hospital.CSV, keep_default_na=False, dtype=str).set_index("path")
     for name in names:
+        written = export.loc[rows["image_name"], name].to_numpy()
+        np.testing.assert_array_equal(rows[f"true {name}"], np.where(np.isin(written, ["1", "0"]), written, ""))
         stated = rows[f"true {name}"] != ""
-        assert 0 < stated.sum() < len(rows), name  # a third of the films leave each finding unstated
+        assert 0 < stated.sum() < len(rows), name
         row = report["per_finding"][name]
         assert row["stated"] == int(stated.sum()) and report["n_images"] == len(rows)
         truth = rows.loc[stated, f"true {name}"].astype(int)
@@ -528,12 +528,59 @@ def test_a_masked_run_trains_evaluates_and_predicts_on_the_stated_entries(masked
         if row["auroc"] is not None:
             scores = rows.loc[stated, name].astype(np.float32).astype(np.float64)
             assert row["auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert set(report["subgroups"]["attributes"]) == {"sex", "age", "view"}  # from the records
+    assert rows["patient_id"].str.startswith("H").all()  # the export's own string ids
     metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
-    image = sorted((nih_tree / "images_001" / "images").iterdir())[0]
+    image = tree.manual_dir / rows["image_name"][0]
     assert predict.predict_files(config, workdir, [str(image)]) == 0
     out = capsys.readouterr().out
     assert out.count("label space: Atelectasis: ") == 1
+
+
+def test_training_batches_follow_the_uncertainty_policy_and_evaluation_masks_uncertain_entries(tmp_path):
+    """The pipeline's labels against ``labelspace.targets`` on the records' own label states: training
+    under the run's policy, evaluation under 'ignore'."""
+    from lungjax.data import pipeline, task_labels
+
+    vocabulary = tuple(labelspace.vocabulary())
+    states = np.random.default_rng(1).choice(STATES, size=(6, len(vocabulary))).astype(np.int8)
+    specs = {"label_states": (np.dtype(np.int8), (len(vocabulary),))}
+    task = tasks.label_set(LABELS, "ones")
+    train_labels = task_labels.TaskLabels(task, specs, "ones")
+    eval_labels = task_labels.TaskLabels(task, specs, task_labels.EVALUATION_UNCERTAINTY)
+    for policy, reader in (("ones", train_labels), ("ignore", eval_labels)):
+        label, mask = labelspace.targets(states, LABELS, uncertainty=policy)
+        for k, row in enumerate(states):
+            got = reader(list(row))
+            np.testing.assert_array_equal(got["label"], label[k])
+            np.testing.assert_array_equal(got["label_mask"], mask[k])
+    with pytest.raises(contract.SourceError, match="task 'full14' cannot read it; name the labels"):
+        task_labels.TaskLabels(tasks.FULL14, specs)
+    assert pipeline.stored_task(specs) is tasks.FULL14
+
+
+def test_an_nih_build_read_as_a_label_set_states_nihs_findings_and_no_finding():
+    from lungjax.data import task_labels
+
+    specs = {"label": (np.dtype(np.int64), (len(nih_labels.FINDINGS14),))}
+    names = ("Mass", "Nodule", "Lung Lesion", "No Finding", "Edema", "Fracture")
+    reader = task_labels.TaskLabels(tasks.label_set(names), specs)
+    findings = np.zeros(len(nih_labels.FINDINGS14), np.int64)
+    got = reader(findings)
+    expected_mask = [name in labelspace.source_labels("nih") for name in names]
+    np.testing.assert_array_equal(got["label_mask"], expected_mask)
+    np.testing.assert_array_equal(got["label"], [n == "No Finding" for n in names])
+    findings[nih_labels.FINDINGS14.index("Mass")] = 1
+    expected = labelspace.harmonise(
+        "nih", {n: np.array([int(n == "Mass")]) for n in (*nih_labels.FINDINGS14, "No Finding")}
+    )
+    got = reader(findings)
+    for k, name in enumerate(names):
+        if name in expected:
+            assert got["label"][k] == int(expected[name][0] == contract.POSITIVE), name
+    with pytest.raises(contract.SourceError, match="NIH's builds of the 14 findings only"):
+        task_labels.TaskLabels(tasks.label_set(names), {"label": (np.dtype(np.int64), ())})
 
 
 @pytest.mark.slow

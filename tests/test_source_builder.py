@@ -424,15 +424,3 @@ def test_reduced_decode_bench_reports_both_paths(tmp_path):
     result = json.loads(out.read_text())
     assert result["reductions"] == [8] and len(result["reduced_images_per_s"]) == 1
     assert result["full_images_per_s"][0] > 0 and 0 < result["mean_abs_difference"][0] < 2
-
-
-def test_only_prepare_takes_a_built_source_until_the_pipeline_reads_label_states():
-    config = base_config()
-    config.data.source, config.data.manual_dir = "chexpert", "/data/chexpert"
-    assert check.mode_problems(config, "prepare") == []
-    for mode in ("train", "evaluate", "predict", "export"):
-        (problem,) = check.mode_problems(config, mode)
-        assert problem.startswith(f"config.data.source: 'chexpert' is not allowed with --mode {mode}; ")
-    config.data.source, config.data.labels = "phantom", ("chexpert5",)
-    (problem,) = check.mode_problems(config, "train")
-    assert problem.startswith("config.data.labels: ('chexpert5',) is not allowed with --mode train yet")

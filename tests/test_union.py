@@ -299,7 +299,20 @@ def test_union_validation_logs_each_source_beside_the_overall_figures(straight_u
     assert info["config"]["data"]["sources"] == [list(pair) for pair in UNION_SOURCES]
 
 
-def test_evaluating_a_union_is_refused_in_one_line_and_keeps_the_checkpoints(straight_union_run, data_root):
-    with pytest.raises(checkpoint.CheckpointError, match=r"was trained on a union of sources .* not built yet"):
-        evaluate.evaluate(union_run_config(data_root, 8), straight_union_run)
-    assert checkpoint.make_manager(straight_union_run, read_only=True).latest_step() == 8
+@pytest.mark.slow
+def test_a_union_is_evaluated_on_its_sources_test_splits_one_after_another(straight_union_run, data_root, union_built):
+    import pandas as pd
+
+    report = evaluate.evaluate(union_run_config(data_root, 8), straight_union_run)
+    rows = pd.read_csv(straight_union_run / "eval" / "test" / "predictions.csv", dtype=str)
+    expected = [
+        (name, example["image_name"].decode(), f"{name}/{example['patient_id']}")
+        for name, builder in union_built.items()
+        for example in records.data_source(builder, "test")
+    ]
+    assert list(zip(rows["patient_id"].str.split("/").str[0], rows["image_name"], rows["patient_id"], strict=True)) == [
+        (name, image, patient) for name, image, patient in expected
+    ]
+    assert report["n_images"] == len(expected) and report["dataset"] == "nih:patient_32 + phantom:patient_32"
+    assert report["checkpoint_step"] == 8 and set(report["split_scheme"]) == set(union_built)
+    assert "union" in report["subgroups"]["note"]  # NIH-format sources keep their metadata in their own folders

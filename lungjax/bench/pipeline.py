@@ -37,6 +37,7 @@ from absl import app, flags
 from lungjax import bench
 from lungjax.data import augment as augmenting
 from lungjax.data import nih, nih_layout, phantom, pipeline, records
+from lungjax.data.task_labels import TaskLabels
 from lungjax.training import device_augment
 
 FLAGS = flags.FLAGS
@@ -115,15 +116,16 @@ def stage_breakdown(source, augment: str, count: int) -> dict[str, float]:
     serialized = source.records
     indices = [i % len(source) for i in range(count)]
     raw = [serialized[i] for i in indices]
-    pngs = [records.image_and_label(r)[0] for r in raw]
+    pngs = [records.image_and_feature(r, "label")[0] for r in raw]
     decoded = [records.decode_png(png) for png in pngs]
     matrices = [augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng) for _ in decoded]
     warped = [augmenting.warp(image, matrix, IMAGE_SIZE) for image, matrix in zip(decoded, matrices, strict=True)]
-    transform = pipeline.TrainExample(aug, IMAGE_SIZE)
-    decode_only = pipeline.TrainExample(aug, IMAGE_SIZE, on_device=True)
+    labels = TaskLabels(pipeline.stored_task(source.specs), source.specs)
+    transform = pipeline.TrainExample(aug, IMAGE_SIZE, labels)
+    decode_only = pipeline.TrainExample(aug, IMAGE_SIZE, labels, on_device=True)
     stages = {
         "read record": per_image_us(serialized.__getitem__, indices),
-        "parse image+label": per_image_us(records.image_and_label, raw),
+        "parse image+label": per_image_us(lambda r: records.image_and_feature(r, "label"), raw),
         "decode PNG": per_image_us(records.decode_png, pngs),
         "draw matrix": per_image_us(lambda _: augmenting.affine_matrix(aug, STORED_SIZE, IMAGE_SIZE, rng), decoded),
         "warp": per_image_us(

@@ -254,6 +254,26 @@ def _type_problem(key: str, value, expected) -> str | None:
     return None
 
 
+def _label_problems(values: dict) -> list[str]:
+    """A source's build stores label states, which only a label set reads; a label set reads NIH's builds
+    of the 14 findings, not the six-class one (``task_labels.TaskLabels``)."""
+    names = [name for name, *_ in values["data.sources"]] or [values["data.source"]]
+    built = [name for name in names if name in dataset.BUILT_SOURCES]
+    found = []
+    if built and not values["data.labels"]:
+        found.append(
+            f"config.data.labels: () is not allowed with data.source={built[0]!r}; allowed: a label set of the "
+            f"harmonised vocabulary, a named set ({', '.join(labelspace.named_sets())}) or names (a source states "
+            "its own labels, so a run names the ones it trains)"
+        )
+    if values["data.labels"] and len(built) < len(names) and values["data.task"] != tasks.FULL14.name:
+        found.append(
+            f"config.data.task: {values['data.task']!r} is not allowed with data.labels and an NIH-format source; "
+            f"allowed: {tasks.FULL14.name!r} (a label set reads NIH's 14 findings)"
+        )
+    return found
+
+
 def problems(config, *, reads_data: bool = True) -> list[str]:
     """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine.
 
@@ -301,6 +321,7 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
+    found.extend(_label_problems(values))
     downloads = [name for name, *_ in values["data.sources"] or [(values["data.source"],)] if name != "phantom"]
     if reads_data and downloads and not values["data.manual_dir"]:
         found.append(
@@ -320,27 +341,6 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
                 f"config.{key}: {values[key]} does not split over the {devices} devices of "
                 f"{processes} processes; allowed: a multiple of {math.lcm(devices, processes)}"
             )
-    return found
-
-
-def mode_problems(config, mode: str) -> list[str]:
-    """What ``mode`` cannot do with ``config`` yet: the sources' builds (``label_states``) are built by
-    ``--mode prepare``; the input pipeline does not read them, so no other mode takes them, nor a label set."""
-    if mode == "prepare":
-        return []
-    values = trees.flatten(config)
-    names = [name for name, *_ in values["data.sources"]] or [values["data.source"]]
-    found = [
-        f"config.data.source: {name!r} is not allowed with --mode {mode}; allowed: --mode prepare builds it, "
-        "training and evaluating on a built source come with the input pipeline's reading of its label states"
-        for name in names
-        if name in dataset.BUILT_SOURCES
-    ]
-    if values["data.labels"]:
-        found.append(
-            f"config.data.labels: {tuple(values['data.labels'])!r} is not allowed with --mode {mode} yet; allowed: "
-            "() (a label set trains on built sources, which the input pipeline does not read yet)"
-        )
     return found
 
 

@@ -74,14 +74,15 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | source_
     )
 
 
-def built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | None:
+def built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | source_builder.LungjaxSources | None:
     """The dataset for this config if it is built, else None; never builds: for a reader that only
     checks which dataset is there (``--mode predict`` compares its fingerprint with an evaluation's)."""
-    builder = nih.NihChestXray(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
+    kind = source_builder.LungjaxSources if data_config.source in BUILT_SOURCES else nih.NihChestXray
+    builder = kind(config=builder_config(data_config), data_dir=os.fspath(data_dir(data_config, workdir)))
     return builder if builder.is_prepared() else None
 
 
-def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray:
+def open_built(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | source_builder.LungjaxSources:
     """The built dataset for this config, never building it: the dataset of another run (one compared
     with) is that run's to make, in its own workdir."""
     builder = built(data_config, workdir)

@@ -21,11 +21,14 @@ import grain.python as grain
 import jax
 import numpy as np
 
-from lungjax.data import images, records, sampling, union
+from lungjax.data import images, records, sampling, task_labels, tasks, union
 from lungjax.data.augment import Augmentation, augment_image, augmentation, draw
+from lungjax.data.task_labels import TaskLabels
 
-# Keys an evaluation batch carries: the image and label, and the identifying ones (kept on the host).
-EVAL_KEYS = ("image", "label", "image_name", "patient_id", "bbox")
+# What an evaluation batch carries besides the image, the label and (masked tasks) the label mask: the
+# features of these that the dataset stores (kept on the host). NIH's builds store boxes; the sources'
+# builds the film's metadata, which the subgroup audit reads.
+EVAL_KEYS = ("image_name", "patient_id", "bbox", "source", "view", "sex", "age")
 # Workers read their records themselves, one at a time: grain's default (16 reader threads with
 # a 500-record buffer per process) cost about twice the CPU per record of this (BENCHMARKS.md),
 # and each worker process is one core's worth of work, which is what worker_count counts.
@@ -40,42 +43,60 @@ def _one_opencv_thread() -> None:
 
 
 class TrainExample(grain.RandomMapTransform):
-    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int or (C,) uint8}``, randomly augmented.
+    """Serialized Example -> ``{"image": (S, S, 1) uint8, "label": int or (C,) uint8}`` (and a masked
+    task's ``"label_mask"``), randomly augmented; ``labels`` reads the record's stored labels.
 
     ``on_device``: the image stays at its stored size, unaugmented, and the record's transform, drawn
     from the same ``rng`` in the same order (``augment.draw``), travels with it as ``"warp"`` and
     ``"intensity"`` (float32) for the train step to apply.
     """
 
-    def __init__(self, aug: Augmentation, out_size: int, multi_label: bool = False, on_device: bool = False):
-        self.aug, self.out_size, self.multi_label, self.on_device = aug, out_size, multi_label, on_device
+    def __init__(self, aug: Augmentation, out_size: int, labels: TaskLabels, on_device: bool = False):
+        self.aug, self.out_size, self.labels, self.on_device = aug, out_size, labels, on_device
 
     def random_map(self, record, rng: np.random.Generator):
         _one_opencv_thread()
-        png, label = records.image_and_label(record, multi_label=self.multi_label)
+        png, stored = records.image_and_feature(record, self.labels.stored)
         image = records.decode_png(png)
         if not self.on_device:
-            return {"image": augment_image(image, self.aug, self.out_size, rng), "label": label}
+            return {"image": augment_image(image, self.aug, self.out_size, rng), **self.labels(stored)}
         matrix, intensity = draw(self.aug, image.shape[0], self.out_size, rng)
         return {
             "image": image[..., None],
             "warp": matrix.astype(np.float32),
             "intensity": intensity.astype(np.float32),
-            "label": label,
+            **self.labels(stored),
         }
 
 
 class EvalExample(grain.MapTransform):
-    """Serialized Example -> the ``EVAL_KEYS`` with the image decoded and resized."""
+    """Serialized Example -> the image decoded and resized, the task's ``label`` (and ``label_mask``) and
+    the ``EVAL_KEYS`` the dataset stores."""
 
-    def __init__(self, specs: dict, out_size: int):
-        self.specs, self.out_size = specs, out_size
+    def __init__(self, specs: dict, out_size: int, labels: TaskLabels):
+        self.specs, self.out_size, self.labels = specs, out_size, labels
+        self.keys = ("image", labels.stored, *(key for key in EVAL_KEYS if key in specs))
 
     def map(self, record):
         _one_opencv_thread()
-        out = records.parse_example(record, self.specs, EVAL_KEYS)
+        out = records.parse_example(record, self.specs, self.keys)
+        out.update(self.labels(out.pop(self.labels.stored)))
+        out["label"] = np.asarray(out["label"], np.int64)  # as NIH's builds store it: reports keep their bytes
         out["image"] = images.resize(records.decode_png(out["image"]), self.out_size)[..., None]
         return out
+
+    def empty(self) -> dict[str, np.ndarray]:
+        """A batch of no examples with every key ``map`` gives, for a process whose range is empty."""
+        batch = {
+            "image": np.zeros((0, self.out_size, self.out_size, 1), np.uint8),
+            "label": np.zeros((0, *self.labels.label_shape), np.int64),
+        }
+        if self.labels.task.masked:
+            batch["label_mask"] = np.zeros((0, *self.labels.label_shape), np.uint8)
+        for key in self.keys[2:]:
+            dtype, shape = self.specs[key]
+            batch[key] = np.zeros((0, *shape), dtype)
+        return batch
 
 
 def train_loader(
@@ -85,13 +106,16 @@ def train_loader(
     image_size: int,
     augment: str,
     seed: int,
+    task: tasks.Task | None = None,
+    uncertainty: str = "ignore",
     worker_count: int = 0,
-    multi_label: bool = False,
     augment_on_device: bool = False,
     weights: tuple[float, ...] = (),
 ) -> grain.DataLoader:
     """Endless training batches of ``batch_size`` (per process), reshuffled every epoch.
 
+    ``task`` and ``uncertainty``: what the batches' labels are (``task_labels.TaskLabels``); no task: an
+    NIH build's labels as stored.
     ``augment_on_device``: batches of decoded stored-size images and their transforms (``TrainExample``).
 
     Deterministic for a seed and worker count (shuffle order and augmentation draws; each worker
@@ -114,7 +138,12 @@ def train_loader(
     )
     sampler = sampling.ProcessBatchSampler(order, local_batch_size=batch_size, process_count=jax.process_count())
     operations = [
-        TrainExample(augmentation(augment), image_size, multi_label, on_device=augment_on_device),
+        TrainExample(
+            augmentation(augment),
+            image_size,
+            TaskLabels(task or stored_task(source.specs), source.specs, uncertainty),
+            on_device=augment_on_device,
+        ),
         grain.Batch(batch_size, drop_remainder=True),
     ]
     return grain.DataLoader(
@@ -152,15 +181,25 @@ def process_range(num_records: int) -> tuple[int, int]:
 
 
 def eval_batches(
-    source: records.ExampleSource, *, batch_size: int, image_size: int, worker_count: int = 0
+    source: records.ExampleSource,
+    *,
+    batch_size: int,
+    image_size: int,
+    task: tasks.Task | None = None,
+    worker_count: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of this process's range (``process_range``) exactly once, in order, in full batches.
+
+    ``task``: what the labels are (``task_labels.TaskLabels``, uncertain entries masked:
+    ``task_labels.EVALUATION_UNCERTAINTY``); None for an NIH build's stored labels as they are.
 
     Records are batched here, not in grain: grain's workers each batch their own slice, which
     would reorder examples and leave one short batch per worker. The last batch is padded and
     ``mask`` marks the real examples. Every process yields the same number of batches (empty,
     fully masked ones where its range is shorter), so sharded computations stay in lockstep.
     """
+    labels = TaskLabels(task or stored_task(source.specs), source.specs, task_labels.EVALUATION_UNCERTAINTY)
+    to_example = EvalExample(source.specs, image_size, labels)
     start, stop = process_range(len(source))
     examples = iter(())  # grain refuses an empty sampler; a process may have no records left
     if stop > start:
@@ -170,7 +209,7 @@ def eval_batches(
                 sampler=grain.IndexSampler(
                     num_records=stop - start, shard_options=grain.NoSharding(), shuffle=False, num_epochs=1, seed=0
                 ),
-                operations=[EvalExample(source.specs, image_size)],
+                operations=[to_example],
                 worker_count=worker_count,
                 shard_options=grain.NoSharding(),
                 read_options=READ_OPTIONS,
@@ -179,23 +218,18 @@ def eval_batches(
     per_process = math.ceil(len(source) / jax.process_count())
     for _ in range(math.ceil(per_process / batch_size)):
         chunk = list(itertools.islice(examples, batch_size))
-        batch = {key: np.stack([r[key] for r in chunk]) for key in chunk[0]} if chunk else None
-        yield pad_batch(batch, batch_size, image_size, source.specs["label"][1])
+        batch = {key: np.stack([r[key] for r in chunk]) for key in chunk[0]} if chunk else to_example.empty()
+        yield pad_batch(batch, batch_size)
 
 
-def pad_batch(
-    batch: dict[str, np.ndarray] | None, batch_size: int, image_size: int, label_shape: tuple[int, ...] = ()
-) -> dict[str, np.ndarray]:
-    """Pads a (possibly missing) batch to ``batch_size`` rows and adds the boolean ``mask``.
-    ``label_shape``: one label's shape, ``(C,)`` for a multi-label task (its boxes are then ``(C, 4)``)."""
-    if batch is None:
-        batch = {
-            "image": np.zeros((0, image_size, image_size, 1), np.uint8),
-            "label": np.zeros((0, *label_shape), np.int64),
-            "image_name": np.zeros(0, object),
-            "patient_id": np.zeros(0, np.int64),
-            "bbox": np.zeros((0, *label_shape, 4), np.float32),
-        }
+def stored_task(specs: dict) -> tasks.Task:
+    """The NIH task whose labels a build stores (the six-class index or full14's vector); full14 for a
+    source's build, which ``TaskLabels`` then refuses without a label set."""
+    return tasks.SIX_CLASS if specs.get(task_labels.LABEL, (None, None))[1] == () else tasks.FULL14
+
+
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Pads a batch to ``batch_size`` rows and adds the boolean ``mask`` marking the real ones."""
     real = len(batch["label"])
     padded = {
         key: np.concatenate([value, np.zeros((batch_size - real, *value.shape[1:]), value.dtype)])

@@ -81,12 +81,12 @@ def _features(record):
     return tf_example_pb2.Example.FromString(record).features.feature
 
 
-def image_and_label(record: bytes, *, multi_label: bool = False) -> tuple[bytes, int | np.ndarray]:
-    """(PNG bytes, label) of a serialized Example: all that a training batch reads from it. The label
-    is a class index, or for a multi-label task the 0/1 vector over its findings (uint8)."""
+def image_and_feature(record: bytes, name: str) -> tuple[bytes, Sequence]:
+    """(PNG bytes, the values of feature ``name``) of a serialized Example: all that a training batch
+    reads from it (the stored labels: ``task_labels.TaskLabels`` turns them into what the task trains on)."""
     features = _features(record)
-    label = features["label"].int64_list.value
-    return features["image"].bytes_list.value[0], np.array(label, np.uint8) if multi_label else label[0]
+    feature = features[name]
+    return features["image"].bytes_list.value[0], getattr(feature, feature.WhichOneof("kind")).value
 
 
 def parse_example(

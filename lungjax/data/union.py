@@ -10,7 +10,6 @@ there is one source, ``data.source``, built where it always was, and its split i
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 
@@ -46,6 +45,25 @@ def build(data_config, workdir: str | os.PathLike) -> dict[str, object]:
     return {name: dataset.build(source_config(data_config, name, workdir), workdir) for name in names}
 
 
+def built(data_config, workdir: str | os.PathLike) -> dict[str, object] | None:
+    """Source name -> its built dataset, if every source is built, else None; never builds
+    (``dataset.built`` of each)."""
+    if not data_config.sources:
+        builders = {data_config.source: dataset.built(data_config, workdir)}
+    else:
+        names, _ = names_and_weights(data_config)
+        builders = {name: dataset.built(source_config(data_config, name, workdir), workdir) for name in names}
+    return None if any(builder is None for builder in builders.values()) else builders
+
+
+def open_built(data_config, workdir: str | os.PathLike) -> dict[str, object]:
+    """Source name -> its built dataset, never building (``dataset.open_built`` of each)."""
+    if not data_config.sources:
+        return {data_config.source: dataset.open_built(data_config, workdir)}
+    names, _ = names_and_weights(data_config)
+    return {name: dataset.open_built(source_config(data_config, name, workdir), workdir) for name in names}
+
+
 def split(builders: Mapping[str, object], split_name: str) -> records.ExampleSource | UnionSource:
     """A split of every source: one source's as it is, several concatenated in ``builders``' order."""
     parts = {name: records.data_source(builder, split_name) for name, builder in builders.items()}
@@ -57,15 +75,6 @@ def dataset_name(builders: Mapping[str, object]) -> str:
     if len(builders) == 1:
         return next(iter(builders.values())).builder_config.name
     return " + ".join(f"{name}:{builder.builder_config.name}" for name, builder in builders.items())
-
-
-def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
-    """One fingerprint for the datasets a run reads: a single source's own, else a digest of each
-    source's name and fingerprint, so that rebuilding any source refuses a resume."""
-    if len(fingerprints) == 1:
-        return next(iter(fingerprints.values()))
-    text = "".join(f"{name}:{fingerprint}\n" for name, fingerprint in fingerprints.items())
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def mixed_class_counts(reports: Mapping[str, dict], weights: Sequence[float]) -> tuple[list[int], int]:

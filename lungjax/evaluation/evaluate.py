@@ -19,14 +19,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import building, dataset, metadata, records, tasks
+from lungjax.data import building, dataset, metadata, tasks, union
 from lungjax.evaluation import gradcam, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
 from lungjax.evaluation.render import html, markdown, plots
 from lungjax.evaluation.sections import calibration, comparison, expert, schema, subgroups
 from lungjax.evaluation.sections import operating_points as operating_point_section
-from lungjax.runtime import checkpoint, distributed, run_info, sharding
+from lungjax.runtime import distributed, run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
 
 EVAL_DIR = "eval"  # <workdir>/eval/<split>/: one report per split
@@ -52,37 +52,44 @@ def write_predictions(path: Path, predictions: dict[str, np.ndarray], task: task
             strict=True,
         ):
             truth = kind.truth(label, task.class_names, row_stated)
-            writer.writerow([name, int(pid), *truth, *(f"{p:.9g}" for p in probs)])
+            writer.writerow([name, pid, *truth, *(f"{p:.9g}" for p in probs)])
 
 
 def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool = True):
-    """The checkpoint ``checkpoint_choice`` of ``workdir``, its dataset builder, and ``predict(split)``;
-    ``own_run=False`` for a run compared with, whose model and data may differ (``inference.restore``)."""
+    """The checkpoint ``checkpoint_choice`` of ``workdir``, its built datasets (source name -> builder:
+    one, or each source of a union) and ``predict(split)``; ``own_run=False`` for a run compared with,
+    whose model and data may differ (``inference.restore``).
+
+    A union's predictions are its sources' splits one after another (``union.UnionSource``), each row
+    with its ``source``, and patient ids prefixed with it: two sources' patients never merge in a
+    patient bootstrap."""
     restored = inference.restore(config, workdir, mesh, checkpoint_choice=checkpoint_choice, own_run=own_run)
-    if restored.config.data.get("sources"):
-        raise checkpoint.CheckpointError(
-            f"{workdir} was trained on a union of sources (config.data.sources="
-            f"{tuple(map(tuple, restored.config.data.sources))}); evaluating and exporting a union is not built yet: "
-            "its checkpoints are kept, and its validation figures, overall and per source, are in metrics.jsonl"
-        )
     if own_run:
-        builder = distributed.process_zero_first(lambda: dataset.build(restored.config.data, workdir))
+        builders = distributed.process_zero_first(lambda: union.build(restored.config.data, workdir))
     else:  # never build in another run's workdir
-        builder = dataset.open_built(restored.config.data, workdir)
+        builders = union.open_built(restored.config.data, workdir)
     predict_fn = inference.make_predict_fn(
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
     )
 
     def predict(name: str) -> dict[str, np.ndarray]:
+        source = union.split(builders, name)
         batches = inference.split_batches(
-            records.data_source(builder, name),
+            source,
             global_batch_size=config.eval.batch_size,
             image_size=restored.config.image_size,
             worker_count=config.worker_count,
+            task=restored.task,
         )
-        return inference.predict_split(predict_fn, restored.model_state, batches, mesh)
+        predictions = inference.predict_split(predict_fn, restored.model_state, batches, mesh)
+        if isinstance(source, union.UnionSource):
+            predictions["source"] = np.repeat(np.array(source.names), source.sizes)
+            predictions["patient_id"] = np.char.add(
+                np.char.add(predictions["source"], "/"), predictions["patient_id"].astype(str)
+            )
+        return predictions
 
-    return restored, builder, predict
+    return restored, builders, predict
 
 
 def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -> dict:
@@ -112,13 +119,23 @@ def _decision_sections(config, predictions: dict, fit: dict, task: tasks.Task) -
     }
 
 
-def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: Path) -> dict:
-    """The subgroup audit, or the reason there is none (no metadata beside the data)."""
-    try:
-        data_entry = metadata.read_data_entry(metadata.find_data_entry(manual_dir))
-        cells = subgroups.cells_of(predictions["image_name"], data_entry)
-    except (metadata.MetadataError, ValueError) as err:
-        return {"note": f"no subgroup audit: {err}"}
+def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: Path | None) -> dict:
+    """The subgroup audit, or the reason there is none (no metadata beside the data). A source's build
+    carries each film's sex, age and view (and a union each film's source); NIH's are looked up in its
+    metadata in ``manual_dir`` (None for a union, whose sources each have their own)."""
+    if "sex" in predictions:
+        source = predictions["source"] if "source" in predictions and len(set(predictions["source"])) > 1 else None
+        cells = subgroups.cells_from_records(predictions["sex"], predictions["age"], predictions["view"], source)
+    elif manual_dir is None:
+        return {
+            "note": "no subgroup audit: the union's NIH-format sources each keep their metadata in their own folder"
+        }
+    else:
+        try:
+            data_entry = metadata.read_data_entry(metadata.find_data_entry(manual_dir))
+            cells = subgroups.cells_of(predictions["image_name"], data_entry)
+        except (metadata.MetadataError, ValueError) as err:
+            return {"note": f"no subgroup audit: {err}"}
     kind = kinds.of_task(task)
     positive, scores = kind.columns(predictions["label"], predictions["probs"], task.class_names)
     return subgroups.audit(
@@ -133,11 +150,19 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
     )
 
 
-def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored, build_report: dict) -> dict:
+def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored, build_reports: dict) -> dict:
     """Run b (``config.eval.compare_to``) predicts the same split; the paired comparison with run a.
-    Refused before run b predicts when the two datasets hold other pixels under the same image names."""
+    Refused before run b predicts when the two datasets hold other pixels under the same image names,
+    and for a union of sources, whose image names two sources may share."""
     other = Path(config.eval.compare_to)
-    restored_b, builder_b, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    restored_b, builders_b, predict_b = predictor(config, other, mesh, config.eval.compare_checkpoint, own_run=False)
+    if len(build_reports) > 1 or len(builders_b) > 1:
+        raise comparison.CompareError(
+            "a paired comparison pairs the two runs' predictions by image name, which two sources of a union may "
+            "share; compare runs of one source each"
+        )
+    (builder_b,) = builders_b.values()
+    (build_report,) = build_reports.values()
     source_pixels = comparison.check_same_pixels(
         predictions["image_name"],
         build_report.get(building.SOURCE_PIXELS),
@@ -155,6 +180,18 @@ def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored
         seed=config.seed,
     )
     return {**report, "source_pixels": source_pixels, "probs_b": aligned["probs"]}
+
+
+def _patients_crossing_splits(build_reports: dict) -> int | None:
+    """Patients in more than one split, summed over the sources (None when a build did not count them)."""
+    counts = [report.get("patients_crossing_splits") for report in build_reports.values()]
+    return None if None in counts else sum(counts)
+
+
+def _split_schemes(build_reports: dict, configured: str):
+    """How the splits were made: a single build's description, or each source's of a union by name."""
+    schemes = {name: report.get("split", configured) for name, report in build_reports.items()}
+    return next(iter(schemes.values())) if len(schemes) == 1 else schemes
 
 
 def write_plots(
@@ -213,7 +250,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     final = workdir / EVAL_DIR / split
     workdir_lib.check_output(final)
     mesh = sharding.make_mesh()
-    restored, builder, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
+    restored, builders, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
     saved, task = restored.config, restored.task
     predictions = predict(split)
     validation = predictions if split == "validation" else predict("validation")
@@ -223,29 +260,29 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         predictions, task.class_names, thresholds=thresholds, n_bootstrap=config.eval.n_bootstrap, seed=config.seed
     )
     report = schema.versioned(report)
-    manual_dir = dataset.manual_dir(saved.data, workdir)
-    expert_file = expert.find(manual_dir) if kind.multi_label else None
+    manual_dir = None if saved.data.get("sources") else dataset.manual_dir(saved.data, workdir)
+    expert_file = expert.find(manual_dir) if kind.multi_label and manual_dir is not None else None
     if expert_file is not None:
         report["expert_labels"] = expert.compare(predictions, task.class_names, expert_file)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
-    fingerprint = run_info.dataset_fingerprint(builder)
+    fingerprint = run_info.datasets_fingerprint(builders)
     fitted_for = validation_fit.FittedFor(restored.step, restored.params_sha256, fingerprint)
     fit = validation_fit.fit_on_validation(config, validation, task, fitted_for)
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
     probs_b = None
-    build_report = building.read_build_report(builder)
+    build_reports = {name: building.read_build_report(builder) for name, builder in builders.items()}
     if config.eval.compare_to:
-        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored, build_report)
+        report["comparison"] = _comparison_section(config, workdir, mesh, predictions, restored, build_reports)
         probs_b = report["comparison"].pop("probs_b")
-    crossing = build_report.get("patients_crossing_splits")
+    crossing = _patients_crossing_splits(build_reports)
     report.update(
         task=report_task(task, saved),
         split=split,
         checkpoint_step=restored.step,
-        dataset=builder.builder_config.name,
+        dataset=union.dataset_name(builders),
         dataset_fingerprint=fingerprint,
-        split_scheme=build_report.get("split", saved.data.split_scheme),
+        split_scheme=_split_schemes(build_reports, saved.data.split_scheme),
         patients_crossing_splits=crossing,
         patient_disjoint=crossing == 0,
         tta_crops=config.eval.tta_crops,
@@ -260,11 +297,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
         cam_args = dict(
             image_size=saved.image_size,
-            box_scale=saved.image_size / builder.builder_config.image_size,
+            box_scale=saved.image_size / saved.data.stored_size,
             n_examples=config.eval.explain_examples,
             batch_size=sharding.process_batch_size(config.eval.batch_size),
         )
-        source, model_state = records.data_source(builder, split), sharding.local_copy(restored.model_state)
+        source, model_state = union.split(builders, split), sharding.local_copy(restored.model_state)
         report["explain"] = kind.explain(
             cam_fn, model_state, source, predictions, out, class_names=task.class_names, **cam_args
         )

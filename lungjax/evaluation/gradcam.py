@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lungjax import models
-from lungjax.data import labels, pipeline, records
+from lungjax.data import images, labels, records
 from lungjax.evaluation.render import overlays
 from lungjax.models import resnet
 
@@ -114,15 +114,14 @@ def pointing_game(heatmaps: np.ndarray, boxes: np.ndarray) -> dict:
 
 def load_images(source: records.ExampleSource, indices: np.ndarray, names: np.ndarray, image_size: int) -> np.ndarray:
     """Rows ``indices`` of a split as the model sees them (N, S, S, 1) uint8, checked by name."""
-    to_example = pipeline.EvalExample(source.specs, image_size)
     out = np.zeros((len(indices), image_size, image_size, 1), np.uint8)
     for row, (index, name) in enumerate(zip(indices, names, strict=True)):
-        record = to_example.map(source.records[int(index)])
+        record = records.parse_example(source.records[int(index)], source.specs, ("image", "image_name"))
         stored_name = record["image_name"]
         stored_name = stored_name.decode() if isinstance(stored_name, bytes) else str(stored_name)
         if stored_name != name:
             raise RuntimeError(f"prediction row {index} is {name} but the split's record is {stored_name}")
-        out[row] = record["image"]
+        out[row] = images.resize(records.decode_png(record["image"]), image_size)[..., None]
     return out
 
 
@@ -194,13 +193,15 @@ def explain_findings(
 ) -> dict:
     """Multi-label Grad-CAM: each boxed (film, finding) pair explained by that finding's logit.
 
-    ``predictions["bbox"]`` is (N, C, 4) with one box (or NO_BOX) per finding. Writes
+    ``predictions["bbox"]`` is (N, C, 4) with one box (or NO_BOX) per finding; a source's build has no
+    boxes (no ``bbox``), so only the worst-scored positives are shown. Writes
     ``gradcam_boxed.png`` (the first boxed pairs) and ``gradcam_worst.png`` (the ``n_examples``
     positive pairs with the lowest probability); returns the pointing game over every boxed pair,
     overall and per finding.
     """
     probs, truth = predictions["probs"], predictions["label"].astype(bool)
-    boxed_rows, boxed_findings = np.nonzero(predictions["bbox"][:, :, 2] > 0)
+    bbox = predictions["bbox"] if "bbox" in predictions else np.full((*truth.shape, 4), -1.0, np.float32)
+    boxed_rows, boxed_findings = np.nonzero(bbox[:, :, 2] > 0)
     positive_rows, positive_findings = np.nonzero(truth)
     worst = np.argsort(probs[positive_rows, positive_findings], kind="stable")[:n_examples]
     pairs = np.concatenate(
@@ -210,7 +211,7 @@ def explain_findings(
     images = load_images(source, rows, predictions["image_name"][rows], image_size)
     at = np.searchsorted(rows, pairs[:, 0])
     heatmaps = heatmaps_for(cam_fn, model_state, images[at], pairs[:, 1].astype(np.int32), batch_size)
-    boxes = predictions["bbox"][pairs[:, 0], pairs[:, 1]] * box_scale
+    boxes = bbox[pairs[:, 0], pairs[:, 1]] * box_scale
     titles = [
         f"{predictions['image_name'][r]}\n{class_names[k]} p={probs[r, k]:.2f}"
         + ("" if truth[r, k] else " (not labelled)")

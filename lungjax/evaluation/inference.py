@@ -202,38 +202,48 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1, 
     )
 
 
-def split_batches(source: records.ExampleSource, *, global_batch_size: int, image_size: int, worker_count: int):
-    """This process's padded batches of a split: the global evaluation batch split over the processes."""
+def split_batches(
+    source: records.ExampleSource,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    worker_count: int,
+    task: tasks.Task | None = None,
+):
+    """This process's padded batches of a split: the global evaluation batch split over the processes.
+    ``task``: what the labels are (``pipeline.eval_batches``); None for an NIH build's labels as stored."""
     return pipeline.eval_batches(
         source,
         batch_size=sharding.process_batch_size(global_batch_size),
         image_size=image_size,
+        task=task,
         worker_count=worker_count,
     )
 
 
 def predict_split(predict_fn, model_state, batches, mesh) -> dict[str, np.ndarray]:
-    """Runs ``predict_fn`` over padded eval batches; returns every real row of the split once, in order.
+    """Runs ``predict_fn`` over padded eval batches; returns every real row of the split once, in order:
+    ``probs`` and every key of the batches but the image (``label``, a masked task's ``label_mask``,
+    ``image_name``, ``patient_id`` and the metadata the dataset stores), text decoded to ``str``.
 
     Each process reads its own contiguous shard of the split (``pipeline.eval_batches``); with
-    several processes the rows are gathered so that every process returns the whole split. A masked
-    task's batches carry ``label_mask`` (1 where the source states the entry), which comes along.
+    several processes the rows are gathered so that every process returns the whole split.
     """
     in_sharding = sharding.batch_sharding(mesh)
-    keys = ("label", "image_name", "patient_id", "bbox", "mask")
-    outputs: dict[str, list[np.ndarray]] = {"probs": [], **{key: [] for key in keys}}
+    outputs: dict[str, list[np.ndarray]] = {"probs": []}
     for batch in batches:
-        if "label_mask" in batch and "label_mask" not in outputs:
-            keys, outputs["label_mask"] = (*keys, "label_mask"), []
         images = jax.make_array_from_process_local_data(in_sharding, batch["image"])
         probs = np.asarray(jax.device_get(predict_fn(model_state, images)))
         rows = len(batch["mask"])
         start = jax.process_index() * rows  # this process's rows of the global batch
         outputs["probs"].append(probs[start : start + rows])
-        for key in keys:
-            outputs[key].append(batch[key])
+        for key, value in batch.items():
+            if key != "image":
+                outputs.setdefault(key, []).append(value)
     result = {key: np.concatenate(values) for key, values in outputs.items()}
-    result["image_name"] = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in result["image_name"]])
+    for key, value in result.items():
+        if value.dtype.kind in "OS":  # text features: bytes from the records, 0 in padding rows
+            result[key] = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in value], dtype=str)
     if jax.process_count() > 1:
         result = gather_processes(result)
     mask = result.pop("mask")
@@ -245,32 +255,24 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Every process holds as many rows (``eval_batches`` yields the same padded batches everywhere)
     and process p's shard is the p-th contiguous range of the split, so concatenating in process
-    order restores the split's order and, after the mask, holds each example exactly once. Names
-    travel as fixed-width bytes, integers as int32 (64-bit integers are off in JAX by default).
+    order restores the split's order and, after the mask, holds each example exactly once. Text
+    travels as fixed-width UTF-8 bytes, integers as int32 and floats as float32 (64-bit types are off
+    in JAX by default), each cast back to its dtype.
     """
-    names = np.char.encode(rows["image_name"].astype(str), "utf-8")
-    width = int(multihost_utils.process_allgather(np.int32(max(names.itemsize, 1))).max())
-    local = {
-        "probs": rows["probs"].astype(np.float32),
-        "bbox": rows["bbox"].astype(np.float32),
-        "label": rows["label"].astype(np.int32),
-        "patient_id": rows["patient_id"].astype(np.int32),
-        "mask": rows["mask"].astype(np.int32),
-        "image_name": np.frombuffer(names.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width),
-    }
-    if "label_mask" in rows:
-        local["label_mask"] = rows["label_mask"].astype(np.float32)
+    local, widths = {}, {}
+    for key, value in rows.items():
+        if value.dtype.kind == "U":
+            encoded = np.char.encode(value, "utf-8")
+            widths[key] = int(multihost_utils.process_allgather(np.int32(max(encoded.itemsize, 1))).max())
+            local[key] = np.frombuffer(encoded.astype(f"S{widths[key]}").tobytes(), np.uint8).reshape(-1, widths[key])
+        else:
+            local[key] = value.astype(np.float32 if value.dtype.kind == "f" else np.int32)
     gathered = {
         key: np.concatenate(list(value)) for key, value in multihost_utils.process_allgather(local, tiled=False).items()
     }
-    result = {
-        "probs": gathered["probs"],
-        "bbox": gathered["bbox"],
-        "label": gathered["label"].astype(rows["label"].dtype),
-        "patient_id": gathered["patient_id"].astype(rows["patient_id"].dtype),
-        "mask": gathered["mask"].astype(bool),
-        "image_name": np.char.decode(gathered["image_name"].copy().view(f"S{width}")[:, 0], "utf-8"),
+    return {
+        key: np.char.decode(gathered[key].copy().view(f"S{widths[key]}")[:, 0], "utf-8")
+        if key in widths
+        else gathered[key].astype(value.dtype)
+        for key, value in rows.items()
     }
-    if "label_mask" in rows:
-        result["label_mask"] = gathered["label_mask"].astype(rows["label_mask"].dtype)
-    return result

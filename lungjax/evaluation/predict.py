@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, images, radiograph_files, tasks
+from lungjax.data import dataset, images, radiograph_files, tasks, union
 from lungjax.evaluation import gradcam, inference
 from lungjax.evaluation.fit import decisions, operating_points, temperature, validation
 from lungjax.evaluation.render import overlays
@@ -90,8 +90,8 @@ def evaluation_fit(workdir: str | os.PathLike, restored: inference.RestoredModel
     on disk, or None with a note saying why the probabilities stay uncalibrated. A fit made for other
     weights or another dataset raises ``validation.ValidationFitError``: applying it would be wrong."""
     uncalibrated = "the probabilities are uncalibrated and no operating point is applied"
-    builder = dataset.built(restored.config.data, workdir)
-    if builder is None:
+    builders = union.built(restored.config.data, workdir)
+    if builders is None:
         where = dataset.data_dir(restored.config.data, workdir)
         print(
             f"note: the dataset of checkpoint step {restored.step} is not built in {where}, so no evaluation's "
@@ -99,7 +99,7 @@ def evaluation_fit(workdir: str | os.PathLike, restored: inference.RestoredModel
             file=sys.stderr,
         )
         return None
-    fitted_for = validation.FittedFor(restored.step, restored.params_sha256, run_info.dataset_fingerprint(builder))
+    fitted_for = validation.FittedFor(restored.step, restored.params_sha256, run_info.datasets_fingerprint(builders))
     fit, passed_over = validation.find(workdir, fitted_for, restored.task, tta_crops)
     for note in passed_over:
         print(f"note: {note}: not used, {uncalibrated}; run --mode evaluate again to refit it", file=sys.stderr)

@@ -27,7 +27,7 @@ import ml_collections
 from flax import nnx
 
 from lungjax import models
-from lungjax.data import records
+from lungjax.data import union
 from lungjax.evaluation import evaluate, inference
 from lungjax.evaluation.fit import operating_points, validation
 from lungjax.export import manifest, parity, serialize
@@ -54,18 +54,19 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     workdir_lib.check_output(workdir / EXPORT_DIR)  # before any work: export/ is a folder or absent
     config = _without_crops(config)
     mesh = sharding.make_mesh()
-    restored, builder, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
+    restored, builders, predict = evaluate.predictor(config, workdir, mesh, config.eval.checkpoint)
     workdir_lib.check_output(workdir / EXPORT_DIR / str(restored.step))
-    fingerprint = run_info.dataset_fingerprint(builder)
+    fingerprint = run_info.datasets_fingerprint(builders)
     fitted_for = validation.FittedFor(restored.step, restored.params_sha256, fingerprint)
     fit, fit_source = _validation_fit(config, workdir, fitted_for, restored.task, predict)
     saved, task = restored.config, restored.task
     pairs = _exported_and_reference(restored, mesh)
     batches = inference.split_batches(
-        records.data_source(builder, PARITY_SPLIT),
+        union.split(builders, PARITY_SPLIT),
         global_batch_size=config.eval.batch_size,
         image_size=saved.image_size,
         worker_count=config.worker_count,
+        task=task,
     )
     measured = parity.measure(pairs, batches, parity_images)
     _check(measured)
@@ -95,7 +96,7 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
         model_files=model_files,
         config_sha256=hashlib.sha256(config_json).hexdigest(),
         parity_sha256=hashlib.sha256(parity_json).hexdigest(),
-        dataset_name=builder.builder_config.name,
+        dataset_name=union.dataset_name(builders),
         dataset_fingerprint=fingerprint,
         step=restored.step,
         params_sha256=restored.params_sha256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -16,6 +17,17 @@ import numpy as np
 
 RUN_INFO_FILE = "run_info.json"
 DATASET_INFO = "dataset_info.json"
+
+
+def datasets_fingerprint(builders: Mapping[str, object]) -> str:
+    """One fingerprint for the datasets a run reads (source name -> builder): a single one's own
+    (``dataset_fingerprint``), else a digest of each source's name and fingerprint, so that rebuilding
+    any source of a union refuses a resume and an evaluation's fitted files."""
+    fingerprints = {name: dataset_fingerprint(builder) for name, builder in builders.items()}
+    if len(fingerprints) == 1:
+        return next(iter(fingerprints.values()))
+    text = "".join(f"{name}:{fingerprint}\n" for name, fingerprint in fingerprints.items())
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def dataset_fingerprint(builder) -> str:

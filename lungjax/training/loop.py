@@ -184,7 +184,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     weights = loss.class_weights(config, train_counts, images=stated, multi_label=task.multi_label)
     steps_per_epoch = max(train_images // config.batch_size, 1)
     num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    fingerprint = union.combined_fingerprint({name: run_info.dataset_fingerprint(b) for name, b in builders.items()})
+    fingerprint = run_info.datasets_fingerprint(builders)
 
     model = models.from_config(
         config.model, num_classes=task.num_classes, half_precision=config.half_precision, seed=config.seed
@@ -204,7 +204,8 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         augment=config.augment,
         seed=config.seed,
         worker_count=config.worker_count,
-        multi_label=task.multi_label,
+        task=task,
+        uncertainty=config.data.uncertainty,
         augment_on_device=config.augment_on_device,
         weights=mix_weights,
     )
@@ -341,18 +342,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """Trains (resuming if possible), then evaluates ``config.eval.checkpoint`` on ``config.eval.split``;
-    None when a signal stopped the training (a checkpoint of where it stopped is saved); an empty report
-    for a union of sources, whose evaluation is not built yet (it says so)."""
+    None when a signal stopped the training (a checkpoint of where it stopped is saved)."""
     if not train(config, workdir):
         return None
-    if config.data.sources:
-        if jax.process_index() == 0:
-            print(
-                "lungjax: a union of sources is trained and validated (overall and per source in metrics.jsonl); "
-                "evaluating it on a test split is not built yet",
-                file=sys.stderr,
-            )
-        return {}
     report = evaluate.evaluate(config, workdir)
     if jax.process_index() == 0:
         print(evaluate.format_table(report))

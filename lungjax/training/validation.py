@@ -56,6 +56,7 @@ class Validator:
             global_batch_size=config.eval.batch_size,
             image_size=config.image_size,
             worker_count=config.worker_count,
+            task=self._task,
         )
         first: list[np.ndarray] = []
 

@@ -1,7 +1,10 @@
-"""Subgroup audit: each class's AUROC by sex, age band, view position and first film vs follow-up.
+"""Subgroup audit: each class's AUROC by sex, age band, view position and first film vs follow-up, and
+by source for a union of sources.
 
-The attributes come from NIH's ``Data_Entry_2017.csv`` rows of the evaluated images (looked up by
-image name: the metadata is the one record of who a film belongs to). Each cell holds the images
+For NIH's builds the attributes come from ``Data_Entry_2017.csv``'s rows of the evaluated images
+(looked up by image name: the metadata is the one record of who a film belongs to); the sources'
+builds store each film's sex, age and view in its record (``cells_from_records``), and know no
+follow-up order. Each cell holds the images
 of one attribute value; its AUROC has a 95% patient-bootstrap interval drawn from the cell's own
 patients. A cell with fewer than ``MIN_CELL_CLASS_COUNT`` positives or negatives for a class is
 reported as too small to estimate, with its counts and no number. A cell whose whole interval lies
@@ -22,8 +25,9 @@ from lungjax.evaluation.stats import bootstrap, numeric, ranking
 MIN_CELL_CLASS_COUNT = 10
 AGE_BANDS = (("< 40", 0, 40), ("40-59", 40, 60), (">= 60", 60, metadata.MAX_PLAUSIBLE_AGE + 1))
 AGE_MISSING = "age missing"
-ATTRIBUTES = ("sex", "age", "view", "follow_up")
-ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age band", "view": "View position", "follow_up": "Film"}
+ATTRIBUTES = ("sex", "age", "view", "follow_up", "source")  # the audit's order; a build has some of them
+ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age band", "view": "View position", "follow_up": "Film", "source": "Source"}
+SEX_CELLS = {"M": "male", "F": "female"}  # NIH's and the sources' codes; anything else is "sex missing"
 
 
 def _age_band(age: int) -> str:
@@ -45,13 +49,28 @@ def cells_of(image_names: Sequence[str], data_entry: pd.DataFrame) -> dict[str, 
         raise ValueError(
             f"{len(missing)} evaluated images are not in the metadata, e.g. {missing[: metadata.NAMES_SHOWN]}"
         )
-    sex = rows["Patient Gender"].map({"M": "male", "F": "female"}).fillna("sex missing")
+    sex = rows["Patient Gender"].map(SEX_CELLS).fillna("sex missing")
     return {
         "sex": sex.to_numpy(dtype=str),
         "age": np.array([_age_band(int(a)) for a in rows["Patient Age"]]),
         "view": rows["View Position"].fillna("view missing").astype(str).to_numpy(),
         "follow_up": np.where(rows["Follow-up #"].astype(int) == 0, "first film", "follow-up").astype(str),
     }
+
+
+def cells_from_records(
+    sex: np.ndarray, age: np.ndarray, view: np.ndarray, source: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """``{attribute: (N,) cell name of each image}`` from the sex, age (-1 unknown) and view a source's
+    build stores per film (``contract.SEXES``, ``contract.VIEWS``), and each film's source in a union."""
+    cells = {
+        "sex": np.array([SEX_CELLS.get(str(s), "sex missing") for s in sex]),
+        "age": np.array([_age_band(int(a)) for a in age]),
+        "view": np.array(["view missing" if v == "unknown" else str(v) for v in view]),
+    }
+    if source is not None:
+        cells["source"] = np.asarray(source).astype(str)
+    return cells
 
 
 def _cell_order(attribute: str, values: np.ndarray) -> list[str]:
@@ -89,7 +108,7 @@ def audit(
         for c in range(len(class_names))
     ]
     report = {}
-    for attribute in ATTRIBUTES:
+    for attribute in (a for a in ATTRIBUTES if a in cells):
         values = cells[attribute]
         report[attribute] = {}
         for cell in _cell_order(attribute, values):
