@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from lungjax.runtime import distributed, storage
 
-MODES = ("train", "evaluate", "compare", "prepare", "predict", "export")
+MODES = ("train", "evaluate", "compare", "prepare", "predict", "export", "external")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -35,7 +35,8 @@ flags.DEFINE_enum(
     "train: train (resuming) then evaluate; evaluate: evaluate a checkpoint only; compare: evaluate, then "
     "compare with the run --config.eval.compare_to names on the same images; prepare: build the dataset "
     "only; predict: classify --images files; export: write the checkpoint as a deployable bundle "
-    "(<workdir>/export/<step>/).",
+    "(<workdir>/export/<step>/); external: score config.external.runs on config.external.tests "
+    "(<workdir>/external/report.html).",
 )
 flags.DEFINE_multi_string("images", [], "predict mode: radiographs to classify (PNG, JPEG or DICOM).")
 flags.DEFINE_integer(
@@ -96,6 +97,11 @@ def main(argv):
         from lungjax.export import bundle
 
         print(f"exported: {bundle.export(config, workdir, parity_images=FLAGS.parity_images)}")
+        return
+    if FLAGS.mode == "external":
+        from lungjax.evaluation import external
+
+        print(f"external report: {external.external_report(config, workdir)}")
         return
     if FLAGS.mode == "compare" and not config.eval.compare_to:
         raise config_check.ConfigError(
@@ -179,6 +185,7 @@ EXPECTED_ERRORS = (
     ("lungjax.data.metadata", "MetadataError"),
     ("lungjax.evaluation.fit.validation", "ValidationFitError"),
     ("lungjax.data.sources.contract", "SourceError"),
+    ("lungjax.evaluation.external_sources", "ExternalError"),
     ("lungjax.evaluation.sections.expert", "ExpertLabelsError"),
     ("lungjax.evaluation.sections.comparison", "CompareError"),
     ("lungjax.export.bundle", "ExportError"),

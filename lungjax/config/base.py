@@ -124,6 +124,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.operating_points = ("youden", "sensitivity>=0.95", "specificity>=0.9")
     config.eval.compare_to = ""  # another workdir (or this one): --mode compare scores both on the same images
     config.eval.compare_checkpoint = "best"  # which checkpoint of compare_to: "best" | "latest" | a step number
+    # Evaluate on another source (external validation): a source's name and its folder (or "phantom[:site]");
+    # the report goes to <workdir>/eval/<source name>/<split>/. Empty: the run's own data.
+    config.eval.source = ""
+    config.eval.manual_dir = ""
+
+    # --mode external: trained runs scored on several sources' test splits (<workdir>/external/report.html)
+    config.external = ml_collections.ConfigDict()
+    config.external.runs = ()  # the trained runs' workdirs
+    config.external.tests = ()  # ((source, manual_dir), ...): the test sources, each folder or "phantom[:site]"
+    config.external.labels = ()  # the labels reported; empty: every label a run and an external source share
+    config.external.probe_films = 256  # films per source the shortcut probes read
     return config
 
 

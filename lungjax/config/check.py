@@ -209,6 +209,26 @@ RULES = MappingProxyType(
         "eval.compare_checkpoint": Rule(
             _eval_checkpoint_ok, f"one of {checkpoint.CHECKPOINT_CHOICES} or a step number"
         ),
+        "eval.source": one_of(("", *dataset.BUILT_SOURCES)),
+        "external.runs": Rule(
+            lambda v: isinstance(v, (list, tuple)) and all(isinstance(w, str) and w for w in v),
+            "a tuple of trained runs' workdirs",
+        ),
+        "external.tests": Rule(
+            lambda v: (
+                isinstance(v, (list, tuple))
+                and all(
+                    isinstance(t, (list, tuple))
+                    and len(t) == 2
+                    and t[0] in dataset.BUILT_SOURCES
+                    and isinstance(t[1], str)
+                    for t in v
+                )
+            ),
+            f"a tuple of (source, manual_dir) pairs, each source one of {', '.join(map(repr, dataset.BUILT_SOURCES))}",
+        ),
+        "external.labels": Rule(_labels_ok, "() (every shared label) or distinct names of the harmonised vocabulary"),
+        "external.probe_films": at_least(2),
     }
 )
 # Keys whose type may differ from the base config's value.
@@ -220,6 +240,9 @@ FREE_TYPES = frozenset(
         "eval.checkpoint",
         "eval.compare_checkpoint",
         "eval.operating_points",
+        "external.runs",
+        "external.tests",
+        "external.labels",
     }
 )
 

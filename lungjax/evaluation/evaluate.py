@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from lungjax.data import building, dataset, metadata, tasks, union
-from lungjax.evaluation import gradcam, inference, kinds
+from lungjax.evaluation import external_sources, gradcam, inference, kinds
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.evaluation.fit import validation as validation_fit
 from lungjax.evaluation.render import html, markdown, plots
@@ -72,8 +72,9 @@ def predictor(config, workdir: Path, mesh, checkpoint_choice, *, own_run: bool =
         restored.graphdef, mesh, restored.dtype, tta_crops=config.eval.tta_crops, multi_label=restored.task.multi_label
     )
 
-    def predict(name: str) -> dict[str, np.ndarray]:
-        source = union.split(builders, name)
+    def predict(name: str, data: dict | None = None) -> dict[str, np.ndarray]:
+        """Split ``name`` of the run's own datasets, or of ``data`` (source name -> builder: another source)."""
+        source = union.split(data or builders, name)
         batches = inference.split_batches(
             source,
             global_batch_size=config.eval.batch_size,
@@ -182,6 +183,30 @@ def _comparison_section(config, workdir: Path, mesh, predictions: dict, restored
     return {**report, "source_pixels": source_pixels, "probs_b": aligned["probs"]}
 
 
+def _external_section(saved, task: tasks.Task, tested_on: str, builder) -> dict:
+    """What makes an evaluation external: which source(s) trained, which tested, and each label left out
+    (the test source does not state it) with the reason; the operating points and temperatures are the
+    run's own validation split's, applied unchanged."""
+    trained_on = external_sources.trained_on(saved)
+    stated = external_sources.stated_labels(builder)
+    return {
+        "statement": (
+            f"external evaluation: trained on {' + '.join(trained_on)}, tested on {tested_on}"
+            if tested_on not in trained_on
+            else f"evaluation on {tested_on}, one of the sources trained on ({' + '.join(trained_on)})"
+        ),
+        "trained_on": list(trained_on),
+        "tested_on": tested_on,
+        "shared_labels": [label for label in task.class_names if label in stated],
+        "left_out": [
+            {"label": label, "reason": f"{tested_on} does not state it"}
+            for label in task.class_names
+            if label not in stated
+        ],
+        "decisions_fitted_on": f"the run's own validation split ({' + '.join(trained_on)}), applied unchanged",
+    }
+
+
 def _patients_crossing_splits(build_reports: dict) -> int | None:
     """Patients in more than one split, summed over the sources (None when a build did not count them)."""
     counts = [report.get("patients_crossing_splits") for report in build_reports.values()]
@@ -247,26 +272,29 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if split not in inference.EVAL_SPLITS:
         raise ValueError(f"config.eval.split must be one of {inference.EVAL_SPLITS}, got {split!r}")
     workdir = Path(workdir)
-    final = workdir / EVAL_DIR / split
+    tested_on = union.part_name(config.eval.source, config.eval.manual_dir) if config.eval.source else None
+    final = workdir / EVAL_DIR / split if tested_on is None else workdir / EVAL_DIR / tested_on / split
     workdir_lib.check_output(final)
     mesh = sharding.make_mesh()
     restored, builders, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
     saved, task = restored.config, restored.task
-    predictions = predict(split)
-    validation = predictions if split == "validation" else predict("validation")
+    own_fingerprint = run_info.datasets_fingerprint(builders)
+    if tested_on is not None:  # another source's split, scored with what the run's own validation fitted
+        builders = {tested_on: external_sources.build(saved.data, config.eval.source, config.eval.manual_dir, workdir)}
+    predictions = predict(split, builders)
+    validation = predictions if split == "validation" and tested_on is None else predict("validation")
     kind = kinds.of_task(task)
     thresholds, threshold_record = validation_fit.youden_thresholds(validation, task)
     report = kind.metrics_section(
         predictions, task.class_names, thresholds=thresholds, n_bootstrap=config.eval.n_bootstrap, seed=config.seed
     )
     report = schema.versioned(report)
-    manual_dir = None if saved.data.get("sources") else dataset.manual_dir(saved.data, workdir)
+    manual_dir = None if saved.data.get("sources") or tested_on else dataset.manual_dir(saved.data, workdir)
     expert_file = expert.find(manual_dir) if kind.multi_label and manual_dir is not None else None
     if expert_file is not None:
         report["expert_labels"] = expert.compare(predictions, task.class_names, expert_file)
     report["at_thresholds"] = {**report.get("at_thresholds", {}), **threshold_record}
-    fingerprint = run_info.datasets_fingerprint(builders)
-    fitted_for = validation_fit.FittedFor(restored.step, restored.params_sha256, fingerprint)
+    fitted_for = validation_fit.FittedFor(restored.step, restored.params_sha256, own_fingerprint)
     fit = validation_fit.fit_on_validation(config, validation, task, fitted_for)
     report.update(_decision_sections(config, predictions, fit, task))
     report["subgroups"] = _subgroup_section(config, predictions, task, manual_dir)
@@ -281,13 +309,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         split=split,
         checkpoint_step=restored.step,
         dataset=union.dataset_name(builders),
-        dataset_fingerprint=fingerprint,
+        dataset_fingerprint=run_info.datasets_fingerprint(builders),
         split_scheme=_split_schemes(build_reports, saved.data.split_scheme),
         patients_crossing_splits=crossing,
         patient_disjoint=crossing == 0,
         tta_crops=config.eval.tta_crops,
         config=saved.to_dict(),
     )
+    if tested_on is not None:
+        report["external"] = _external_section(saved, task, tested_on, builders[tested_on])
     if jax.process_index() != 0:
         return report  # the same metrics; process 0 alone writes the files and the Grad-CAM grids
 

@@ -621,6 +621,14 @@ def multilabel_document(report: dict, figures: Sequence[str] = ()) -> Document:
         f"**Mean AUROC {mean_auroc}** over {len(report['means_over'])} findings; mean PR-AUC {mean_pr_auc}. "
         + _ci_line(report),
     ]
+    if "external" in report:
+        external = report["external"]
+        intro.insert(0, f"**{external['statement'][0].upper()}{external['statement'][1:]}.**")
+        intro.append(f"Thresholds and temperatures: fitted on {external['decisions_fitted_on']}.")
+        if external["left_out"]:
+            intro.append(
+                "Left out: " + "; ".join(f"{row['label']} ({row['reason']})" for row in external["left_out"]) + "."
+            )
     undefined = [name for name, row in report["per_finding"].items() if "note" in row]
     if undefined:
         intro.append(
