@@ -213,8 +213,13 @@ def test_union_stream_resumes_exactly_and_maps_across_process_counts(monkeypatch
     [
         ((("nih", 1.0), ("chexpertx", 1.0)), "config.data.sources: (('nih', 1.0), ('chexpertx', 1.0)) is not allowed"),
         ((("nih", 1.0), ("phantom", 0.0)), "config.data.sources: (('nih', 1.0), ('phantom', 0.0)) is not allowed"),
-        ((("nih", 1.0), ("nih", 2.0)), "config.data.sources: (('nih', 1.0), ('nih', 2.0)) is not allowed"),
-        ((("nih", 1.0), ("phantom", 1e-4)), "is not allowed; allowed: a tuple of (source, weight) pairs"),
+        ((("nih", 1.0), ("nih", 2.0)), "config.data.sources: the part names 'nih' are given more than once"),
+        (
+            (("nih", 1.0), ("phantom", 1e-4)),
+            "is not allowed; allowed: a tuple of (source, weight) or (source, weight, ",
+        ),
+        ((("nih", 1.0, ""),), "each manual_dir a non-empty string"),
+        ((("nih", 1.0, "/data/nih", 3),), "config.data.sources: (('nih', 1.0, '/data/nih', 3),) is not allowed"),
         ((("nih",),), "each weight a number > 0 and at least 1/1000 of the weights' sum"),
         ((("nih", "2"),), "config.data.sources: (('nih', '2'),) is not allowed"),
     ],
@@ -231,7 +236,8 @@ def test_a_union_with_nih_needs_its_download_folder(data_root):
     assert check.problems(config) == []
     config.data.source, config.data.manual_dir = "phantom", ""
     assert check.problems(config) == [
-        "config.data.manual_dir: '' is not allowed with data.source='nih'; allowed: the folder of your download"
+        "config.data.manual_dir: '' is not allowed with data.sources parts 'nih'; allowed: the folder of your "
+        "download; or a part's own, the third element of its entry (source, weight, manual_dir)"
     ]
 
 

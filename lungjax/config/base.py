@@ -24,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     # "phantom" (embedded, generated) | "nih" | "chexpert" | "mimic" | "padchest" | "vindr" | "hospital" (your download)
     config.data.source = "phantom"
-    # A union: ((source, weight), ...), each source drawn in proportion to its weight; empty: data.source alone
+    # A union: ((source, weight), ...), each source drawn in proportion to its weight; empty: data.source alone.
+    # An entry (source, weight, manual_dir) reads that part from its own folder (or "phantom[:site]"), so two
+    # hospitals are two parts; a part is named source, or source-<site>, source-phantom, source-<folder's name>
     config.data.sources = ()
     # "six_class" (the reference's single-label subset) | "full14" (every image, NIH's 14 findings, multi-label)
     config.data.task = "six_class"
@@ -35,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     # uncertain entries of a label set: "ignore" (masked) | "zeros" | "ones" | "irvin2019" (CheXpert's best per finding)
     config.data.uncertainty = "ignore"
     config.data.views = "both"  # full14 only: "both" | "PA" | "AP"
-    config.data.manual_dir = ""  # the download's folder, for every source but "phantom"
+    # The download's folder, for every source but "phantom"; for a built source (not "nih") "phantom" or
+    # "phantom:<site>" (A, B, C: lungjax.data.phantom.sites) writes a phantom tree in its format instead
+    config.data.manual_dir = ""
     config.data.data_dir = ""  # where the built dataset goes; default <workdir>/tfds
     # "patient" (disjoint, default; full14: NIH's official lists when in manual_dir) | "seed" (the reference's)
     config.data.split_scheme = "patient"

@@ -18,7 +18,19 @@ import jax
 from lungjax import trees
 from lungjax.config import base
 from lungjax.config.base import base_config
-from lungjax.data import augment, dataset, images, labels, metadata, nih, sampling, source_builder, tasks
+from lungjax.data import (
+    augment,
+    dataset,
+    images,
+    labels,
+    metadata,
+    nih,
+    phantom,
+    sampling,
+    source_builder,
+    tasks,
+    union,
+)
 from lungjax.data.sources import contract, labelspace, mimic, vindr
 from lungjax.evaluation import inference
 from lungjax.evaluation.fit import operating_points
@@ -62,26 +74,106 @@ def _class_weights_ok(value) -> bool:
 
 
 def _sources_ok(value) -> bool:
-    """``data.sources``: (name, weight) pairs, each a known source once, with weights a mix can draw."""
+    """``data.sources``: (source, weight) or (source, weight, manual_dir) entries, each a known source,
+    with weights a mix can draw (the parts' names and folders are :func:`_parts_problems`')."""
     if not isinstance(value, (list, tuple)):
         return False
     if not all(
-        isinstance(pair, (list, tuple))
-        and len(pair) == 2
-        and pair[0] in dataset.SOURCES
-        and isinstance(pair[1], (int, float))
-        and not isinstance(pair[1], bool)
-        for pair in value
+        isinstance(entry, (list, tuple))
+        and len(entry) in (2, 3)
+        and entry[0] in dataset.SOURCES
+        and isinstance(entry[1], (int, float))
+        and not isinstance(entry[1], bool)
+        and (len(entry) == 2 or (isinstance(entry[2], str) and entry[2]))
+        for entry in value
     ):
         return False
     if not value:
         return True
-    names, weights = zip(*value, strict=True)
     try:
-        sampling.period_counts(weights)
+        sampling.period_counts([entry[1] for entry in value])
     except ValueError:
         return False
-    return len(set(names)) == len(names)
+    return True
+
+
+def _test_source_problems(values: dict) -> list[str]:
+    """Another source to evaluate on (``eval.source``, ``external.tests``) is read from a folder or a
+    phantom tree of a known site; a paired comparison is of one source's images."""
+    tests = [("config.eval.manual_dir", values["eval.manual_dir"])] if values["eval.source"] else []
+    tests += [(f"config.external.tests ({source!r})", folder) for source, folder in values["external.tests"]]
+    found = []
+    for key, folder in tests:
+        if not folder:
+            found.append(f"{key}: '' is not allowed; allowed: the source's folder, or 'phantom' / 'phantom:<site>'")
+        elif dataset.is_phantom_tree(folder) and dataset.phantom_tree_site(folder) not in (None, *phantom.SITES):
+            sites = ", ".join(phantom.SITES)
+            found.append(f"{key}: {folder!r} is not allowed; allowed: 'phantom' or 'phantom:<site>', a site of {sites}")
+    if values["eval.source"] and values["eval.compare_to"]:
+        found.append(
+            f"config.eval.compare_to: {values['eval.compare_to']!r} is not allowed with eval.source; allowed: '' "
+            "(a paired comparison is made on a run's own test split)"
+        )
+    return found
+
+
+def _parts_problems(values: dict, *, reads_data: bool) -> list[str]:
+    """The parts a config reads (``data.sources``' entries, or ``data.source``) and their folders
+    (``data.manual_dir``, or an entry's own): distinct part names, known phantom sites, phantom trees
+    for the built sources only, and a folder for every part but NIH's phantom when ``reads_data``."""
+    default = values["data.manual_dir"]
+    union_parts = [(entry[0], entry[2] if len(entry) == 3 else None) for entry in values["data.sources"]]
+    parts = union_parts or [(values["data.source"], None)]
+    names = [union.part_name(source, own) for source, own in parts]
+    found = []
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        found.append(
+            f"config.data.sources: the part names {', '.join(map(repr, repeated))} are given more than once; "
+            "allowed: distinct parts (a third element, the part's own manual_dir, tells two parts of one source apart)"
+        )
+    sites = ", ".join(phantom.SITES)
+    unknown_site = "is not allowed; allowed: 'phantom' or 'phantom:<site>', a site of " + sites
+    missing = []
+    for (source, own), name in zip(parts, names, strict=True):
+        folder, key = (
+            (default, "config.data.manual_dir") if own is None else (own, f"config.data.sources (part {name!r})")
+        )
+        if source == "phantom":
+            if own is not None:
+                found.append(f"{key}: {own!r} is not allowed; allowed: none (NIH's phantom is made, not read)")
+        elif not folder:
+            missing.append((source, name))
+        elif not dataset.is_phantom_tree(folder):
+            continue
+        elif source == "nih":
+            found.append(
+                f"{key}: {folder!r} is not allowed with source 'nih'; allowed: the folder of your download "
+                f"(phantom trees are made for {', '.join(dataset.BUILT_SOURCES)}; NIH's is data.source='phantom')"
+            )
+        elif dataset.phantom_tree_site(folder) not in (None, *phantom.SITES):
+            found.append(f"{key}: {folder!r} {unknown_site}")
+    read_by_none = all(own is not None or source == "phantom" for source, own in parts)
+    if (
+        read_by_none
+        and dataset.is_phantom_tree(default)
+        and dataset.phantom_tree_site(default) not in (None, *phantom.SITES)
+    ):
+        found.append(f"config.data.manual_dir: {default!r} {unknown_site}")
+    if reads_data and missing:
+        sources = {source for source, _ in missing}
+        with_what = (
+            f"data.sources parts {', '.join(repr(name) for _, name in missing)}"
+            if union_parts
+            else f"data.source={missing[0][0]!r}"
+        )
+        own = "; or a part's own, the third element of its entry (source, weight, manual_dir)" if union_parts else ""
+        trees = f"; a built source also takes 'phantom' or 'phantom:<site>' (a site of {sites}): a phantom tree"
+        found.append(
+            f"config.data.manual_dir: '' is not allowed with {with_what}; allowed: the folder of your download{own}"
+            f"{trees if sources & set(dataset.BUILT_SOURCES) else ''}"
+        )
+    return list(dict.fromkeys(found))
 
 
 def _operating_points_ok(value) -> bool:
@@ -141,8 +233,9 @@ RULES = MappingProxyType(
         "data.source": one_of(dataset.SOURCES),
         "data.sources": Rule(
             _sources_ok,
-            f"a tuple of (source, weight) pairs, each source one of {', '.join(map(repr, dataset.SOURCES))} and named "
-            f"once, each weight a number > 0 and at least 1/{sampling.MAX_PERIOD} of the weights' sum",
+            f"a tuple of (source, weight) or (source, weight, manual_dir) entries, each source one of "
+            f"{', '.join(map(repr, dataset.SOURCES))}, each weight a number > 0 and at least 1/{sampling.MAX_PERIOD} "
+            "of the weights' sum, each manual_dir a non-empty string",
         ),
         "data.task": one_of(tasks.TASKS),
         "data.labels": Rule(
@@ -345,12 +438,8 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "allowed: one of the two stem rewrites at most"
         )
     found.extend(_label_problems(values))
-    downloads = [name for name, *_ in values["data.sources"] or [(values["data.source"],)] if name != "phantom"]
-    if reads_data and downloads and not values["data.manual_dir"]:
-        found.append(
-            f"config.data.manual_dir: '' is not allowed with data.source={downloads[0]!r}; allowed: the "
-            "folder of your download"
-        )
+    found.extend(_parts_problems(values, reads_data=reads_data))
+    found.extend(_test_source_problems(values))
     found.extend(_build_options_problems(values))
     if values["num_train_steps"] <= 0 and values["num_epochs"] <= 0:
         found.append(

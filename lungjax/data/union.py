@@ -2,16 +2,21 @@
 config, their splits concatenated into one random-access source that the loaders read like a
 single split.
 
-Each source of a union builds under ``<data_dir>/<source>/``: two sources of one builder (the NIH
-builder reads both ``phantom`` and ``nih``) never meet in one dataset folder. Splits come from each
-source's own build, so a patient never crosses splits within a source. With ``data.sources`` empty
-there is one source, ``data.source``, built where it always was, and its split is read as it is.
+An entry of ``data.sources`` is ``(source, weight)``, or ``(source, weight, manual_dir)`` to read that
+part from a folder (or phantom tree, ``phantom[:site]``) of its own instead of ``data.manual_dir``: two
+hospitals' exports, or two phantom sites, are two parts of one source. Each part has a name
+(:func:`part_name`) that names it everywhere: its build folder ``<data_dir>/<part name>/`` (two parts
+never meet in one dataset folder), the dataset's name and fingerprint, the mix, and each part's
+validation figures. Splits come from each part's own build, so a patient never crosses splits within
+a source. With ``data.sources`` empty there is one source, ``data.source``, built where it always
+was, and its split is read as it is.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -20,48 +25,83 @@ from lungjax.data import dataset, records
 from lungjax.data.sources import labelspace
 
 
-def names_and_weights(data_config) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The union's source names and mixing weights; empty weights for a single source."""
+class Part(NamedTuple):
+    """One entry of ``data.sources``: its name, source, mixing weight and the manual_dir it reads."""
+
+    name: str
+    source: str
+    weight: float
+    manual_dir: str  # the entry's own, else data.manual_dir
+
+
+def part_name(source: str, manual_dir: str | None = None) -> str:
+    """The name of a union's part: the source alone when the entry names no manual_dir of its own;
+    ``<source>-<site>`` for ``phantom:<site>``, ``<source>-phantom`` for ``phantom`` and
+    ``<source>-<folder's name>`` for a folder."""
+    if manual_dir is None:
+        return source
+    if dataset.is_phantom_tree(manual_dir):
+        return f"{source}-{dataset.phantom_tree_site(manual_dir) or dataset.PHANTOM_TREE}"
+    return f"{source}-{os.path.basename(os.path.normpath(os.path.abspath(manual_dir)))}"
+
+
+def parts(data_config) -> tuple[Part, ...]:
+    """The parts of ``data.sources``, in order; one part, ``data.source`` (weight 1), without a union."""
     if not data_config.sources:
-        return (data_config.source,), ()
-    names, weights = zip(*data_config.sources, strict=True)
-    return tuple(names), tuple(float(w) for w in weights)
+        return (Part(data_config.source, data_config.source, 1.0, data_config.manual_dir),)
+    return tuple(
+        Part(
+            part_name(source, own[0] if own else None),
+            source,
+            float(weight),
+            own[0] if own else data_config.manual_dir,
+        )
+        for source, weight, *own in data_config.sources
+    )
 
 
-def source_config(data_config, name: str, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The data config that builds source ``name`` of a union: the union's own, naming one source,
-    with the dataset under ``<data_dir>/<name>``."""
+def names_and_weights(data_config) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The union's part names and mixing weights; empty weights for a single source."""
+    found = parts(data_config)
+    weights = tuple(part.weight for part in found) if data_config.sources else ()
+    return tuple(part.name for part in found), weights
+
+
+def source_config(data_config, part: Part, workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The data config that builds ``part`` of a union: the union's own, naming one source and its
+    manual_dir, with the dataset under ``<data_dir>/<part name>``."""
     config = ml_collections.ConfigDict(data_config.to_dict())
-    config.source, config.sources = name, ()
-    config.data_dir = os.fspath(dataset.data_dir(data_config, workdir) / name)
+    config.source, config.sources, config.manual_dir = part.source, (), part.manual_dir
+    config.data_dir = os.fspath(dataset.data_dir(data_config, workdir) / part.name)
     return config
 
 
 def build(data_config, workdir: str | os.PathLike) -> dict[str, object]:
-    """Source name -> its built dataset, in the config's order; generates and builds what is missing."""
+    """Part name -> its built dataset, in the config's order; generates and builds what is missing."""
     if not data_config.sources:
         return {data_config.source: dataset.build(data_config, workdir)}
-    names, _ = names_and_weights(data_config)
-    return {name: dataset.build(source_config(data_config, name, workdir), workdir) for name in names}
+    return {part.name: dataset.build(source_config(data_config, part, workdir), workdir) for part in parts(data_config)}
 
 
 def built(data_config, workdir: str | os.PathLike) -> dict[str, object] | None:
-    """Source name -> its built dataset, if every source is built, else None; never builds
-    (``dataset.built`` of each)."""
+    """Part name -> its built dataset, if every part is built, else None; never builds (``dataset.built``
+    of each)."""
     if not data_config.sources:
         builders = {data_config.source: dataset.built(data_config, workdir)}
     else:
-        names, _ = names_and_weights(data_config)
-        builders = {name: dataset.built(source_config(data_config, name, workdir), workdir) for name in names}
+        builders = {
+            part.name: dataset.built(source_config(data_config, part, workdir), workdir) for part in parts(data_config)
+        }
     return None if any(builder is None for builder in builders.values()) else builders
 
 
 def open_built(data_config, workdir: str | os.PathLike) -> dict[str, object]:
-    """Source name -> its built dataset, never building (``dataset.open_built`` of each)."""
+    """Part name -> its built dataset, never building (``dataset.open_built`` of each)."""
     if not data_config.sources:
         return {data_config.source: dataset.open_built(data_config, workdir)}
-    names, _ = names_and_weights(data_config)
-    return {name: dataset.open_built(source_config(data_config, name, workdir), workdir) for name in names}
+    return {
+        part.name: dataset.open_built(source_config(data_config, part, workdir), workdir) for part in parts(data_config)
+    }
 
 
 def split(builders: Mapping[str, object], split_name: str) -> records.ExampleSource | UnionSource:
@@ -71,7 +111,7 @@ def split(builders: Mapping[str, object], split_name: str) -> records.ExampleSou
 
 
 def dataset_name(builders: Mapping[str, object]) -> str:
-    """The built dataset's config name; for a union each source's, after the source's name."""
+    """The built dataset's config name; for a union each part's, after the part's name."""
     if len(builders) == 1:
         return next(iter(builders.values())).builder_config.name
     return " + ".join(f"{name}:{builder.builder_config.name}" for name, builder in builders.items())

@@ -48,7 +48,8 @@ def run_name(workdir: str | os.PathLike) -> str:
 def trained_on(saved) -> tuple[str, ...]:
     """A run's sources by the names the external report matches them with (``union.part_name``)."""
     if not saved.data.get("sources"):
-        return (union.part_name(saved.data.source, saved.data.manual_dir),)
+        return (union.part_name(saved.data.source, saved.data.manual_dir or None),)
     return tuple(
-        union.part_name(entry[0], entry[2] if len(entry) > 2 else saved.data.manual_dir) for entry in saved.data.sources
+        union.part_name(entry[0], (entry[2] if len(entry) > 2 else saved.data.manual_dir) or None)
+        for entry in saved.data.sources
     )

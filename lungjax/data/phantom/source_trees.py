@@ -26,12 +26,14 @@ imported only when a DICOM is written.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import socket
@@ -64,6 +66,11 @@ STORED_SCALE = 16  # 8-bit grey g is stored as 16 g in DICOMs and 16-bit PNGs: 1
 DICOM_WINDOW = (2040.5, 4081.0)
 FIRST_STUDY_YEAR = 2012
 NOT_STATED_TEXT = ""
+CHEXPERT_FOLDER = chexpert.FOLDERS[1]  # the folder a CheXpert tree unpacks to (the download's -small)
+# Patients drawn per task a worker process is handed, at most, and tasks handed out per worker at a time:
+# the films held at once stay bounded, however many patients a tree has.
+PATIENTS_PER_TASK = 16
+TASKS_PER_WORKER = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +127,7 @@ def write_chexpert_tree(
     lateral_rate: float = 0.3,
     uncertain_rate: float = 0.1,
     not_stated_rate: float = 0.5,
-    folder: str = chexpert.FOLDERS[1],
+    folder: str = CHEXPERT_FOLDER,
     num_workers: int = 1,
     progress: bool = False,
 ) -> SourceTree:
@@ -578,6 +585,12 @@ WRITERS: Mapping[str, Callable[..., SourceTree]] = MappingProxyType(
 )
 
 
+def read_folder(source: str, root: str | os.PathLike) -> Path:
+    """The folder an adapter reads in a tree that ``WRITERS[source]`` wrote at ``root`` with its default
+    folder: ``SourceTree.manual_dir``, known before (or without) writing the tree."""
+    return Path(root) / CHEXPERT_FOLDER if source == "chexpert" else Path(root)
+
+
 # --- shared machinery ------------------------------------------------------------------------------
 
 
@@ -611,7 +624,8 @@ def _patients(
         if executor is None:
             patients = map(draw, numbers)
         else:
-            patients = executor.map(draw, numbers, chunksize=max(1, num_patients // (8 * num_workers)))
+            size = max(1, min(num_patients // (8 * num_workers), PATIENTS_PER_TASK))
+            patients = _drawn_in_order(executor, draw, numbers, size, TASKS_PER_WORKER * num_workers)
         if progress:
             from tqdm.auto import tqdm
 
@@ -619,6 +633,27 @@ def _patients(
         for patient in patients:
             entropy = [seed, zlib.crc32(stream.encode("utf-8")), patient.number, 1]
             yield patient, np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def _drawn_in_order(
+    executor, draw: Callable[[int], studies.Patient], numbers: range, size: int, in_flight: int
+) -> Iterator[studies.Patient]:
+    """``draw`` of each number, in order, drawn by ``executor`` in tasks of ``size`` numbers with at most
+    ``in_flight`` tasks handed out at a time (``executor.map`` would hand out every number at once, and
+    hold every film drawn ahead of the writer)."""
+    tasks = (numbers[start : start + size] for start in range(0, len(numbers), size))
+    pending = collections.deque(executor.submit(_draw_each, draw, task) for task in itertools.islice(tasks, in_flight))
+    while pending:
+        drawn = pending.popleft().result()
+        task = next(tasks, None)
+        if task is not None:
+            pending.append(executor.submit(_draw_each, draw, task))
+        yield from drawn
+
+
+def _draw_each(draw: Callable[[int], studies.Patient], numbers: range) -> list[studies.Patient]:
+    """A worker's task: the patients of ``numbers``."""
+    return [draw(number) for number in numbers]
 
 
 def _write_tree(source: str, root: str | os.PathLike, folder: str, write: Callable[[Path], list[dict]]) -> SourceTree:
