@@ -108,12 +108,14 @@ def test_a_part_is_named_by_its_source_and_its_own_folder(entry, name):
 def test_parts_that_cannot_be_read_are_one_line_each(source, manual_dir, sources, message):
     config = base_config()
     config.data.source, config.data.manual_dir, config.data.sources = source, manual_dir, sources
+    config.data.labels, config.data.task = ("nih14",), "full14"  # what a source's build (and NIH's beside it) needs
     found = check.problems(config)
     assert len(found) == 1 and found[0].startswith(message), found
 
 
 def test_a_union_of_phantom_parts_and_of_own_folders_needs_no_data_manual_dir():
     config = base_config()
+    config.data.labels, config.data.task = ("nih14",), "full14"
     config.data.sources = (*TWO_SITES, ("chexpert", 1.0, "/data/chexpert"), ("phantom", 1.0))
     assert check.problems(config) == []
     config.data.source, config.data.manual_dir, config.data.sources = "vindr", "phantom", ()
