@@ -101,7 +101,8 @@ def main(argv):
     if FLAGS.mode == "external":
         from lungjax.evaluation import external
 
-        print(f"external report: {external.external_report(config, workdir)}")
+        external.external_report(config, workdir)
+        print(f"report: {Path(workdir).absolute() / external.EXTERNAL_DIR / 'report.html'} (report.json and report.md beside it)")
         return
     if FLAGS.mode == "compare" and not config.eval.compare_to:
         raise config_check.ConfigError(

@@ -61,9 +61,10 @@ def parts(data_config) -> tuple[Part, ...]:
 
 
 def names_and_weights(data_config) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The union's part names and mixing weights; empty weights for a single source."""
+    """The union's part names and mixing weights; empty weights for a single source (a union of one part
+    is one source read from its own folder: nothing to mix)."""
     found = parts(data_config)
-    weights = tuple(part.weight for part in found) if data_config.sources else ()
+    weights = tuple(part.weight for part in found) if len(found) > 1 else ()
     return tuple(part.name for part in found), weights
 
 

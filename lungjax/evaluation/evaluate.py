@@ -253,7 +253,7 @@ def report_task(task: tasks.Task, saved) -> dict:
         section.update(
             label_space=label_space,
             uncertainty=saved.data.uncertainty,
-            sources=[name for name, _ in saved.data.get("sources", ())] or [saved.data.source],
+            sources=list(union.names_and_weights(saved.data)[0]),
         )
     return section
 
