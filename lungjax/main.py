@@ -102,7 +102,8 @@ def main(argv):
         from lungjax.evaluation import external
 
         external.external_report(config, workdir)
-        print(f"report: {Path(workdir).absolute() / external.EXTERNAL_DIR / 'report.html'} (report.json and report.md beside it)")
+        page = Path(workdir).absolute() / external.EXTERNAL_DIR / "report.html"
+        print(f"report: {page} (report.json and report.md beside it)")
         return
     if FLAGS.mode == "compare" and not config.eval.compare_to:
         raise config_check.ConfigError(

@@ -124,7 +124,7 @@ def _subgroup_section(config, predictions: dict, task: tasks.Task, manual_dir: P
     """The subgroup audit, or the reason there is none (no metadata beside the data). A source's build
     carries each film's sex, age and view (and a union each film's source); NIH's are looked up in its
     metadata in ``manual_dir`` (None for a union, whose sources each have their own)."""
-    if "sex" in predictions:
+    if {"sex", "age", "view"} <= predictions.keys():
         source = predictions["source"] if "source" in predictions and len(set(predictions["source"])) > 1 else None
         cells = subgroups.cells_from_records(predictions["sex"], predictions["age"], predictions["view"], source)
     elif manual_dir is None:
