@@ -119,6 +119,12 @@ def load_config(name: str):
     return module.get_config()
 
 
+def split_examples(builder, split: str) -> list[dict]:
+    """Every example of a built split, parsed, in order."""
+    source = records.data_source(builder, split)
+    return [source[i] for i in range(len(source))]
+
+
 def example_source(rows: list[dict], name: str = "in_memory") -> records.ExampleSource:
     """Rows of features (bytes, ints, floats or float arrays) as a split of serialized Examples, the form
     a built split has on disk."""

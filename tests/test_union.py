@@ -8,7 +8,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from conftest import UNION_SOURCES, example_source, tiny_train_config, union_train_config
+from conftest import UNION_SOURCES, example_source, split_examples, tiny_train_config, union_train_config
 from test_resume import assert_bitwise_equal, saved_params
 
 from lungjax.config import check
@@ -314,7 +314,7 @@ def test_a_union_is_evaluated_on_its_sources_test_splits_one_after_another(strai
     expected = [
         (name, example["image_name"].decode(), f"{name}/{example['patient_id']}")
         for name, builder in union_built.items()
-        for example in records.data_source(builder, "test")
+        for example in split_examples(builder, "test")
     ]
     assert list(zip(rows["patient_id"].str.split("/").str[0], rows["image_name"], rows["patient_id"], strict=True)) == [
         (name, image, patient) for name, image, patient in expected

@@ -94,13 +94,10 @@ def _phantom_writer(data_config) -> Callable[[Path], object]:
             **common,
         )
     options = {key: data_config.build_options[key] for key in PHANTOM_TREE_OPTIONS.get(data_config.source, ())}
-    return functools.partial(
-        source_trees.WRITERS[data_config.source],
-        num_patients=data_config.phantom_patients,
-        site=phantom_tree_site(data_config.manual_dir),
-        **options,
-        **common,
-    )
+    writer, count = source_trees.WRITERS[data_config.source], data_config.phantom_patients
+    site = phantom_tree_site(data_config.manual_dir)
+    # The count is each writer's second argument: patients, or images for VinDr (one film per patient).
+    return lambda root: writer(root, count, site=site, **options, **common)
 
 
 def builder_config(data_config) -> nih.NihConfig | source_builder.SourceConfig:
