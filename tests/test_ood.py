@@ -2,6 +2,7 @@
 computation, the false-alarm rate held on new in-distribution draws, far inputs flagged, the record
 through JSON."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,13 +56,28 @@ def test_in_distribution_films_are_flagged_at_the_chosen_rate(fitted):
     assert abs(flagged - RATE) < bound
 
 
-def test_far_away_inputs_fire_and_the_record_survives_json(fitted):
+def test_far_away_inputs_fire_and_the_record_survives_its_two_parts(fitted):
+    """The export stores the scalars as JSON and the arrays as .npz: the record read back scores the same."""
     score, test, _ = fitted
     far = test[:20] + 10 * test.std(axis=0)
     assert score.is_unlike(far).all()
-    again = ood.OutOfDistribution.from_dict(json.loads(json.dumps(score.to_dict())))
+    again = ood.OutOfDistribution.from_parts(json.loads(json.dumps(score.summary())), score.to_npz())
     np.testing.assert_array_equal(again.score(test[:100]), score.score(test[:100]))
     assert again.threshold == score.threshold and again.false_alarm_rate == RATE
+
+
+def test_parts_that_cannot_be_a_record_are_refused_in_one_line(fitted):
+    score = fitted[0]
+    summary = score.summary()
+    with pytest.raises(ValueError, match="not the mean and covariance as .npz"):
+        ood.OutOfDistribution.from_parts(summary, b"not an npz")
+    with pytest.raises(ValueError, match="not positive definite"):
+        negative = dataclasses.replace(score, covariance=-score.covariance)
+        ood.OutOfDistribution.from_parts(summary, negative.to_npz())
+    with pytest.raises(ValueError, match="says 33"):
+        ood.OutOfDistribution.from_parts({**summary, "feature_dimensions": DIMENSIONS + 1}, score.to_npz())
+    with pytest.raises(ValueError, match="not a distance and a rate"):
+        ood.OutOfDistribution.from_parts({**summary, "threshold": "4"}, score.to_npz())
 
 
 def test_bad_input_is_refused_in_one_line():
