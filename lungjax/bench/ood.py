@@ -18,10 +18,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 from absl import app, flags
-from scipy import stats
 
 from lungjax.data import dataset, radiograph_files, records
 from lungjax.evaluation import out_of_distribution
+from lungjax.evaluation.stats import rates
 from lungjax.serve import bundle, bundle_format, files
 
 FLAGS = flags.FLAGS
@@ -31,15 +31,6 @@ flags.DEFINE_string("split", "test", "the split of in-distribution films whose f
 flags.DEFINE_multi_string("images", [], "films from elsewhere to score (files or folders)")
 flags.DEFINE_integer("batch_size", 64, "films per model call")
 flags.mark_flags_as_required(["workdir", "export"])
-CONFIDENCE = 0.95
-
-
-def clopper_pearson(hits: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The exact binomial interval of a proportion ``hits / n``."""
-    alpha = 1.0 - confidence
-    low = 0.0 if hits == 0 else float(stats.beta.ppf(alpha / 2, hits, n - hits + 1))
-    high = 1.0 if hits == n else float(stats.beta.ppf(1 - alpha / 2, hits + 1, n - hits))
-    return low, high
 
 
 def split_scores(loaded: bundle.Bundle, workdir: Path, split: str, batch_size: int) -> np.ndarray:
@@ -59,18 +50,23 @@ def split_scores(loaded: bundle.Bundle, workdir: Path, split: str, batch_size: i
 
 def main(argv):
     del argv
-    loaded = bundle.load(FLAGS.export)
+    try:
+        loaded = bundle.load(FLAGS.export)
+    except bundle.BundleError as err:
+        print(f"lungjax.bench.ood: error: {err}", file=sys.stderr)
+        return 2
     unlike = loaded.unlike
     scores = split_scores(loaded, Path(FLAGS.workdir), FLAGS.split, FLAGS.batch_size)
     flagged = int((scores > unlike.threshold).sum())
-    low, high = clopper_pearson(flagged, len(scores))
+    interval = rates.clopper_pearson(flagged, len(scores))
     print(
         f"trained on: {', '.join(loaded.training_sources)}; threshold {unlike.threshold:.4g} chosen for a "
         f"false-alarm rate of {unlike.false_alarm_rate:.1%} on {unlike.n_validation} validation films"
     )
     print(
         f"{FLAGS.split} films flagged: {flagged} of {len(scores)} = {flagged / len(scores):.1%} "
-        f"(95% CI {low:.1%} to {high:.1%}); scores: median {np.median(scores):.3g}, max {scores.max():.3g}"
+        f"(95% CI {interval['low']:.1%} to {interval['high']:.1%}); "
+        f"scores: median {np.median(scores):.3g}, max {scores.max():.3g}"
     )
     paths, _ = files.expand(FLAGS.images)
     for path in paths:
