@@ -3,8 +3,9 @@
 Written for people as much as for ``lungjax.serve``: the preprocessing is spelled out step by step
 as :mod:`lungjax.data.images` and the eval pipeline do it (the builder stores each film at
 ``stored_size``, the pipeline resizes that to ``image_size``), so a caller outside lungjax can
-reproduce the input bit for bit with OpenCV. The format's name, version and file names are
-:mod:`lungjax.serve.bundle_format`'s.
+reproduce the input bit for bit with OpenCV. Its ``out_of_distribution`` section says how to score a
+film's features against ``ood.npz`` and where the warning starts. The format's name, version and file
+names are :mod:`lungjax.serve.bundle_format`'s.
 """
 
 from __future__ import annotations
