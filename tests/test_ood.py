@@ -1,14 +1,17 @@
 """The out-of-distribution score: Ledoit-Wolf as scikit-learn computes it, the distance as a float64 direct
 computation, the false-alarm rate held on new in-distribution draws, far inputs flagged, the record
-through JSON."""
+through its two stored parts, and the even sample of a split it is fitted on. tests/test_export.py
+holds an exported bundle's fit against its films' features."""
 
 import dataclasses
 import json
 
 import numpy as np
 import pytest
+from conftest import example_source
 from sklearn.covariance import LedoitWolf
 
+from lungjax.evaluation import out_of_distribution
 from lungjax.evaluation.fit import ood
 
 DIMENSIONS = 32
@@ -85,3 +88,13 @@ def test_bad_input_is_refused_in_one_line():
         ood.fit(np.zeros((5, 2)), np.zeros((5, 2)), 1.5)
     with pytest.raises(ValueError, match="one D"):
         ood.fit(np.zeros((5, 2)), np.zeros((5, 3)))
+
+
+@pytest.mark.parametrize("size, limit", [(10, 4), (10, 10), (3, 8), (4097, 4096)])
+def test_the_fit_samples_each_split_evenly_and_in_order(size, limit):
+    """``spread``: at most ``limit`` examples, the first and the last among them, gaps differing by one at most."""
+    source = example_source([{"patient_id": i} for i in range(size)])
+    picked = [example["patient_id"] for example in out_of_distribution.spread(source, limit)]
+    assert len(picked) == min(size, limit) and picked[0] == 0 and picked[-1] == size - 1
+    gaps = np.diff(picked)
+    assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1

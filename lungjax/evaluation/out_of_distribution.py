@@ -32,14 +32,14 @@ def training_sources(data_config) -> list[str]:
 class _Spread(Sequence):
     """Records ``indices`` of a data source, as a data source of their own (picklable for grain's workers)."""
 
-    def __init__(self, records, indices: np.ndarray):
-        self.records, self.indices = records, indices
+    def __init__(self, rows, indices: np.ndarray):
+        self.rows, self.indices = rows, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        return self.records[int(self.indices[index])]
+        return self.rows[int(self.indices[index])]
 
 
 def spread(source: records.ExampleSource, limit: int) -> records.ExampleSource:
