@@ -100,7 +100,7 @@ class OutOfDistribution:
         """The record ``summary`` and ``to_npz`` wrote; a ValueError in one line for arrays or scalars that
         cannot be one (wrong shapes, non-finite values, a covariance that is not positive definite)."""
         try:
-            with np.load(io.BytesIO(npz), allow_pickle=False) as arrays:
+            with np.load(io.BytesIO(npz)) as arrays:  # NumPy refuses pickled objects unless allowed
                 mean, covariance = np.asarray(arrays["mean"], np.float64), np.asarray(arrays["covariance"], np.float64)
         except (OSError, ValueError, KeyError, EOFError) as err:
             raise ValueError(f"not the mean and covariance as .npz ({type(err).__name__}: {err})") from err
