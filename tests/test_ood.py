@@ -6,6 +6,7 @@ holds an exported bundle's fit against its films' features."""
 import dataclasses
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 from conftest import example_source
@@ -98,3 +99,10 @@ def test_the_fit_samples_each_split_evenly_and_in_order(size, limit):
     assert len(picked) == min(size, limit) and picked[0] == 0 and picked[-1] == size - 1
     gaps = np.diff(picked)
     assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1
+
+
+def test_the_training_sources_are_the_source_or_each_source_of_a_union():
+    data = ml_collections.ConfigDict({"source": "phantom", "sources": ()})
+    assert out_of_distribution.training_sources(data) == ["phantom"]
+    data.sources = (("phantom_site_a", 1.0), ("phantom_site_b", 2.0))
+    assert out_of_distribution.training_sources(data) == ["phantom_site_a", "phantom_site_b"]
