@@ -21,15 +21,20 @@ from lungjax.serve.__main__ import main as serve_main
 
 CLASSES = 6  # configs/tiny.py: the six-class task
 SIZE = 32  # its image size
+FEATURES = 64  # its pooled features (ResNet-18 at width 0.125)
 FREE = None  # a batch dimension left symbolic, as the export leaves it
 
 
-def _model_file(outputs: int, *, dtype=np.uint8, size: int = SIZE, batch: int | None = FREE) -> bytes:
+def _model_file(
+    outputs: int, *, dtype=np.uint8, size: int = SIZE, batch: int | None = FREE, features: int | None = FEATURES
+) -> bytes:
     """A model exported as the export does (CPU and CUDA) on ``(batch, size, size, 1)`` inputs of ``dtype``,
-    giving ``outputs`` float32 columns: its first pixels, scaled (any function of the input will do)."""
+    giving ``outputs`` float32 columns and ``features`` float32 features (none: no second output): its
+    first pixels, scaled (any function of the input will do)."""
 
     def first_pixels(images):
-        return images.reshape(images.shape[0], -1)[:, :outputs].astype(jnp.float32) / 255.0
+        flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+        return flat[:, :outputs] if features is None else (flat[:, :outputs], flat[:, :features])
 
     n = jax.export.symbolic_shape(serialize.BATCH_SYMBOL)[0] if batch is FREE else batch
     spec = jax.ShapeDtypeStruct((n, size, size, 1), dtype)
@@ -85,7 +90,9 @@ def _set(*keys, value):
 def test_the_bundle_as_exported_is_served(copy):
     loaded = bundle.load(copy)
     assert loaded.class_names == json.loads((copy / "manifest.json").read_text())["task"]["class_names"]
-    assert np.asarray(loaded.predict(np.zeros((2, SIZE, SIZE, 1), np.uint8))).shape == (2, CLASSES)
+    probs, features = loaded.predict(np.zeros((2, SIZE, SIZE, 1), np.uint8))
+    assert np.asarray(probs).shape == (2, CLASSES) and np.asarray(features).shape == (2, FEATURES)
+    assert loaded.unlike.mean.shape == (FEATURES,) and loaded.training_sources == ["nih"]
 
 
 CARELESS_EDITS = {
@@ -136,6 +143,23 @@ RESEALED = {
     "model_of_float_input": (None, lambda: _model_file(CLASSES, dtype=np.float32), r"takes float32 \(N, 32, 32, 1\)"),
     "model_of_a_fixed_batch": (None, lambda: _model_file(CLASSES, batch=8), "batches of exactly 8 images"),
     "not_a_model": (None, lambda: b"not a jax.export model", "not a jax.export model"),
+    "model_without_features": (None, lambda: _model_file(CLASSES, features=None), "not one input and two outputs"),
+    "model_of_other_features": (
+        None,
+        lambda: _model_file(CLASSES, features=FEATURES // 2),
+        rf"features float32 \(N, {FEATURES // 2}\), the out-of-distribution score reads float32 \(N, {FEATURES}\)",
+    ),
+    "no_training_sources": (_set("provenance", "training_sources", value=[]), None, "not a list of source names"),
+    "an_ood_file_elsewhere": (
+        _set("out_of_distribution", "file", value="../ood.npz"),
+        None,
+        'out_of_distribution.file is "../ood.npz", not "ood.npz"',
+    ),
+    "an_ood_threshold_as_text": (
+        _set("out_of_distribution", "threshold", value="4"),
+        None,
+        "ood.npz: threshold '4' and false_alarm_rate .*: not a distance and a rate",
+    ),
     "class_names_reversed": (
         lambda m: m["task"]["class_names"].reverse(),
         None,
@@ -184,6 +208,16 @@ def test_an_edited_file_beside_the_model_is_refused(copy, tmp_path, capsys, name
     assert f"{path}: sha256 " in line and "differs from the manifest's" in line
 
 
+def test_an_altered_out_of_distribution_file_is_refused(copy, tmp_path, capsys):
+    """A covariance scaled up would hide every film from the warning: its digest refuses it."""
+    path = copy / bundle_format.OOD_FILE
+    with np.load(path, allow_pickle=False) as arrays:
+        mean, covariance = arrays["mean"], arrays["covariance"]
+    np.savez(path, mean=mean, covariance=covariance * 100)
+    line = _refused(copy, tmp_path, capsys)
+    assert f"{path}: sha256 " in line and "differs from the manifest's" in line
+
+
 @pytest.mark.parametrize(
     "text, said",
     [
@@ -191,8 +225,8 @@ def test_an_edited_file_beside_the_model_is_refused(copy, tmp_path, capsys, name
         ('{"format": "lungjax-export", "format_version": 2', "not valid JSON"),
         ("[1, 2, 3]", "not a lungjax-export manifest"),
         ('{"format": "something-else"}', "not a lungjax-export manifest"),
-        ('{"format": "lungjax-export", "format_version": 3}', "format version 3, this lungjax serves version 2 only"),
-        ('{"format": "lungjax-export", "format_version": 2}', "recorded manifest_sha256 null"),
+        ('{"format": "lungjax-export", "format_version": 4}', "format version 4, this lungjax serves version 3 only"),
+        ('{"format": "lungjax-export", "format_version": 3}', "recorded manifest_sha256 null"),
     ],
 )
 def test_a_manifest_that_is_not_one_is_refused(copy, tmp_path, capsys, text, said):
@@ -210,5 +244,21 @@ def test_a_bundle_of_format_version_1_is_refused_with_export_again(copy, tmp_pat
     manifest["format_version"] = 1
     (copy / bundle_format.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     line = _refused(copy, tmp_path, capsys)
-    assert "bundle format version 1, this lungjax serves version 2 only (an older lungjax wrote it" in line
+    assert "bundle format version 1, this lungjax serves version 3 only (an older lungjax wrote it" in line
     assert line.endswith("export the checkpoint again with `python -m lungjax.main --mode export`")
+
+
+def test_a_bundle_of_format_version_2_is_refused_with_export_again(copy, tmp_path, capsys):
+    """What lungjax exported before the out-of-distribution score: a sealed manifest, a model of one output."""
+
+    def version_2(manifest: dict) -> None:
+        manifest["format_version"] = 2
+        del manifest["out_of_distribution"], manifest["provenance"]["training_sources"]
+
+    _edit(copy, version_2, model=_model_file(CLASSES, features=None), reseal=True)
+    (copy / bundle_format.OOD_FILE).unlink()
+    line = _refused(copy, tmp_path, capsys)
+    assert (
+        "bundle format version 2, this lungjax serves version 3 only (an older lungjax wrote it, without the " in line
+    )
+    assert "out-of-distribution score" in line and line.endswith(bundle.EXPORT_AGAIN)

@@ -16,10 +16,11 @@ import jax
 import numpy as np
 import pytest
 from conftest import CONFIGS, REPO, write_dicom
+from sklearn.covariance import LedoitWolf
 
 from lungjax.data import dataset, images, radiograph_files, records
-from lungjax.evaluation import inference
-from lungjax.evaluation.fit import operating_points, temperature, validation
+from lungjax.evaluation import inference, out_of_distribution
+from lungjax.evaluation.fit import ood, operating_points, temperature, validation
 from lungjax.export import bundle as export_bundle
 from lungjax.export import parity
 from lungjax.runtime import sharding
@@ -30,6 +31,7 @@ from lungjax.serve.__main__ import main as serve_main
 pydicom = pytest.importorskip("pydicom")
 
 STEP = 6  # configs/tiny.py trains 6 steps; its best checkpoint is the last
+FEATURES = 64  # configs/tiny.py's ResNet-18 at width 0.125: 512 / 8 pooled features
 # What the standalone predictor may load: JAX, NumPy, OpenCV, pydicom, tqdm and these lungjax modules.
 SERVE_MAY_IMPORT = {
     "lungjax",
@@ -39,6 +41,7 @@ SERVE_MAY_IMPORT = {
     "lungjax.evaluation",
     "lungjax.evaluation.fit",
     "lungjax.evaluation.fit.decisions",
+    "lungjax.evaluation.fit.ood",
     "lungjax.evaluation.fit.temperature",
     "lungjax.folders",
     "lungjax.xla_cpu",
@@ -132,7 +135,7 @@ def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, man
     fit = validation.read(tiny_workdir / "eval" / "test" / validation.VALIDATION_FIT_FILE)
     assert fit["checkpoint_params_sha256"] == restored.params_sha256  # the session's workdir was evaluated:
     assert manifest["decision"]["source"].startswith("validation_fit.json")  # the export reuses that record
-    assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 2
+    assert manifest["format"] == "lungjax-export" and manifest["format_version"] == 3
     assert manifest[bundle_format.MANIFEST_DIGEST] == bundle_format.manifest_sha256(manifest)
     assert manifest["task"]["class_names"] == list(restored.task.class_names)
     assert manifest["task"]["multi_label"] is False
@@ -155,6 +158,11 @@ def test_manifest_holds_the_task_the_evaluation_fit_and_provenance(exported, man
     run_info = json.loads((tiny_workdir / "run_info.json").read_text())
     assert provenance["dataset_fingerprint"] == run_info["dataset_fingerprint"]
     assert provenance["jax_version"] == jax.__version__
+    assert provenance["training_sources"] == ["nih"]  # tiny_overrides: the NIH-format tree
+    unlike = manifest["out_of_distribution"]
+    assert unlike["file"] == bundle_format.OOD_FILE and unlike["false_alarm_rate"] == ood.DEFAULT_FALSE_ALARM_RATE
+    assert unlike["sha256"] == hashlib.sha256((exported / bundle_format.OOD_FILE).read_bytes()).hexdigest()
+    assert unlike["feature_dimensions"] == FEATURES and unlike["n_train"] > unlike["n_validation"] > 0
 
 
 def test_parity_is_measured_on_every_validation_image(exported, in_process, validation_images):
@@ -165,15 +173,16 @@ def test_parity_is_measured_on_every_validation_image(exported, in_process, vali
     # process's XLA flags and batch shape may differ from the export's: rounding apart, the same figure).
     model = jax.export.deserialize(bytearray((exported / "model.jax").read_bytes()))
     _, reference = in_process
-    difference = np.abs(np.asarray(model.call(validation_images)) - reference(validation_images)).max()
+    difference = np.abs(np.asarray(model.call(validation_images)[0]) - reference(validation_images)).max()
     assert difference <= parity.FLOAT32_BOUND and abs(difference - record["max_abs_difference"]) < 1e-6
 
 
 def test_batch_dimension_is_symbolic(exported, validation_images):
     model = jax.export.deserialize(bytearray((exported / "model.jax").read_bytes()))
     assert not isinstance(model.in_avals[0].shape[0], int) and model.platforms == ("cpu", "cuda")
-    one, five = np.asarray(model.call(validation_images[:1])), np.asarray(model.call(validation_images[:5]))
+    one, five = np.asarray(model.call(validation_images[:1])[0]), np.asarray(model.call(validation_images[:5])[0])
     assert one.shape == (1, 6) and five.shape == (5, 6)
+    assert np.asarray(model.call(validation_images[:5])[1]).shape == (5, FEATURES)
     np.testing.assert_allclose(one[0], five[0], atol=1e-6)
     np.testing.assert_allclose(five.sum(axis=1), 1.0, atol=1e-5)
 
@@ -200,6 +209,7 @@ def test_serve_writes_one_record_per_file(served, manifest, in_process):
     code, stderr, out, inputs, _ = served
     assert code == 1, stderr  # one file could not be read
     assert "left out 1 other file" in stderr and "5 of 6 images classified" in stderr
+    assert stderr.count("lungjax.serve: the model was trained on: nih\n") == 1
     assert "100%" in stderr  # the progress bar
     records_ = [json.loads(line) for line in (out / predictions.JSONL_FILE).read_text().splitlines()]
     with (out / predictions.CSV_FILE).open(newline="") as handle:
@@ -211,9 +221,11 @@ def test_serve_writes_one_record_per_file(served, manifest, in_process):
     broken = by_name["broken.png"]
     assert broken["status"] == "error" and broken["file"] in broken["error"] and broken["probabilities"] is None
     assert by_name["film.dcm"]["source"] == "dicom"
-    (warning,) = by_name["blank.png"]["warnings"]
-    assert warning.startswith("The image is nearly uniform")
-    assert rows[files.index(by_name["blank.png"]["file"])]["warnings"] == warning
+    blank_warnings = by_name["blank.png"]["warnings"]
+    assert blank_warnings[0].startswith("The image is nearly uniform")
+    assert rows[files.index(by_name["blank.png"]["file"])]["warnings"] == predictions.WARNING_SEPARATOR.join(
+        blank_warnings
+    )
     names = manifest["task"]["class_names"]
     thresholds, temperatures = manifest["decision"]["thresholds"], manifest["decision"]["temperature"]["temperatures"]
     ok = [r for r in records_ if r["status"] == "ok"]
@@ -230,6 +242,65 @@ def test_serve_writes_one_record_per_file(served, manifest, in_process):
             called = [n for n, p in zip(names, row, strict=True) if per_class[n] is not None and p >= per_class[n]]
             assert record["called"][rule] == called
             assert rows[files.index(record["file"])][f"called:{rule}"] == "|".join(called)
+
+
+@pytest.fixture(scope="module")
+def in_process_features(in_process, tiny_workdir):
+    """The restored model's features (``make_predict_fn(with_features=True)``) of the whole training and
+    validation splits (fewer films than ``out_of_distribution.MAX_FILMS``), and the function."""
+    restored, _ = in_process
+    mesh = sharding.make_mesh()
+    predict_fn = inference.make_predict_fn(restored.graphdef, mesh, restored.dtype, with_features=True)
+    builder = dataset.build(restored.config.data, tiny_workdir)
+
+    def features_of(films):
+        return np.asarray(predict_fn(restored.model_state, films)[1], np.float64)
+
+    splits = {}
+    for split in ("train", "validation"):
+        source = records.data_source(builder, split)
+        assert len(source) < out_of_distribution.MAX_FILMS
+        batches = inference.split_batches(source, global_batch_size=len(source), image_size=32, worker_count=0)
+        splits[split] = features_of(next(iter(batches))["image"])
+    return splits, features_of
+
+
+def _mahalanobis(features: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    centred = features - mean
+    return np.sqrt(np.einsum("nd,de,ne->n", centred, np.linalg.inv(covariance), centred))
+
+
+def test_the_out_of_distribution_fit_is_the_training_films_and_a_validation_quantile(exported, in_process_features):
+    """The bundle's mean and covariance against the training films' features (Ledoit-Wolf, scikit-learn's)
+    and its threshold against np.quantile of the validation films' float64 Mahalanobis distances."""
+    splits, _ = in_process_features
+    with np.load(exported / bundle_format.OOD_FILE, allow_pickle=False) as arrays:
+        mean, covariance = arrays["mean"], arrays["covariance"]
+    summary = json.loads((exported / bundle_format.MANIFEST_FILE).read_text())["out_of_distribution"]
+    assert (summary["n_train"], summary["n_validation"]) == (len(splits["train"]), len(splits["validation"]))
+    reference = LedoitWolf().fit(splits["train"])
+    np.testing.assert_allclose(mean, reference.location_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(covariance, reference.covariance_, rtol=1e-3, atol=1e-6)
+    distances = _mahalanobis(splits["validation"], mean, covariance)
+    quantile = np.quantile(distances, 1 - summary["false_alarm_rate"])
+    assert summary["threshold"] == pytest.approx(quantile, rel=1e-4)
+
+
+def test_served_scores_are_the_in_process_distances(served, exported, in_process_features):
+    _, _, out, _, _ = served
+    _, features_of = in_process_features
+    with np.load(exported / bundle_format.OOD_FILE, allow_pickle=False) as arrays:
+        mean, covariance = arrays["mean"], arrays["covariance"]
+    threshold = json.loads((exported / bundle_format.MANIFEST_FILE).read_text())["out_of_distribution"]["threshold"]
+    ok = [json.loads(line) for line in (out / predictions.JSONL_FILE).read_text().splitlines()]
+    ok = [r for r in ok if r["status"] == "ok"]
+    films = np.stack([images.model_input(radiograph_files.read(r["file"]).pixels, 32, 32) for r in ok])
+    expected = _mahalanobis(features_of(films), mean, covariance)
+    np.testing.assert_allclose([r["out_of_distribution"] for r in ok], expected, rtol=1e-4)
+    for record, distance in zip(ok, expected, strict=True):
+        assert any(w.startswith("Unlike the training films (nih)") for w in record["warnings"]) == (
+            distance > threshold
+        )
 
 
 def test_serve_imports_none_of_the_training_stack(served):

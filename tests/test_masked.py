@@ -662,6 +662,7 @@ def test_the_inference_gather_carries_label_mask_when_batches_have_it():
 def test_serve_prints_the_label_space_once(tmp_path, capsys, monkeypatch):
     import cv2
 
+    from lungjax.evaluation.fit import ood
     from lungjax.serve import bundle as serve_bundle
     from lungjax.serve.__main__ import main as serve_main
 
@@ -671,12 +672,16 @@ def test_serve_prints_the_label_space_once(tmp_path, capsys, monkeypatch):
         "task": {"class_names": list(names), "multi_label": True, "label_space": space},
         "input": {"stored_size": 16, "image_size": 8},
         "decision": {"thresholds": {"youden": dict.fromkeys(names, 0.5)}, "temperature": {"temperatures": [1.0, 1.0]}},
+        "provenance": {"training_sources": ["phantom"]},
     }
 
-    def predict(batch):
-        return np.full((len(batch), 2), 0.25, np.float32)
+    def predict(batch):  # the probabilities, and one feature at the mean of the films it was fitted on
+        return np.full((len(batch), 2), 0.25, np.float32), np.zeros((len(batch), 1), np.float32)
 
-    monkeypatch.setattr(serve_bundle, "load", lambda *_: serve_bundle.Bundle(tmp_path, manifest_, "float32", predict))
+    rng = np.random.default_rng(0)
+    unlike = ood.fit(rng.normal(size=(50, 1)), rng.normal(size=(50, 1)))
+    loaded = serve_bundle.Bundle(tmp_path, manifest_, "float32", predict, unlike)
+    monkeypatch.setattr(serve_bundle, "load", lambda *_: loaded)
     films = tmp_path / "films"
     films.mkdir()
     for n in range(2):

@@ -1,13 +1,18 @@
 """The out-of-distribution score: Ledoit-Wolf as scikit-learn computes it, the distance as a float64 direct
 computation, the false-alarm rate held on new in-distribution draws, far inputs flagged, the record
-through JSON."""
+through its two stored parts, and the even sample of a split it is fitted on. tests/test_export.py
+holds an exported bundle's fit against its films' features."""
 
+import dataclasses
 import json
 
+import ml_collections
 import numpy as np
 import pytest
+from conftest import example_source
 from sklearn.covariance import LedoitWolf
 
+from lungjax.evaluation import out_of_distribution
 from lungjax.evaluation.fit import ood
 
 DIMENSIONS = 32
@@ -55,13 +60,28 @@ def test_in_distribution_films_are_flagged_at_the_chosen_rate(fitted):
     assert abs(flagged - RATE) < bound
 
 
-def test_far_away_inputs_fire_and_the_record_survives_json(fitted):
+def test_far_away_inputs_fire_and_the_record_survives_its_two_parts(fitted):
+    """The export stores the scalars as JSON and the arrays as .npz: the record read back scores the same."""
     score, test, _ = fitted
     far = test[:20] + 10 * test.std(axis=0)
     assert score.is_unlike(far).all()
-    again = ood.OutOfDistribution.from_dict(json.loads(json.dumps(score.to_dict())))
+    again = ood.OutOfDistribution.from_parts(json.loads(json.dumps(score.summary())), score.to_npz())
     np.testing.assert_array_equal(again.score(test[:100]), score.score(test[:100]))
     assert again.threshold == score.threshold and again.false_alarm_rate == RATE
+
+
+def test_parts_that_cannot_be_a_record_are_refused_in_one_line(fitted):
+    score = fitted[0]
+    summary = score.summary()
+    with pytest.raises(ValueError, match="not the mean and covariance as .npz"):
+        ood.OutOfDistribution.from_parts(summary, b"not an npz")
+    with pytest.raises(ValueError, match="not positive definite"):
+        negative = dataclasses.replace(score, covariance=-score.covariance)
+        ood.OutOfDistribution.from_parts(summary, negative.to_npz())
+    with pytest.raises(ValueError, match="says 33"):
+        ood.OutOfDistribution.from_parts({**summary, "feature_dimensions": DIMENSIONS + 1}, score.to_npz())
+    with pytest.raises(ValueError, match="not a distance and a rate"):
+        ood.OutOfDistribution.from_parts({**summary, "threshold": "4"}, score.to_npz())
 
 
 def test_bad_input_is_refused_in_one_line():
@@ -69,3 +89,21 @@ def test_bad_input_is_refused_in_one_line():
         ood.fit(np.zeros((5, 2)), np.zeros((5, 2)), 1.5)
     with pytest.raises(ValueError, match="one D"):
         ood.fit(np.zeros((5, 2)), np.zeros((5, 3)))
+
+
+@pytest.mark.parametrize("size, limit", [(10, 4), (10, 10), (3, 8), (4097, 4096)])
+def test_the_fit_samples_each_split_evenly_and_in_order(size, limit):
+    """``spread``: at most ``limit`` examples, the first and the last among them, gaps differing by one at most."""
+    source = example_source([{"patient_id": i} for i in range(size)])
+    picked = [example["patient_id"] for example in out_of_distribution.spread(source, limit)]
+    assert len(picked) == min(size, limit) and picked[0] == 0 and picked[-1] == size - 1
+    gaps = np.diff(picked)
+    assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1
+
+
+def test_the_training_sources_are_the_source_or_each_source_of_a_union():
+    data = ml_collections.ConfigDict({"source": "phantom", "sources": (), "manual_dir": ""})
+    assert out_of_distribution.training_sources(data) == ["phantom"]
+    data.manual_dir = ""
+    data.sources = (("hospital", 1.0, "phantom:A"), ("hospital", 2.0, "/data/north"), ("chexpert", 1.0))
+    assert out_of_distribution.training_sources(data) == ["hospital-A", "hospital-north", "chexpert"]

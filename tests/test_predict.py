@@ -1,6 +1,7 @@
 """``--mode predict`` on crafted files: DICOM conventions, refusals, and carrying on past bad files."""
 
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from conftest import write_dicom
 from lungjax.data import images, labels, radiograph_files
 from lungjax.evaluation import predict
 from lungjax.evaluation.fit import temperature, validation
+
+UNLIKE_LINE = re.compile(r"  out-of-distribution score (\S+) \(threshold (\S+)\)")
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -112,24 +115,31 @@ def test_predict_carries_on_past_bad_files(tiny_workdir, tiny_config, files, cap
     paths = [str(files[name]) for name in ("good", "text", "mono1", "huge", "missing", "blank")]
     assert predict.predict_files(tiny_config, tiny_workdir, paths) == 3
     captured = capsys.readouterr()
-    # Per image: the probabilities, then (the workdir was evaluated) the calibrated ones and the calls.
-    printed = captured.out.splitlines()[0::3]
+    # Per image: the probabilities, then (the workdir was evaluated) the calibrated ones and the calls,
+    # then the out-of-distribution score.
+    out = captured.out.splitlines()
+    printed, calibrated_lines, calls_lines, unlike_lines = out[0::4], out[1::4], out[2::4], out[3::4]
     assert [line.split(":")[0] for line in printed] == [str(files[name]) for name in ("good", "mono1", "blank")]
     fit = validation.read(tiny_workdir / "eval" / "test" / validation.VALIDATION_FIT_FILE)
-    for line, calibrated, calls in zip(
-        printed, captured.out.splitlines()[1::3], captured.out.splitlines()[2::3], strict=True
-    ):
+    for line, calibrated, calls in zip(printed, calibrated_lines, calls_lines, strict=True):
         probabilities = np.array([float(line.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES])
         assert sum(probabilities) == pytest.approx(1.0, abs=0.01)
         expected = temperature.apply(probabilities[None], fit["temperature"]["temperatures"], False)[0]
         shown = [float(calibrated.split(name + " ")[1].split()[0]) for name in labels.CLASS_NAMES]
         np.testing.assert_allclose(shown, expected, atol=2e-3)  # from 3-decimal probabilities
         assert calibrated.startswith("  calibrated: ") and calls.startswith("  called at youden: ")
+    scores = [UNLIKE_LINE.fullmatch(line) for line in unlike_lines]
+    assert all(scores), unlike_lines
+    above = [name for name, m in zip(("good", "mono1", "blank"), scores, strict=True) if float(m[1]) > float(m[2])]
     lines = captured.err.splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
-    (warning,) = [line for line in lines if line.startswith("warning: ")]  # the blank film's, and no other's
-    assert len(errors) == 3 and len(lines) == 4
-    assert warning.startswith(f"warning: {files['blank']}: The image is nearly uniform")
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    (note,) = [line for line in lines if line.startswith("note: the out-of-distribution score is fitted on ")]
+    assert len(errors) == 3 and len(lines) == 4 + len(above) + 1
+    (uniform,) = [line for line in warnings if "The image is nearly uniform" in line]
+    assert uniform.startswith(f"warning: {files['blank']}: ")
+    unlike = [line for line in warnings if "unlike the training films (nih)" in line]
+    assert [line.split(": ")[1] for line in unlike] == [str(files[name]) for name in above]
     for line, name in zip(errors, ("text", "huge", "missing"), strict=True):
         assert str(files[name]) in line
     heatmaps = sorted(p.name for p in (tiny_workdir / predict.OUTPUT_DIR).glob("*.png"))
@@ -158,8 +168,8 @@ def test_predict_names_each_file_that_lies_in_one_line_and_goes_on(tiny_workdir,
     captured = capsys.readouterr()
     printed = [line.split(": ")[0] for line in captured.out.splitlines() if not line.startswith("  ")]
     assert printed == [str(good), f"{tmp_path}/odd\\xff.png"]
-    errors = captured.err.splitlines()
-    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3
     for line, name, said in zip(
         errors,
         names[1:],

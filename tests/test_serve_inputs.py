@@ -16,6 +16,7 @@ import pytest
 
 from lungjax import xla_cpu
 from lungjax.data import radiograph_files
+from lungjax.evaluation.fit import ood
 from lungjax.serve import bundle as serve_bundle
 from lungjax.serve import files, predictions
 from lungjax.serve.__main__ import main as serve_main
@@ -23,24 +24,42 @@ from lungjax.serve.__main__ import main as serve_main
 CLASSES = ["clear", "dense"]
 
 
+def _grey_features(batch: np.ndarray) -> np.ndarray:
+    """The stand-in's features: each image's mean and standard deviation of grey, in [0, 1]."""
+    flat = batch.reshape(len(batch), -1) / 255.0
+    return np.stack([flat.mean(axis=1), flat.std(axis=1)], axis=1).astype(np.float32)
+
+
+def _stand_in_unlike() -> ood.OutOfDistribution:
+    """An out-of-distribution score fitted on films of mean grey 0.2 to 0.6 and a little spread (as ``film``'s)."""
+    rng = np.random.default_rng(0)
+
+    def draws(n: int) -> np.ndarray:
+        return np.stack([rng.uniform(0.2, 0.6, n), rng.uniform(0.005, 0.02, n)], axis=1)
+
+    return ood.fit(draws(300), draws(300), 0.05)
+
+
 def stand_in_bundle(tmp_path: Path, fail_on_call: int | None = None) -> serve_bundle.Bundle:
-    """A bundle whose model calls an image ``dense`` with its mean grey level / 255 as the probability;
-    its ``fail_on_call``-th call raises, as a model that stops mid-run."""
+    """A bundle whose model calls an image ``dense`` with its mean grey level / 255 as the probability and
+    gives its grey mean and spread as features; its ``fail_on_call``-th call raises, as a model that stops
+    mid-run."""
     manifest = {
         "task": {"class_names": CLASSES, "multi_label": False},
         "input": {"stored_size": 16, "image_size": 8},
         "decision": {"thresholds": {"youden": {"clear": 0.5, "dense": 0.5}}, "temperature": {"temperatures": [1.0]}},
+        "provenance": {"training_sources": ["greys"]},
     }
     calls = []
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         calls.append(len(batch))
         if len(calls) == fail_on_call:
             raise RuntimeError("the model stopped")
         dense = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
-        return np.stack([1.0 - dense, dense], axis=1).astype(np.float32)
+        return np.stack([1.0 - dense, dense], axis=1).astype(np.float32), _grey_features(batch)
 
-    return serve_bundle.Bundle(tmp_path, manifest, "float32", predict)
+    return serve_bundle.Bundle(tmp_path, manifest, "float32", predict, _stand_in_unlike())
 
 
 def film(path: Path, level: int = 90, shape=(48, 40)) -> Path:
@@ -120,6 +139,31 @@ def test_every_file_that_lies_gets_its_record_and_the_run_goes_on(lying_folder, 
         rows = list(csv.reader(table))
     assert [row[0] for row in rows[1:]] == [record["file"] for record in found]
     assert sorted(os.listdir(out)) == [predictions.CSV_FILE, predictions.JSONL_FILE]  # no draft left
+
+
+def test_each_file_gets_its_out_of_distribution_score_and_a_warning_above_the_threshold(tmp_path):
+    """The score against a direct float64 Mahalanobis distance of the same features; the warning in the
+    record, in the CSV and through ``warn`` exactly for the films above the threshold."""
+    paths = [film(tmp_path / f"{level}.png", level, shape=(48, 48)) for level in (60, 90, 120, 210)]
+    out, warned = tmp_path / "predictions", []
+    bundle = stand_in_bundle(tmp_path)
+    assert predictions.classify(bundle, paths, out, batch_size=2, warn=warned.append) == 0
+    unlike = bundle.unlike
+    prepared = np.stack([bundle.prepare(radiograph_files.read(path).pixels) for path in paths])
+    centred = _grey_features(prepared).astype(np.float64) - unlike.mean
+    direct = np.sqrt(np.einsum("nd,de,ne->n", centred, np.linalg.inv(unlike.covariance), centred))
+    found = records(out)
+    np.testing.assert_allclose([record["out_of_distribution"] for record in found], direct, rtol=1e-9)
+    with (out / predictions.CSV_FILE).open(encoding="utf-8", newline="") as table:
+        rows = list(csv.DictReader(table))
+    above = direct > unlike.threshold
+    assert above.tolist() == [False, False, False, True]  # 210: brighter than any training film
+    for record, row, is_above in zip(found, rows, above, strict=True):
+        assert float(row["out_of_distribution"]) == pytest.approx(record["out_of_distribution"], rel=1e-8)
+        flagged = [w for w in record["warnings"] if w.startswith("Unlike the training films (greys): ")]
+        assert len(flagged) == is_above and row["warnings"] == predictions.WARNING_SEPARATOR.join(record["warnings"])
+    assert warned == [f"{found[3]['file']}: {found[3]['warnings'][-1]}"]
+    assert f"above the threshold {unlike.threshold:.3g}, which 5% of validation films exceed" in warned[0]
 
 
 def test_a_run_that_stops_keeps_the_previous_predictions(tmp_path):

@@ -91,11 +91,11 @@ def save_random_checkpoint(config, workdir: Path) -> None:
 
 def median_call_s(fn, inputs: np.ndarray, calls: int) -> float:
     """Median seconds of ``fn(inputs)`` over ``calls`` calls, after one that compiles."""
-    np.asarray(fn(inputs))
+    jax.block_until_ready(fn(inputs))
     seconds = []
     for _ in range(calls):
         start = time.perf_counter()
-        np.asarray(fn(inputs))
+        jax.block_until_ready(fn(inputs))
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
 

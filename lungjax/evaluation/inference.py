@@ -175,11 +175,16 @@ def tta_windows(size: int, crops: int) -> list[tuple[int, int, int]]:
     return windows[:crops]
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1, multi_label: bool = False):
+def make_predict_fn(
+    graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1, multi_label: bool = False, with_features: bool = False
+):
     """jit-compiled ``(model_state, uint8 images) -> probabilities (float32)``: softmax over the
     classes, or for a multi-label task a sigmoid per finding.
 
-    With ``tta_crops > 1`` the probabilities are the mean over ``tta_windows`` views.
+    With ``tta_crops > 1`` the probabilities are the mean over ``tta_windows`` views. With
+    ``with_features`` it returns ``(probabilities, features)``: the pooled penultimate features
+    (``features_and_logits``) of the whole image, the first view, which the out-of-distribution score
+    reads whatever the crops.
     """
     to_probabilities = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
 
@@ -187,13 +192,16 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh, dtype, *, tta_crops: int = 1, 
         model = nnx.merge(graphdef, model_state["params"], model_state["batch_stats"])
         x = models.images_to_input(images, dtype)
         windows = tta_windows(x.shape[1], tta_crops)
-        probs = 0.0
+        probs, whole_image_features = 0.0, None
         for top, left, side in windows:
             view = x[:, top : top + side, left : left + side]
             if side != x.shape[1]:
                 view = jax.image.resize(view, x.shape, "linear")
-            probs += to_probabilities(model(view, train=False).astype(jnp.float32))
-        return probs / len(windows)
+            features, logits = model.features_and_logits(view, train=False)
+            whole_image_features = features if whole_image_features is None else whole_image_features
+            probs += to_probabilities(logits.astype(jnp.float32))
+        probs = probs / len(windows)
+        return (probs, whole_image_features.astype(jnp.float32)) if with_features else probs
 
     return jax.jit(
         predict,

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from lungjax.data import dataset, images, radiograph_files, tasks, union
-from lungjax.evaluation import gradcam, inference
+from lungjax.evaluation import gradcam, inference, out_of_distribution
 from lungjax.evaluation.fit import decisions, operating_points, temperature, validation
 from lungjax.evaluation.render import overlays
 from lungjax.runtime import run_info, sharding
@@ -46,12 +46,14 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         restored.dtype,
         tta_crops=config.eval.tta_crops,
         multi_label=restored.task.multi_label,
+        with_features=True,
     )
     label_space = tasks.label_space(restored.task)
     if label_space is not None:  # a label set: what each probability means, once
         print("label space: " + "; ".join(f"{name}: {definition}" for name, definition in label_space.items()))
     cam_fn = gradcam.make_grad_cam_fn(restored.graphdef, restored.dtype, config.eval.cam_stage)
     fit = evaluation_fit(workdir, restored, config.eval.tta_crops)
+    unlike = out_of_distribution_fit(config, restored, union.built(saved.data, workdir), predict_fn)
     out = Path(workdir) / OUTPUT_DIR
     failures = 0
     for number, path in enumerate(paths):
@@ -66,7 +68,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             print(f"warning: {name}: {warning}", file=sys.stderr)
         image = images.model_input(radiograph.pixels, saved.data.stored_size, saved.image_size)
         batch = np.repeat(image[None], mesh.devices.size, axis=0)  # one row per device of the mesh
-        probs = np.asarray(predict_fn(restored.model_state, batch))[0]
+        probs, features = (np.asarray(output)[0] for output in predict_fn(restored.model_state, batch))
         predicted = int(probs.argmax())
         heatmap = gradcam.heatmaps_for(cam_fn, restored.model_state, image[None], np.array([predicted]), 1)
         heatmap_path = out / f"{number}_{Path(path).stem}.png"
@@ -82,7 +84,45 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         )
         if fit is not None:
             print("  " + fitted_lines(probs, fit, restored.task.multi_label))
+        if unlike is not None:
+            score = float(unlike.score(features)[0])
+            print(f"  out-of-distribution score {score:.3g} (threshold {unlike.threshold:.3g})")
+            if score > unlike.threshold:
+                print(f"warning: {name}: {unlike_warning(score, unlike, saved)}", file=sys.stderr)
     return failures
+
+
+def out_of_distribution_fit(config, restored: inference.RestoredModel, builders: dict | None, predict_fn):
+    """The out-of-distribution score fitted on this model's features of the dataset on disk
+    (``out_of_distribution.fit_on_splits``, as the export fits it), or None when the dataset is not built
+    (``evaluation_fit`` says so). Fitted anew at each run: its cost is a forward pass over at most
+    ``out_of_distribution.MAX_FILMS`` films of each split."""
+    if builders is None:
+        return None
+    unlike = out_of_distribution.fit_on_splits(
+        lambda images: predict_fn(restored.model_state, images)[1],
+        builders,
+        task=restored.task,
+        batch_size=config.eval.batch_size,
+        image_size=restored.config.image_size,
+        worker_count=config.worker_count,
+    )
+    print(
+        f"note: the out-of-distribution score is fitted on {unlike.n_train} training films and its threshold on "
+        f"{unlike.n_validation} validation films, a false-alarm rate of {unlike.false_alarm_rate:.0%}",
+        file=sys.stderr,
+    )
+    return unlike
+
+
+def unlike_warning(score: float, unlike, saved_config) -> str:
+    """The warning of a film whose out-of-distribution score is above the threshold."""
+    sources = out_of_distribution.training_sources(saved_config.data)
+    return (
+        f"unlike the training films ({', '.join(sources)}): out-of-distribution score {score:.3g} is "
+        f"above the threshold {unlike.threshold:.3g}, which {unlike.false_alarm_rate:.0%} of validation films "
+        "exceed; its probabilities may mean little"
+    )
 
 
 def evaluation_fit(workdir: str | os.PathLike, restored: inference.RestoredModel, tta_crops: int) -> dict | None:

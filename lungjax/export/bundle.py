@@ -28,12 +28,12 @@ from flax import nnx
 
 from lungjax import models
 from lungjax.data import union
-from lungjax.evaluation import evaluate, inference
+from lungjax.evaluation import evaluate, inference, out_of_distribution
 from lungjax.evaluation.fit import operating_points, validation
 from lungjax.export import manifest, parity, serialize
 from lungjax.runtime import run_info, sharding
 from lungjax.runtime import workdir as workdir_lib
-from lungjax.serve.bundle_format import CONFIG_FILE, MANIFEST_FILE, MODEL_FILES, PARITY_FILE
+from lungjax.serve.bundle_format import CONFIG_FILE, MANIFEST_FILE, MODEL_FILES, OOD_FILE, PARITY_FILE
 
 EXPORT_DIR = "export"
 PARITY_SPLIT = "validation"
@@ -70,6 +70,8 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
     )
     measured = parity.measure(pairs, batches, parity_images)
     _check(measured)
+    unlike = _out_of_distribution(config, builders, task, pairs["float32"][0], saved.image_size)
+    unlike_npz = unlike.to_npz()
     config_json = json.dumps(saved.to_dict(), indent=2, sort_keys=True).encode()
     parity_record = {
         "split": PARITY_SPLIT,
@@ -100,11 +102,15 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, par
         dataset_fingerprint=fingerprint,
         step=restored.step,
         params_sha256=restored.params_sha256,
+        out_of_distribution_record=manifest.out_of_distribution_section(
+            unlike.summary(), unlike_npz, f"{MODEL_FILES['float32']} (float32)"
+        ),
     )
     files = {
         **{MODEL_FILES[precision]: data for precision, (data, _) in pairs.items()},
         CONFIG_FILE: config_json,
         PARITY_FILE: parity_json,
+        OOD_FILE: unlike_npz,
         MANIFEST_FILE: json.dumps(record, indent=2).encode(),
     }
     return _write(workdir / EXPORT_DIR / str(restored.step), files)
@@ -131,6 +137,20 @@ def _validation_fit(config, workdir: Path, fitted_for, task, predict) -> tuple[d
     why = "; ".join(reasons) or "no evaluation of this checkpoint without test-time crops was found"
     fit = validation.fit_on_validation(config, predict("validation"), task, fitted_for)
     return fit, f"validation.fit_on_validation at export ({why})"
+
+
+def _out_of_distribution(config, builders: dict, task, model_file: bytes, image_size: int):
+    """The out-of-distribution score fitted on the features the exported float32 file itself gives (so
+    that serve's scores are the fitted ones), on the training and validation films."""
+    exported = jax.jit(jax.export.deserialize(bytearray(model_file)).call)
+    return out_of_distribution.fit_on_splits(
+        lambda images: exported(images)[1],
+        builders,
+        task=task,
+        batch_size=config.eval.batch_size,
+        image_size=image_size,
+        worker_count=config.worker_count,
+    )
 
 
 def _exported_and_reference(restored, mesh) -> dict[str, tuple[bytes, object]]:

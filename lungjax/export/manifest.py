@@ -3,17 +3,21 @@
 Written for people as much as for ``lungjax.serve``: the preprocessing is spelled out step by step
 as :mod:`lungjax.data.images` and the eval pipeline do it (the builder stores each film at
 ``stored_size``, the pipeline resizes that to ``image_size``), so a caller outside lungjax can
-reproduce the input bit for bit with OpenCV. The format's name, version and file names are
-:mod:`lungjax.serve.bundle_format`'s.
+reproduce the input bit for bit with OpenCV. Its ``out_of_distribution`` section says how to score a
+film's features against ``ood.npz`` and where the warning starts. The format's name, version and file
+names are :mod:`lungjax.serve.bundle_format`'s.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import cv2
 import jax
 
 import lungjax
 from lungjax.data import tasks
+from lungjax.evaluation import out_of_distribution
 from lungjax.evaluation.fit import operating_points, temperature
 from lungjax.serve import bundle_format
 
@@ -91,6 +95,24 @@ def decision_section(fit: dict, fit_source: str, fitted_dtype: str) -> dict:
     }
 
 
+def out_of_distribution_section(summary: dict, npz: bytes, fitted_on: str) -> dict:
+    """``fit.ood``'s summary, the arrays' file and digest, and how a caller applies it."""
+    return {
+        **summary,
+        "file": bundle_format.OOD_FILE,
+        "sha256": hashlib.sha256(npz).hexdigest(),
+        "bytes": len(npz),
+        "arrays": "mean (D,) and covariance (D, D), float64, in an uncompressed .npz (numpy.load, allow_pickle=False)",
+        "features": "the model file's second output, float32 (batch, D): the pooled penultimate features the "
+        "classifier head reads",
+        "fitted_on_features_of": fitted_on,
+        "samples": f"at most {out_of_distribution.MAX_FILMS} films of each split, evenly spaced over it",
+        "meaning": "how far a film's features lie from the training films'; above the threshold the film is "
+        "unlike the training films (another hospital, device, body part or not a chest film at all) and the "
+        "probabilities may mean little; about false_alarm_rate of films like the validation ones score above it",
+    }
+
+
 def build(
     *,
     task,
@@ -105,10 +127,12 @@ def build(
     dataset_fingerprint: str,
     step: int,
     params_sha256: str,
+    out_of_distribution_record: dict,
 ) -> dict:
     """The whole manifest, sealed with its own digest (``bundle_format.manifest_sha256``); ``model_files``
     is ``{precision: {"file", "sha256", ...}}``. The provenance names the checkpoint by its step and the
-    digest of its weights (``runtime.checkpoint.params_sha256``), as the validation fit does."""
+    digest of its weights (``runtime.checkpoint.params_sha256``), as the validation fit does;
+    ``out_of_distribution_record`` is ``out_of_distribution_section``'s."""
     record = {
         "format": bundle_format.FORMAT,
         "format_version": bundle_format.FORMAT_VERSION,
@@ -116,6 +140,7 @@ def build(
         "input": input_section(saved_config.data.stored_size, saved_config.image_size),
         "models": model_files,
         "decision": decision_section(fit, fit_source, fitted_dtype),
+        "out_of_distribution": out_of_distribution_record,
         "parity_file": bundle_format.PARITY_FILE,
         "parity_sha256": parity_sha256,
         "provenance": {
@@ -125,6 +150,7 @@ def build(
             "model_width": saved_config.model.width,
             "half_precision": bool(saved_config.half_precision),
             "dataset": dataset_name,
+            "training_sources": out_of_distribution.training_sources(saved_config.data),
             "dataset_fingerprint": dataset_fingerprint,
             "config_file": bundle_format.CONFIG_FILE,
             "config_sha256": config_sha256,

@@ -32,7 +32,8 @@ def measure(
         if rows <= 0:
             break
         for name, (_, reference) in pairs.items():
-            difference = np.abs(np.asarray(exported[name](batch["image"])) - np.asarray(reference(batch["image"])))
+            probabilities = exported[name](batch["image"])[0]  # the features beside them are the OOD score's
+            difference = np.abs(np.asarray(probabilities) - np.asarray(reference(batch["image"])))
             worst[name] = max(worst[name], float(difference[:rows].max()))
         seen += rows
     return {

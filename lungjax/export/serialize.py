@@ -1,7 +1,8 @@
 """The inference function as ``jax.export`` bytes: the model's weights baked in, the batch left symbolic.
 
-The function is ``inference.make_predict_fn``'s without test-time crops: the same pixel scaling
-(``models.images_to_input``), the model in inference mode, the float32 softmax or sigmoid. It is
+The function is ``inference.make_predict_fn``'s without test-time crops and with the features: the
+same pixel scaling (``models.images_to_input``), the model in inference mode, the float32 softmax or
+sigmoid, and the pooled penultimate features beside them (for the out-of-distribution score). It is
 lowered for CPU and CUDA at once, so one file serves both; the batch dimension is a symbol, so
 any batch size runs (each new size compiles once where it is called).
 """
@@ -21,16 +22,18 @@ BATCH_SYMBOL = "batch"
 
 
 def inference_function(graphdef: nnx.GraphDef, model_state: dict, dtype, *, multi_label: bool):
-    """``uint8 (N, S, S, 1) -> float32 (N, C)`` probabilities, closing over host copies of the weights
-    (constants once exported)."""
+    """``uint8 (N, S, S, 1) -> (float32 (N, C) probabilities, float32 (N, D) features)``, the features
+    being the pooled penultimate ones the out-of-distribution score reads (``features_and_logits``),
+    closing over host copies of the weights (constants once exported)."""
     state = jax.device_get(model_state)
     to_probabilities = jax.nn.sigmoid if multi_label else functools.partial(jax.nn.softmax, axis=-1)
 
-    def probabilities(images):
+    def probabilities_and_features(images):
         model = nnx.merge(graphdef, state["params"], state["batch_stats"])
-        return to_probabilities(model(models.images_to_input(images, dtype), train=False).astype(jnp.float32))
+        features, logits = model.features_and_logits(models.images_to_input(images, dtype), train=False)
+        return to_probabilities(logits.astype(jnp.float32)), features.astype(jnp.float32)
 
-    return probabilities
+    return probabilities_and_features
 
 
 def serialize(fn, image_size: int) -> bytes:

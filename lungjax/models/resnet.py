@@ -252,13 +252,21 @@ class PooledClassifier(nnx.Module):
         """Globally average-pooled last-stage features, float32 of shape (N, num_features)."""
         return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
 
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """float32 logits (N, num_classes); ``rngs`` (a ``dropout`` stream) is needed only for train-mode dropout."""
+    def features_and_logits(
+        self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(features, logits)`` of one forward pass: the pooled penultimate features (N, num_features)
+        the head sees (before dropout) and the float32 logits (N, num_classes). Inference and the export
+        take both from here (the out-of-distribution score reads the features); ``rngs`` (a ``dropout``
+        stream) is needed only for train-mode dropout."""
         if train and self.dropout_rate > 0 and rngs is None:
             raise ValueError("train=True with dropout_rate > 0 needs rngs=nnx.Rngs(dropout=...)")
-        x = self.features(x, train=train)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self.head(x)
+        features = self.features(x, train=train)
+        return features, self.head(self.dropout(features, deterministic=not train, rngs=rngs))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """float32 logits (N, num_classes): ``features_and_logits``' second half."""
+        return self.features_and_logits(x, train=train, rngs=rngs)[1]
 
 
 class ResNet(PooledClassifier):

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except (xla_cpu.SettingError, bundle.BundleError) as err:
         print(f"lungjax.serve: error: {err}", file=sys.stderr)
         return USAGE_EXIT_CODE
+    print(f"lungjax.serve: the model was trained on: {', '.join(loaded.training_sources)}", file=sys.stderr)
     if loaded.label_space:  # a label set: what each output means, once, before the images
         meanings = "; ".join(f"{name}: {definition}" for name, definition in loaded.label_space.items())
         print(f"lungjax.serve: label space: {meanings}", file=sys.stderr)
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 allow_lateral=args.allow_lateral,
                 progress=bar.update,
+                warn=lambda line: bar.write(f"lungjax.serve: warning: {line}", file=sys.stderr),
             )
     except OSError as err:  # writing the drafts (a full disk): the previous predictions were not touched
         print(

@@ -2,13 +2,16 @@
 
 * the manifest is this format's version and hashes to its own ``manifest_sha256`` (any edit to it, a
   class name reversed or a threshold changed, is refused: it is not what the export checked);
-* every file it names (the model files, the config, the parity record) hashes to the manifest's
+* every file it names (the model files, the config, the parity record, the out-of-distribution
+  arrays) hashes to the manifest's
   sha256 of it (a changed or truncated model must never be run as if it passed the parity check);
 * the manifest's contract is whole: distinct class names, one threshold per class at each operating
   point and each in [0, 1] or absent, one temperature (single-label) or one per finding, each finite
-  and in the fitted range, sizes in range;
+  and in the fitted range, sizes in range, the training sources named, the out-of-distribution arrays
+  and threshold readable (``fit.ood``);
 * the model agrees with it: one uint8 input of shape (N, S, S, 1) with S the manifest's image size
-  and N free, one float32 output of shape (N, C) with C the number of class names.
+  and N free, two float32 outputs, the probabilities (N, C) with C the number of class names and the
+  features (N, D) with D the out-of-distribution score's.
 
 Any disagreement is a ``BundleError`` naming the file and what differs (serve: one line, exit 2).
 """
@@ -26,7 +29,7 @@ import jax
 import numpy as np
 
 from lungjax.data import images
-from lungjax.evaluation.fit import temperature
+from lungjax.evaluation.fit import ood, temperature
 from lungjax.serve.bundle_format import (
     CONFIG_FILE,
     FORMAT,
@@ -34,6 +37,8 @@ from lungjax.serve.bundle_format import (
     MANIFEST_DIGEST,
     MANIFEST_FILE,
     MODEL_FILES,
+    OLDER_VERSIONS,
+    OOD_FILE,
     PARITY_FILE,
     manifest_sha256,
 )
@@ -51,7 +56,9 @@ class Bundle:
     directory: Path
     manifest: dict
     precision: str
-    predict: Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 1) -> float32 (N, C), compiled per N
+    # uint8 (N, S, S, 1) -> (float32 (N, C) probabilities, float32 (N, D) features), compiled per N
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    unlike: ood.OutOfDistribution  # the out-of-distribution score of the features
 
     @property
     def class_names(self) -> list[str]:
@@ -65,6 +72,10 @@ class Bundle:
     def label_space(self) -> dict[str, str] | None:
         """A label set's labels and their one-line definitions (None for NIH's tasks)."""
         return self.manifest["task"].get("label_space")
+
+    @property
+    def training_sources(self) -> list[str]:
+        return self.manifest["provenance"]["training_sources"]
 
     @property
     def image_size(self) -> int:
@@ -96,12 +107,17 @@ def load(directory: str | Path, precision: str = "float32") -> Bundle:
         raise BundleError(f"{directory} has no {precision} model; it has: {', '.join(manifest['models'])}")
     files = {entry["file"]: entry["sha256"] for entry in manifest["models"].values()}
     files |= {CONFIG_FILE: manifest["provenance"]["config_sha256"], PARITY_FILE: manifest["parity_sha256"]}
+    files |= {OOD_FILE: manifest["out_of_distribution"]["sha256"]}
     contents = {name: _checked_bytes(directory / name, digest) for name, digest in files.items()}
+    try:
+        unlike = ood.OutOfDistribution.from_parts(manifest["out_of_distribution"], contents[OOD_FILE])
+    except ValueError as err:  # a faulty export: the digests matched
+        raise BundleError(f"{directory / OOD_FILE}: {err}; {EXPORT_AGAIN}") from err
     models = {
         kind: _model(directory / entry["file"], contents[entry["file"]], manifest)
         for kind, entry in manifest["models"].items()
     }
-    return Bundle(directory, manifest, precision, jax.jit(models[precision].call))
+    return Bundle(directory, manifest, precision, jax.jit(models[precision].call), unlike)
 
 
 def _model(path: Path, data: bytes, manifest: dict):
@@ -128,9 +144,9 @@ def _sealed_manifest(path: Path) -> dict:
         raise BundleError(f"{path}: not a {FORMAT} manifest: is {path.parent} a bundle written by lungjax's export?")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        older = isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION
+        older = _is_int(version) and version in OLDER_VERSIONS
         why = (
-            "an older lungjax wrote it, without the manifest's own digest, so an edit to it cannot be detected"
+            f"an older lungjax wrote it, {OLDER_VERSIONS[version]}"
             if older
             else "this lungjax does not know that version"
         )
@@ -212,10 +228,17 @@ def _contract_problem(manifest: dict) -> str | None:
             )
         if not SHA256.match(str(_at(entry, "sha256"))):
             return f"models.{precision}.sha256 is {json.dumps(_at(entry, 'sha256'))[:80]}, not a sha256"
+    sources = _at(manifest, "provenance", "training_sources")
+    if not (isinstance(sources, list) and sources and all(isinstance(s, str) and s for s in sources)):
+        return f"provenance.training_sources is {json.dumps(sources)[:80]}, not a list of source names"
     digests = {
         "provenance.config_sha256": _at(manifest, "provenance", "config_sha256"),
         "parity_sha256": manifest.get("parity_sha256"),
+        "out_of_distribution.sha256": _at(manifest, "out_of_distribution", "sha256"),
     }
+    if _at(manifest, "out_of_distribution", "file") != OOD_FILE:
+        found = json.dumps(_at(manifest, "out_of_distribution", "file"))
+        return f"out_of_distribution.file is {found}, not {json.dumps(OOD_FILE)}"
     for key, digest in digests.items():
         if not SHA256.match(str(digest)):
             return f"{key} is {json.dumps(digest)}, not a sha256"
@@ -247,11 +270,13 @@ def _contract_problem(manifest: dict) -> str | None:
 def _model_disagreement(exported, manifest: dict) -> str | None:
     """How the deserialised model's signature differs from what the manifest promises, or None."""
     size, classes = manifest["input"]["image_size"], len(manifest["task"]["class_names"])
-    if len(exported.in_avals) != 1 or len(exported.out_avals) != 1:
+    dimensions = manifest["out_of_distribution"]["feature_dimensions"]
+    if len(exported.in_avals) != 1 or len(exported.out_avals) != 2:
         return (
-            f"the model takes {len(exported.in_avals)} inputs and gives {len(exported.out_avals)} outputs, not one each"
+            f"the model takes {len(exported.in_avals)} inputs and gives {len(exported.out_avals)} outputs, not one "
+            "input and two outputs (the probabilities and the features)"
         )
-    (given,), (out,) = exported.in_avals, exported.out_avals
+    (given,), (out, features) = exported.in_avals, exported.out_avals
     if given.dtype != np.uint8 or len(given.shape) != 4 or tuple(given.shape[1:]) != (size, size, 1):
         return (
             f"the model takes {given.dtype} {_shape(given.shape)}, the manifest's input is uint8 (N, {size}, {size}, 1)"
@@ -262,6 +287,11 @@ def _model_disagreement(exported, manifest: dict) -> str | None:
         return (
             f"the model gives {out.dtype} {_shape(out.shape)}, the manifest names {classes} classes: "
             f"float32 (N, {classes}) is due"
+        )
+    if features.dtype != np.float32 or len(features.shape) != 2 or features.shape[1] != dimensions:
+        return (
+            f"the model gives features float32 {_shape(features.shape)}, the out-of-distribution score reads "
+            f"float32 (N, {dimensions})"
         )
     return None
 

@@ -9,6 +9,13 @@ Version 2 seals the manifest: ``manifest_sha256`` is the sha256 of its canonical
 key (``manifest_sha256``), and the manifest holds the sha256 of every other file of the bundle, so one
 digest checked covers the whole bundle and any edit to any file is refused. Version 1 bundles had no
 such digest: an edit to their manifest cannot be detected, so they are refused with "export again".
+
+Version 3 adds the out-of-distribution score: each model file returns the pooled penultimate features
+beside the probabilities, ``OOD_FILE`` holds the training films' feature mean and covariance (float64
+arrays: at ResNet-50's 2048 features a 32 MiB matrix, which JSON would make four times larger and
+unreadable, so it is a file of its own, covered by its sha256 in the manifest), and the manifest's
+``out_of_distribution`` section holds the threshold and what it means; ``provenance.training_sources``
+names the sources the model was trained on. Version 2 bundles have neither: "export again".
 """
 
 from __future__ import annotations
@@ -17,13 +24,19 @@ import hashlib
 import json
 
 FORMAT = "lungjax-export"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 MANIFEST_DIGEST = "manifest_sha256"  # the manifest's key for its own digest
 CONFIG_FILE = "config.json"
 PARITY_FILE = "parity.json"
+OOD_FILE = "ood.npz"  # the out-of-distribution score's arrays
 MODEL_FILES = {"float32": "model.jax", "bfloat16": "model_bf16.jax"}  # precision -> file
 PRECISIONS = tuple(MODEL_FILES)
+# What each older version lacks, for the reader's refusal.
+OLDER_VERSIONS = {
+    1: "without the manifest's own digest, so an edit to it cannot be detected",
+    2: "without the out-of-distribution score and the training sources",
+}
 
 
 def manifest_sha256(manifest: dict) -> str:

@@ -4,7 +4,10 @@ Files are read and predicted ``batch_size`` at a time; the readable ones of a ch
 in one batch padded with black images to ``batch_size`` rows, so a run compiles one shape. The
 probabilities are the model's; the calibrated ones are ``temperature.apply`` with the manifest's
 temperatures; the classes called at an operating point are those whose uncalibrated probability
-reaches its threshold (``decisions.called``), as evaluation chose them on validation.
+reaches its threshold (``decisions.called``), as evaluation chose them on validation. The
+out-of-distribution score is the Mahalanobis distance of the model's features to the training films'
+(``fit.ood``, the manifest's record); above its threshold the file gets a warning that it is unlike the
+training films, in its record's warnings like every other.
 """
 
 from __future__ import annotations
@@ -35,14 +38,26 @@ def _read(path: Path, bundle: Bundle, allow_lateral: bool) -> tuple[dict, np.nda
         radiograph = radiograph_files.read(path, allow_lateral=allow_lateral)
     except images.ImageError as err:
         record = {"file": name, "status": "error", "error": str(err), "source": None, "warnings": []}
-        return {**record, "probabilities": None, "calibrated": None, "called": None}, None
+        return {**record, "out_of_distribution": None, "probabilities": None, "calibrated": None, "called": None}, None
     record = {"file": name, "status": "ok", "error": None, "source": radiograph.source}
     return {**record, "warnings": list(radiograph.warnings)}, bundle.prepare(radiograph.pixels)
 
 
-def _predict(bundle: Bundle, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+def _predict(bundle: Bundle, inputs: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, out-of-distribution scores) of the real rows."""
     padding = [np.zeros_like(inputs[0])] * (batch_size - len(inputs))
-    return np.asarray(bundle.predict(np.stack(inputs + padding)))[: len(inputs)]
+    probs, features = bundle.predict(np.stack(inputs + padding))
+    return np.asarray(probs)[: len(inputs)], bundle.unlike.score(np.asarray(features)[: len(inputs)])
+
+
+def unlike_warning(score: float, bundle: Bundle) -> str:
+    """The warning of a film whose out-of-distribution score is above the threshold."""
+    unlike = bundle.unlike
+    return (
+        f"Unlike the training films ({', '.join(bundle.training_sources)}): out-of-distribution score {score:.3g} "
+        f"is above the threshold {unlike.threshold:.3g}, which {unlike.false_alarm_rate:.0%} of validation films "
+        "exceed; its probabilities may mean little"
+    )
 
 
 def _csv_header(bundle: Bundle) -> list[str]:
@@ -52,6 +67,7 @@ def _csv_header(bundle: Bundle) -> list[str]:
         "error",
         "source",
         "warnings",
+        "out_of_distribution",
         *(f"probability:{name}" for name in bundle.class_names),
         *(f"calibrated:{name}" for name in bundle.class_names),
         *(f"called:{rule}" for rule in bundle.thresholds),
@@ -62,7 +78,8 @@ def _csv_row(record: dict, bundle: Bundle) -> list[str]:
     row = [record["file"], record["status"], record["error"] or "", record["source"] or ""]
     row.append(WARNING_SEPARATOR.join(record["warnings"]))
     if record["status"] != "ok":
-        return row + [""] * (2 * len(bundle.class_names) + len(bundle.thresholds))
+        return row + [""] * (1 + 2 * len(bundle.class_names) + len(bundle.thresholds))
+    row.append(f"{record['out_of_distribution']:.9g}")
     row += [f"{record['probabilities'][name]:.9g}" for name in bundle.class_names]
     row += [f"{record['calibrated'][name]:.9g}" for name in bundle.class_names]
     return row + ["|".join(record["called"][rule]) for rule in bundle.thresholds]
@@ -87,13 +104,14 @@ def classify(
     batch_size: int = 32,
     allow_lateral: bool = False,
     progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
     """Writes ``out/predictions.csv`` and ``out/predictions.jsonl`` for ``paths``; returns how many failed.
 
     Both are written as hidden drafts beside them and renamed over them once every file is done, so a
     run that stops (an error, a signal) leaves the previous run's predictions as they were, and its
     drafts are removed unless it is killed outright. ``progress(n)`` is called after each chunk with the
-    number of files it held.
+    number of files it held; ``warn(line)`` with ``"<file>: <warning>"`` for each file unlike the training films.
     """
     check_out(out)
     out = Path(out)
@@ -101,7 +119,7 @@ def classify(
     finals = (out / CSV_FILE, out / JSONL_FILE)
     drafts = [folders.draft_of(final) for final in finals]
     try:
-        failures = _write(bundle, paths, *drafts, batch_size, allow_lateral, progress)
+        failures = _write(bundle, paths, *drafts, batch_size, allow_lateral, progress, warn)
         for draft, final in zip(drafts, finals, strict=True):
             folders.swap_in(draft, final)
     finally:
@@ -118,6 +136,7 @@ def _write(
     batch_size: int,
     allow_lateral: bool,
     progress: Callable[[int], None] | None,
+    warn: Callable[[str], None] | None,
 ) -> int:
     failures = 0
     with csv_path.open("w", newline="", encoding="utf-8") as table, jsonl_path.open("w", encoding="utf-8") as lines:
@@ -127,9 +146,14 @@ def _write(
             chunk = [_read(Path(path), bundle, allow_lateral) for path in paths[start : start + batch_size]]
             ready = [(record, image) for record, image in chunk if image is not None]
             if ready:
-                probs = _predict(bundle, [image for _, image in ready], batch_size)
+                probs, scores = _predict(bundle, [image for _, image in ready], batch_size)
                 calibrated = temperature.apply(probs, bundle.temperatures, bundle.multi_label)
-                for (record, _), row, row_calibrated in zip(ready, probs, calibrated, strict=True):
+                for (record, _), row, row_calibrated, score in zip(ready, probs, calibrated, scores, strict=True):
+                    record["out_of_distribution"] = float(score)
+                    if score > bundle.unlike.threshold:
+                        record["warnings"].append(unlike_warning(score, bundle))
+                        if warn is not None:
+                            warn(f"{record['file']}: {record['warnings'][-1]}")
                     record["probabilities"] = dict(zip(bundle.class_names, map(float, row), strict=True))
                     record["calibrated"] = dict(zip(bundle.class_names, map(float, row_calibrated), strict=True))
                     record["called"] = decisions.called(row.tolist(), bundle.thresholds, bundle.class_names)
