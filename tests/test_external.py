@@ -73,6 +73,14 @@ def test_an_external_evaluation_and_the_matrix_agree_with_scikit_learn(site_a_ru
     own_test = len(union.split(union.open_built(site_config("A", root).data, root / "A"), "test"))
     assert probe["sources"] == ["hospital-A", "hospital-B"]
     assert probe["n_films"] == min(own_test, 40) + min(len(rows), 40)  # the first films of each test split
+    assert set(matrix["shortcut"]) == {"raw pixels (block means)", "A's penultimate features"}
+    assert matrix["shortcut"]["A's penultimate features"]["n_features"] == 64  # resnet18 at width 0.125: 512 x 0.125
+    unlike = matrix["out_of_distribution"]["A"]
+    assert {part: row["n_films"] for part, row in unlike["per_source"].items()} == {
+        "hospital-A": own_test,
+        "hospital-B": len(rows),
+    }
+    assert 0 < unlike["false_alarm_rate"] < 1 and unlike["threshold"] > 0
     assert (root / "matrix" / "external" / "report.html").is_file()
     assert (root / "matrix" / "tfds" / "hospital-B").is_dir()  # the test sources are built in the matrix's workdir
 
