@@ -82,7 +82,7 @@ def main(argv):
     config, workdir = FLAGS.config, FLAGS.workdir
     from lungjax.config import check as config_check  # after initialize: it counts the devices
 
-    config_check.validate(config, reads_data=FLAGS.mode in ("train", "prepare"))
+    config_check.validate(config, reads_data=FLAGS.mode in ("train", "prepare"), trains=FLAGS.mode != "prepare")
     if FLAGS.mode == "predict":
         from lungjax.evaluation import predict  # imports no training code
 
@@ -236,6 +236,7 @@ NO_SPACE_ADVICE = {
     "prepare": f"the dataset build stopped and nothing of it was kept: {RERUN}",
     "predict": RERUN,
     "export": f"{RERUN}: no bundle was swapped in (an earlier one is kept)",
+    "external": f"{RERUN}: the external report was not swapped in (an earlier one is kept)",
 }
 
 

@@ -390,11 +390,12 @@ def _label_problems(values: dict) -> list[str]:
     return found
 
 
-def problems(config, *, reads_data: bool = True) -> list[str]:
+def problems(config, *, reads_data: bool = True, trains: bool = True) -> list[str]:
     """Every problem with ``config`` (a ConfigDict or dict), one line each; empty when it is fine.
 
     ``reads_data=False`` for the modes that take the data section from the checkpoint's saved config
-    (evaluate, predict): the config's own download folder is then not needed.
+    (evaluate, predict): the config's own download folder is then not needed. ``trains=False`` for
+    ``--mode prepare``, which builds a source whatever label set a later run trains.
     """
     schema = trees.flatten(base_config())
     values = trees.flatten(config)
@@ -437,7 +438,8 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
-    found.extend(_label_problems(values))
+    if trains:
+        found.extend(_label_problems(values))
     found.extend(_parts_problems(values, reads_data=reads_data))
     found.extend(_test_source_problems(values))
     found.extend(_build_options_problems(values))
@@ -456,9 +458,9 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
     return found
 
 
-def validate(config, *, reads_data: bool = True) -> None:
+def validate(config, *, reads_data: bool = True, trains: bool = True) -> None:
     """Raises one ``ConfigError`` listing every problem, or returns when the config can run."""
-    found = problems(config, reads_data=reads_data)
+    found = problems(config, reads_data=reads_data, trains=trains)
     if found:
         raise ConfigError("invalid config: " + "; ".join(found))
 
