@@ -301,6 +301,11 @@ def problems(config, *, reads_data: bool = True) -> list[str]:
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
+    if values["model.strided_space_to_depth"] and values["model.name"] not in resnet.MODEL_NAMES:
+        found.append(
+            f"config.model.strided_space_to_depth: True is not allowed with model.name={values['model.name']!r}; "
+            "allowed: False (it has no stride-2 convolution after its stem; it downsamples by pooling)"
+        )
     downloads = [name for name, *_ in values["data.sources"] or [(values["data.source"],)] if name != "phantom"]
     if reads_data and downloads and not values["data.manual_dir"]:
         found.append(
