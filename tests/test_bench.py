@@ -34,11 +34,33 @@ def run_bench(name: str, args: list[str], timeout: float = 300) -> subprocess.Co
 
 
 def test_parse_contender():
-    assert cpu.parse_contender("keras-torch") == ("keras-torch", {})
+    assert cpu.parse_contender("keras-torch") == ("keras-torch", (), {})
     assert cpu.parse_contender("lungjax;XLA_FLAGS=--a=1 --b=2;X=y") == (
         "lungjax",
+        (),
         {"XLA_FLAGS": "--a=1 --b=2", "X": "y"},
     )
+    assert cpu.parse_contender("lungjax-bf16+model.strided_space_to_depth+optimizer_flatten;X=y") == (
+        "lungjax-bf16",
+        ("model.strided_space_to_depth", "optimizer_flatten"),
+        {"X": "y"},
+    )
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("lungjax-fp8", r"unknown contender kind 'lungjax-fp8'; expected one of lungjax, lungjax-bf16"),
+        ("lungjax;XLA_FLAGS", r"contender 'lungjax;XLA_FLAGS': 'XLA_FLAGS' is not NAME=VALUE"),
+        ("keras-torch+optimizer_flatten", r"levers are lungjax settings; keras-torch takes none"),
+        ("lungjax+model.strided", r"'model.strided' is not a boolean key of the base config"),
+        ("lungjax+model.name", r"'model.name' is not a boolean key of the base config"),  # a string
+        ("lungjax+model", r"'model' is not a boolean key of the base config"),  # a section
+    ],
+)
+def test_parse_contender_names_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        cpu.parse_contender(spec)
 
 
 @pytest.mark.slow  # runs the benchmark in a process of its own
