@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.stem_pad_channels = False
     # Every later stride-2 conv (a stage's first block, its shortcut) as an exactly equal stride-1 conv on
     # 2x2 pixel blocks, the stored kernel rearranged in the forward pass (same parameters): a GPU speed
-    # lever, slower on the CPU (BENCHMARKS.md). ResNets only: DenseNet downsamples by pooling.
+    # lever, not faster on the CPU (BENCHMARKS.md). ResNets only: DenseNet downsamples by pooling.
     config.model.strided_space_to_depth = False
     # BatchNorm's training gradient written by hand (models.batch_norm), one reduction and one
     # elementwise pass instead of autodiff's several; the same numbers. A GPU speed lever.
