@@ -34,11 +34,33 @@ def run_bench(name: str, args: list[str], timeout: float = 300) -> subprocess.Co
 
 
 def test_parse_contender():
-    assert cpu.parse_contender("keras-torch") == ("keras-torch", {})
+    assert cpu.parse_contender("keras-torch") == ("keras-torch", (), {})
     assert cpu.parse_contender("lungjax;XLA_FLAGS=--a=1 --b=2;X=y") == (
         "lungjax",
+        (),
         {"XLA_FLAGS": "--a=1 --b=2", "X": "y"},
     )
+    assert cpu.parse_contender("lungjax-bf16+model.strided_space_to_depth+optimizer_flatten;X=y") == (
+        "lungjax-bf16",
+        ("model.strided_space_to_depth", "optimizer_flatten"),
+        {"X": "y"},
+    )
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("lungjax-fp8", r"unknown contender kind 'lungjax-fp8'; expected one of lungjax, lungjax-bf16"),
+        ("lungjax;XLA_FLAGS", r"contender 'lungjax;XLA_FLAGS': 'XLA_FLAGS' is not NAME=VALUE"),
+        ("keras-torch+optimizer_flatten", r"levers are lungjax settings; keras-torch takes none"),
+        ("lungjax+model.strided", r"'model.strided' is not a boolean key of the base config"),
+        ("lungjax+model.name", r"'model.name' is not a boolean key of the base config"),  # a string
+        ("lungjax+model", r"'model' is not a boolean key of the base config"),  # a section
+    ],
+)
+def test_parse_contender_names_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        cpu.parse_contender(spec)
 
 
 @pytest.mark.slow  # runs the benchmark in a process of its own
@@ -75,17 +97,18 @@ def test_scaling_output(tmp_path):
     assert "img/s" in table and "[scaling]" not in table  # the table comes last
 
 
-# Every code path of the one device call, in five of its settings (each compiles: all twelve take ~10 minutes here).
+# Every code path of the one device call, in six of its settings (each compiles: all thirteen take ~11 minutes here).
 GPU_BENCH_SETTINGS = (
     "today",
     "fewer_pass_batch_norm",
+    "strided_space_to_depth",  # the model's own rewrite of every strided conv after the stem
     "all_levers_4_workers",  # the step's augmentation, the padded stem, flatten, grain worker processes
     "all_levers_lars_large_batch_0",
     "command_buffers_all_levers",  # a child process with the XLA flags, which the CPU's jaxlib parses too
 )
 
 
-@pytest.mark.slow  # runs the benchmark in a process of its own, five compilations: minutes
+@pytest.mark.slow  # runs the benchmark in a process of its own, six compilations: minutes
 def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     """The one device call's script, step only and end to end per setting, the table last. (The module
     is not imported here: its absl flags share names with the CPU bench's.)"""
@@ -123,6 +146,7 @@ def test_gpu_bench_runs_whole_on_the_cpu_at_a_tiny_size(tmp_path):
     assert rows["today"]["levers"] == {} and rows["today"]["batch"] == 4 and not rows["today"]["xla_flags"]
     assert rows["today"]["workers"] == 0 and rows["all_levers_4_workers"]["workers"] == 4
     assert rows["fewer_pass_batch_norm"]["levers"] == {"model.fewer_pass_batch_norm": True}
+    assert rows["strided_space_to_depth"]["levers"] == {"model.strided_space_to_depth": True}
     large = rows["all_levers_lars_large_batch_0"]
     assert large["batch"] == 6 and large["levers"]["optimizer"] == "lars" and large["levers"]["augment_on_device"]
     assert "--xla_gpu_enable_command_buffer=+CONVOLUTION" in rows["command_buffers_all_levers"]["xla_flags"]

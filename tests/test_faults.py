@@ -644,6 +644,10 @@ def test_lock_from_another_host_is_refused(tmp_path):
             {"model.stem_space_to_depth": True, "model.stem_pad_channels": True},
             r"config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True",
         ),
+        (
+            {"model.name": "densenet121", "model.strided_space_to_depth": True},
+            r"config.model.strided_space_to_depth: True is not allowed with model.name='densenet121'; allowed: False",
+        ),
     ],
 )
 def test_bad_config_is_one_message_naming_key_and_allowed_values_before_any_work(data_root, tmp_path, change, message):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lungjax.models import resnet
 from lungjax.models.flops import flops_per_image
 from lungjax.models.resnet import MODEL_NAMES, create_model
 
@@ -172,8 +173,8 @@ def test_space_to_depth_and_padded_channel_stems_are_the_same_function_of_the_sa
         )
     }
     conv = stems.pop("conv")
-    assert not conv.stem.space_to_depth and not conv.stem.pad_channels
-    assert stems["space_to_depth"].stem.space_to_depth and stems["pad_channels"].stem.pad_channels
+    assert not conv.stem.conv.space_to_depth and not conv.stem.pad_channels
+    assert stems["space_to_depth"].stem.conv.space_to_depth and stems["pad_channels"].stem.pad_channels
     conv_state = nnx.state(conv, nnx.Param, nnx.BatchStat)
     conv_outputs, conv_grad = _stem_outputs_and_kernel_grad(conv, x)
     assert conv_outputs[0].shape == (2, (height + 3) // 4, (width + 3) // 4, conv.stem.bn.num_features)
@@ -196,3 +197,151 @@ def test_space_to_depth_and_padded_channel_stems_are_the_same_function_of_the_sa
 def test_a_stem_is_not_both_space_to_depth_and_padded():
     with pytest.raises(ValueError, match="either space-to-depth or padded to 4 channels"):
         create_model("resnet18", num_classes=NUM_CLASSES, width=0.125, stem_space_to_depth=True, stem_pad_channels=True)
+
+
+def _pulled_back(function, params, x, cotangent):
+    """``function(params, x)`` and its pullback of ``cotangent`` to the parameters' leaves and the input, in one jit."""
+
+    @jax.jit
+    def run(params, x):
+        y, vjp = jax.vjp(function, params, x)
+        params_grad, x_grad = vjp(cotangent)
+        return y, jax.tree.leaves(params_grad), x_grad
+
+    return run(params, x)
+
+
+@pytest.mark.parametrize(
+    "kernel, padding, height, width",
+    [
+        (3, ((1, 1), (1, 1)), 9, 8),  # v1.5's 3x3/2 (and basic blocks'), explicit padding 1
+        (1, "VALID", 9, 8),  # v1's 1x1/2 and every projection shortcut
+        # The stem's 7x7/2 (also the stem test's) and an even kernel with uneven padding: the general case.
+        pytest.param(7, ((3, 3), (3, 3)), 9, 10, marks=pytest.mark.slow),
+        pytest.param(2, ((0, 1), (1, 0)), 7, 8, marks=pytest.mark.slow),
+    ],
+)
+def test_space_to_depth_conv_equals_the_stride_2_conv_forward_and_backward(kernel, padding, height, width):
+    """Against ``nnx.Conv`` itself, at odd and even sizes: output, and gradients of input and kernel."""
+    conv = resnet.Conv(3, 5, (kernel, kernel), strides=2, padding=padding, use_bias=False, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(conv)
+    x = jax.random.normal(jax.random.key(1), (2, height, width, 3))
+    cotangent = jax.random.normal(jax.random.key(2), conv(x).shape)
+
+    def plain(params, x):
+        return nnx.Conv.__call__(nnx.merge(graphdef, params), x)
+
+    def rewritten(params, x):
+        return resnet.space_to_depth_conv(nnx.merge(graphdef, params), x)
+
+    expected_y, (expected_kernel_grad,), expected_x_grad = _pulled_back(plain, params, x, cotangent)
+    y, (kernel_grad,), x_grad = _pulled_back(rewritten, params, x, cotangent)
+    assert y.shape == expected_y.shape
+    _assert_float32_close(y, expected_y, "output")
+    _assert_float32_close(kernel_grad, expected_kernel_grad, "kernel gradient")
+    _assert_float32_close(x_grad, expected_x_grad, "input gradient")
+    assert np.any(np.asarray(x_grad) != 0) and np.any(np.asarray(kernel_grad) != 0)
+
+
+@pytest.mark.parametrize(
+    "strides, padding, found",
+    [(1, "VALID", "strides 1 and padding 'VALID'"), (2, "SAME", "strides 2 and padding 'SAME'")],
+)
+def test_space_to_depth_conv_refuses_what_it_does_not_rewrite(strides, padding, found):
+    conv = resnet.Conv(3, 5, (3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=f"with VALID or explicit padding; this one has {found}"):
+        resnet.space_to_depth_conv(conv, jnp.zeros((1, 8, 8, 3)))
+
+
+def _train_logits_and_pullback(model, x, cotangent):
+    """Train-mode logits, the updated batch statistics, and the pullback of ``cotangent`` to every
+    parameter and to the input, in one jit."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def logits(params, x):
+        model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+        return model(x, train=True), nnx.state(model, nnx.BatchStat)
+
+    @jax.jit
+    def run(params, x):
+        (y, stats), vjp = jax.vjp(logits, params, x)
+        params_grad, x_grad = vjp((cotangent, jax.tree.map(jnp.zeros_like, stats)))
+        return y, stats, params_grad, x_grad
+
+    return run(params, x)
+
+
+def _rewritten_convs(model) -> list[tuple]:
+    return sorted(
+        path for path, conv in nnx.iter_modules(model) if isinstance(conv, resnet.Conv) and conv.space_to_depth
+    )
+
+
+@pytest.mark.parametrize("name, stride_in_1x1", [("resnet18", False), ("resnet50", False), ("resnet50", True)])
+def test_strided_space_to_depth_rewrites_exactly_the_stride_2_convs_and_keeps_the_parameter_tree(name, stride_in_1x1):
+    """Stages 2-4: the strided conv of the first block (basic: the first 3x3; bottleneck v1.5: the 3x3;
+    v1, Keras': the first 1x1) and its shortcut; the stem's conv is a switch of its own. The parameter
+    tree is the same, leaf for leaf, so checkpoints and Keras weights fit either way (full-size shapes,
+    traced only)."""
+    models = {
+        rewrite: nnx.eval_shape(
+            lambda rewrite=rewrite: create_model(
+                name, num_classes=NUM_CLASSES, stride_in_1x1=stride_in_1x1, strided_space_to_depth=rewrite
+            )
+        )
+        for rewrite in (False, True)
+    }
+    strided = "conv1" if name == "resnet18" or stride_in_1x1 else "conv2"
+    assert _rewritten_convs(models[True]) == sorted(
+        path
+        for stage in (1, 2, 3)
+        for path in (("stages", stage, 0, strided), ("stages", stage, 0, "shortcut", "conv"))
+    )
+    assert _rewritten_convs(models[False]) == []
+    states = {rewrite: nnx.state(model, nnx.Param, nnx.BatchStat) for rewrite, model in models.items()}
+    assert jax.tree.structure(states[False]) == jax.tree.structure(states[True])
+    for a, b in zip(jax.tree.leaves(states[False]), jax.tree.leaves(states[True]), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
+def _train_logits_and_pullback(model, x, cotangent):
+    """Train-mode logits, the updated batch statistics, and the pullback of ``cotangent`` to every
+    parameter and to the input, in one jit."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def logits(params, x):
+        model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+        return model(x, train=True), nnx.state(model, nnx.BatchStat)
+
+    @jax.jit
+    def run(params, x):
+        (y, stats), vjp = jax.vjp(logits, params, x)
+        params_grad, x_grad = vjp((cotangent, jax.tree.map(jnp.zeros_like, stats)))
+        return y, stats, params_grad, x_grad
+
+    return run(params, x)
+
+
+@pytest.mark.slow  # two whole-model gradients per case: about half a minute each on 2 cores
+@pytest.mark.parametrize("name, stride_in_1x1", [("resnet18", False), ("resnet50", False), ("resnet50", True)])
+def test_strided_space_to_depth_is_the_same_function_of_the_same_parameters(name, stride_in_1x1):
+    """The same train-mode logits, batch statistics and gradients of every parameter and the input, and
+    the same eval logits, from the same parameters. 35x33 px puts odd feature maps in front of the
+    strided convs (9x9 into stage 2, 5x5 into stage 3)."""
+    x = jax.random.uniform(jax.random.key(0), (2, 35, 33, 1))
+    cotangent = jax.random.normal(jax.random.key(1), (2, NUM_CLASSES))
+    models = {
+        rewrite: create_model(
+            name, num_classes=NUM_CLASSES, width=0.0625, stride_in_1x1=stride_in_1x1, strided_space_to_depth=rewrite
+        )
+        for rewrite in (False, True)
+    }
+    expected = _train_logits_and_pullback(models[False], x, cotangent)
+    actual = _train_logits_and_pullback(models[True], x, cotangent)
+    parts = ("logits", "batch statistics", "parameter gradients", "input gradient")
+    for part, a, b in zip(parts, actual, expected, strict=True):
+        assert jax.tree.structure(a) == jax.tree.structure(b), part
+        for (path, leaf_a), leaf_b in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+            _assert_float32_close(leaf_a, leaf_b, f"{part} {jax.tree_util.keystr(path)}")
+    assert np.any(np.asarray(expected[3]) != 0)
+    _assert_float32_close(models[True](x), models[False](x), "eval logits")

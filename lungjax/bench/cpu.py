@@ -15,12 +15,13 @@ its real jitted step (``lungjax.bench.step_timing``); Keras runs ``model.train_o
     python -m lungjax.bench.cpu --contender lungjax \\
         --contender "lungjax;XLA_FLAGS=--xla_cpu_enable_fast_math=true" --contender lungjax-bf16
 
-A contender is ``KIND[;NAME=VALUE...]``: KIND is ``lungjax`` (ResNet v1.5, float32), ``lungjax-bf16``
-(bfloat16 compute), ``lungjax-v1`` (stride in the 1×1 conv, Keras' architecture), ``keras-jax``,
-``keras-torch`` or ``keras-tensorflow``; the ``NAME=VALUE`` pairs are extra environment variables
-for its process. The ``lungjax`` kinds run with the XLA CPU flags a user of ``lungjax.main`` gets
-(``lungjax.xla_cpu``); ``"lungjax;LUNGJAX_XLA_CPU_DEFAULTS=0"`` measures without them. Prints
-a table last and writes JSON (``--out``).
+A contender is ``KIND[+LEVER...][;NAME=VALUE...]``: KIND is ``lungjax`` (ResNet v1.5, float32),
+``lungjax-bf16`` (bfloat16 compute), ``lungjax-v1`` (stride in the 1×1 conv, Keras' architecture),
+``keras-jax``, ``keras-torch`` or ``keras-tensorflow``; a LEVER (``lungjax`` kinds only) is a boolean
+key of the base config set True, dotted (``lungjax+model.strided_space_to_depth``); the ``NAME=VALUE``
+pairs are extra environment variables for its process. The ``lungjax`` kinds run with the XLA CPU
+flags a user of ``lungjax.main`` gets (``lungjax.xla_cpu``); ``"lungjax;LUNGJAX_XLA_CPU_DEFAULTS=0"``
+measures without them. Prints a table last and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from absl import app, flags
 
 from lungjax import bench, xla_cpu
 from lungjax.bench import workers
+from lungjax.config.base import base_config
 from lungjax.data.labels import NUM_CLASSES
 
 KINDS = ("lungjax", "lungjax-bf16", "lungjax-v1", "keras-jax", "keras-torch", "keras-tensorflow")
@@ -53,19 +55,36 @@ flags.DEFINE_integer("rounds", 3, "Rounds.")
 flags.DEFINE_float("timeout", 900.0, "Seconds to wait for one answer.")
 flags.DEFINE_string("out", "cpu_bench.json", "Where the JSON results go.")
 flags.DEFINE_enum("worker", None, KINDS, "Internal: run as this contender's worker process.")
+flags.DEFINE_list("levers", [], "Internal: the worker's levers (boolean config keys set True).")
 
 
-def parse_contender(spec: str) -> tuple[str, dict[str, str]]:
-    kind, *pairs = spec.split(";")
+def _is_boolean_key(key: str) -> bool:
+    config = base_config()
+    for part in key.split("."):
+        if part not in config:
+            return False
+        config = config[part]
+    return isinstance(config, bool)
+
+
+def parse_contender(spec: str) -> tuple[str, tuple[str, ...], dict[str, str]]:
+    """``(kind, levers, env)`` of a ``KIND[+LEVER...][;NAME=VALUE...]`` spec (the module docstring)."""
+    head, *pairs = spec.split(";")
+    kind, *levers = head.split("+")
     if kind not in KINDS:
         raise ValueError(f"unknown contender kind {kind!r}; expected one of {', '.join(KINDS)}")
+    for lever in levers:
+        if not kind.startswith("lungjax"):
+            raise ValueError(f"contender {spec!r}: levers are lungjax settings; {kind} takes none")
+        if not _is_boolean_key(lever):
+            raise ValueError(f"contender {spec!r}: {lever!r} is not a boolean key of the base config")
     env = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"contender {spec!r}: {pair!r} is not NAME=VALUE")
         env[name] = value
-    return kind, env
+    return kind, tuple(levers), env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +103,9 @@ class LungjaxWorker:
             half_precision=half_precision,
             width=args.width,
             stride_in_1x1=stride_in_1x1,
+            levers=dict.fromkeys(args.levers, True),
         )
+        self.levers = list(args.levers)
         self.compile_seconds = self.compiled.compile_seconds
         start = time.perf_counter()
         self._timing.time_steps(self.compiled, warmup=max(args.warmup - 1, 0), windows=1, steps_per_window=1)
@@ -99,6 +120,7 @@ class LungjaxWorker:
         return {
             "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "levers": self.levers,
             "flops_per_step": self.compiled.flops_per_step,
             "xla_memory_bytes": self.compiled.memory_bytes,
         }
@@ -184,7 +206,7 @@ class Contender:
 
     def __init__(self, spec: str, args):
         self.spec = spec
-        self.kind, self.extra_env = parse_contender(spec)
+        self.kind, levers, self.extra_env = parse_contender(spec)
         env = dict(self.extra_env)
         if self.kind.startswith("keras-"):
             env["KERAS_BACKEND"] = self.kind.split("-", 1)[1]
@@ -192,6 +214,7 @@ class Contender:
             "lungjax.bench.cpu",
             {
                 "worker": self.kind,
+                "levers": ",".join(levers),
                 "model": args.model,
                 "width": args.width,
                 "batch_size": args.batch_size,

@@ -70,6 +70,7 @@ SETTINGS = {
     "today": Setting({}),
     "stem_space_to_depth": Setting({"model.stem_space_to_depth": True}),
     "stem_pad_channels": Setting({"model.stem_pad_channels": True}),
+    "strided_space_to_depth": Setting({"model.strided_space_to_depth": True}),
     "optimizer_flatten": Setting({"optimizer_flatten": True}),
     "fewer_pass_batch_norm": Setting({"model.fewer_pass_batch_norm": True}),
     "augment_on_device": Setting({"augment_on_device": True}),

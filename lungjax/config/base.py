@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The stem's conv on the image zero-padded to 4 channels (the kernel's extra channels zero;
     # the same output and parameters): the other GPU speed lever for the stem. Not with stem_space_to_depth.
     config.model.stem_pad_channels = False
+    # Every later stride-2 conv (a stage's first block, its shortcut) as an exactly equal stride-1 conv on
+    # 2x2 pixel blocks, the stored kernel rearranged in the forward pass (same parameters): a GPU speed
+    # lever, not faster on the CPU (BENCHMARKS.md). ResNets only: DenseNet downsamples by pooling.
+    config.model.strided_space_to_depth = False
     # BatchNorm's training gradient written by hand (models.batch_norm), one reduction and one
     # elementwise pass instead of autodiff's several; the same numbers. A GPU speed lever.
     config.model.fewer_pass_batch_norm = False

@@ -438,6 +438,11 @@ def problems(config, *, reads_data: bool = True, trains: bool = True) -> list[st
             "config.model.stem_pad_channels: True is not allowed with model.stem_space_to_depth=True; "
             "allowed: one of the two stem rewrites at most"
         )
+    if values["model.strided_space_to_depth"] and values["model.name"] not in resnet.MODEL_NAMES:
+        found.append(
+            f"config.model.strided_space_to_depth: True is not allowed with model.name={values['model.name']!r}; "
+            "allowed: False (it has no stride-2 convolution after its stem; it downsamples by pooling)"
+        )
     if trains:
         found.extend(_label_problems(values))
     found.extend(_parts_problems(values, reads_data=reads_data))

@@ -34,6 +34,7 @@ def from_config(model_config, *, num_classes: int, half_precision: bool, seed: i
         stride_in_1x1=model_config.stride_in_1x1,
         stem_space_to_depth=model_config.stem_space_to_depth,
         stem_pad_channels=model_config.stem_pad_channels,
+        strided_space_to_depth=model_config.strided_space_to_depth,
         fewer_pass_batch_norm=model_config.fewer_pass_batch_norm,
         dtype=compute_dtype(half_precision),
         seed=seed,

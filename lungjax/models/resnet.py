@@ -65,9 +65,70 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def _fold_blocks(x: jax.Array) -> jax.Array:
+    """NHWC (N, H, W, C) -> (N, H/2, W/2, 4C): each 2×2 pixel block becomes one position, its four
+    pixels (row-major) four groups of channels."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4 * c)
+
+
+def space_to_depth_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(x)`` of a stride-2 ``conv`` computed exactly as a stride-1 convolution over 2×2 pixel blocks,
+    from the same stored kernel (rearranged here, in the forward pass, so parameters stay as they are).
+
+    Output row ``i`` of a k×k/2 conv reads padded rows ``2i .. 2i+k-1``. With the kernel zero-padded
+    to an even size k' and both folded into 2×2 blocks, a (k'/2)×(k'/2)/1 VALID conv reads exactly
+    those rows (the kernel's extra zero row sees one more). The input is padded (or cropped, by
+    ``lax.pad``'s negative padding) to the ``2·out + k' - 2`` rows that gives the strided conv's
+    output size, so any padding and any odd or even size keep it. A 1×1 kernel's blocks are 3/4 zero:
+    only the blocks' top-left pixels meet it, so the fold reduces to taking those (``x[:, ::2, ::2]``).
+    """
+    padding = ((0, 0), (0, 0)) if conv.padding == "VALID" else conv.padding
+    if conv.strides not in (2, (2, 2)) or isinstance(padding, str):
+        raise ValueError(
+            "space_to_depth_conv rewrites stride-2 convolutions with VALID or explicit padding; this one has "
+            f"strides {conv.strides} and padding {conv.padding!r}"
+        )
+    kernel = conv.kernel[...]
+    pads = [(0, 0, 0)]
+    for size, k, (low, high) in zip(x.shape[1:3], kernel.shape[:2], padding, strict=True):
+        out = (size + low + high - k) // 2 + 1
+        pads.append((low, 2 * out + k + k % 2 - 2 - size - low, 0))
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), [*pads, (0, 0, 0)])
+    if kernel.shape[:2] == (1, 1):
+        x = x[:, ::2, ::2]
+    else:
+        x = _fold_blocks(x)
+        kernel = jnp.pad(kernel, ((0, kernel.shape[0] % 2), (0, kernel.shape[1] % 2), (0, 0), (0, 0)))
+        kernel = _fold_blocks(kernel.transpose(3, 0, 1, 2)).transpose(1, 2, 3, 0)  # HWIO folded as OHWI
+    x, kernel = conv.promote_dtype((x, kernel), dtype=conv.dtype)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=conv.precision
+    )
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` whose stride-2 instances compute ``space_to_depth_conv`` when ``space_to_depth`` is set
+    (``use_space_to_depth``): the same function of the same variables, a different convolution for the backend."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.space_to_depth = False
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return space_to_depth_conv(self, x) if self.space_to_depth else super().__call__(x)
+
+
+def use_space_to_depth(module: nnx.Module, space_to_depth: bool) -> None:
+    """Sets ``space_to_depth`` on every stride-2 ``Conv`` inside ``module`` (a constructor calls it once)."""
+    for _, conv in nnx.iter_modules(module):
+        if isinstance(conv, Conv) and conv.strides in (2, (2, 2)):
+            conv.space_to_depth = space_to_depth
+
+
 def _conv(in_ch, out_ch, kernel, stride, padding, *, dtype, param_dtype, rngs, init=_conv_init):
     """Bias-free conv: every conv is followed by a BatchNorm whose shift makes a bias redundant."""
-    return nnx.Conv(
+    return Conv(
         in_ch,
         out_ch,
         (kernel, kernel),
@@ -114,7 +175,7 @@ class GrayStem(nnx.Module):
     the optimizer freezes it (``STEM_BORDER``) unless Keras weights were imported.
 
     ``space_to_depth=True`` computes the same ``conv(x, kernel)`` from the same stored 7×7×1×C kernel
-    as a 4×4/1 convolution over 2×2 pixel blocks (``_space_to_depth_conv``): a one-channel input
+    as a 4×4/1 convolution over 2×2 pixel blocks (``space_to_depth_conv``): a one-channel input
     leaves a GPU convolution's channel lanes mostly idle, four channels fewer so.
     ``pad_channels=True`` computes it as the same 7×7/2 convolution of the image zero-padded to
     ``PADDED_STEM_CHANNELS`` channels with the kernel's extra input channels zero (``_padded_channels_conv``).
@@ -137,7 +198,7 @@ class GrayStem(nnx.Module):
         self.conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, **kw)
         self.border_conv = _conv(1, out_ch, STEM_KERNEL, 2, padding, init=nnx.initializers.zeros, **kw)
         self.bn = batch_norm(out_ch, **kw)
-        self.space_to_depth, self.pad_channels = space_to_depth, pad_channels
+        self.conv.space_to_depth, self.pad_channels = space_to_depth, pad_channels
 
     def _padded_channels_conv(self, x):
         """``self.conv(x)`` with the input's and the kernel's input channels zero-padded to 4: the extra
@@ -153,33 +214,9 @@ class GrayStem(nnx.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
 
-    def _space_to_depth_conv(self, x):
-        """``self.conv(x)`` rewritten exactly: pad as the 7×7/2 conv does, fold 2×2 blocks into 4
-        channels (N, H'/2, W'/2, 4), and convolve 4×4/1 VALID with the kernel zero-padded to 8×8 and
-        folded the same way. Odd sizes get one more zero row/column at the end, which only the
-        kernel's zero 8th row/column sees, so the output keeps the 7×7/2 conv's ceil(H/2)×ceil(W/2)."""
-        n, h, w, _ = x.shape
-        pads = ((0, 0), (STEM_PADDING, STEM_PADDING + h % 2), (STEM_PADDING, STEM_PADDING + w % 2), (0, 0))
-        x = jnp.pad(x, pads)
-        hb, wb = x.shape[1] // 2, x.shape[2] // 2
-        x = x.reshape(n, hb, 2, wb, 2).transpose(0, 1, 3, 2, 4).reshape(n, hb, wb, 4)
-        kernel = self.conv.kernel[...][:, :, 0]  # (7, 7, C)
-        out_ch = kernel.shape[-1]
-        kernel = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0)))
-        kernel = kernel.reshape(4, 2, 4, 2, out_ch).transpose(0, 2, 1, 3, 4).reshape(4, 4, 4, out_ch)
-        dtype = self.conv.dtype
-        return jax.lax.conv_general_dilated(
-            x.astype(dtype), kernel.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
     def __call__(self, x, *, train: bool):
         valid_mask = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-        if self.space_to_depth:
-            image_term = self._space_to_depth_conv(x)
-        elif self.pad_channels:
-            image_term = self._padded_channels_conv(x)
-        else:
-            image_term = self.conv(x)
+        image_term = self._padded_channels_conv(x) if self.pad_channels else self.conv(x)
         x = image_term + self.border_conv(valid_mask)
         x = nnx.relu(self.bn(x, use_running_average=not train))
         # Zero padding equals -inf padding here because the input is post-ReLU (>= 0).
@@ -277,7 +314,8 @@ class ResNet(PooledClassifier):
     and logits stay float32. ``zero_init_residual`` zeroes the last BatchNorm scale of each block
     so every block starts as the identity, which helps training from scratch.
     ``fewer_pass_batch_norm``: every BatchNorm trains with the hand-written gradient of
-    ``models.batch_norm`` (same numbers, fewer passes over memory).
+    ``models.batch_norm`` (same numbers, fewer passes over memory). ``strided_space_to_depth``: every
+    stride-2 conv after the stem (a stage's first block and its shortcut) computes ``space_to_depth_conv``.
     """
 
     def __init__(
@@ -291,6 +329,7 @@ class ResNet(PooledClassifier):
         stride_in_1x1: bool = False,
         stem_space_to_depth: bool = False,
         stem_pad_channels: bool = False,
+        strided_space_to_depth: bool = False,
         fewer_pass_batch_norm: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -329,6 +368,7 @@ class ResNet(PooledClassifier):
                 in_ch = block.out_ch
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
+        use_space_to_depth(self.stages, strided_space_to_depth)
         self.num_features = in_ch
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(in_ch, num_classes, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
@@ -366,6 +406,7 @@ def create_model(
     stride_in_1x1: bool = False,
     stem_space_to_depth: bool = False,
     stem_pad_channels: bool = False,
+    strided_space_to_depth: bool = False,
     fewer_pass_batch_norm: bool = False,
 ) -> ResNet:
     """Build a ResNet by name (``resnet18`` … ``resnet152``) with parameters initialised from ``seed``.
@@ -383,6 +424,7 @@ def create_model(
         stride_in_1x1=stride_in_1x1,
         stem_space_to_depth=stem_space_to_depth,
         stem_pad_channels=stem_pad_channels,
+        strided_space_to_depth=strided_space_to_depth,
         fewer_pass_batch_norm=fewer_pass_batch_norm,
         dtype=dtype,
         rngs=nnx.Rngs(params=seed),

@@ -60,6 +60,7 @@ CHECKPOINT_CHOICES = ("best", "latest")
 SAFE_KEYS = (
     "model.stem_space_to_depth",  # the same function of the same parameters
     "model.stem_pad_channels",  # likewise
+    "model.strided_space_to_depth",  # likewise
     "num_train_steps",
     "num_epochs",
     "log_every_steps",
