@@ -147,6 +147,7 @@ def test_train_mode_backpropagates_and_updates_batch_stats_eval_mode_does_not(ti
     assert all(not np.array_equal(a, b) for a, b in zip(before, _leaves(model, nnx.BatchStat), strict=True))
 
 
+@pytest.mark.slow
 def test_dropout_uses_the_rngs_passed_at_call_time(tiny, tiny_images):
     def train_logits(seed):
         return _train_step(nnx.clone(tiny), tiny_images, nnx.Rngs(dropout=_key(seed)))[0]

@@ -10,6 +10,7 @@ from lungjax.evaluation.render import overlays
 from lungjax.models.resnet import create_model
 
 
+@pytest.mark.slow
 def test_grad_cam_equals_cam_formula_on_a_resnet():
     """Global average pooling + linear head: Grad-CAM = relu(sum_k W[k, c] A_k) / (h w)."""
     model = create_model("resnet18", num_classes=6, width=0.125, zero_init_residual=False, seed=3)

@@ -52,7 +52,7 @@ def test_model_state_is_only_params_and_batch_stats():
     [
         ("resnet18", 0.25, 64),
         ("resnet34", 0.25, 32),
-        ("resnet50", 0.25, 64),
+        pytest.param("resnet50", 0.25, 64, marks=pytest.mark.slow),
         ("resnet101", 0.25, 32),
         ("resnet152", 0.25, 32),
     ],

@@ -363,6 +363,7 @@ def test_the_reduction_keeps_the_longer_side_at_least_the_stored_size(width, hei
     assert -(-max(width, height) // reduction) >= at_least
 
 
+@pytest.mark.slow
 def test_reduced_decode_stores_what_the_full_decode_stores(tmp_path):
     """At 256 from a 2,500 x 2,048 JPEG (decoded at 1/8: 313 x 256, then area-resized), the stored film
     differs from the full decode's by a mean absolute difference of 1.43 grey levels. That is the cost of

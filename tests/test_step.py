@@ -102,7 +102,7 @@ def test_weight_decay_skips_batchnorm_and_biases():
     "optimizer",
     [pytest.param(name, marks=pytest.mark.slow) if name in ("lamb", "lars") else name for name in base.OPTIMIZERS],
 )
-@pytest.mark.parametrize("init_from", ["", "resnet50_imagenet.h5"])
+@pytest.mark.parametrize("init_from", [pytest.param("", marks=pytest.mark.slow), "resnet50_imagenet.h5"])
 def test_stem_border_kernel_trains_only_from_keras_weights(optimizer, init_from):
     """From scratch the border kernel lies along BatchNorm's invisible direction: frozen, decay included."""
     params = jax.tree.map(lambda p: p + 0.5, tiny_params())  # non-zero, as imported weights leave the border
