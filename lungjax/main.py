@@ -114,7 +114,7 @@ def main(argv):
         from lungjax.evaluation import evaluate  # imports no training code
 
         print(evaluate.format_table(evaluate.evaluate(config, workdir)))
-        _print_outputs(workdir, config.eval.split)
+        _print_outputs(config, workdir)
     elif FLAGS.mode == "prepare":
         from lungjax.data import union
 
@@ -125,19 +125,20 @@ def main(argv):
 
         if train.train_and_evaluate(config, workdir) is None:
             return PREEMPTED_EXIT_CODE
-        _print_outputs(workdir, config.eval.split)
+        _print_outputs(config, workdir)
 
 
-def _print_outputs(workdir: str, split: str) -> None:
+def _print_outputs(config, workdir: str) -> None:
     """The last lines of a run: where its report, plots, checkpoints and logs are."""
     import jax
 
+    from lungjax.evaluation import evaluate
+
     if jax.process_index() == 0:
         root = Path(workdir).absolute()
-        if (root / "eval" / split / "report.html").is_file():
-            print(
-                f"report: {root / 'eval' / split / 'report.html'} and report.md (plots and predictions.csv beside it)"
-            )
+        page = evaluate.report_folder(config, root) / "report.html"
+        if page.is_file():
+            print(f"report: {page} and report.md (plots and predictions.csv beside it)")
         print(f"checkpoints: {root / 'checkpoints'}; logs: {root / 'metrics.jsonl'}, tensorboard --logdir {root}")
 
 

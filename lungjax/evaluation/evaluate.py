@@ -258,6 +258,16 @@ def report_task(task: tasks.Task, saved) -> dict:
     return section
 
 
+def report_folder(config, workdir: Path) -> Path:
+    """Where an evaluation's report goes: ``<workdir>/eval/<split>/``, or for another source (external
+    validation, ``config.eval.source``) ``<workdir>/eval/<its part name>/<split>/``."""
+    if config.eval.source:
+        return (
+            Path(workdir) / EVAL_DIR / union.part_name(config.eval.source, config.eval.manual_dir) / config.eval.split
+        )
+    return Path(workdir) / EVAL_DIR / config.eval.split
+
+
 def format_table(report: dict) -> str:
     """The console's metrics table for a report of either kind."""
     return kinds.of_report(report).table(report)
@@ -273,7 +283,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         raise ValueError(f"config.eval.split must be one of {inference.EVAL_SPLITS}, got {split!r}")
     workdir = Path(workdir)
     tested_on = union.part_name(config.eval.source, config.eval.manual_dir) if config.eval.source else None
-    final = workdir / EVAL_DIR / split if tested_on is None else workdir / EVAL_DIR / tested_on / split
+    final = report_folder(config, workdir)
     workdir_lib.check_output(final)
     mesh = sharding.make_mesh()
     restored, builders, predict = predictor(config, workdir, mesh, config.eval.checkpoint)
