@@ -86,12 +86,20 @@ def test_an_external_evaluation_and_the_matrix_agree_with_scikit_learn(site_a_ru
 
 
 @pytest.mark.slow
-def test_the_matrix_refuses_a_run_without_a_label_set_and_a_label_no_pair_shares(site_a_run, tiny_workdir, tmp_path):
+def test_the_matrix_refuses_a_run_without_a_label_set_and_a_label_no_pair_shares(
+    site_a_run, tiny_workdir, nih_tree, tmp_path
+):
     root, config = site_a_run
     config = site_config("A", root)
     config.external.runs, config.external.tests = (str(tiny_workdir),), (("hospital", "phantom:B"),)
     with pytest.raises(external_sources.ExternalError, match="trains data.task='six_class'; an external matrix"):
         external.external_report(config, tmp_path)
+    one = load_config("tiny")  # tiny_workdir's own config
+    one.data.source, one.data.manual_dir = "nih", str(nih_tree)
+    one.eval.source, one.eval.manual_dir = "hospital", "phantom:B"
+    with pytest.raises(external_sources.ExternalError, match="config.eval.source takes a run that trains a label set"):
+        evaluate.evaluate(one, tiny_workdir)
+    assert not (tiny_workdir / "tfds" / "hospital-B").exists()  # refused before building anything
     config.external.runs, config.external.labels = (str(root / "A"),), ("Nodule",)
     with pytest.raises(ValueError, match=r"labels \['Nodule'\] are not shared by any trained run and external"):
         external.external_report(config, tmp_path)
@@ -114,6 +122,15 @@ def test_external_config_keys_are_checked_in_one_line_each():
     config.external.tests = (("hospital", ""),)
     (problem,) = check.problems(config)
     assert problem.startswith("config.external.tests ('hospital'): '' is not allowed")
+    config.external.tests = (("hospital", "/a/export"), ("hospital", "/b/export"))
+    (problem,) = check.problems(config)
+    assert problem.startswith("config.external.tests: the test sources 'hospital-export' are named more than once")
+
+
+def test_changing_the_external_keys_does_not_refuse_a_resume():
+    from lungjax.runtime import checkpoint
+
+    assert checkpoint.is_safe("external.runs") and checkpoint.is_safe("eval.source")
 
 
 def test_a_run_is_named_by_the_parts_it_trained_on():

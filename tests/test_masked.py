@@ -160,6 +160,53 @@ def test_a_good_label_set_config_is_accepted():
     assert check.problems(config) == []  # a source's build: data.task is NIH's alone
 
 
+def test_a_union_of_nih_format_and_source_builds_is_refused_before_any_build():
+    config = base_config()
+    config.data.labels, config.data.task = ("nih14",), "full14"
+    config.data.sources = (("phantom", 1.0), ("hospital", 1.0, "phantom:A"))
+    (problem,) = check.problems(config)
+    assert problem.startswith("config.data.sources: 'phantom' and 'hospital' are not allowed in one union; allowed:")
+
+
+def test_class_counts_of_a_label_set_on_an_nih_build_are_its_records_counted(nih_tree, tmp_path):
+    """Lung Lesion-like labels are several NIH findings at once: the counts come from the records."""
+    from lungjax.data import building, dataset, records, union
+
+    data = base_config().data
+    data.source, data.manual_dir, data.task = "nih", str(nih_tree), "full14"
+    data.stored_size, data.build_workers = 32, 1
+    builder = dataset.build(data, tmp_path)
+    names = ("Effusion", "Nodule/Mass", "No Finding", "Edema")
+    task = tasks.label_set(names)
+    reports = {"nih": building.read_build_report(builder)}
+    ((positives, stated),) = union.stated_counts({"nih": builder}, reports, task, "ignore").values()
+    source = records.data_source(builder, "train")
+    vectors = np.stack([source[i]["label"] for i in range(len(source))]).astype(bool)
+    column = {name: vectors[:, nih_labels.FINDINGS14.index(name)] for name in nih_labels.FINDINGS14}
+    expected = [
+        column["Effusion"].sum(),
+        (column["Nodule"] | column["Mass"]).sum(),
+        (~vectors.any(axis=1)).sum(),
+        column["Edema"].sum(),
+    ]
+    np.testing.assert_array_equal(positives, expected)
+    np.testing.assert_array_equal(stated, [len(source)] * len(names))  # NIH states each of these on every film
+
+
+def test_an_nih_builds_boxes_follow_the_label_sets_order():
+    from lungjax.data import nih, task_labels
+
+    specs = {"label": (np.dtype(np.int64), (len(nih_labels.FINDINGS14),))}
+    names = ("Effusion", "Lung Lesion", "Mass")
+    reader = task_labels.TaskLabels(tasks.label_set(names), specs)
+    bbox = np.arange(len(nih_labels.FINDINGS14) * 4, dtype=np.float32).reshape(-1, 4)
+    boxes = reader.boxes(bbox)
+    np.testing.assert_array_equal(boxes[0], bbox[nih_labels.FINDINGS14.index("Effusion")])
+    np.testing.assert_array_equal(boxes[1], nih.NO_BOX)  # not an NIH finding: no box of its own
+    np.testing.assert_array_equal(boxes[2], bbox[nih_labels.FINDINGS14.index("Mass")])
+    assert task_labels.TaskLabels(tasks.FULL14, specs).boxes(bbox) is bbox
+
+
 def test_a_source_needs_a_label_set_and_a_label_set_needs_nihs_14_findings():
     config = base_config()
     config.data.source, config.data.manual_dir = "chexpert", "/data/chexpert"

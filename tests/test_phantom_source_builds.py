@@ -67,7 +67,7 @@ def test_a_part_is_named_by_its_source_and_its_own_folder(entry, name):
         (
             "phantom",
             "",
-            (("hospital", 1.0, "phantom:Z"), ("phantom", 1.0)),
+            (("hospital", 1.0, "phantom:Z"), ("chexpert", 1.0, "phantom")),
             "config.data.sources (part 'hospital-Z'): 'phantom:Z' is not allowed; allowed: 'phantom' or",
         ),
         (
@@ -100,7 +100,7 @@ def test_a_part_is_named_by_its_source_and_its_own_folder(entry, name):
         (
             "phantom",
             "",
-            (("phantom", 1.0, "phantom:A"), ("hospital", 1.0, "phantom")),
+            (("phantom", 1.0, "phantom:A"), ("nih", 1.0, "/data/nih")),
             "config.data.sources (part 'phantom-A'): 'phantom:A' is not allowed; allowed: none",
         ),
     ],
@@ -116,7 +116,7 @@ def test_parts_that_cannot_be_read_are_one_line_each(source, manual_dir, sources
 def test_a_union_of_phantom_parts_and_of_own_folders_needs_no_data_manual_dir():
     config = base_config()
     config.data.labels, config.data.task = ("nih14",), "full14"
-    config.data.sources = (*TWO_SITES, ("chexpert", 1.0, "/data/chexpert"), ("phantom", 1.0))
+    config.data.sources = (*TWO_SITES, ("chexpert", 1.0, "/data/chexpert"))
     assert check.problems(config) == []
     config.data.source, config.data.manual_dir, config.data.sources = "vindr", "phantom", ()
     assert check.problems(config) == []

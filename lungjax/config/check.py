@@ -109,6 +109,13 @@ def _test_source_problems(values: dict) -> list[str]:
         elif dataset.is_phantom_tree(folder) and dataset.phantom_tree_site(folder) not in (None, *phantom.SITES):
             sites = ", ".join(phantom.SITES)
             found.append(f"{key}: {folder!r} is not allowed; allowed: 'phantom' or 'phantom:<site>', a site of {sites}")
+    names = [union.part_name(source, folder) for source, folder in values["external.tests"]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        found.append(
+            f"config.external.tests: the test sources {', '.join(map(repr, repeated))} are named more than once "
+            "(a source and its folder's name); allowed: distinct test sources"
+        )
     if values["eval.source"] and values["eval.compare_to"]:
         found.append(
             f"config.eval.compare_to: {values['eval.compare_to']!r} is not allowed with eval.source; allowed: '' "
@@ -382,7 +389,14 @@ def _label_problems(values: dict) -> list[str]:
             f"harmonised vocabulary, a named set ({', '.join(labelspace.named_sets())}) or names (a source states "
             "its own labels, so a run names the ones it trains)"
         )
-    if values["data.labels"] and len(built) < len(names) and values["data.task"] != tasks.FULL14.name:
+    if built and len(built) < len(names):
+        nih_format = [name for name in names if name not in dataset.BUILT_SOURCES]
+        found.append(
+            f"config.data.sources: {nih_format[0]!r} and {built[0]!r} are not allowed in one union; allowed: "
+            "sources of one kind (NIH's format, phantom or nih; or the sources' builds), whose records store the "
+            "same labels"
+        )
+    elif values["data.labels"] and len(built) < len(names) and values["data.task"] != tasks.FULL14.name:
         found.append(
             f"config.data.task: {values['data.task']!r} is not allowed with data.labels and an NIH-format source; "
             f"allowed: {tasks.FULL14.name!r} (a label set reads NIH's 14 findings)"

@@ -82,6 +82,8 @@ class EvalExample(grain.MapTransform):
         out = records.parse_example(record, self.specs, self.keys)
         out.update(self.labels(out.pop(self.labels.stored)))
         out["label"] = np.asarray(out["label"], np.int64)  # as NIH's builds store it: reports keep their bytes
+        if "bbox" in out:
+            out["bbox"] = self.labels.boxes(out["bbox"])
         out["image"] = images.resize(records.decode_png(out["image"]), self.out_size)[..., None]
         return out
 
@@ -96,6 +98,8 @@ class EvalExample(grain.MapTransform):
         for key in self.keys[2:]:
             dtype, shape = self.specs[key]
             batch[key] = np.zeros((0, *shape), dtype)
+        if "bbox" in batch:
+            batch["bbox"] = np.zeros((0, *self.labels.label_shape, 4), batch["bbox"].dtype)
         return batch
 
 

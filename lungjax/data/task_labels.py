@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from lungjax.data import labels as nih_labels
-from lungjax.data import tasks
+from lungjax.data import nih, tasks
 from lungjax.data.sources import contract, labelspace
 
 STATES = "label_states"  # the sources' builds
@@ -55,6 +55,18 @@ class TaskLabels:
         states = np.asarray(stored, np.int8) if self.stored == STATES else self.nih_states(stored)
         label, mask = self.targets(states[None])
         return {"label": label[0].astype(np.uint8), "label_mask": mask[0].astype(np.uint8)}
+
+    def boxes(self, bbox: np.ndarray) -> np.ndarray:
+        """An NIH full14 record's boxes (14, 4), one per finding in NIH's order, as the task's: a label
+        set's labels in its own order, each NIH finding's box under its name and ``NO_BOX`` for the
+        others (a box belongs to the finding it was drawn for, never to a label it maps into)."""
+        if not self.task.masked:
+            return bbox
+        out = np.tile(np.asarray(nih.NO_BOX, bbox.dtype), (self.task.num_classes, 1))
+        for k, name in enumerate(self.task.class_names):
+            if name in nih_labels.FINDINGS14:
+                out[k] = bbox[nih_labels.FINDINGS14.index(name)]
+        return out
 
     def nih_states(self, findings) -> np.ndarray:
         """An NIH build's 0/1 vector over the 14 findings -> states over the vocabulary."""

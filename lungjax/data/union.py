@@ -21,7 +21,7 @@ from typing import NamedTuple
 import ml_collections
 import numpy as np
 
-from lungjax.data import dataset, records
+from lungjax.data import dataset, records, task_labels
 from lungjax.data.sources import labelspace
 
 
@@ -135,22 +135,44 @@ def mixed_class_counts(reports: Mapping[str, dict], weights: Sequence[float]) ->
     return [int(c) for c in np.round(frequency * total)], total
 
 
+def stated_counts(builders: Mapping[str, object], reports: Mapping[str, dict], task, uncertainty: str) -> dict:
+    """Part name -> (positives, stated), both int64 (L,), of its training images for a masked task under
+    the uncertainty policy: from a source build's report (``labelspace.policy_counts`` of its
+    ``label_states``), or for NIH's builds by reading each record's labels through the task
+    (``task_labels.TaskLabels``: a harmonised label such as Lung Lesion is several NIH findings at once,
+    which per-finding counts cannot give)."""
+    counts = {}
+    for name, builder in builders.items():
+        report = reports[name]
+        if "label_states" in report:
+            counts[name] = labelspace.policy_counts(
+                report["label_states"]["train"], task.class_names, uncertainty=uncertainty
+            )
+            continue
+        source = records.data_source(builder, "train")
+        labels = task_labels.TaskLabels(task, source.specs, uncertainty)
+        positives, stated = np.zeros(task.num_classes, np.int64), np.zeros(task.num_classes, np.int64)
+        for index in range(len(source)):
+            read = labels(records.image_and_feature(source.records[index], labels.stored)[1])
+            positives += read["label"] * read["label_mask"]
+            stated += read["label_mask"]
+        counts[name] = positives, stated
+    return counts
+
+
 def mixed_stated_counts(
-    reports: Mapping[str, dict], weights: Sequence[float], labels: Sequence[str], uncertainty: str
+    counts: Mapping[str, tuple[np.ndarray, np.ndarray]], reports: Mapping[str, dict], weights: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(positives, stated) per label (L,) that a masked task's class weights are computed from: each
-    source's training entries under the uncertainty policy (``labelspace.policy_counts`` of its build
-    report's ``label_states``), mixed as :func:`mixed_class_counts` mixes class counts."""
-    counts = [
-        labelspace.policy_counts(r["label_states"]["train"], labels, uncertainty=uncertainty) for r in reports.values()
-    ]
-    images = [r["images"]["train"] for r in reports.values()]
+    part's (``stated_counts``), mixed as :func:`mixed_class_counts` mixes class counts."""
+    images = [reports[name]["images"]["train"] for name in counts]
     if not weights:
-        return counts[0]
+        return next(iter(counts.values()))
     shares = np.asarray(weights, np.float64) / np.sum(weights)
     total = sum(images)
-    positives = sum(share * pos / n for share, (pos, _), n in zip(shares, counts, images, strict=True))
-    stated = sum(share * st / n for share, (_, st), n in zip(shares, counts, images, strict=True))
+    parts = list(counts.values())
+    positives = sum(share * pos / n for share, (pos, _), n in zip(shares, parts, images, strict=True))
+    stated = sum(share * st / n for share, (_, st), n in zip(shares, parts, images, strict=True))
     return np.round(positives * total).astype(np.int64), np.round(stated * total).astype(np.int64)
 
 

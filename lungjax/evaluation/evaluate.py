@@ -290,6 +290,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     saved, task = restored.config, restored.task
     own_fingerprint = run_info.datasets_fingerprint(builders)
     if tested_on is not None:  # another source's split, scored with what the run's own validation fitted
+        if not task.masked:
+            raise external_sources.ExternalError(
+                f"{workdir} trains data.task={task.name!r}: another source's films are scored by label name, so "
+                "config.eval.source takes a run that trains a label set (config.data.labels)"
+            )
         builders = {tested_on: external_sources.build(saved.data, config.eval.source, config.eval.manual_dir, workdir)}
     predictions = predict(split, builders)
     validation = predictions if split == "validation" and tested_on is None else predict("validation")

@@ -273,8 +273,12 @@ def gather_processes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             encoded = np.char.encode(value, "utf-8")
             widths[key] = int(multihost_utils.process_allgather(np.int32(max(encoded.itemsize, 1))).max())
             local[key] = np.frombuffer(encoded.astype(f"S{widths[key]}").tobytes(), np.uint8).reshape(-1, widths[key])
+        elif value.dtype.kind == "f":
+            local[key] = value.astype(np.float32)
         else:
-            local[key] = value.astype(np.float32 if value.dtype.kind == "f" else np.int32)
+            if value.size and (value.min() < np.iinfo(np.int32).min or value.max() > np.iinfo(np.int32).max):
+                raise ValueError(f"{key} holds integers beyond int32, which the gather would wrap")
+            local[key] = value.astype(np.int32)
     gathered = {
         key: np.concatenate(list(value)) for key, value in multihost_utils.process_allgather(local, tiled=False).items()
     }

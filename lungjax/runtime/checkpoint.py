@@ -70,6 +70,7 @@ SAFE_KEYS = (
     "early_stop_patience",
     "worker_count",
     "eval.",
+    "external.",  # --mode external reads other runs; nothing of training
     "data.build_workers",
     "data.data_dir",
     "data.manual_dir",

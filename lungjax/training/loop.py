@@ -176,8 +176,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     task = tasks.of_config(config)
     reports = {name: building.read_build_report(builder) for name, builder in builders.items()}
     train_images = sum(report["images"]["train"] for report in reports.values())
-    if task.masked and all("label_states" in r for r in reports.values()):  # stated entries, mixed by weight
-        positives, stated = union.mixed_stated_counts(reports, mix_weights, task.class_names, config.data.uncertainty)
+    if task.masked:  # stated entries, mixed by weight
+        counts = union.stated_counts(builders, reports, task, config.data.uncertainty)
+        positives, stated = union.mixed_stated_counts(counts, reports, mix_weights)
         train_counts = positives.tolist()
     else:
         train_counts, stated = union.mixed_class_counts(reports, mix_weights)  # NIH's builds state every entry
