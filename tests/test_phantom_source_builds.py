@@ -263,3 +263,14 @@ def test_prepare_writes_a_phantom_hospital_once_and_builds_it(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in tree.rglob("*")} == written
     ready = f"dataset ready: {tmp_path / 'tfds' / 'lungjax_sources' / f'hospital_{SIZE}' / '1.0.0'}"
     assert ready in first.stdout and ready in second.stdout
+
+
+def test_each_part_of_a_union_must_take_the_build_options():
+    config = base_config()
+    config.data.labels = ("chexpert5",)
+    config.data.sources = (("chexpert", 1.0, "phantom"), ("vindr", 1.0, "phantom"))
+    config.data.build_options.readers = "any"
+    (problem,) = check.problems(config)
+    assert problem.startswith("config.data.build_options: source 'chexpert' takes no build option ['readers']")
+    config.data.build_options.readers, config.data.build_options.frontal_only = "majority", True
+    assert check.problems(config) == []

@@ -204,23 +204,25 @@ def _eval_checkpoint_ok(value) -> bool:
 
 
 def _build_options_problems(values: dict) -> list[str]:
-    """A source refuses build options it does not take; NIH and the phantom take none."""
-    source = values["data.source"]
+    """A source refuses build options it does not take; NIH and the phantom take none. A union's parts
+    are built with the one ``data.build_options``, so each part's source must take them."""
+    sources = list(dict.fromkeys([entry[0] for entry in values["data.sources"]] or [values["data.source"]]))
     options = {key.rsplit(".", 1)[1]: v for key, v in values.items() if key.startswith("data.build_options.")}
-    if source in dataset.BUILT_SOURCES:
-        try:
-            source_builder.make_config(source, images.MIN_SIZE, **options)  # the size has its own rule
-        except contract.SourceError as err:
-            return [f"config.data.build_options: {err}"]
-        return []
     defaults = base_config().data.build_options.to_dict()
     changed = sorted(key for key, value in options.items() if value != defaults[key])
-    if changed:
-        return [
-            f"config.data.build_options: {changed} are not allowed with data.source={source!r}; allowed: the "
-            "defaults (the options are the built sources')"
-        ]
-    return []
+    found = []
+    for source in sources:
+        if source in dataset.BUILT_SOURCES:
+            try:
+                source_builder.make_config(source, images.MIN_SIZE, **options)  # the size has its own rule
+            except contract.SourceError as err:
+                found.append(f"config.data.build_options: {err}")
+        elif changed:
+            found.append(
+                f"config.data.build_options: {changed} are not allowed with data.source={source!r}; allowed: the "
+                "defaults (the options are the built sources')"
+            )
+    return found
 
 
 def _labels_ok(value) -> bool:
