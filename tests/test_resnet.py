@@ -304,24 +304,6 @@ def test_strided_space_to_depth_rewrites_exactly_the_stride_2_convs_and_keeps_th
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
 
 
-def _train_logits_and_pullback(model, x, cotangent):
-    """Train-mode logits, the updated batch statistics, and the pullback of ``cotangent`` to every
-    parameter and to the input, in one jit."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def logits(params, x):
-        model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
-        return model(x, train=True), nnx.state(model, nnx.BatchStat)
-
-    @jax.jit
-    def run(params, x):
-        (y, stats), vjp = jax.vjp(logits, params, x)
-        params_grad, x_grad = vjp((cotangent, jax.tree.map(jnp.zeros_like, stats)))
-        return y, stats, params_grad, x_grad
-
-    return run(params, x)
-
-
 @pytest.mark.slow  # two whole-model gradients per case: about half a minute each on 2 cores
 @pytest.mark.parametrize("name, stride_in_1x1", [("resnet18", False), ("resnet50", False), ("resnet50", True)])
 def test_strided_space_to_depth_is_the_same_function_of_the_same_parameters(name, stride_in_1x1):

@@ -11,20 +11,7 @@ import pytest
 
 from lungjax.data.sources import contract, mimic, splits
 
-METADATA_COLUMNS = [
-    "dicom_id",
-    "subject_id",
-    "study_id",
-    "PerformedProcedureStepDescription",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "StudyDate",
-    "StudyTime",
-    "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
-]
+METADATA_COLUMNS = list(mimic.RELEASE_METADATA_HEADER)
 LABEL_COLUMNS = [
     "Atelectasis",
     "Cardiomegaly",

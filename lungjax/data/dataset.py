@@ -122,16 +122,12 @@ def build(data_config, workdir: str | os.PathLike) -> nih.NihChestXray | source_
             root = _source_tree_root(data_config, workdir)
             if not root.is_dir():
                 _write_phantom_tree(root, _phantom_writer(data_config))
-        return source_builder.build_dataset(
-            tree,
-            data_dir(data_config, workdir),
-            builder_config(data_config),
-            num_workers=data_config.build_workers,
-            skip_bad_images=data_config.skip_bad_images,
-        )
-    if data_config.source == "phantom" and not tree.is_dir():
-        _write_phantom_tree(tree, _phantom_writer(data_config))
-    return nih.build_dataset(
+        build_dataset = source_builder.build_dataset
+    else:
+        if data_config.source == "phantom" and not tree.is_dir():
+            _write_phantom_tree(tree, _phantom_writer(data_config))
+        build_dataset = nih.build_dataset
+    return build_dataset(
         tree,
         data_dir(data_config, workdir),
         builder_config(data_config),

@@ -15,7 +15,7 @@ was, and its split is read as it is.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import ml_collections
@@ -77,32 +77,29 @@ def source_config(data_config, part: Part, workdir: str | os.PathLike) -> ml_col
     return config
 
 
+def _each_part(data_config, workdir: str | os.PathLike, open_part: Callable) -> dict[str, object]:
+    """Part name -> ``open_part(its data config, workdir)``, in the config's order: ``data.source`` where
+    it always was without a union, else each part under ``<data_dir>/<part name>`` (``source_config``)."""
+    if not data_config.sources:
+        return {data_config.source: open_part(data_config, workdir)}
+    return {part.name: open_part(source_config(data_config, part, workdir), workdir) for part in parts(data_config)}
+
+
 def build(data_config, workdir: str | os.PathLike) -> dict[str, object]:
     """Part name -> its built dataset, in the config's order; generates and builds what is missing."""
-    if not data_config.sources:
-        return {data_config.source: dataset.build(data_config, workdir)}
-    return {part.name: dataset.build(source_config(data_config, part, workdir), workdir) for part in parts(data_config)}
+    return _each_part(data_config, workdir, dataset.build)
 
 
 def built(data_config, workdir: str | os.PathLike) -> dict[str, object] | None:
     """Part name -> its built dataset, if every part is built, else None; never builds (``dataset.built``
     of each)."""
-    if not data_config.sources:
-        builders = {data_config.source: dataset.built(data_config, workdir)}
-    else:
-        builders = {
-            part.name: dataset.built(source_config(data_config, part, workdir), workdir) for part in parts(data_config)
-        }
+    builders = _each_part(data_config, workdir, dataset.built)
     return None if any(builder is None for builder in builders.values()) else builders
 
 
 def open_built(data_config, workdir: str | os.PathLike) -> dict[str, object]:
     """Part name -> its built dataset, never building (``dataset.open_built`` of each)."""
-    if not data_config.sources:
-        return {data_config.source: dataset.open_built(data_config, workdir)}
-    return {
-        part.name: dataset.open_built(source_config(data_config, part, workdir), workdir) for part in parts(data_config)
-    }
+    return _each_part(data_config, workdir, dataset.open_built)
 
 
 def split(builders: Mapping[str, object], split_name: str) -> records.ExampleSource | UnionSource:

@@ -273,20 +273,8 @@ def write_mimic_tree(
                     films.append(
                         _film_row(relative, subject, study_id, film, mimic.SPLITS[split_of[patient.number]], patient)
                     )
-        metadata_header = [
-            *mimic.METADATA_COLUMNS[:3],
-            "PerformedProcedureStepDescription",
-            "ViewPosition",
-            "Rows",
-            "Columns",
-            "StudyDate",
-            "StudyTime",
-            "ProcedureCodeSequence_CodeMeaning",
-            "ViewCodeSequence_CodeMeaning",
-            "PatientOrientationCodeSequence_CodeMeaning",
-        ]
         suffix = ".csv.gz" if gzipped else ".csv"
-        _write_csv(draft / f"{mimic.PREFIX}metadata{suffix}", metadata_header, metadata)
+        _write_csv(draft / f"{mimic.PREFIX}metadata{suffix}", mimic.RELEASE_METADATA_HEADER, metadata)
         _write_csv(draft / f"{mimic.PREFIX}{labeller}{suffix}", [*mimic.STUDY_KEY, *columns], label_rows)
         _write_csv(draft / f"{mimic.PREFIX}split{suffix}", list(mimic.SPLIT_COLUMNS), split_rows)
         return films

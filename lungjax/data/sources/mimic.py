@@ -23,7 +23,22 @@ from lungjax.data.sources import chexpert, contract, labelspace
 SOURCE = "mimic"  # its labels are CheXpert's (same labellers, same names): CheXpert's mapping applies
 PREFIX = "mimic-cxr-2.0.0-"
 LABELLERS = ("chexpert", "negbio")
-METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")  # what the adapter reads
+# The metadata file's whole header as the release has it (what rows in its exact format carry).
+RELEASE_METADATA_HEADER = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 STUDY_KEY = ["subject_id", "study_id"]
 SPLITS = {"train": "train", "validate": "validation", "test": "test"}
